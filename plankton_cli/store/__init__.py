@@ -1,0 +1,88 @@
+"""The store: a directory of Parquet datasets that any Parquet reader can open.
+
+    STORE/
+      objects/instrument=IFCB/part-<run>-0001.parquet   one dataset per folder, hive-partitioned
+      padded/...                                         (written by `plankton pad`)
+      rejections/part-<run>-0001.parquet                 what could not be stored, and why
+      manifest.parquet                                   ingested sources, for idempotent re-runs
+      store.json                                         store format version
+      .lock .journal/ .staging/                          writer bookkeeping (ignored by Parquet readers)
+
+`pyarrow.dataset.dataset(STORE / "objects", format="parquet", partitioning="hive")` reads a dataset directly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from plankton_cli.store.lock import LockTimeout, StoreLock
+from plankton_cli.store.schema import DatasetSchema, load_schema
+from plankton_cli.store.transaction import Transaction, atomic_write_bytes, recover
+
+__all__ = ["Store", "LockTimeout", "load_schema", "DatasetSchema"]
+
+FORMAT_VERSION = 1
+
+
+class Store:
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().absolute()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    @property
+    def exists(self) -> bool:
+        return (self.root / "store.json").is_file()
+
+    def datasets(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")) and self.files(p.name)
+        )
+
+    def files(self, dataset: str) -> list[Path]:
+        """The data files of `dataset`, sorted (hidden staging files excluded)."""
+        base = self.root / dataset
+        if not base.is_dir():
+            return []
+        return sorted(
+            p for p in base.rglob("*.parquet")
+            if not any(part.startswith((".", "_")) for part in p.relative_to(base).parts)
+        )
+
+    def dataset(self, name: str) -> ds.Dataset:
+        """A pyarrow dataset over `name` with the schema from `schemas/` (empty if nothing is stored yet)."""
+        schema = load_schema(name).arrow
+        files = self.files(name)
+        if not files:
+            return ds.dataset(pa.Table.from_batches([], schema=schema))
+        return ds.dataset(
+            [str(f) for f in files],
+            schema=schema,
+            format="parquet",
+            partitioning=ds.partitioning(
+                pa.schema([schema.field(k) for k in load_schema(name).partitioning]), flavor="hive"
+            ),
+            partition_base_dir=str(self.root / name),
+        )
+
+    @contextmanager
+    def locked(self, timeout: float = 60.0) -> Iterator[Store]:
+        """Hold the writer lock (waiting up to `timeout` s) after finishing any interrupted commit."""
+        with StoreLock(self.root, timeout=timeout):
+            recover(self.root)
+            if not self.exists:
+                atomic_write_bytes(self.root / "store.json", json.dumps({"format": FORMAT_VERSION}).encode())
+            yield self
+
+    def transaction(self, run_id: str | None = None) -> Transaction:
+        """A new transaction; call only while holding `locked()`."""
+        return Transaction(self.root, run_id)

@@ -1,0 +1,53 @@
+"""`plankton info`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from plankton_cli.cli.options import json_option, store_option
+from plankton_cli.cli.output import emit_json
+
+
+@click.command(epilog="""\b
+Examples:
+  plankton info
+  plankton info --store /data/store --json | jq '.datasets.objects.by_instrument'""")
+@click.option("--top", default=20, show_default=True, help="How many labels and reasons to list.")
+@store_option
+@json_option
+def info(top: int, store: Path, as_json: bool) -> None:
+    """Show what the store holds: counts by dataset, instrument, label and source."""
+    from plankton_cli.info import store_info
+    from plankton_cli.store import Store
+
+    data = store_info(Store(store), top=top)
+    if as_json:
+        emit_json(data)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not data["exists"]:
+        console.print(f"No store at {data['store']} yet: run `plankton ingest SOURCE --store {store}`.")
+        return
+    console.print(f"[bold]Store[/bold] {data['store']}")
+    for name, d in data["datasets"].items():
+        console.print(f"\n[bold]{name}[/bold]: {d['rows']:,} rows in {d['files']} files, "
+                      f"{d['bytes'] / 1e6:,.1f} MB, schema {d['schema_version']}"
+                      + (f", {d['sources']:,} sources" if "sources" in d else ""))
+        for key, title in (("by_instrument", "instrument"), ("by_label", "label"), ("by_reason", "reason")):
+            if d.get(key):
+                table = Table(title_justify="left", box=None, pad_edge=False)
+                table.add_column(title)
+                table.add_column("count", justify="right")
+                for k, v in d[key].items():
+                    table.add_row(str(k), f"{v:,}")
+                console.print(table)
+        if "labels" in d and d["labels"] > len(d.get("by_label", {})) - ("(none)" in d.get("by_label", {})):
+            console.print(f"  ({d['labels']} labels in all; --top N shows more)")
+    if data.get("sources_by_reader"):
+        console.print("\n[bold]sources by reader[/bold]: " +
+                      ", ".join(f"{k} {v:,}" for k, v in data["sources_by_reader"].items()))

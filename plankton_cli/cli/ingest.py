@@ -1,0 +1,103 @@
+"""`plankton ingest`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from plankton_cli.cli.options import json_option, lock_timeout_option, store_option
+from plankton_cli.cli.output import emit_json, is_interactive
+
+log = logging.getLogger("plankton.ingest")
+
+
+def _reader_names() -> list[str]:
+    from plankton_cli import plugins
+
+    return ["auto", *plugins.names("reader")]
+
+
+@click.command(epilog="""\b
+Examples:
+  plankton ingest ifcb/                      # every IFCB bin under ifcb/ (skip/ and beads/ skipped)
+  plankton ingest export.zip --format ecotaxa
+  plankton ingest uvp6/ --instrument UVP6    # one folder per class
+  plankton ingest daplankton/ --label-from none
+  # nightly, from cron: only new or changed bins are read; exit 75 if another writer holds the store
+  plankton -q --log-file ingest.log ingest /data/ifcb --store /data/store --json
+
+Exit codes: 0 done (rejections are reported, not fatal), 65 something was rejected and
+--strict was given, 2 usage error, 75 the store is locked by another writer.""")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", default="auto", show_default=True,
+              help="Reader plugin to use (see `plankton plugins`); auto sniffs each source.")
+@click.option("--instrument", help="Instrument name (EcoTaxa acq_instrument vocabulary), when the source does not say.")
+@click.option("--label-from", type=click.Choice(["folder", "none"]), default="folder", show_default=True,
+              help="Image folders: take the label from the class folder, or store no label.")
+@click.option("-o", "--reader-option", "reader_options", multiple=True, metavar="KEY=VALUE",
+              help="Extra option passed to the reader plugin (repeatable).")
+@click.option("--retry-rejected", is_flag=True, help="Read again the sources that had rejected objects.")
+@click.option("--strict", is_flag=True, help="Exit 65 when any object was rejected.")
+@store_option
+@lock_timeout_option
+@json_option
+def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_from: str,
+           reader_options: tuple[str, ...], retry_rejected: bool, strict: bool, store: Path,
+           lock_timeout: float, as_json: bool) -> None:
+    """Read IFCB bins, EcoTaxa exports or image folders into the store.
+
+    Each object becomes one row of the store's `objects` dataset, with its image (lossless),
+    label, instrument metadata and where it came from. Re-running is safe: unchanged sources
+    are skipped, changed ones replace their old rows, and every rejected object is reported
+    with file, row and reason.
+    """
+    from plankton_cli import plugins
+    from plankton_cli.cli.output import progress
+    from plankton_cli.ingest import ingest as run_ingest
+    from plankton_cli.records import ReadOptions
+    from plankton_cli.store import LockTimeout, Store
+
+    extra = {}
+    for item in reader_options:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="-o")
+        extra[key] = value
+    if fmt != "auto" and fmt not in plugins.names("reader"):
+        raise click.BadParameter(f"unknown reader {fmt!r}; installed: {', '.join(plugins.names('reader'))}",
+                                 param_hint="--format")
+    options = ReadOptions(instrument=instrument, label_from=label_from, extra=extra)
+
+    with progress("ingest", unit="sources") as advance:
+        def on_source(source, status):
+            advance()
+            if not is_interactive():
+                log.info("%s %s", status, source.key)
+
+        try:
+            summary = run_ingest(Store(store), list(sources), fmt=fmt, options=options, lock_timeout=lock_timeout,
+                                 retry_rejected=retry_rejected, on_source=on_source)
+        except LockTimeout as exc:
+            log.error("%s", exc)
+            sys.exit(75)
+        except plugins.PluginError as exc:
+            raise click.UsageError(str(exc)) from exc
+
+    data = summary.to_dict()
+    if as_json:
+        emit_json(data)
+    else:
+        s = data["sources"]
+        click.echo(
+            f"sources: {s.get('new', 0)} new, {s.get('changed', 0)} changed, {s.get('retried', 0)} retried, "
+            f"{s.get('unchanged', 0)} unchanged\n"
+            f"objects: {data['read']} read = {data['stored']} stored + {data['skipped_duplicate']} skipped "
+            f"(already stored) + {data['rejected']} rejected"
+        )
+        for reason, n in sorted(data["rejected_by_reason"].items(), key=lambda kv: -kv[1]):
+            click.echo(f"  rejected {n}: {reason}")
+    if strict and summary.n_rejected:
+        sys.exit(65)

@@ -1,0 +1,24 @@
+"""Options every command shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+store_option = click.option(
+    "--store",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="PLANKTON_STORE",
+    default="plankton-store",
+    show_default="$PLANKTON_STORE, else ./plankton-store",
+    help="The store directory.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+lock_timeout_option = click.option(
+    "--lock-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for another writer to release the store; then exit 75.",
+)

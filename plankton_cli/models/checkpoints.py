@@ -1,0 +1,347 @@
+"""Safe export and loading of pretrained encoders and fine-tuned classifiers.
+
+Safety: weights are written as safetensors; torch files are read with ``weights_only=True``
+(no arbitrary unpickling); nothing is ever downloaded. Every export is a pair of files
+written atomically (temporary file + ``os.replace``), weights first:
+
+- ``encoder.safetensors`` + ``encoder.json``: a plain timm ViT state dict (MAE encoder);
+  loads strictly into ``create_vit(**arch, num_classes=0)``.
+- ``model.safetensors`` + ``model.json``: a fine-tuned :class:`Classifier` (``encoder.*``,
+  ``head.*``); ``load_model`` rebuilds and loads it strictly.
+
+The JSON is one flat object (values are scalars or lists of scalars; only ``thresholds``
+may be a mapping). The info also travels inside the safetensors header metadata.
+
+========================  =========================================================
+key                       meaning
+========================  =========================================================
+format                    "plankton-cli/encoder" or "plankton-cli/model" (set here)
+format_version            1 (set here)
+created                   ISO-8601 UTC time of the export (set here)
+plankton_cli_version      package version that wrote it (set here)
+architecture              timm model name, e.g. "vit_large_patch16_224"   (required)
+img_size                  square input side in pixels                        (required)
+in_chans                  input channels, 1 for grayscale                    (required)
+patch_size, embed_dim,    resolved ViT shape, override the timm defaults     (required)
+depth, num_heads
+mean, std                 per-channel normalisation of the input tensors     (required)
+pad_*, resize, crop_*     preprocessing settings, as the data module names them (optional)
+source                    free-text provenance: run, data set, epochs, ...   (optional)
+classes                   model only: list of class names, index = logit     (required)
+num_classes, hidden_dim   model only: head shape (``Classifier.arch``)       (required)
+thresholds                model only: null or {class name: min probability}  (optional)
+========================  =========================================================
+
+``load_vit_weights`` adapts foreign checkpoints (timm, MAE repository, lightly/Lightning)
+to a target ViT; see its docstring for what it changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Callable
+
+import safetensors
+import torch
+from safetensors.torch import load_file, save_file
+from timm.layers import resample_abs_pos_embed, resample_patch_embed
+from timm.models import adapt_input_conv
+from torch import Tensor, nn
+
+from plankton_cli.models.classifier import Classifier, find_vit
+from plankton_cli.models.mae import ARCH_KEYS
+
+FORMAT_VERSION = 1
+ENCODER_FORMAT = "plankton-cli/encoder"
+MODEL_FORMAT = "plankton-cli/model"
+ENCODER_REQUIRED = (*ARCH_KEYS, "mean", "std")
+MODEL_REQUIRED = (*ENCODER_REQUIRED, "classes", "num_classes", "hidden_dim")
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+
+# Checkpoint wrappers seen in the wild: Lightning ("state_dict"), MAE/timm train scripts
+# ("model"), DeepSpeed/DDP dumps ("module").
+WRAPPER_KEYS = ("state_dict", "model", "module")
+PATCH_WEIGHT = "patch_embed.proj.weight"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def save_encoder(path: Path, state_dict: dict[str, Tensor], info: dict[str, Any]) -> Path:
+    """Write ``encoder.safetensors`` + ``encoder.json``; ``path`` is that file or its folder."""
+    return _save_pair(_weights_path(Path(path), "encoder"), state_dict, info, ENCODER_FORMAT, ENCODER_REQUIRED)
+
+
+def save_model(path: Path, state_dict: dict[str, Tensor], info: dict[str, Any]) -> Path:
+    """Write ``model.safetensors`` + ``model.json`` for a fine-tuned :class:`Classifier`.
+
+    ``info`` = ``classifier.arch`` merged with ``classes``, ``mean``, ``std`` and the
+    preprocessing settings.
+    """
+    if len(info.get("classes", [])) != info.get("num_classes"):
+        raise ValueError("info['classes'] must list exactly info['num_classes'] names")
+    return _save_pair(_weights_path(Path(path), "model"), state_dict, info, MODEL_FORMAT, MODEL_REQUIRED)
+
+
+def _save_pair(
+    weights: Path, state_dict: dict[str, Tensor], info: dict[str, Any], fmt: str, required: tuple[str, ...]
+) -> Path:
+    missing = [k for k in required if info.get(k) is None]
+    if missing:
+        raise ValueError(f"info lacks required keys: {missing}")
+    for key, value in info.items():
+        if isinstance(value, dict) and key != "thresholds":
+            raise ValueError(f"info must be flat; {key!r} is a mapping")
+    info = {
+        **info,
+        "format": fmt,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "plankton_cli_version": _package_version(),
+    }
+    text = json.dumps(info, indent=2, sort_keys=True)  # fails early on values JSON cannot hold
+    # Cloned and contiguous: safetensors refuses views and tensors sharing storage.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "plankton_info": text}))
+    _atomic_write(weights.with_suffix(".json"), lambda tmp: tmp.write_text(text + "\n"))
+    return weights
+
+
+def _weights_path(path: Path, stem: str) -> Path:
+    return path if path.suffix == ".safetensors" else path / f"{stem}.safetensors"
+
+
+def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _package_version() -> str:
+    try:
+        return version("plankton-cli")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def load_encoder_info(path: Path) -> dict[str, Any]:
+    """The info of an export: its ``.json``, else the safetensors header; ``path`` may be
+    the folder, the ``.safetensors`` or the ``.json``."""
+    path = Path(path)
+    if path.is_dir():
+        found = [p for p in (path / "encoder.json", path / "model.json") if p.exists()]
+        if not found:
+            raise FileNotFoundError(f"no encoder.json or model.json in {path}")
+        path = found[0]
+    json_path = path.with_suffix(".json")
+    if json_path.exists():
+        return json.loads(json_path.read_text())
+    weights = path.with_suffix(".safetensors")
+    if weights.exists():
+        with safetensors.safe_open(str(weights), framework="pt") as f:
+            text = (f.metadata() or {}).get("plankton_info")
+        if text:
+            return json.loads(text)
+    raise FileNotFoundError(f"no export info next to {path}")
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Classifier, dict[str, Any]]:
+    """Rebuild a fine-tuned :class:`Classifier` from ``model.safetensors`` + ``model.json``
+    (strict load, eval mode, drop path off)."""
+    path = Path(path)
+    weights = path / "model.safetensors" if path.is_dir() else path.with_suffix(".safetensors")
+    info = load_encoder_info(weights)
+    if info.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{weights} is a {info.get('format')!r} export, not a fine-tuned model")
+    model = Classifier(
+        info["architecture"],
+        info["num_classes"],
+        img_size=info["img_size"],
+        in_chans=info["in_chans"],
+        patch_size=info["patch_size"],
+        embed_dim=info["embed_dim"],
+        depth=info["depth"],
+        num_heads=info["num_heads"],
+        hidden_dim=info["hidden_dim"],
+        drop_path_rate=0.0,
+    )
+    model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
+    return model.to(device).eval(), info
+
+
+@dataclass
+class LoadReport:
+    """What ``load_vit_weights`` did; ``missing`` keys kept their fresh initialisation."""
+
+    path: Path
+    prefix: str  # key prefix stripped from the checkpoint ('' for plain timm)
+    missing: list[str] = field(default_factory=list)  # in the model, not loaded
+    unexpected: list[str] = field(default_factory=list)  # in the checkpoint, not used
+    adapted: dict[str, str] = field(default_factory=dict)  # model key -> what was changed
+    info: dict[str, Any] | None = None  # our export's info, when there is one
+
+
+def load_vit_weights(
+    model: nn.Module,
+    path: Path,
+    *,
+    strict_head: bool = False,
+    map_norm_to_fc_norm: bool = False,
+) -> LoadReport:
+    """Load a local ViT checkpoint into the first timm ViT inside ``model``, adapting it.
+
+    Accepts our ``encoder``/``model`` exports, timm checkpoints (``.safetensors``, or
+    ``.pth``/``.pt``/``.bin`` as a plain state dict or under ``model``/``state_dict``/
+    ``module``), MAE repository checkpoints (decoder keys ignored) and lightly/Lightning
+    checkpoints (the ``…backbone.vit.``/``vit.``/``encoder.`` prefix in front of
+    ``patch_embed`` is found and stripped).
+
+    Adaptations: ``pos_embed`` resampled to the model's grid (bicubic, no antialias, as
+    MAE fine-tuning); the patch-embedding kernel resampled to another patch size; RGB
+    kernels summed for a 1-channel model (1-channel kernels repeated and divided by 3 the
+    other way, timm's ``adapt_input_conv``).
+
+    Norms: an MAE encoder has ``norm.*``, an average-pool classifier wants ``fc_norm.*``.
+    By default ``fc_norm`` keeps its fresh init (weight 1, bias 0) and ``norm.*`` is
+    reported unexpected, which is what MAE fine-tuning does; ``map_norm_to_fc_norm=True``
+    copies ``norm`` into ``fc_norm`` instead.
+
+    Only ``head.*`` and ``fc_norm.*`` may stay missing (none with ``strict_head``); a head
+    of another shape is skipped (an error with ``strict_head``). Any other missing key or
+    shape mismatch raises ``ValueError``: a wrong file must not load silently.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist; only local files are loaded (hub names are never downloaded)"
+        )
+    state, info = _read_state_dict(path)
+    prefix = _vit_prefix(state, path)
+    report = LoadReport(path=path, prefix=prefix, info=info)
+    report.unexpected = [k for k in state if not k.startswith(prefix)]
+    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+    _, vit = find_vit(model)
+    target = vit.state_dict()
+    state = _adapt(state, vit, report)
+
+    if map_norm_to_fc_norm and "fc_norm.weight" in target and "norm.weight" not in target:
+        for name in ("weight", "bias"):
+            if f"norm.{name}" in state and f"fc_norm.{name}" not in state:
+                state[f"fc_norm.{name}"] = state.pop(f"norm.{name}")
+                report.adapted[f"fc_norm.{name}"] = f"copied from norm.{name}"
+
+    loadable: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key not in target:
+            report.unexpected.append(key)
+        elif value.shape != target[key].shape:
+            if key.startswith("head.") and not strict_head:
+                report.unexpected.append(key)  # e.g. an ImageNet-1k head: start a fresh one
+            else:
+                raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, the model needs {tuple(target[key].shape)}")
+        else:
+            loadable[key] = value
+    report.missing = [k for k in target if k not in loadable]
+    allowed = () if strict_head else ("head.", "fc_norm.")
+    fatal = [k for k in report.missing if not k.startswith(allowed)]
+    if fatal:
+        raise ValueError(f"{path} lacks weights the model needs: {fatal[:8]}{' …' if len(fatal) > 8 else ''}")
+    vit.load_state_dict(loadable, strict=False)
+    return report
+
+
+def _read_state_dict(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    """Tensors of a checkpoint file (or export folder), unwrapped; plus our export info."""
+    if path.is_dir():
+        candidates = [path / "encoder.safetensors", path / "model.safetensors"]
+        path = next((p for p in candidates if p.exists()), candidates[0])
+    elif path.suffix == ".json":
+        path = path.with_suffix(".safetensors")
+
+    info = None
+    if path.suffix == ".safetensors":
+        state: Any = load_file(str(path), device="cpu")
+        try:
+            info = load_encoder_info(path)
+        except FileNotFoundError:
+            pass  # a timm .safetensors: no info, which is fine
+    elif path.name.endswith(TORCH_SUFFIXES):
+        # argparse.Namespace: MAE's training checkpoints store their ``args``; it is an
+        # attribute bag, safe to allow. Anything else executable is refused.
+        try:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(
+                f"{path} holds Python objects besides tensors and is not loaded (weights_only=True); "
+                "export its weights to safetensors first"
+            ) from error
+    else:
+        raise ValueError(f"{path}: unknown checkpoint type (use .safetensors, .pth, .pt, .bin or .ckpt)")
+
+    unwrapped = True
+    while unwrapped and isinstance(state, dict):
+        unwrapped = False
+        for key in WRAPPER_KEYS:
+            if isinstance(state.get(key), dict) and not any(k.endswith(PATCH_WEIGHT) for k in state):
+                state, unwrapped = state[key], True
+                break
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict")
+    return {k: v for k, v in state.items() if isinstance(v, Tensor)}, info
+
+
+def _vit_prefix(state: dict[str, Tensor], path: Path) -> str:
+    """Prefix in front of the encoder's keys: '' (timm, MAE), 'vit.', 'backbone.vit.', …"""
+    prefixes = [k[: -len(PATCH_WEIGHT)] for k in state if k.endswith(PATCH_WEIGHT)]
+    if not prefixes:
+        raise ValueError(f"{path} holds no ViT: no '{PATCH_WEIGHT}' key")
+    # A Lightning module may hold a decoder, an EMA or teacher copy too: prefer the plain encoder.
+    side_copies = ("decoder", "teacher", "ema", "momentum")
+    return min(prefixes, key=lambda p: (any(s in p for s in side_copies), len(p)))
+
+
+def _adapt(state: dict[str, Tensor], vit: nn.Module, report: LoadReport) -> dict[str, Tensor]:
+    """Resample the patch kernel and position embedding of ``state`` to fit ``vit``."""
+    state = dict(state)
+    weight = state.get(PATCH_WEIGHT)
+    if weight is not None:
+        out_ch, in_ch, kh, kw = vit.patch_embed.proj.weight.shape
+        if weight.ndim == 4 and weight.shape[-2:] != (kh, kw):
+            report.adapted[PATCH_WEIGHT] = f"kernel resampled {tuple(weight.shape[-2:])} -> {(kh, kw)}"
+            weight = resample_patch_embed(weight, [kh, kw], interpolation="bicubic", antialias=True)
+        if weight.ndim == 4 and weight.shape[1] != in_ch:
+            note = f"channels {weight.shape[1]} -> {in_ch} ({'summed' if in_ch == 1 else 'repeated, rescaled'})"
+            report.adapted[PATCH_WEIGHT] = "; ".join(filter(None, [report.adapted.get(PATCH_WEIGHT), note]))
+            weight = adapt_input_conv(in_ch, weight, base_chans=weight.shape[1])
+        state[PATCH_WEIGHT] = weight
+
+    pos = state.get("pos_embed")
+    if pos is not None and vit.pos_embed is not None and pos.shape != vit.pos_embed.shape:
+        prefix_tokens = 0 if vit.no_embed_class else vit.num_prefix_tokens
+        old = pos.shape[1] - prefix_tokens
+        side = int(round(old**0.5))
+        if side * side != old:
+            raise ValueError(f"{report.path}: pos_embed of {old} patches is not a square grid")
+        new = list(vit.patch_embed.grid_size)
+        state["pos_embed"] = resample_abs_pos_embed(
+            pos, new_size=new, old_size=[side, side], num_prefix_tokens=prefix_tokens,
+            interpolation="bicubic", antialias=False,  # MAE util/pos_embed.py
+        )
+        report.adapted["pos_embed"] = f"resampled {side}x{side} -> {new[0]}x{new[1]}"
+    return state

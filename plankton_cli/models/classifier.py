@@ -1,0 +1,139 @@
+"""Fine-tuning classifier: timm ViT with MAE's average-pool head input and Maracani's bottleneck.
+
+The encoder is built with ``global_pool='avg'``: patch tokens (class token excluded) are
+averaged and normalised by ``fc_norm``, and the final ``norm`` is an Identity, exactly as
+MAE fine-tuning does. The head is the bottleneck of Maracani et al. 2023 used by the paper:
+Linear(embed_dim → 512) → LayerNorm → GELU → Linear(512 → classes). The paper does not say
+whether the last layer is wrapped in ``weight_norm`` (Maracani's code does); it is not here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from plankton_cli.models.mae import NO_DECAY_NAMES, create_vit, vit_arch
+
+
+class Classifier(nn.Module):
+    """``encoder`` (timm ViT, no head) + ``head`` (bottleneck); ``forward`` returns logits.
+
+    ``arch`` holds the flat architecture (see ``checkpoints``) that rebuilds the model.
+    """
+
+    def __init__(
+        self,
+        architecture: str,
+        num_classes: int,
+        *,
+        img_size: int = 224,
+        in_chans: int = 1,
+        patch_size: int | None = None,
+        drop_path_rate: float = 0.2,
+        hidden_dim: int = 512,
+        **vit_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError("num_classes must be at least 1")
+        self.encoder = create_vit(
+            architecture,
+            img_size=img_size,
+            in_chans=in_chans,
+            patch_size=patch_size,
+            num_classes=0,
+            global_pool="avg",
+            drop_path_rate=drop_path_rate,
+            **vit_kwargs,
+        )
+        self.head = nn.Sequential(
+            nn.Linear(self.encoder.embed_dim, hidden_dim),
+            nn.LayerNorm(hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, num_classes),
+        )
+        self.arch = dict(vit_arch(self.encoder, architecture), num_classes=num_classes, hidden_dim=hidden_dim)
+        self._init_head()
+
+    def _init_head(self) -> None:
+        hidden, last = self.head[0], self.head[3]
+        trunc_normal_(hidden.weight, std=0.02)  # timm's Linear init
+        nn.init.zeros_(hidden.bias)
+        # MAE fine-tuning: tiny logits at the start so the pretrained features are not disturbed.
+        trunc_normal_(last.weight, std=2e-5)
+        nn.init.zeros_(last.bias)
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """Pooled, ``fc_norm``-ed encoder features: (batch, embed_dim)."""
+        return self.encoder(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.encoder(images))
+
+
+def find_vit(model: nn.Module) -> tuple[str, VisionTransformer]:
+    """``(prefix, vit)`` of the first timm ViT inside ``model`` (prefix '' when it is one)."""
+    for name, module in model.named_modules():
+        if isinstance(module, VisionTransformer):
+            return (f"{name}." if name else ""), module
+    raise TypeError(f"{type(model).__name__} contains no timm VisionTransformer")
+
+
+def vit_layer_id(name: str, num_layers: int) -> int:
+    """Layer index of a ViT parameter name for layer decay (MAE ``util/lr_decay.py``).
+
+    Embeddings → 0, ``blocks.i`` → i + 1, everything after the blocks → ``num_layers``.
+    """
+    if name.split(".", 1)[0] in ("cls_token", "reg_token", "pos_embed", "patch_embed", "norm_pre"):
+        return 0
+    match = re.match(r"blocks\.(\d+)\.", name)
+    return int(match.group(1)) + 1 if match else num_layers
+
+
+def layer_decay_param_groups(
+    model: nn.Module, base_lr: float, weight_decay: float = 0.01, layer_decay: float = 0.75
+) -> list[dict[str, Any]]:
+    """AdamW groups with layer-wise lr decay: each group's ``lr`` is already ``base_lr × lr_scale``.
+
+    scale = layer_decay^(num_layers − layer_id), num_layers = depth + 1; parameters outside
+    the ViT (the head) get scale 1. 1-D parameters, ``pos_embed`` and ``cls_token`` get no
+    weight decay. ``lr_scale`` and ``layer_id`` are recorded in each group for inspection.
+    """
+    prefix, vit = find_vit(model)
+    num_layers = len(vit.blocks) + 1
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if prefix == "" or name.startswith(prefix):
+            layer_id = vit_layer_id(name[len(prefix):], num_layers)
+        else:
+            layer_id = num_layers
+        decay = not (param.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES)
+        key = (layer_id, decay)
+        if key not in groups:
+            scale = layer_decay ** (num_layers - layer_id)
+            groups[key] = {
+                "params": [],
+                "param_names": [],
+                "lr": base_lr * scale,
+                "lr_scale": scale,
+                "layer_id": layer_id,
+                "weight_decay": weight_decay if decay else 0.0,
+            }
+        groups[key]["params"].append(param)
+        groups[key]["param_names"].append(name)
+    return [groups[key] for key in sorted(groups)]
+
+
+def group_of(optimizer: torch.optim.Optimizer, param: Tensor) -> dict[str, Any]:
+    """The optimizer parameter group that holds ``param``."""
+    for group in optimizer.param_groups:
+        if any(p is param for p in group["params"]):
+            return group
+    raise KeyError("parameter is not in this optimizer")
