@@ -159,13 +159,16 @@ def ingest(
     options: ReadOptions | None = None,
     lock_timeout: float = 60.0,
     retry_rejected: bool = False,
+    commit_every: int = 0,
     on_start: Callable[[int], None] | None = None,
     on_source: Callable[[Source, str], None] | None = None,
     on_object: Callable[[], None] | None = None,
 ) -> IngestSummary:
     """Ingest `paths` into `store`.
 
-    `on_start(n_sources)`, `on_source(source, status)` and `on_object()` feed progress displays.
+    `commit_every=N` commits after every N sources read (besides every ~256 MB and at the end), so a long
+    backlog keeps its progress if interrupted. `on_start(n_sources)`, `on_source(source, status)` and
+    `on_object()` feed progress displays.
     """
     options = options or ReadOptions()
     run_id = new_run_id()
@@ -175,6 +178,7 @@ def ingest(
         on_start(len(sources))
     with store.locked(timeout=lock_timeout):
         run = _Run(store, run_id)
+        since_commit = 0
         try:
             for reader, source in sources:
                 status, facts = run.manifest.status(source)
@@ -189,8 +193,10 @@ def ingest(
                     run.supersede(source)
                 counts, data_files = _ingest_source(run, reader, source, options, summary, on_object)
                 run.manifest.record(source, facts, counts, data_files, run_id)
-                if run.staged_bytes >= MAX_FILE_BYTES:
+                since_commit += 1
+                if run.staged_bytes >= MAX_FILE_BYTES or (commit_every and since_commit >= commit_every):
                     run.commit()
+                    since_commit = 0
             run.commit()
         except BaseException:
             run.abort()
@@ -256,7 +262,7 @@ def _store_record(run: _Run, rec: Record, source: Source, now: datetime, counts:
         "content_hash": img.content_hash,
         "ingest_run": run.run_id,
         "ingested_at": now,
-        "metadata": {str(k): str(v) for k, v in rec.metadata.items()},
+        "metadata": [{"key": str(k), "value": str(v)} for k, v in rec.metadata.items()],
     }
     data_files.append(run.objects.add(row))
     run.stored_ids.add(rec.object_id)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}
 
 MAX_CLASSES_WITH_VALUES = 20
 """Confusion matrices print the value in each cell up to this many classes; beyond, the cells get too small."""
@@ -263,7 +264,7 @@ def plot_confusion_matrix(
     image = axes.imshow(matrix, cmap="Blues", vmin=0, vmax=1 if normalize else None, interpolation="nearest")
     figure.colorbar(image, ax=axes, shrink=0.8)
     names = short_class_names(labels)
-    font = max(5, min(10, 200 // max(n, 1)))
+    font = max(6, min(10, 200 // max(n, 1)))
     axes.set_xticks(range(n), names, rotation=60, ha="right", rotation_mode="anchor", fontsize=font)
     axes.set_yticks(range(n), names, fontsize=font)
     axes.set_xlabel("predicted")
@@ -362,7 +363,7 @@ def plot_few_label_curve(
             marker="o", capsize=4, label=init,
         )
     axes.set_xticks(range(len(specs)), [str(spec) for spec in specs])
-    axes.set(xlabel="labelled training data", ylabel=metric.replace("_", " "), title=title or "")
+    axes.set(xlabel="labelled training data", ylabel=METRIC_NAMES.get(metric, metric), title=title or "")
     axes.grid(alpha=0.3)
     axes.legend()
     return _save(figure, path)

@@ -121,35 +121,26 @@ def _pad(
     seed_key: str,
 ) -> np.ndarray:
     """Pad rows (top/bottom) or columns (left/right) with fill + N(0, std) noise, each channel on its own."""
-    squeeze = img.ndim == 2
-    if squeeze:
-        img = img[:, :, None]
-    if not pad_rows:  # pad columns by padding the rows of the transposed view; transpose back at the end
-        img = img.transpose(1, 0, 2)
-    height, width, channels = img.shape
-
+    axis = 0 if pad_rows else 1
+    shape = list(img.shape)
+    shape[axis] = before + after
+    # (C,) broadcasts over the channel axis of (H, W, C); a grey image has one channel and (1,) broadcasts too.
     if any(std):
-        band_f = _rng(seed_key).standard_normal((before + after, width, channels), dtype=np.float32)
-        band_f *= np.asarray(std, dtype=np.float32)  # in place: this band is the one sizeable allocation
+        band_f = _rng(seed_key).standard_normal(shape, dtype=np.float32)
+        band_f *= np.asarray(std, dtype=np.float32)  # in place: the band is the one sizeable temporary
         band_f += np.asarray(fill, dtype=np.float32)
         band = np.clip(np.rint(band_f, out=band_f), 0, 255, out=band_f).astype(np.uint8)
     else:  # flat background: no randomness needed, and no generator to build
-        band = np.broadcast_to(np.asarray(fill, dtype=np.uint8), (before + after, width, channels))
-
-    out = np.empty((height + before + after, width, channels), dtype=np.uint8)
-    out[:before] = band[:before]
-    out[before : before + height] = img
-    out[before + height :] = band[before:]
-    if not pad_rows:
-        out = out.transpose(1, 0, 2)
-    return np.ascontiguousarray(out[:, :, 0] if squeeze else out)
+        band = np.broadcast_to(np.asarray(fill, dtype=np.uint8), shape)
+    head, tail = (band[:before], band[before:]) if pad_rows else (band[:, :before], band[:, before:])
+    return np.concatenate((head, img, tail), axis=axis)
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
     """Bicubic resize of a square image to (size, size); Pillow has no (H, W, 1) mode, so that one is squeezed."""
     single = img.ndim == 3 and img.shape[2] == 1
-    resized = np.asarray(Image.fromarray(img[:, :, 0] if single else img).resize((size, size), Image.Resampling.BICUBIC))
-    return resized[:, :, None] if single else resized
+    image = Image.fromarray(img[:, :, 0] if single else img).resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(image)[:, :, None] if single else np.asarray(image)
 
 
 def _rng(seed_key: str) -> np.random.Generator:

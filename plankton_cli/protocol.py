@@ -5,7 +5,7 @@ which 15 % is validation; fine-tuning then sees 1 %, 5 % or 10 % of the training
 class. The paper's code is not public, so the details here are ours, chosen so that:
 
 - nothing depends on input order, Python's hash seed or the machine: items are sorted by id, and every random
-  choice is a rank drawn from a keyed BLAKE2 hash of (seed, id);
+  choice is a rank drawn from a BLAKE2 hash of (purpose, seed, id);
 - labelled subsets are nested (1 % ⊂ 5 % ⊂ 10 % ⊂ all): each item keeps the same rank whatever the fraction, and a
   subset is the first n_c items of each class by rank;
 - no class vanishes silently: scikit-learn drops or raises on tiny classes (method-recipe.md §5), so classes
@@ -241,8 +241,8 @@ def _fold_of_each_item(groups: dict[Hashable, list[Hashable]], n_folds: int, see
             fold_of[item_id] = next_fold
             next_fold = (next_fold + 1) % n_folds
         warnings.append(
-            f"class {label!r} has {len(members)} image(s), fewer than {n_folds} folds: "
-            f"it is in the test part of only {len(members)} fold(s)"
+            f"class {label!r} has {len(members)} image(s), too few for {n_folds} stratified folds: "
+            f"it is tested in {len(members)} of them"
         )
     return fold_of, warnings
 
@@ -319,6 +319,8 @@ def restrict_train(split: Split, label_of: Mapping[Hashable, Hashable], spec: La
     The draw is seeded by the split's seed and fold, so each fold draws its own subset, and re-running gives the
     same one. Apply it to the full training part: subsets of one split for different specs are nested.
     """
+    if split.label_spec != "all":
+        raise ValueError(f"fold {split.fold} is already cut to {split.label_spec}: restrict the full split instead")
     spec = parse_label_fraction(spec)
     train = few_label_subset(split.train, [label_of[i] for i in split.train], spec, seed=f"{split.seed}:{split.fold}")
     counts = dict(split.class_counts, train=_count(train, label_of))

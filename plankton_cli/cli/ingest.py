@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -40,12 +41,14 @@ Exit codes: 0 done (rejections are reported, not fatal), 65 something was reject
 @click.option("-o", "--reader-option", "reader_options", multiple=True, metavar="KEY=VALUE",
               help="Extra option passed to the reader plugin (repeatable).")
 @click.option("--retry-rejected", is_flag=True, help="Read again the sources that had rejected objects.")
+@click.option("--commit-every", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Also commit after every N sources, so a long backlog keeps its progress if interrupted.")
 @click.option("--strict", is_flag=True, help="Exit 65 when any object was rejected.")
 @store_option
 @lock_timeout_option
 @json_option
 def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_from: str,
-           reader_options: tuple[str, ...], retry_rejected: bool, strict: bool, store: Path,
+           reader_options: tuple[str, ...], retry_rejected: bool, commit_every: int, strict: bool, store: Path,
            lock_timeout: float, as_json: bool) -> None:
     """Read IFCB bins, EcoTaxa exports or image folders into the store.
 
@@ -71,15 +74,20 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
                                  param_hint="--format")
     options = ReadOptions(instrument=instrument, label_from=label_from, extra=extra)
 
+    last_log = [time.monotonic()]
+
     with progress("ingest", unit="sources") as advance:
         def on_source(source, status):
             advance()
-            if not is_interactive():
-                log.info("%s %s", status, source.key)
+            log.debug("%s %s", status, source.key)
+            if status != "unchanged" and not is_interactive() and time.monotonic() - last_log[0] > 30:
+                last_log[0] = time.monotonic()
+                log.info("reading %s", source.key)  # a sign of life under cron, twice a minute at most
 
         try:
             summary = run_ingest(Store(store), list(sources), fmt=fmt, options=options, lock_timeout=lock_timeout,
-                                 retry_rejected=retry_rejected, on_source=on_source)
+                                 retry_rejected=retry_rejected, commit_every=commit_every,
+                                 on_source=on_source)
         except LockTimeout as exc:
             log.error("%s", exc)
             sys.exit(75)

@@ -29,7 +29,9 @@ _SIMPLE_TYPES = {
     "float64": pa.float64(),
     "bool": pa.bool_(),
     "timestamp[us, UTC]": pa.timestamp("us", tz="UTC"),
-    "map<string,string>": pa.map_(pa.string(), pa.string()),
+    # Key/value pairs as a list of structs (the physical layout of a Parquet MAP) rather than a map type, because
+    # Hugging Face `datasets` cannot load map columns; duckdb: `map_from_entries(metadata)`.
+    "list<struct<key,value>>": pa.list_(pa.struct([pa.field("key", pa.string()), pa.field("value", pa.string())])),
     "list<string>": pa.list_(pa.string()),
     "list<float32>": pa.list_(pa.float32()),
     "image": IMAGE_TYPE,

@@ -77,7 +77,15 @@ class Transaction:
         _apply(self.root, journal)
 
     def abort(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
+        _remove_staging(self.root, self.id)
+
+
+def _remove_staging(root: Path, txn_id: str) -> None:
+    shutil.rmtree(root / ".staging" / txn_id, ignore_errors=True)
+    try:
+        (root / ".staging").rmdir()  # only when no other transaction is staging
+    except OSError:
+        pass
 
 
 def _apply(root: Path, journal: Path) -> None:
@@ -91,7 +99,7 @@ def _apply(root: Path, journal: Path) -> None:
     for final in plan["deletes"]:
         (root / final).unlink(missing_ok=True)
     journal.unlink()
-    shutil.rmtree(root / ".staging" / journal.stem, ignore_errors=True)
+    _remove_staging(root, journal.stem)
 
 
 def recover(root: Path) -> int:

@@ -1,0 +1,1 @@
+"""Folders of image files, one folder per class (the generic fallback reader)."""

@@ -1,0 +1,3 @@
+from plankton_cli.cli import main
+
+main()

@@ -1,0 +1,129 @@
+"""Folders of image files: one folder per class, optionally under one folder per instrument.
+
+Layouts read:
+
+- `root/<class>/*.png|jpg|…` (the usual "ImageFolder" layout, e.g. uvpec's `DisplayName__EcotaxaID` folders);
+- `root/<instrument>/<class>/…` (DAPlankton: `IFCB/`, `CS/`, `FC/`, …), detected when the first folder below
+  the root is an EcoTaxa instrument name or a DAPlankton alias;
+- any deeper nesting: the class is always the image's own folder, the folders above it are its `sample_id`.
+
+This is the generic fallback reader (`sniff_priority` 0): more specific formats are asked first.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+from PIL import Image
+
+from plankton_cli.records import ReadOptions, Record, Rejection, Source
+from plankton_plugins.ecotaxa import canonical_instrument
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"})
+LABEL_SOURCES = ("folder", "none")
+_UVPEC_FOLDER = re.compile(r"^(?P<name>.+)__(?P<id>\d+)$")  # uvpec / EcoTaxa DOI: `DisplayName__EcotaxaID`
+
+
+def is_image_name(name: str) -> bool:
+    """True for a visible file whose extension is an image format (AppleDouble `._x.png` files are not)."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def image_problem(data: bytes) -> str | None:
+    """Why `data` cannot be an image, or None. Reads only the header: the store decodes (once) to validate."""
+    if not data:
+        return "empty image file (0 bytes)"
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.size  # noqa: B018 - parsing the header is the check
+    except Exception as exc:  # Pillow raises many types for garbage; any of them means "not an image"
+        return f"not a readable image: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _visible_dirs(entries: list[os.DirEntry]) -> list[os.DirEntry]:
+    return [e for e in entries if e.is_dir() and not e.name.startswith(".") and e.name != "__MACOSX"]
+
+
+def _has_images(folder: Path, depth: int) -> bool:
+    """True when `folder` or a folder at most `depth` levels below it holds an image file."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return False
+    if any(e.is_file() and is_image_name(e.name) for e in entries):
+        return True
+    return depth > 0 and any(_has_images(Path(e.path), depth - 1) for e in _visible_dirs(entries))
+
+
+class ImageFolderReader:
+    """Reads `root/[<instrument>/]<class>/<image>`; one `Source` (and one `Record`) per image file."""
+
+    name = "folders"
+    description = "Folders of images, one folder per class (optionally root/<instrument>/<class>/)"
+    sniff_priority = 0
+
+    def sniff(self, path: Path) -> bool:
+        path = Path(path)
+        if path.is_file():
+            return is_image_name(path.name)
+        return path.is_dir() and _has_images(path, depth=2)
+
+    def discover(self, path: Path, options: ReadOptions) -> Iterator[Source]:
+        if options.label_from not in LABEL_SOURCES:
+            raise ValueError(f"label_from must be one of {', '.join(LABEL_SOURCES)}, not {options.label_from!r}")
+        root = Path(path).absolute()
+        if root.is_file():
+            if is_image_name(root.name):
+                yield Source(key=str(root), files=(root,), reader=self.name, extra=root.name)
+            return
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
+            for name in sorted(files):
+                if is_image_name(name):
+                    file = Path(folder, name)
+                    relative = file.relative_to(root).as_posix()
+                    yield Source(key=str(file), files=(file,), reader=self.name, extra=relative)
+
+    def read(self, source: Source, options: ReadOptions) -> Iterator[Record | Rejection]:
+        file = source.files[0]
+        object_id = source.extra or file.name  # the path relative to the folder given to discover
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            yield Rejection(str(file), None, f"cannot read image file: {exc}", object_id)
+            return
+        problem = image_problem(data)
+        if problem:
+            yield Rejection(str(file), None, problem, object_id)
+            return
+
+        folders = PurePosixPath(object_id).parts[:-1]
+        record = Record(
+            object_id=object_id,
+            image=data,
+            source_file=str(file),
+            sample_id="/".join(folders[:-1]) or None,
+            instrument=self._instrument(folders, options),
+        )
+        if options.label_from == "folder" and folders:
+            record.label = folders[-1]
+            record.label_status = "validated"  # someone sorted the image into this folder by hand
+            match = _UVPEC_FOLDER.match(folders[-1])
+            if match:
+                record.metadata["ecotaxa_display_name"] = match["name"]
+                record.metadata["ecotaxa_id"] = match["id"]
+        yield record
+
+    @staticmethod
+    def _instrument(folders: tuple[str, ...], options: ReadOptions) -> str | None:
+        if options.instrument:
+            return canonical_instrument(options.instrument) or options.instrument
+        # DAPlankton: `<instrument>/<class>/<image>`; a lone class folder is never taken for an instrument
+        if len(folders) >= 2:
+            return canonical_instrument(folders[0])
+        return None
