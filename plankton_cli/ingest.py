@@ -262,12 +262,19 @@ def _store_record(run: _Run, rec: Record, source: Source, now: datetime, counts:
         "content_hash": img.content_hash,
         "ingest_run": run.run_id,
         "ingested_at": now,
-        "metadata": [{"key": str(k), "value": str(v)} for k, v in rec.metadata.items()],
+        "metadata": _pairs(rec.metadata),
     }
     data_files.append(run.objects.add(row))
     run.stored_ids.add(rec.object_id)
     counts["stored"] += 1
     return None
+
+
+def _pairs(metadata: dict) -> list[tuple[str, str]]:
+    """(key, value) text pairs for the metadata column; readers should give text, anything else is converted."""
+    if set(map(type, metadata.values())) <= {str}:
+        return list(metadata.items())
+    return [(str(k), str(v)) for k, v in metadata.items()]
 
 
 def _reject(run: _Run, rej: Rejection, source: Source, now: datetime, counts: Counter,

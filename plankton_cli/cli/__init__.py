@@ -22,6 +22,8 @@ from plankton_cli.cli.output import setup_logging
 COMMANDS = {
     "ingest": "plankton_cli.cli.ingest:ingest",
     "info": "plankton_cli.cli.info:info",
+    "pad": "plankton_cli.cli.pad:pad",
+    "stats": "plankton_cli.cli.stats:stats",
     "plugins": "plankton_cli.cli.plugins:plugins_command",
 }
 
@@ -52,6 +54,8 @@ class LazyGroup(click.Group):
 _SUMMARIES = {
     "ingest": "Read IFCB bins, EcoTaxa exports or image folders into the store.",
     "info": "Show what the store holds: counts by dataset, instrument, label and source.",
+    "pad": "Crop instrument legends and pad every image to a square with its own background.",
+    "stats": "Compute (or read the cached) pixel mean and std of a dataset, for normalisation.",
     "plugins": "List installed reader, writer and backend plugins (and broken ones).",
 }
 

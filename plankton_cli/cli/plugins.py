@@ -26,8 +26,8 @@ def plugins_command(as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("kind", "name", "package", "version", "status")
+    table = Table("kind", "name", "package", "version", "entry point", "status")
     for i in infos:
-        status = "[red]broken: " + i.broken + "[/red]" if i.broken else f"ok ({i.target})"
-        table.add_row(i.kind, i.name, i.package, i.version, status)
+        status = f"[red]broken: {i.broken}[/red]" if i.broken else "[green]ok[/green]"
+        table.add_row(i.kind, i.name, i.package, i.version, i.target, status)
     Console().print(table)

@@ -109,7 +109,11 @@ def list_row_groups(
     ``labelled_only`` keeps rows with a label, and with ``classes`` only rows whose label is one of
     them. ``instruments`` uses the hive partition when there is one, else the ``instrument`` column.
     """
+    def values(items: Collection[str] | None) -> pa.Array | None:
+        return pa.array(sorted(set(items)), pa.string()) if items is not None else None
+
     wanted_instruments = set(instruments) if instruments is not None else None
+    id_values, class_values = values(object_ids), values(classes) if labelled_only else None
     groups: list[RowGroup] = []
     for path in list_data_files(dataset_dir):
         instrument = partition_values(path, dataset_dir).get("instrument")
@@ -117,7 +121,8 @@ def list_row_groups(
             continue
         with pq.ParquetFile(path) as file:
             sizes = [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)]
-            mask = _row_mask(file, wanted_instruments if instrument is None else None, object_ids, labelled_only, classes)
+            row_instruments = values(instruments) if instrument is None else None  # no partition folder
+            mask = _row_mask(path, file, row_instruments, id_values, labelled_only, class_values)
             start = 0
             for index, size in enumerate(sizes):
                 keep = np.ones(size, dtype=bool) if mask is None else mask[start : start + size]
@@ -149,13 +154,17 @@ def _image_present(file: pq.ParquetFile, index: int) -> np.ndarray:
 
 
 def _row_mask(
+    path: Path,
     file: pq.ParquetFile,
-    instruments: Collection[str] | None,
-    object_ids: Collection[str] | None,
+    instruments: pa.Array | None,
+    object_ids: pa.Array | None,
     labelled_only: bool,
-    classes: Collection[str] | None,
+    classes: pa.Array | None,
 ) -> np.ndarray | None:
-    """Boolean mask over the file's rows, or None when no row filter applies."""
+    """Boolean mask over the file's rows, or None when no row filter applies.
+
+    ``instruments``, ``object_ids`` and ``classes`` are string arrays of the accepted values.
+    """
     columns = []
     if instruments is not None:
         columns.append("instrument")
@@ -167,18 +176,17 @@ def _row_mask(
         return None
     names = file.schema_arrow.names
     if missing := [c for c in columns if c not in names]:
-        raise ValueError(f"{file.metadata} has no column(s) {missing} needed by the filters")
+        raise ValueError(f"{path} has no column(s) {missing} needed by the filters")
     table = file.read(columns=columns, use_threads=False)
     mask = np.ones(table.num_rows, dtype=bool)
     if instruments is not None:
         column = table.column("instrument").cast(pa.string())
-        mask &= pc.is_in(column, value_set=pa.array(sorted(instruments), pa.string())).to_numpy(zero_copy_only=False)
+        mask &= pc.is_in(column, value_set=instruments).to_numpy(zero_copy_only=False)
     if object_ids is not None:
-        ids = pa.array(list(object_ids), pa.string())
-        mask &= pc.is_in(table.column("object_id"), value_set=ids).to_numpy(zero_copy_only=False)
+        mask &= pc.is_in(table.column("object_id"), value_set=object_ids).to_numpy(zero_copy_only=False)
     if labelled_only:
         labels = table.column("label").cast(pa.string())
-        keep = pc.is_valid(labels) if classes is None else pc.is_in(labels, value_set=pa.array(list(classes), pa.string()))
+        keep = pc.is_valid(labels) if classes is None else pc.is_in(labels, value_set=classes)
         mask &= pc.fill_null(keep, False).to_numpy(zero_copy_only=False)
     return mask
 
@@ -193,7 +201,8 @@ class StoreDataset(IterableDataset):
     ``batch_size`` must equal the DataLoader's batch size for batches to come out in stream order
     (:class:`StoreDataLoader` sets it). Rank and world size come from ``torch.distributed`` when it is
     initialised, else from the arguments. Call ``set_epoch`` before each ``iter()`` (or use
-    :class:`StoreDataLoader`, which does it).
+    :class:`StoreDataLoader`, which does it). For predict/eval use ``shuffle=False`` with a
+    :class:`StoreDataLoader` too, so that batches keep the stored order.
     """
 
     def __init__(

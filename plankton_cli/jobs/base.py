@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import click
 
-# The Click command a backend runs, as "module:attribute". Tests and other front-ends may point elsewhere.
-PLANKTON_CLI = "plankton_cli.cli:main"
+# The Click group a backend runs, as "module:attribute" (the group itself: `main` exits the process).
+# Tests and other front-ends may point elsewhere.
+PLANKTON_CLI = "plankton_cli.cli:cli"
 
 # Job states use SLURM's vocabulary (squeue/sacct), the richest one a backend is likely to meet.
 # A job in any other state (PENDING, RUNNING, REQUEUED, COMPLETING, ...) may still change.

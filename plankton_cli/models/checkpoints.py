@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import pickle
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -70,6 +71,11 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 WRAPPER_KEYS = ("state_dict", "model", "module")
 PATCH_WEIGHT = "patch_embed.proj.weight"
 
+# Plain-data classes found next to the weights, allowed for ``weights_only=True`` loading:
+# MAE's training checkpoints store ``args`` (a Namespace), Lightning hyper-parameters often
+# hold paths. Any other non-tensor object makes the load fail instead of running code.
+INERT_GLOBALS = [argparse.Namespace, pathlib.PosixPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]
+
 
 # --------------------------------------------------------------------------- writing
 
@@ -87,6 +93,9 @@ def save_model(path: Path, state_dict: dict[str, Tensor], info: dict[str, Any]) 
     """
     if len(info.get("classes", [])) != info.get("num_classes"):
         raise ValueError("info['classes'] must list exactly info['num_classes'] names")
+    logits = state_dict.get("head.3.weight")  # Classifier's last layer
+    if logits is not None and logits.shape[0] != info["num_classes"]:
+        raise ValueError(f"the head has {logits.shape[0]} outputs but info lists {info['num_classes']} classes")
     return _save_pair(_weights_path(Path(path), "model"), state_dict, info, MODEL_FORMAT, MODEL_REQUIRED)
 
 
@@ -179,7 +188,7 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Classifi
         hidden_dim=info["hidden_dim"],
         drop_path_rate=0.0,
     )
-    model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
+    model.load_state_dict(load_file(str(weights)), strict=True)
     return model.to(device).eval(), info
 
 
@@ -253,7 +262,8 @@ def load_vit_weights(
             if key.startswith("head.") and not strict_head:
                 report.unexpected.append(key)  # e.g. an ImageNet-1k head: start a fresh one
             else:
-                raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, the model needs {tuple(target[key].shape)}")
+                have, need = tuple(value.shape), tuple(target[key].shape)
+                raise ValueError(f"{path}: {key} has shape {have}, the model needs {need}")
         else:
             loadable[key] = value
     report.missing = [k for k in target if k not in loadable]
@@ -281,10 +291,8 @@ def _read_state_dict(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | No
         except FileNotFoundError:
             pass  # a timm .safetensors: no info, which is fine
     elif path.name.endswith(TORCH_SUFFIXES):
-        # argparse.Namespace: MAE's training checkpoints store their ``args``; it is an
-        # attribute bag, safe to allow. Anything else executable is refused.
         try:
-            with torch.serialization.safe_globals([argparse.Namespace]):
+            with torch.serialization.safe_globals(INERT_GLOBALS):
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             raise ValueError(

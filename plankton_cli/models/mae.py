@@ -231,8 +231,9 @@ class MAE(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``(masked_input, reconstruction, original)`` images for a Figure-3-style panel.
 
-        Predicted patches are un-normalised with each original patch's own mean and
-        variance, as MAE's visualisation of norm-pix models does. Masked patches of
+        With the norm-pix loss, predicted patches are un-normalised with each original
+        patch's own mean and variance (the usual way to show norm-pix predictions; MAE's
+        own demo uses a model trained on raw pixels instead). Masked patches of
         ``masked_input`` are 0 in normalised space (the dataset mean colour). With
         ``mean``/``std`` (the dataset normalisation) the outputs are in pixel units,
         clipped to [0, 1]. ``paste_visible`` overlays the visible input patches on the

@@ -1,0 +1,1 @@
+"""SLURM compute backend (submitit). Registered as `slurm` in the `plankton.backends` entry points."""

@@ -99,13 +99,17 @@ class SlurmJobHandle:
 
     def wait(self, poll_s: float = 2.0) -> int:
         """Block until every task has finished; return the first non-zero task exit status, else 0."""
-        while not self._all_results() and slurm_state(self.job_id) not in FINISHED_STATES:
+        state = slurm_state(self.job_id)
+        while not self._all_results() and state not in FINISHED_STATES:
             time.sleep(poll_s)
-        # A finished job's last task may still be writing its result (slow shared file systems).
-        for _ in range(10):
-            if self._all_results():
-                break
-            time.sleep(1)
+            state = slurm_state(self.job_id)
+        # Tasks that exited by themselves wrote a result, which a slow shared file system may show late.
+        # Cancelled or killed ones never will.
+        if state in ("COMPLETED", "FAILED"):
+            for _ in range(10):
+                if self._all_results():
+                    break
+                time.sleep(1)
         statuses = [self._exit_status(task) for task in self._tasks]
         return next((s for s in statuses if s != 0), 0)
 

@@ -262,7 +262,8 @@ def test_rows_without_image_are_skipped(tmp_path, images):
     table = pq.read_table(path, partitioning=None)
     image = table.column("image").to_pylist()
     image[3] = None
-    table = table.set_column(table.schema.get_field_index("image"), "image", pa.array(image, table.schema.field("image").type))
+    index = table.schema.get_field_index("image")
+    table = table.set_column(index, "image", pa.array(image, table.schema.field("image").type))
     pq.write_table(table, path, row_group_size=8)
     assert sorted(ids_of(small(root))) == sorted(ids[:3] + ids[4:])
 

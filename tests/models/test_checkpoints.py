@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import timm
@@ -107,7 +108,7 @@ def test_rgb_timm_checkpoint_at_other_size_adapts_to_grayscale(tmp_path):
 def test_grayscale_to_rgb_and_other_patch_size(tmp_path):
     mae = tiny_mae()
     save_encoder(tmp_path, mae.encoder_state_dict(), {**mae.encoder_arch, **PREPROCESS})
-    rgb = create_vit("vit_base_patch16_224", img_size=64, in_chans=3, num_classes=0, patch_size=16, depth=2, embed_dim=64, num_heads=2)
+    rgb = create_vit("vit_base_patch16_224", img_size=64, in_chans=3, num_classes=0, **{**VIT, "patch_size": 16})
     report = load_vit_weights(rgb, tmp_path)
     assert rgb.patch_embed.proj.weight.shape == (64, 3, 16, 16)
     assert "kernel resampled" in report.adapted["patch_embed.proj.weight"]
@@ -188,3 +189,37 @@ def test_save_and_load_fine_tuned_model(tmp_path):
     save_encoder(tmp_path / "enc", model.encoder.state_dict(), {**model.arch, **PREPROCESS})
     with pytest.raises(ValueError, match="not a fine-tuned model"):
         load_model(tmp_path / "enc" / "encoder.safetensors")
+
+
+def test_real_lightning_checkpoint(tmp_path):
+    """A checkpoint written by a real Lightning Trainer (with a Path hyper-parameter) loads."""
+    pl = pytest.importorskip("pytorch_lightning")
+    from plankton_cli.models.mae import param_groups_weight_decay
+
+    class Pretrain(pl.LightningModule):
+        def __init__(self, data_dir: Path = Path("/data"), lr: float = 1e-3):
+            super().__init__()
+            self.save_hyperparameters()
+            self.mae = tiny_mae()
+
+        def training_step(self, batch, batch_idx):
+            return self.mae(batch[0]).loss
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(param_groups_weight_decay(self.mae, 0.05), lr=self.hparams.lr)
+
+    module = Pretrain()
+    images = torch.utils.data.TensorDataset(torch.randn(4, 1, 32, 32))
+    trainer = pl.Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(images, batch_size=4))
+    checkpoint = next(tmp_path.rglob("*.ckpt"))
+
+    model = tiny_classifier()
+    report = load_vit_weights(model, checkpoint)
+    assert report.prefix == "mae.backbone.vit."
+    assert any(k.startswith("mae.decoder.") for k in report.unexpected)
+    trained = module.mae.backbone.vit.blocks[0].attn.qkv.weight
+    torch.testing.assert_close(model.encoder.blocks[0].attn.qkv.weight, trained)

@@ -15,7 +15,9 @@ from plankton_cli.models.mae import (
     reconstruction_grid,
 )
 
-TINY = dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2, decoder_depth=1, decoder_dim=32, decoder_heads=2)
+TINY = dict(
+    img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2, decoder_depth=1, decoder_dim=32, decoder_heads=2
+)
 
 
 def shared_data() -> Path:
@@ -32,8 +34,8 @@ def uvp6_batch(n: int = 8, size: int = 32) -> torch.Tensor:
     if not root.is_dir():
         pytest.skip(f"UVP6 vignettes (GPL-3.0, not shipped) absent: {root}")
     files = [sorted(d.glob("*.png"))[0] for d in sorted(root.iterdir()) if d.is_dir()][:n]
-    images = [np.asarray(Image.open(f).convert("L").resize((size, size), Image.BICUBIC), np.float32) / 255 for f in files]
-    x = torch.from_numpy(np.stack(images))[:, None]
+    images = [np.asarray(Image.open(f).convert("L").resize((size, size), Image.BICUBIC), np.float32) for f in files]
+    x = torch.from_numpy(np.stack(images))[:, None] / 255
     return (x - x.mean()) / x.std()
 
 

@@ -1,0 +1,120 @@
+"""`plankton pad`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from plankton_cli.cli.options import json_option, lock_timeout_option, store_option
+from plankton_cli.cli.output import emit_json
+
+log = logging.getLogger("plankton.pad")
+
+_PRESETS = ("auto", "none", "scale-bar", "cytosense")  # = padding.PRESETS, spelled out so --help imports nothing
+
+
+@click.command(epilog="""\b
+Examples:
+  plankton pad                               # objects -> padded, crops chosen from the instrument
+  plankton pad --workers 4 --preview 24 pad.png
+  plankton pad --dry-run --preview 24 pad.png --preset cytosense   # look first, write nothing
+  plankton pad --preset none --crop-bottom 31                      # crop exactly what you say
+
+\b
+Presets (--preset auto picks one from the instrument column):
+  scale-bar  Zooscan, UVP5*, UVP6: cut the 31-px ZooProcess legend when one is detected
+  cytosense  CytoSense: cut the 25-px banner at the top
+  none       crop nothing
+--crop-top / --crop-bottom add to what the preset crops.
+
+Exit codes: 0 done (rejections are reported, not fatal), 65 something was rejected and
+--strict was given, 2 usage error, 75 the store is locked by another writer.""")
+@click.option("--source", default="objects", show_default=True, help="Dataset of the store to read.")
+@click.option("--target", default="padded", show_default=True, help="Dataset of the store to write.")
+@click.option("--preset", type=click.Choice(_PRESETS), default="auto", show_default=True,
+              help="Instrument crop to apply before padding.")
+@click.option("--crop-top", type=click.IntRange(min=0), default=0, show_default=True, metavar="PX",
+              help="Also cut this many rows from the top of every image.")
+@click.option("--crop-bottom", type=click.IntRange(min=0), default=0, show_default=True, metavar="PX",
+              help="Also cut this many rows from the bottom of every image.")
+@click.option("--size", type=click.IntRange(min=1), metavar="N",
+              help="Resize the padded square to N x N (bicubic) [default: keep; training resizes].")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Pad in N processes.")
+@click.option("--preview", nargs=2, type=(click.IntRange(min=1), click.Path(dir_okay=False, path_type=Path)),
+              metavar="N FILE", help="Write a PNG contact sheet of N random objects before and after padding.")
+@click.option("--dry-run", is_flag=True, help="Write only the --preview sheet, not the dataset.")
+@click.option("--strict", is_flag=True, help="Exit 65 when any object was rejected.")
+@store_option
+@lock_timeout_option
+@json_option
+def pad(source: str, target: str, preset: str, crop_top: int, crop_bottom: int, size: int | None, workers: int,
+        preview: tuple[int, Path] | None, dry_run: bool, strict: bool, store: Path, lock_timeout: float,
+        as_json: bool) -> None:
+    """Crop instrument legends and pad every image to a square with its own background.
+
+    Reads a dataset of the store (default `objects`) and writes the padded images, with every
+    other column and the crop and pad offsets per row, to another (default `padded`), which
+    pretrain, finetune and predict use when it exists. The padding is the mode of the edge
+    pixels plus noise seeded from the object id, so re-runs write identical bytes; only objects
+    that are new or changed since the last run are padded.
+    """
+    from plankton_cli.cli.output import progress
+    from plankton_cli.pad import CropSpec
+    from plankton_cli.padding import pad_dataset
+    from plankton_cli.padding import preview as write_preview
+    from plankton_cli.store import LockTimeout, Store
+
+    if dry_run and not preview:
+        raise click.UsageError("--dry-run writes nothing but the --preview sheet; give --preview N FILE too")
+    the_store = Store(store)
+    crop = CropSpec(top=crop_top, bottom=crop_bottom) if crop_top or crop_bottom else None
+    if not the_store.files(source):
+        raise click.UsageError(f"dataset {source!r} of {the_store.root} is empty; run `plankton ingest` first")
+
+    data = None
+    if not dry_run:
+        with progress("pad", unit="objects") as advance:
+            try:
+                summary = pad_dataset(the_store, source=source, target=target, preset=preset, crop=crop, size=size,
+                                      workers=workers, lock_timeout=lock_timeout, on_progress=advance)
+            except LockTimeout as exc:
+                log.error("%s", exc)
+                sys.exit(75)
+            except ValueError as exc:
+                raise click.UsageError(str(exc)) from exc
+        data = summary.to_dict()
+    if preview:
+        n, path = preview
+        write_preview(the_store, n, path, source=source, preset=preset, crop=crop, size=size)
+        if data is not None:
+            data["preview"] = str(path)
+        elif not as_json:
+            click.echo(f"preview: {path}")
+
+    if data is None:
+        if as_json:
+            emit_json({"preview": str(preview[1])})
+        return
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(
+            f"objects: {data['read']} read = {data['padded']} padded + {data['skipped']} skipped (already padded"
+            + (f", or {data['skipped_rejected_before']} rejected before" if data["skipped_rejected_before"] else "")
+            + f") + {data['rejected']} rejected"
+            + (f"; {data['removed']} old padded rows removed" if data["removed"] else "")
+        )
+        if data["crops"]:
+            crops = ", ".join(f"{name} {n}" for name, n in sorted(data["crops"].items(), key=lambda kv: -kv[1]))
+            checked = data["scale_bar_checked"]
+            click.echo(f"crops: {crops}" + (f" (looked for a scale bar in {checked})" if checked else ""))
+        for reason, n in sorted(data["rejected_by_reason"].items(), key=lambda kv: -kv[1]):
+            click.echo(f"  rejected {n}: {reason}")
+        if preview:
+            click.echo(f"preview: {preview[1]}")
+    if strict and data["rejected"]:
+        sys.exit(65)

@@ -1,0 +1,452 @@
+"""`plankton pad` as a library function: the store's `objects` dataset → cropped, square-padded `padded` dataset.
+
+Guarantees, each tested:
+- Counts add up: read = padded + skipped (already padded, or rejected before with the same settings) + rejected.
+- Idempotent: a row is padded again only when its object's `content_hash` or the padding settings changed; its old
+  padded row is then dropped in the same commit. Rows of objects that left `objects` are dropped too.
+- Deterministic: the noise is seeded from the object id and rows are written in `objects` order, so any number
+  of `workers` and any re-run write identical rows.
+- Atomic and crash-safe like ingest: committed under the store lock every ~256 MB and at the end.
+
+Workers pad whole row groups in forked processes (each opens the Parquet file itself); the parent is the only
+writer. Torch is never imported here, so `plankton pad --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from plankton_cli.pad import CYTOSENSE_BANNER_HEIGHT, CropSpec, contact_sheet, pad_to_square, preset_for
+from plankton_cli.store import Store
+from plankton_cli.store.images import ImageError, decode, encode_png
+from plankton_cli.store.schema import load_schema
+from plankton_cli.store.transaction import Transaction, new_run_id
+from plankton_cli.store.writer import MAX_FILE_BYTES, DatasetWriter
+
+log = logging.getLogger("plankton.pad")
+
+ALGORITHM_VERSION = 1
+"""Bump when `pad.py` changes the pixels it writes: every row then counts as padded with other settings."""
+
+PRESETS = ("auto", "none", "scale-bar", "cytosense")
+"""auto: from the `instrument` column (`pad.preset_for`); scale-bar: look for the ZooProcess legend in every image;
+cytosense: cut the 25-px banner from every image; none: crop nothing (beyond `--crop-*`)."""
+
+
+@dataclass
+class PadSummary:
+    run: str
+    store: str
+    source: str
+    target: str
+    settings: str  # what was asked for, e.g. "preset=auto crop=0,0,0,0 size=keep"
+    read: int = 0
+    padded: int = 0
+    skipped: int = 0  # already padded with the same content and settings
+    skipped_rejected: int = 0  # rejected by an earlier run with the same content and settings
+    rejected: Counter = field(default_factory=Counter)  # reason kind -> count
+    removed: int = 0  # old padded rows dropped: superseded by a new padding, or their object left `objects`
+    crops: Counter = field(default_factory=Counter)  # what was cropped ("scale-bar 31px", "top 25px", "none")
+    scale_bar_checked: int = 0  # images in which a scale bar was looked for
+
+    @property
+    def n_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+    def to_dict(self) -> dict:
+        return {
+            "run": self.run,
+            "store": self.store,
+            "source": self.source,
+            "target": self.target,
+            "settings": self.settings,
+            "read": self.read,
+            "padded": self.padded,
+            "skipped": self.skipped + self.skipped_rejected,
+            "skipped_already_padded": self.skipped,
+            "skipped_rejected_before": self.skipped_rejected,
+            "rejected": self.n_rejected,
+            "rejected_by_reason": dict(self.rejected),
+            "removed": self.removed,
+            "crops": dict(self.crops),
+            "scale_bar_checked": self.scale_bar_checked,
+        }
+
+
+# --- Settings ----------------------------------------------------------------------------------------------------
+
+
+def crop_for(instrument: str | None, preset: str = "auto", crop: CropSpec | None = None) -> CropSpec:
+    """The crop for one image: the preset's, plus the explicit `crop` (which adds to it, side by side)."""
+    if preset == "auto":
+        base = preset_for(instrument)
+    elif preset == "none":
+        base = CropSpec()
+    elif preset == "scale-bar":
+        base = CropSpec(scale_bar=True)
+    elif preset == "cytosense":
+        base = CropSpec(top=CYTOSENSE_BANNER_HEIGHT)
+    else:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    if crop is None:
+        return base
+    return CropSpec(base.top + crop.top, base.bottom + crop.bottom, base.left + crop.left, base.right + crop.right,
+                    base.scale_bar or crop.scale_bar)
+
+
+def settings_key(crop: CropSpec, size: int | None) -> str:
+    """What decides a row's padded pixels besides its content; stored per row as `pad_settings`."""
+    bar = "+scale-bar" if crop.scale_bar else ""
+    return (f"pad-v{ALGORITHM_VERSION} crop={crop.top},{crop.bottom},{crop.left},{crop.right}{bar} "
+            f"size={size or 'keep'}")
+
+
+def crop_label(crop: CropSpec, crop_bottom: int) -> str:
+    """What was cropped from one image, in words; `crop_bottom` is what was cut in the end (detected bar included)."""
+    parts = [f"{side} {n}px" for side, n in (("top", crop.top), ("bottom", crop.bottom), ("left", crop.left),
+                                             ("right", crop.right)) if n]
+    if crop_bottom > crop.bottom:
+        parts.append(f"scale-bar {crop_bottom - crop.bottom}px")
+    return ", ".join(parts) or "none"
+
+
+# --- Planning ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Task:
+    """Rows of one row group of the source to pad; the unit of work of a worker."""
+
+    path: str
+    row_group: int
+    rows: tuple[int, ...]  # offsets inside the row group, ascending
+    partition: tuple[tuple[str, str], ...]  # hive values from the directory, e.g. (("instrument", "UVP6"),)
+
+
+def _partition(path: Path, base: Path) -> dict[str, str]:
+    """Hive partition values from a data file's directories (`instrument=UVP6` → {"instrument": "UVP6"})."""
+    values = {}
+    for part in path.relative_to(base).parent.parts:
+        key, sep, value = part.partition("=")
+        if sep:
+            values[key] = unquote(value)
+    return values
+
+
+@dataclass
+class _Padded:
+    content_hash: str
+    settings: str
+    file: str  # store-relative
+
+
+def _padded_index(store: Store, target: str) -> dict[str, _Padded]:
+    index: dict[str, _Padded] = {}
+    for path in store.files(target):
+        table = pq.read_table(path, columns=["object_id", "content_hash", "pad_settings"])
+        rel = str(path.relative_to(store.root))
+        for oid, h, s in zip(*(table[c].to_pylist() for c in table.column_names)):
+            index[oid] = _Padded(h, s, rel)
+    return index
+
+
+def _rejected_before(store: Store) -> dict[str, list[tuple[str, datetime]]]:
+    """object_id → (reason, rejected_at) of every earlier `pad` rejection."""
+    out: dict[str, list[tuple[str, datetime]]] = {}
+    for path in store.files("rejections"):
+        table = pq.read_table(path, columns=["command", "object_id", "reason", "rejected_at"])
+        table = table.filter(pc.equal(table["command"], "pad"))
+        for oid, reason, at in zip(table["object_id"].to_pylist(), table["reason"].to_pylist(),
+                                   table["rejected_at"].to_pylist()):
+            out.setdefault(oid, []).append((reason, at))
+    return out
+
+
+def _settings_tag(settings: str) -> str:
+    # Appended to rejection reasons: an object is tried again once the settings (or its content) change.
+    return f" [{settings}]"
+
+
+def _plan(store: Store, source: str, target: str, preset: str, crop: CropSpec | None, size: int | None,
+          summary: PadSummary) -> tuple[list[_Task], dict[str, str], set[str], set[str]]:
+    """(tasks, object_id -> target file, ids whose old padded row gets replaced, ids whose object is gone)."""
+    padded = _padded_index(store, target)
+    rejected = _rejected_before(store)
+    base = store.root / source
+    tasks: list[_Task] = []
+    replaced: set[str] = set()
+    seen: set[str] = set()
+    for path in store.files(source):
+        partition = _partition(path, base)
+        with pq.ParquetFile(path) as f:
+            sizes = [f.metadata.row_group(i).num_rows for i in range(f.num_row_groups)]
+            columns = ["object_id", "content_hash", "ingested_at"]
+            if "instrument" not in partition:
+                columns.append("instrument")
+            table = f.read(columns=columns)
+        ids, hashes, ingested = (table[c].to_pylist() for c in ("object_id", "content_hash", "ingested_at"))
+        instruments = table["instrument"].to_pylist() if "instrument" in table.column_names else None
+        start = 0
+        for group, n in enumerate(sizes):
+            rows = []
+            for offset in range(n):
+                i = start + offset
+                oid = ids[i]
+                seen.add(oid)
+                summary.read += 1
+                instrument = instruments[i] if instruments else partition.get("instrument")
+                settings = settings_key(crop_for(instrument, preset, crop), size)
+                old = padded.get(oid)
+                if old is not None and old.content_hash == hashes[i] and old.settings == settings:
+                    summary.skipped += 1
+                elif any(reason.endswith(_settings_tag(settings)) and at >= ingested[i]
+                         for reason, at in rejected.get(oid, ())):
+                    summary.skipped_rejected += 1
+                else:
+                    rows.append(offset)
+                    if old is not None:
+                        replaced.add(oid)
+            start += n
+            if rows:
+                tasks.append(_Task(str(path), group, tuple(rows), tuple(sorted(partition.items()))))
+    gone = set(padded) - seen
+    return tasks, {oid: p.file for oid, p in padded.items()}, replaced, gone
+
+
+# --- Padding (runs in the workers) -----------------------------------------------------------------------------
+
+
+def _pad_task(task: _Task, preset: str, crop: CropSpec | None, size: int | None) -> tuple[list[dict], list[dict]]:
+    """Pad one row group's selected rows: (padded rows, rejections without run/time)."""
+    with pq.ParquetFile(task.path) as f:
+        table = f.read_row_group(task.row_group)
+    rows, rejections = [], []
+    for row in table.take(list(task.rows)).to_pylist():
+        row.update(task.partition)
+        spec = crop_for(row.get("instrument"), preset, crop)
+        settings = settings_key(spec, size)
+        try:
+            if not row["image"] or not row["image"]["bytes"]:
+                raise ImageError("no image bytes")
+            result = pad_to_square(decode(row["image"]["bytes"]), row["object_id"], crop=spec, size=size)
+        except (ImageError, ValueError) as exc:
+            # ImageError messages start with their kind ("undecodable image: ..."); ValueError is a crop too big.
+            reason = str(exc) if isinstance(exc, ImageError) else f"cannot pad: {exc}"
+            rejections.append({
+                "source_key": row["source_key"], "source_file": row["source_file"],
+                "source_row": None if row["source_row"] is None else str(row["source_row"]),
+                "object_id": row["object_id"], "reason": reason + _settings_tag(settings),
+            })
+            continue
+        image = result.image
+        row["image"] = {"bytes": encode_png(image), "path": row["image"]["path"]}
+        row["height"], row["width"] = image.shape[:2]
+        row.update(
+            orig_height=result.orig_height, orig_width=result.orig_width,
+            crop_top=result.crop_top, crop_bottom=result.crop_bottom,
+            crop_left=result.crop_left, crop_right=result.crop_right,
+            pad_top=result.pad_top, pad_bottom=result.pad_bottom,
+            pad_left=result.pad_left, pad_right=result.pad_right,
+            pad_fill=[float(v) for v in result.fill], pad_noise_std=list(result.noise_std),
+            pad_preset=crop_label(spec, result.crop_bottom), pad_settings=settings,
+        )
+        rows.append(row)
+    return rows, rejections
+
+
+def _results(tasks: list[_Task], work: Callable, workers: int) -> Iterator[tuple[list[dict], list[dict]]]:
+    """`work(task)` for each task, in task order; in `workers` forked processes when more than one."""
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(work, tasks)
+        return
+    # fork: the children inherit the imported modules (no re-import cost) and open the Parquet files themselves.
+    with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
+        yield from pool.imap(work, tasks)  # imap keeps task order, so the output is the same for any worker count
+
+
+# --- Writing -----------------------------------------------------------------------------------------------------
+
+
+class _Run:
+    """One pad run's writers between commits (the same shape as ingest's)."""
+
+    def __init__(self, store: Store, run_id: str, target: str, files_by_id: dict[str, str], gone: set[str]):
+        self.store = store
+        self.run_id = run_id
+        self.target = target
+        self.schema = load_schema("padded")
+        self.files_by_id = files_by_id  # object_id -> store-relative target file holding its row
+        self.to_drop = set(gone)  # ids whose old row goes in the next commit
+        self.commits = 0
+        self._begin()
+
+    def _begin(self) -> None:
+        self.commits += 1
+        self.txn = Transaction(self.store.root, f"{self.run_id}-{self.commits:03d}")
+        self.padded = DatasetWriter(self.txn, self.target, self.schema)
+        self.rejections = DatasetWriter(self.txn, "rejections", load_schema("rejections"), row_group_rows=4096)
+
+    @property
+    def staged_bytes(self) -> int:
+        return sum(f.bytes for f in self.padded._open.values())
+
+    def commit(self) -> int:
+        """Commit what is staged, dropping the old rows it replaces; returns how many old rows were dropped."""
+        self.padded.close()
+        self.rejections.close()
+        dropped = self._drop_old_rows()
+        self.txn.commit()
+        self._begin()
+        return dropped
+
+    def _drop_old_rows(self) -> int:
+        """Rewrite every target file holding a row in `to_drop` without it (new name; the old file is deleted)."""
+        drop, self.to_drop = self.to_drop, set()
+        files = sorted({self.files_by_id[oid] for oid in drop if oid in self.files_by_id})
+        dropped = 0
+        for rel in files:
+            table = pq.read_table(self.store.root / rel, schema=self.schema.file_schema)
+            gone = pc.is_in(table["object_id"], pa.array(sorted(drop), pa.string()))
+            keep = table.filter(pc.invert(gone))
+            dropped += table.num_rows - keep.num_rows
+            self.txn.delete(rel)
+            new_rel = None
+            if keep.num_rows:
+                new_rel = rel.replace(".parquet", f"-r{self.txn.id}.parquet")
+                pq.write_table(keep, self.txn.stage(new_rel), compression="zstd", use_dictionary=False,
+                               row_group_size=256)
+            for oid in table["object_id"].to_pylist():
+                if self.files_by_id.get(oid) == rel:
+                    if new_rel is None or oid in drop:
+                        del self.files_by_id[oid]
+                    else:
+                        self.files_by_id[oid] = new_rel
+        return dropped
+
+    def abort(self) -> None:
+        self.padded.close()
+        self.rejections.close()
+        self.txn.abort()
+
+
+def pad_dataset(
+    store: Store,
+    *,
+    source: str = "objects",
+    target: str = "padded",
+    preset: str = "auto",
+    crop: CropSpec | None = None,
+    size: int | None = None,
+    workers: int = 1,
+    lock_timeout: float = 60.0,
+    on_progress: Callable[[int], None] | None = None,
+) -> PadSummary:
+    """Crop and pad every image of `source` not yet padded into `target`, in `workers` processes.
+
+    `preset` picks the crop per image (see `PRESETS`); `crop` adds fixed crops on top of it; `size` resizes the
+    padded square. `on_progress(n)` is called after each row group with the number of rows it padded or rejected.
+    """
+    if source == target:
+        raise ValueError("the source and target datasets must differ")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    run_id = new_run_id()
+    crop_text = "0,0,0,0" if crop is None else f"{crop.top},{crop.bottom},{crop.left},{crop.right}"
+    summary = PadSummary(run=run_id, store=str(store.root), source=source, target=target,
+                         settings=f"preset={preset} crop={crop_text} size={size or 'keep'}")
+    with store.locked(timeout=lock_timeout):
+        tasks, files_by_id, replaced, gone = _plan(store, source, target, preset, crop, size, summary)
+        if not store.files(source):
+            log.warning("dataset %r of %s is empty: nothing to pad (run `plankton ingest` first)", source, store.root)
+        run = _Run(store, run_id, target, files_by_id, gone)
+        work = partial(_pad_task, preset=preset, crop=crop, size=size)
+        try:
+            for rows, rejections in _results(tasks, work, workers):
+                now = datetime.now(UTC)
+                for row in rows:
+                    if crop_for(row["instrument"], preset, crop).scale_bar:
+                        summary.scale_bar_checked += 1
+                        summary.crops.setdefault("scale-bar 31px", 0)
+                    summary.crops[row["pad_preset"]] += 1
+                    summary.padded += 1
+                    run.padded.add(row)
+                    if row["object_id"] in replaced:
+                        run.to_drop.add(row["object_id"])
+                for rej in rejections:
+                    summary.rejected[rej["reason"].split(":", 1)[0]] += 1
+                    log.warning("rejected %s: %s", rej["object_id"], rej["reason"])
+                    run.rejections.add(rej | {"run": run_id, "command": "pad", "rejected_at": now})
+                    if rej["object_id"] in replaced:  # its old padded row was made with other settings or content
+                        run.to_drop.add(rej["object_id"])
+                if on_progress:
+                    on_progress(len(rows) + len(rejections))
+                if run.staged_bytes >= MAX_FILE_BYTES:
+                    summary.removed += run.commit()
+            summary.removed += run.commit()
+        except BaseException:
+            run.abort()
+            raise
+    return summary
+
+
+# --- Preview -----------------------------------------------------------------------------------------------------
+
+
+def preview(
+    store: Store,
+    n: int,
+    path: str | Path,
+    *,
+    source: str = "objects",
+    preset: str = "auto",
+    crop: CropSpec | None = None,
+    size: int | None = None,
+    seed: int = 0,
+    tile: int = 128,
+) -> Path:
+    """Write a contact sheet of `n` random (seeded) objects of `source`, before and after padding.
+
+    The objects are padded in memory with the given settings: the same bytes `pad_dataset` stores (padding is
+    deterministic), so the sheet can be looked at before writing anything. Images that cannot be padded are left out.
+    """
+    groups = []  # (path, row group, rows in it)
+    base = store.root / source
+    for file in store.files(source):
+        with pq.ParquetFile(file) as f:
+            groups += [(file, i, f.metadata.row_group(i).num_rows) for i in range(f.num_row_groups)]
+    total = sum(g[2] for g in groups)
+    if total == 0:
+        raise ValueError(f"dataset {source!r} of {store.root} holds no images to preview")
+    chosen = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
+    pairs = []
+    start = 0
+    for file, group, rows in groups:
+        offsets = chosen[(chosen >= start) & (chosen < start + rows)] - start
+        start += rows
+        if not len(offsets):
+            continue
+        with pq.ParquetFile(file) as f:
+            columns = ["object_id", "image"] + ([] if "instrument" in _partition(file, base) else ["instrument"])
+            table = f.read_row_group(group, columns=columns).take(offsets)
+        instrument = _partition(file, base).get("instrument")
+        for row in table.to_pylist():
+            try:
+                before = decode(row["image"]["bytes"])
+                spec = crop_for(row.get("instrument", instrument), preset, crop)
+                pairs.append((before, pad_to_square(before, row["object_id"], crop=spec, size=size).image))
+            except (ImageError, ValueError, TypeError) as exc:
+                log.warning("preview: left out %s: %s", row["object_id"], exc)
+    return contact_sheet(pairs, path, tile=tile)

@@ -1,0 +1,1 @@
+"""Plain-file writers for predictions: Parquet, CSV and an embeddings table, for use outside the store."""
