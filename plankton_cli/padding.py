@@ -18,9 +18,11 @@ import logging
 import multiprocessing
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
+from functools import cache, partial
+from multiprocessing.pool import Pool
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -189,6 +191,7 @@ def _plan(store: Store, source: str, target: str, preset: str, crop: CropSpec | 
     tasks: list[_Task] = []
     replaced: set[str] = set()
     seen: set[str] = set()
+    settings_of = cache(lambda instrument: settings_key(crop_for(instrument, preset, crop), size))
     for path in store.files(source):
         partition = _partition(path, base)
         with pq.ParquetFile(path) as f:
@@ -208,7 +211,7 @@ def _plan(store: Store, source: str, target: str, preset: str, crop: CropSpec | 
                 seen.add(oid)
                 summary.read += 1
                 instrument = instruments[i] if instruments else partition.get("instrument")
-                settings = settings_key(crop_for(instrument, preset, crop), size)
+                settings = settings_of(instrument)
                 old = padded.get(oid)
                 if old is not None and old.content_hash == hashes[i] and old.settings == settings:
                     summary.skipped += 1
@@ -267,14 +270,23 @@ def _pad_task(task: _Task, preset: str, crop: CropSpec | None, size: int | None)
     return rows, rejections
 
 
-def _results(tasks: list[_Task], work: Callable, workers: int) -> Iterator[tuple[list[dict], list[dict]]]:
-    """`work(task)` for each task, in task order; in `workers` forked processes when more than one."""
-    if workers <= 1 or len(tasks) <= 1:
-        yield from map(work, tasks)
+@contextmanager
+def _worker_pool(workers: int) -> Iterator[Pool | None]:
+    """A pool of `workers` forked processes, or None for one. Enter it before taking the store lock, so that the
+    children do not inherit the lock's file descriptor (an orphaned child would otherwise keep the store locked)."""
+    if workers <= 1:
+        yield None
         return
     # fork: the children inherit the imported modules (no re-import cost) and open the Parquet files themselves.
-    with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
-        yield from pool.imap(work, tasks)  # imap keeps task order, so the output is the same for any worker count
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield pool
+
+
+def _results(tasks: list[_Task], work: Callable, pool: Pool | None) -> Iterator[tuple[list[dict], list[dict]]]:
+    """`work(task)` for each task, in task order, in the pool's processes when there is one."""
+    if pool is None or len(tasks) <= 1:
+        return map(work, tasks)
+    return pool.imap(work, tasks)  # imap keeps task order, so the output is the same for any worker count
 
 
 # --- Writing -----------------------------------------------------------------------------------------------------
@@ -367,14 +379,14 @@ def pad_dataset(
     crop_text = "0,0,0,0" if crop is None else f"{crop.top},{crop.bottom},{crop.left},{crop.right}"
     summary = PadSummary(run=run_id, store=str(store.root), source=source, target=target,
                          settings=f"preset={preset} crop={crop_text} size={size or 'keep'}")
-    with store.locked(timeout=lock_timeout):
+    with _worker_pool(workers) as pool, store.locked(timeout=lock_timeout):
         tasks, files_by_id, replaced, gone = _plan(store, source, target, preset, crop, size, summary)
         if not store.files(source):
             log.warning("dataset %r of %s is empty: nothing to pad (run `plankton ingest` first)", source, store.root)
         run = _Run(store, run_id, target, files_by_id, gone)
         work = partial(_pad_task, preset=preset, crop=crop, size=size)
         try:
-            for rows, rejections in _results(tasks, work, workers):
+            for rows, rejections in _results(tasks, work, pool):
                 now = datetime.now(UTC)
                 for row in rows:
                     if crop_for(row["instrument"], preset, crop).scale_bar:
@@ -405,22 +417,20 @@ def pad_dataset(
 # --- Preview -----------------------------------------------------------------------------------------------------
 
 
-def preview(
+def preview_pairs(
     store: Store,
     n: int,
-    path: str | Path,
     *,
     source: str = "objects",
     preset: str = "auto",
     crop: CropSpec | None = None,
     size: int | None = None,
     seed: int = 0,
-    tile: int = 128,
-) -> Path:
-    """Write a contact sheet of `n` random (seeded) objects of `source`, before and after padding.
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(object_id, before, after) for `n` random (seeded) objects of `source`, padded in memory.
 
-    The objects are padded in memory with the given settings: the same bytes `pad_dataset` stores (padding is
-    deterministic), so the sheet can be looked at before writing anything. Images that cannot be padded are left out.
+    Padding is deterministic, so `after` is the image `pad_dataset` stores with these settings: a person can look
+    before anything is written. Images that cannot be padded are left out (and logged).
     """
     groups = []  # (path, row group, rows in it)
     base = store.root / source
@@ -438,15 +448,23 @@ def preview(
         start += rows
         if not len(offsets):
             continue
+        partition = _partition(file, base)
         with pq.ParquetFile(file) as f:
-            columns = ["object_id", "image"] + ([] if "instrument" in _partition(file, base) else ["instrument"])
+            columns = ["object_id", "image"] + ([] if "instrument" in partition else ["instrument"])
             table = f.read_row_group(group, columns=columns).take(offsets)
-        instrument = _partition(file, base).get("instrument")
         for row in table.to_pylist():
             try:
                 before = decode(row["image"]["bytes"])
-                spec = crop_for(row.get("instrument", instrument), preset, crop)
-                pairs.append((before, pad_to_square(before, row["object_id"], crop=spec, size=size).image))
+                spec = crop_for(row.get("instrument", partition.get("instrument")), preset, crop)
+                after = pad_to_square(before, row["object_id"], crop=spec, size=size).image
             except (ImageError, ValueError, TypeError) as exc:
                 log.warning("preview: left out %s: %s", row["object_id"], exc)
-    return contact_sheet(pairs, path, tile=tile)
+                continue
+            pairs.append((row["object_id"], before, after))
+    return pairs
+
+
+def preview(store: Store, n: int, path: str | Path, *, tile: int = 128, **settings) -> Path:
+    """Write a PNG contact sheet of `preview_pairs(store, n, **settings)`, before and after side by side."""
+    pairs = preview_pairs(store, n, **settings)
+    return contact_sheet([(before, after) for _, before, after in pairs], path, tile=tile)

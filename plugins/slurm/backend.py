@@ -9,7 +9,7 @@ calls `PlanktonCommand.checkpoint()`, which resubmits the same command with `--r
 (up to 3 times for timeouts, without limit for preemption). The training code must therefore use
 `SLURMEnvironment(auto_requeue=False)`.
 
-Job states come from `squeue`, then `sacct`, then `sacct -c` (the job-completion log that clusters without a
+Job states come from `squeue`, then `sacct`, then `sacct -c` (the job-completion log that clusters without an
 accounting database keep, such as the one `.ci/slurm-up.sh` starts). submitit's own watcher only asks
 `sacct` and would wait forever for a cancelled job on such a cluster, so the handle does not use it.
 """

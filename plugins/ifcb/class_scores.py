@@ -1,0 +1,150 @@
+"""Class scores per IFCB bin, as the HDF5 files IFCB Dashboard, iRfcb and ClassiPyR read (`ifcb-h5` writer).
+
+One `<bin>_class.h5` per bin in the Dashboard's folder layout `ifcb-h5/D<year>/D<yyyymmdd>/`. The layout is
+class_scores v3 (`output_scores`, `class_labels`, `roi_numbers`: what the Dashboard needs) extended as
+nodc-sweden/ifcb-pytorch-classify `hdf5_output.py` and iRfcb `ifcb_save_classification()` write it
+(`reference/ifcb-format.md` §11):
+
+| dataset           | dtype / shape                | meaning                                           |
+|-------------------|------------------------------|---------------------------------------------------|
+| `output_scores`   | float64, N x C               | softmax per ROI                                   |
+| `class_labels`    | variable-length UTF-8, C     | class names                                       |
+| `roi_numbers`     | int32, N, ascending          | target numbers                                    |
+| `class_name`      | variable-length UTF-8, N     | label after per-class thresholds, `unclassified`  |
+| `class_name_auto` | variable-length UTF-8, N     | argmax label                                      |
+| `thresholds`      | float64, C                   | per-class thresholds, NaN where none is set       |
+| `classifier_name` | variable-length UTF-8, (1,)  | a one-element array, as both reference writers    |
+|                   |                              | produce it (hdf5r's `$read()` returns the string) |
+
+Root attributes `model_id`, `model_hash` and `software` record provenance. Predictions whose sample is not an IFCB
+bin are counted and skipped. A bin may span batches, so each bin's scores are spooled to a temporary folder and
+its file is written at `close()` (to a temporary name, then renamed), sorted by ROI number; a ROI predicted twice
+keeps its last prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from plankton_cli.writers import Prediction, PredictionRun
+from plankton_plugins.ifcb.bins import BinId, parse_bin_id
+
+FOLDER = "ifcb-h5"
+
+
+def class_file(out_dir: Path, bin_id: BinId) -> Path:
+    """`<out_dir>/ifcb-h5/D<year>/D<yyyymmdd>/<bin>_class.h5` (year and date from the bin id, UTC)."""
+    day = bin_id.acquired_at
+    return Path(out_dir) / FOLDER / f"D{day:%Y}" / f"D{day:%Y%m%d}" / f"{bin_id.bin_id}_class.h5"
+
+
+def roi_number(prediction: Prediction, bin_id: BinId) -> int | None:
+    """The target number: `source_row`, else the `_<digits>` suffix of an object id `<bin>_<roi>`."""
+    if prediction.source_row is not None:
+        return int(prediction.source_row)
+    match = re.fullmatch(rf"{re.escape(bin_id.bin_id)}_(\d+)", prediction.object_id)
+    return int(match[1]) if match else None
+
+
+def write_class_file(path: Path, scores: np.ndarray, class_labels: Sequence[str], roi_numbers: np.ndarray,
+                     class_name: Sequence[str], class_name_auto: Sequence[str], thresholds: np.ndarray,
+                     classifier_name: str, attrs: dict[str, str] | None = None) -> None:
+    """Write one extended-v3 class file atomically (temporary name in the same folder, then rename)."""
+    n, c = scores.shape
+    if len(class_labels) != c or len(thresholds) != c or not (len(roi_numbers) == len(class_name) ==
+                                                               len(class_name_auto) == n):
+        raise ValueError(f"inconsistent class file contents for {path.name}")
+    text = h5py.string_dtype()  # variable-length UTF-8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("output_scores", data=scores.astype(np.float64))
+            f.create_dataset("class_labels", data=list(class_labels), dtype=text)
+            f.create_dataset("roi_numbers", data=roi_numbers.astype(np.int32))
+            f.create_dataset("class_name", data=list(class_name), dtype=text)
+            f.create_dataset("class_name_auto", data=list(class_name_auto), dtype=text)
+            f.create_dataset("thresholds", data=np.asarray(thresholds, np.float64))
+            f.create_dataset("classifier_name", data=[classifier_name], dtype=text)
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = value
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class IFCBClassScoresWriter:
+    name = "ifcb-h5"
+    description = "IFCB Dashboard class scores (<bin>_class.h5, v3 + thresholds and labels) per IFCB bin"
+
+    def open(self, out_dir: Path, run: PredictionRun) -> IFCBClassScoresSession:
+        return IFCBClassScoresSession(Path(out_dir), run)
+
+
+class IFCBClassScoresSession:
+    def __init__(self, out_dir: Path, run: PredictionRun):
+        self.out_dir = out_dir
+        self.run = run
+        self.n_classes = len(run.classes)
+        self._spool = Path(tempfile.mkdtemp(prefix="plankton-ifcb-h5-"))
+        self._bins: dict[str, BinId] = {}
+        self.skipped: Counter = Counter()
+
+    def write(self, batch: Sequence[Prediction]) -> None:
+        by_bin: dict[str, list[tuple[int, Prediction]]] = {}
+        for p in batch:
+            bin_id = parse_bin_id(p.sample_id or "")
+            if bin_id is None:
+                self.skipped["not an IFCB bin"] += 1
+                continue
+            roi = roi_number(p, bin_id)
+            if roi is None:
+                self.skipped["no ROI number"] += 1
+                continue
+            self._bins[bin_id.bin_id] = bin_id
+            by_bin.setdefault(bin_id.bin_id, []).append((roi, p))
+        for name, items in by_bin.items():
+            scores = np.stack([np.asarray(p.probabilities, np.float32).reshape(-1) for _, p in items])
+            if scores.shape[1] != self.n_classes:
+                raise ValueError(f"predictions have {scores.shape[1]} scores but the run has {self.n_classes} classes")
+            with open(self._spool / f"{name}.f32", "ab") as f:
+                f.write(scores.tobytes())
+            with open(self._spool / f"{name}.jsonl", "a", encoding="utf-8") as f:
+                f.writelines(json.dumps([roi, p.label, p.label_auto]) + "\n" for roi, p in items)
+
+    def close(self) -> dict:
+        thresholds = (np.full(self.n_classes, np.nan) if self.run.thresholds is None
+                      else np.asarray(self.run.thresholds, np.float64))
+        attrs = {"model_id": self.run.model_id, "model_hash": self.run.model_hash,
+                 "software": f"plankton-cli {self.run.package_version}".strip()}
+        files, rois, duplicates = [], 0, 0
+        try:
+            for name in sorted(self._bins):
+                scores = np.fromfile(self._spool / f"{name}.f32", np.float32).reshape(-1, self.n_classes)
+                rows = [json.loads(line) for line in (self._spool / f"{name}.jsonl").read_text("utf-8").splitlines()]
+                last = {row[0]: i for i, row in enumerate(rows)}  # ROI number -> its last prediction
+                duplicates += len(rows) - len(last)
+                order = [last[roi] for roi in sorted(last)]
+                path = class_file(self.out_dir, self._bins[name])
+                write_class_file(
+                    path, scores[order], self.run.classes, np.array(sorted(last), np.int32),
+                    [rows[i][1] for i in order], [rows[i][2] for i in order], thresholds,
+                    self.run.classifier_name, attrs,
+                )
+                files.append(str(path))
+                rois += len(order)
+        finally:
+            shutil.rmtree(self._spool, ignore_errors=True)
+        return {"writer": IFCBClassScoresWriter.name, "files": files, "bins": len(files), "rois": rois,
+                "duplicates": duplicates, "skipped": dict(self.skipped)}
