@@ -31,7 +31,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from plankton_cli.pad import CYTOSENSE_BANNER_HEIGHT, CropSpec, contact_sheet, pad_to_square, preset_for
+from plankton_cli.pad import (
+    CYTOSENSE_BANNER_HEIGHT,
+    SCALE_BAR_HEIGHT,
+    CropSpec,
+    contact_sheet,
+    pad_to_square,
+    preset_for,
+)
 from plankton_cli.store import Store
 from plankton_cli.store.images import ImageError, decode, encode_png
 from plankton_cli.store.schema import load_schema
@@ -391,7 +398,7 @@ def pad_dataset(
                 for row in rows:
                     if crop_for(row["instrument"], preset, crop).scale_bar:
                         summary.scale_bar_checked += 1
-                        summary.crops.setdefault("scale-bar 31px", 0)
+                        summary.crops.setdefault(f"scale-bar {SCALE_BAR_HEIGHT}px", 0)
                     summary.crops[row["pad_preset"]] += 1
                     summary.padded += 1
                     run.padded.add(row)

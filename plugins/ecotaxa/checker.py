@@ -199,7 +199,7 @@ def _check_tsv(data: bytes, tsv: str, members: dict[str, zipfile.ZipInfo], image
                (kinds[n] == "[f]" and n.startswith("object_") and n not in PREDEFINED)]
     row_problems: list[str] = []
     seen_ids: set[str] = set()
-    seen_pairs: set[tuple[str, str]] = set()
+    seen_keys: set[tuple[str, str, str]] = set()
     folder = posixpath.dirname(tsv)
     first_data_line = 3 if has_types_row else 2
     for line, cells in enumerate(rows[first_data_line - 1:], start=first_data_line):
@@ -210,7 +210,7 @@ def _check_tsv(data: bytes, tsv: str, members: dict[str, zipfile.ZipInfo], image
             continue
         values = {name: cell.strip() for name, cell in zip(header, cells)}
         row_problems += [f"line {line}: {p}" for p in _check_row(values, numeric, mode, folder, members, images,
-                                                                  seen_ids, seen_pairs)]
+                                                                  seen_ids, seen_keys)]
     if len(row_problems) > MAX_ROW_PROBLEMS:
         more = len(row_problems) - MAX_ROW_PROBLEMS
         row_problems = row_problems[:MAX_ROW_PROBLEMS] + [f"... and {more} more row problems"]
@@ -219,18 +219,21 @@ def _check_tsv(data: bytes, tsv: str, members: dict[str, zipfile.ZipInfo], image
 
 def _check_row(values: dict[str, str], numeric: list[str], mode: str, folder: str,
                members: dict[str, zipfile.ZipInfo], images: _ImageChecker,
-               seen_ids: set[str], seen_pairs: set[tuple[str, str]]) -> list[str]:
+               seen_ids: set[str], seen_keys: set[tuple[str, str, str]]) -> list[str]:
     problems = []
     object_id = values.get("object_id", "")
     image = values.get("img_file_name", "")
     if "object_id" in values and not object_id:
         problems.append("empty object_id")
     elif object_id:
-        # One object may carry several images (img_rank); the same object with the same image twice is an error.
-        if (object_id, image) in seen_pairs or (object_id in seen_ids and not image):
-            problems.append(f"object_id {object_id!r} appears twice" + (f" with image {image!r}" if image else ""))
+        # An object may carry several images, each its own row: accepted only with another file and another
+        # img_rank (EcoTaxa would renumber a clash silently; the same object with the same image is an error).
+        rank = values.get("img_rank", "").strip() or "0"
+        keys = {(object_id, "image", image), (object_id, "rank", rank)}
+        if object_id in seen_ids and (keys & seen_keys or not image):
+            problems.append(f"object_id {object_id!r} appears twice (a further image needs its own file and img_rank)")
         seen_ids.add(object_id)
-        seen_pairs.add((object_id, image))
+        seen_keys |= keys
     if mode == "new" and "img_file_name" in values and not image:
         problems.append("empty img_file_name")
     if image:

@@ -1,0 +1,100 @@
+"""`plankton predict`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from plankton_cli.cli.options import json_option, store_option
+from plankton_cli.cli.output import emit_json
+
+log = logging.getLogger("plankton.predict")
+
+
+@click.command(epilog="""\b
+Examples:
+  # every stored object not yet predicted by this model, into the store and EcoTaxa zips
+  plankton predict --model runs/ft/fold-0/model.safetensors --to store --to ecotaxa --out preds/
+  # a night's IFCB bins straight from disk, into IFCB Dashboard class files (v3 h5)
+  plankton predict --model model.safetensors /data/ifcb/D20240101 --to ifcb-h5 --out /data/classified
+  # EcoTaxa taxon names through a mapping file (label<TAB>EcoTaxa name); unmapped labels are reported
+  plankton predict --model model.safetensors --to ecotaxa --taxon-map taxa.tsv --out preds/
+
+Writers (--to): store, parquet, csv, embeddings, ecotaxa, ifcb-h5, or any installed writer plugin.""")
+@click.argument("sources", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, path_type=Path),
+              help="A fine-tuned model: model.safetensors (with model.json beside it) or its folder.")
+@click.option("--to", "to", multiple=True, default=["store"], show_default=True,
+              help="Writer plugin (repeatable).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("predictions"),
+              show_default=True, help="Folder for file writers (EcoTaxa zips, h5 files, Parquet, CSV).")
+@click.option("--format", "fmt", default="auto", show_default=True, help="Reader for SOURCES (see `plankton plugins`).")
+@click.option("--instrument", help="Only objects of this instrument (store input), or the instrument of SOURCES.")
+@click.option("--since", type=click.DateTime(), help="Only objects acquired on or after this date (UTC).")
+@click.option("--force", is_flag=True, help="Predict again objects this model already predicted.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--top-k", default=3, show_default=True, help="How many labels and scores to keep per object.")
+@click.option("--taxon-map", type=click.Path(exists=True, dir_okay=False),
+              help="EcoTaxa writer: TSV/CSV mapping our labels to EcoTaxa taxon names.")
+@click.option("--ecotaxa-mode", type=click.Choice(["new", "update"]), default="new", show_default=True,
+              help="EcoTaxa writer: zips of new objects with images, or update TSVs for objects already there.")
+@click.option("-w", "--writer-option", "writer_options", multiple=True, metavar="KEY=VALUE",
+              help="Extra option for writer plugins (repeatable).")
+@click.option("--device", default="auto", show_default=True, help="auto (GPU when there is one), cpu, cuda, cuda:1…")
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (GPU runs).")
+@store_option
+@json_option
+def predict(sources, model_path, to, out_dir, fmt, instrument, since, force, batch_size, top_k, taxon_map,
+            ecotaxa_mode, writer_options, device, compile_model, store, as_json):
+    """Classify objects with a fine-tuned model and write the results.
+
+    Without SOURCES, predicts the objects of the store that this model has not predicted yet
+    (so a nightly run only does the new ones). Preprocessing (crops, padding, size, mean/std)
+    is read from the model file, so it always matches training.
+    """
+    from plankton_cli import plugins
+    from plankton_cli.cli.output import progress
+    from plankton_cli.predict import predict as run_predict
+    from plankton_cli.records import ReadOptions
+    from plankton_cli.store import Store
+
+    options = {"ecotaxa_mode": ecotaxa_mode}
+    if taxon_map:
+        options["taxon_map"] = str(taxon_map)
+    for item in writer_options:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--writer-option")
+        options[key] = value
+    unknown = [name for name in to if name not in plugins.names("writer")]
+    if unknown:
+        raise click.BadParameter(f"unknown writer {', '.join(unknown)}; installed: "
+                                 f"{', '.join(plugins.names('writer'))}", param_hint="--to")
+    the_store = Store(store)
+    if not sources and not the_store.exists:
+        raise click.UsageError(f"no store at {store} and no SOURCES given")
+    with progress("predict", unit="objects") as advance:
+        try:
+            summary = run_predict(
+                model_path, store=the_store if (the_store.exists or "store" in to) else None, sources=list(sources),
+                fmt=fmt, read_options=ReadOptions(instrument=instrument), to=list(to), out_dir=out_dir,
+                instrument=None if sources else instrument,
+                since=since.replace(tzinfo=UTC) if since else None, force=force, batch_size=batch_size,
+                top_k=top_k, embeddings="embeddings" in to, writer_options=options, device=device,
+                compile=compile_model, on_batch=advance)
+        except plugins.PluginError as exc:
+            raise click.UsageError(str(exc)) from exc
+    data = summary.to_dict()
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"model {summary.model_id} ({summary.model_hash[:12]}): {summary.predicted} predicted, "
+               f"{summary.skipped_already_predicted} already predicted, {summary.rejected} rejected")
+    for label, n in list(summary.by_label.items())[:15]:
+        click.echo(f"  {n:6d}  {label}")
+    for name, info in summary.writers.items():
+        click.echo(f"{name}: {info}")

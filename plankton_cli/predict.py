@@ -1,0 +1,251 @@
+"""`plankton predict` as a library function: a fine-tuned model over the store or over sources, into writers.
+
+Preprocessing is exactly what the model file records (`model.json`): the padding preset and crops, the resize and
+centre crop, mean and std. Padding is redone from the stored original image with the same function and the same
+per-object noise seed as `plankton pad`, so the pixels the model sees at prediction time are the pixels it was
+trained and validated on, bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from plankton_cli import __version__, plugins
+from plankton_cli.records import ReadOptions, Record, Rejection
+from plankton_cli.store import Store
+from plankton_cli.store.images import ImageError, check, decode
+from plankton_cli.writers import UNCLASSIFIED, Prediction, PredictionRun
+
+log = logging.getLogger("plankton.predict")
+
+COLUMNS = ["object_id", "image", "instrument", "sample_id", "source_row", "acquired_at", "lat", "lon", "depth"]
+
+
+@dataclass
+class PredictSummary:
+    model_id: str
+    model_hash: str
+    predicted: int = 0
+    skipped_already_predicted: int = 0
+    rejected: int = 0
+    by_label: dict[str, int] = field(default_factory=dict)
+    writers: dict[str, dict] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(slots=True)
+class _Item:
+    """One object on its way to the model."""
+
+    object_id: str
+    image: bytes
+    instrument: str | None = None
+    sample_id: str | None = None
+    source_row: int | None = None
+    acquired_at: datetime | None = None
+    lat: float | None = None
+    lon: float | None = None
+    depth: float | None = None
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Preprocessor:
+    """Stored image bytes → the normalised tensor the model expects, as recorded in its `model.json`."""
+
+    def __init__(self, info: dict):
+        from plankton_cli.data.transforms import EvalTransform
+        from plankton_cli.pad import CropSpec
+
+        padding = info.get("padding") or None
+        self.pad = padding is not None
+        if self.pad:
+            self.preset = padding.get("preset", "auto")
+            self.crop = CropSpec(*(int(padding.get(f"crop_{side}", 0)) for side in ("top", "bottom", "left", "right")))
+            self.size = padding.get("size")
+        mean, std = info["mean"], info["std"]
+        self.transform = EvalTransform(resize=int(info.get("resize", info["img_size"])), crop=int(info["img_size"]),
+                                       mean=float(np.mean(mean)), std=float(np.mean(std)))
+
+    def __call__(self, item: _Item):
+        from PIL import Image
+
+        from plankton_cli.pad import pad_to_square
+        from plankton_cli.padding import crop_for
+
+        if not self.pad:
+            return self.transform(item.image)
+        pixels = decode(item.image)
+        crop = crop_for(item.instrument, self.preset, self.crop)
+        padded = pad_to_square(pixels, item.object_id, crop=crop, size=self.size).image
+        return self.transform(Image.fromarray(padded))
+
+
+def _store_items(store: Store, *, instrument: str | None, since: datetime | None,
+                 exclude: set[str]) -> Iterator[_Item]:
+    dataset = store.dataset("objects")
+    flt = None
+    if instrument:
+        flt = ds.field("instrument") == instrument
+    if since is not None:
+        recent = ds.field("acquired_at") >= pc.scalar(since)
+        flt = recent if flt is None else flt & recent
+    for batch in dataset.to_batches(columns=COLUMNS, filter=flt, batch_size=256):
+        for row in batch.to_pylist():
+            if row["object_id"] in exclude:
+                continue
+            row["image"] = row["image"]["bytes"]
+            yield _Item(**row)
+
+
+def _source_items(paths: list[Path], fmt: str, options: ReadOptions,
+                  rejected: Callable[[Rejection], None]) -> Iterator[_Item]:
+    from plankton_cli.ingest import discover
+
+    for reader, source in discover(paths, fmt, options):
+        for item in reader.read(source, options):
+            if isinstance(item, Rejection):
+                rejected(item)
+                continue
+            rec: Record = item
+            try:
+                image = check(rec.image).data
+            except ImageError as exc:
+                rejected(Rejection(rec.source_file, rec.source_row, str(exc), rec.object_id))
+                continue
+            yield _Item(rec.object_id, image, rec.instrument, rec.sample_id, rec.source_row, rec.acquired_at,
+                        rec.lat, rec.lon, rec.depth)
+
+
+def already_predicted(store: Store, model_hash: str) -> set[str]:
+    if not store.files("predictions"):
+        return set()
+    table = store.dataset("predictions").to_table(columns=["object_id"],
+                                                  filter=ds.field("model_hash") == model_hash)
+    return set(table["object_id"].to_pylist())
+
+
+def _batches(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
+    batch: list[_Item] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def predict(
+    model_path: Path,
+    *,
+    store: Store | None = None,
+    sources: list[Path] | None = None,
+    fmt: str = "auto",
+    read_options: ReadOptions | None = None,
+    to: list[str] = ("store",),
+    out_dir: Path = Path("predictions"),
+    instrument: str | None = None,
+    since: datetime | None = None,
+    force: bool = False,
+    batch_size: int = 64,
+    top_k: int = 3,
+    embeddings: bool = False,
+    writer_options: dict[str, str] | None = None,
+    device: str = "auto",
+    compile: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> PredictSummary:
+    """Predict every object of `store` (or of `sources`) with the model at `model_path`, into the `to` writers."""
+    import torch
+
+    from plankton_cli.models.checkpoints import load_model
+
+    model_path = Path(model_path)
+    weights = model_path / "model.safetensors" if model_path.is_dir() else model_path.with_suffix(".safetensors")
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    model, info = load_model(weights, device=dev)
+    if compile:
+        model = torch.compile(model)
+    classes: list[str] = list(info["classes"])
+    thresholds = info.get("thresholds") or None
+    threshold_vec = (np.array([float(thresholds.get(c, 0.0)) for c in classes], dtype=np.float64)
+                     if thresholds else None)
+    model_hash = file_hash(weights)
+    model_id = info.get("model_id") or f"{weights.parent.parent.name}/{weights.parent.name}"
+    summary = PredictSummary(model_id=model_id, model_hash=model_hash)
+    options = dict(writer_options or {})
+    if store is not None:
+        options.setdefault("store", str(store.root))
+    run = PredictionRun(
+        model_id=model_id, model_hash=model_hash, classes=classes, thresholds=threshold_vec,
+        classifier_name=f"plankton-cli {info['architecture']} {model_id}", top_k=top_k,
+        package_version=__version__, options=options,
+    )
+
+    def rejected(rej: Rejection) -> None:
+        summary.rejected += 1
+        log.warning("rejected %s", rej)
+
+    if sources:
+        items = _source_items(list(sources), fmt, read_options or ReadOptions(), rejected)
+    elif store is not None:
+        exclude = set() if force else already_predicted(store, model_hash)
+        summary.skipped_already_predicted = len(exclude)
+        items = _store_items(store, instrument=instrument, since=since, exclude=exclude)
+    else:
+        raise ValueError("predict needs a store or sources")
+
+    sessions = {name: plugins.load("writer", name).open(Path(out_dir), run) for name in to}
+    preprocess = Preprocessor(info)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    counts: dict[str, int] = {}
+    with torch.inference_mode():
+        for batch in _batches(items, batch_size):
+            inputs = torch.stack([preprocess(item) for item in batch]).to(dev, non_blocking=True)
+            with autocast:
+                features = model.forward_features(inputs)
+                logits = model.head(features)
+            probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            feats = features.float().cpu().numpy() if embeddings else None
+            preds = []
+            for i, item in enumerate(batch):
+                p = probs[i]
+                best = int(p.argmax())
+                label = classes[best]
+                if threshold_vec is not None and p[best] < threshold_vec[best]:
+                    label = UNCLASSIFIED
+                counts[label] = counts.get(label, 0) + 1
+                preds.append(Prediction(
+                    object_id=item.object_id, probabilities=p.astype(np.float32), label=label,
+                    label_auto=classes[best], sample_id=item.sample_id, source_row=item.source_row,
+                    instrument=item.instrument, acquired_at=item.acquired_at, lat=item.lat, lon=item.lon,
+                    depth=item.depth, image=item.image, image_name=None,
+                    embedding=None if feats is None else feats[i],
+                ))
+            for session in sessions.values():
+                session.write(preds)
+            summary.predicted += len(preds)
+            if on_batch:
+                on_batch(len(preds))
+    summary.writers = {name: session.close() for name, session in sessions.items()}
+    summary.by_label = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+    return summary
