@@ -47,7 +47,6 @@ from plankton_cli.data.dataset import list_row_groups, partition_values
 from plankton_cli.models import Classifier, layer_decay_param_groups, load_encoder_info, load_vit_weights
 from plankton_cli.models import save_model, warmup_cosine_scheduler
 from plankton_cli.models.checkpoints import ENCODER_FORMAT, MODEL_FORMAT
-from plankton_cli.models.mae import ARCH_KEYS
 from plankton_cli.protocol import (
     Split,
     describe_counts,
@@ -266,7 +265,9 @@ def build_classifier(config: FinetuneConfig, num_classes: int) -> tuple[Classifi
             embed_dim=info["embed_dim"], depth=info["depth"], num_heads=info["num_heads"],
             drop_path_rate=config.drop_path,
         )
-        inherited = {k: v for k, v in info.items() if k not in (*ARCH_KEYS, *MODEL_ONLY_KEYS) and k not in BOOKKEEPING}
+        # Only the input conventions carry over; the encoder's own bookkeeping (epochs, run) stays in its file.
+        inherited = {k: v for k, v in info.items() if k in ("mean", "std", "resize") or k.startswith(PREPROCESS_PREFIXES)}
+        inherited["encoder_source"] = info.get("source")
         if img_size != info["img_size"]:
             inherited.pop("resize", None)  # a resize chosen for another crop size no longer fits
     else:
@@ -283,8 +284,7 @@ def build_classifier(config: FinetuneConfig, num_classes: int) -> tuple[Classifi
     return model, inherited
 
 
-MODEL_ONLY_KEYS = ("classes", "num_classes", "hidden_dim", "thresholds")
-BOOKKEEPING = ("format", "format_version", "created", "plankton_cli_version")
+PREPROCESS_PREFIXES = ("pad_", "crop_")
 
 
 def _export_info(path: Path) -> dict[str, Any] | None:
@@ -469,8 +469,8 @@ def run_fold(
     val_ids, val_labels, val_logits = module.outputs["val"]
     thresholds, unreached = precision_thresholds(softmax(val_logits), val_labels, classes, config.target_precision)
     info = {
-        **dataset_info, **inherited, **model.arch,
-        "classes": classes, "mean": [mean], "std": [std], "resize": resize,
+        **inherited, **dataset_info, **model.arch,  # the fine-tuning data's padding is what predict must match
+        "classes": classes, "mean": [mean], "std": [std], "resize": resize, "crop": img_size,
         "thresholds": thresholds, "threshold_target_precision": config.target_precision,
         "thresholds_unreached": unreached,
         "source": f"{inherited.get('source', '')}; plankton finetune fold {split.fold} of {config.out}".lstrip("; "),
@@ -638,7 +638,7 @@ def summarise_run(out: Path) -> dict[str, Any]:
     )
     config = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
     if not results:
-        return {"config": config, "folds": [], "mean_std": {}}
+        return {"config": config, "folds": [], "mean_std": {}, "per_instrument": {}, "complete": False}
     summary = M.summarise_folds(results)
     instruments = sorted({name for r in results for name in r["per_instrument"]})
     per_instrument = {

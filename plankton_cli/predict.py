@@ -74,12 +74,12 @@ class Preprocessor:
         from plankton_cli.data.transforms import EvalTransform
         from plankton_cli.pad import CropSpec
 
-        padding = info.get("padding") or None
-        self.pad = padding is not None
+        # Flat keys of model.json (see models/checkpoints.py): pad_preset is absent when training used unpadded images.
+        self.pad = info.get("pad_preset") is not None
         if self.pad:
-            self.preset = padding.get("preset", "auto")
-            self.crop = CropSpec(*(int(padding.get(f"crop_{side}", 0)) for side in ("top", "bottom", "left", "right")))
-            self.size = padding.get("size")
+            self.preset = info["pad_preset"]
+            self.crop = CropSpec(*(int(info.get(f"pad_crop_{side}") or 0) for side in ("top", "bottom", "left", "right")))
+            self.size = info.get("pad_size")
         mean, std = info["mean"], info["std"]
         self.transform = EvalTransform(resize=int(info.get("resize", info["img_size"])), crop=int(info["img_size"]),
                                        mean=float(np.mean(mean)), std=float(np.mean(std)))

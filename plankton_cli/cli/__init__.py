@@ -24,7 +24,12 @@ COMMANDS = {
     "info": "plankton_cli.cli.info:info",
     "pad": "plankton_cli.cli.pad:pad",
     "stats": "plankton_cli.cli.stats:stats",
+    "finetune": "plankton_cli.cli.finetune:finetune",
+    "predict": "plankton_cli.cli.predict:predict",
+    "evaluate": "plankton_cli.cli.evaluate:evaluate",
     "plugins": "plankton_cli.cli.plugins:plugins_command",
+    "pretrain": "plankton_cli.cli.pretrain:pretrain",
+    "jobs": "plankton_cli.cli.jobs:jobs",
 }
 
 EXIT_OK = 0
@@ -56,7 +61,12 @@ _SUMMARIES = {
     "info": "Show what the store holds: counts by dataset, instrument, label and source.",
     "pad": "Crop instrument legends and pad every image to a square with its own background.",
     "stats": "Compute (or read the cached) pixel mean and std of a dataset, for normalisation.",
+    "finetune": "Fine-tune a ViT with few labels and test it by cross-validation (the paper's protocol).",
+    "predict": "Classify objects with a fine-tuned model and write the results.",
+    "evaluate": "Metrics, tables and plots from fine-tune runs or from predictions.",
     "plugins": "List installed reader, writer and backend plugins (and broken ones).",
+    "pretrain": "Pretrain a ViT encoder as a masked autoencoder (MAE) on the store's images.",
+    "jobs": "Show the state of runs submitted to a compute backend (SLURM, ...).",
 }
 
 

@@ -1,0 +1,147 @@
+"""`plankton finetune`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from plankton_cli.cli.dispatch import backend_options
+from plankton_cli.cli.options import json_option, store_option
+from plankton_cli.cli.output import emit_json
+
+log = logging.getLogger("plankton.finetune")
+
+
+@click.command(epilog="""\b
+Examples:
+  plankton finetune --init runs/mae/encoder.safetensors --labels 5% --out runs/ft-5
+  plankton finetune --init vit_large_patch16_224.augreg_in21k.pth --model vit_large_patch16_224 \\
+      --labels 1% --out runs/imagenet-1       # the paper's ImageNet baseline, from a local file
+  plankton finetune --init scratch --model vit_small_patch16_224 --img-size 96 --labels all --out runs/scratch
+  plankton finetune --init runs/mae --labels 10/class --instrument IFCB --folds 1 --out runs/ifcb-10
+  # one SLURM job per fold (each writes fold-K/; the last to finish writes the full summary)
+  for k in 0 1 2 3 4; do plankton finetune --init runs/mae --labels 5% --fold $k --out runs/ft-5 \\
+      --backend slurm --partition gpu --time 4:00:00; done
+
+\b
+Labels: 1%, 5%, 10% (per class max(1, floor(p * N_c)) of the fold's training part, nested,
+seeded), all, or k/class. Folds: stratified k-fold, 20 % test at 5 folds, 15 % of the rest for
+validation; --folds 1 is one such split. Each fold's split is saved (fold-K/split.json) and a
+re-run into the same --out reuses it; finished folds (fold-K/result.json) are not trained again.
+
+\b
+Outputs in OUT: config.json, label_counts.csv, summary.md/.csv/.json (test accuracy, balanced
+accuracy, macro-F1 per fold and mean ± std), and per fold fold-K/: model.safetensors + model.json
+(for `plankton predict`, with per-class thresholds for --target-precision), metrics.csv,
+learning_curves.png, split.json, test_predictions.parquet, confusion_matrix.png.
+
+Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, dataset...).""")
+@click.option("--init", "init", required=True, metavar="ENCODER|FILE|scratch",
+              help="Start from an encoder exported by `plankton pretrain` (RUN/ or RUN/encoder.safetensors), a "
+                   "local timm/ImageNet checkpoint (.safetensors/.pth; give --model), or 'scratch'.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run directory for the models, splits and results.")
+@click.option("--dataset", help="Dataset of the store [default: padded when it exists, else objects].")
+@click.option("--labels", default="all", show_default=True, metavar="SPEC",
+              help="Labelled training images: 1%, 5%, 10%, all or k/class.")
+@click.option("--folds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Cross-validation folds (1: a single 80/20 split).")
+@click.option("--fold", type=click.IntRange(min=0), help="Run only this fold (0-based), e.g. one per SLURM job.")
+@click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Images per step and device.")
+@click.option("--lr", type=float, default=2e-3, show_default=True,
+              help="Peak learning rate of the head, ABSOLUTE: not scaled by batch size (the paper's 2e-3 is at "
+                   "batch 128 on one GPU; with a larger total batch, scale it yourself).")
+@click.option("--layer-decay", type=float, default=0.75, show_default=True,
+              help="Layer-wise lr decay: block i gets lr × decay^(depth − i); patch/pos embeddings the lowest.")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
+@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Linear warmup (per step), then cosine decay to 0.")
+@click.option("--drop-path", type=click.FloatRange(0, 1), default=0.2, show_default=True, help="Stochastic depth.")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
+@click.option("--target-precision", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+              help="Per-class thresholds written to model.json reach this precision on validation images.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the folds, label subsets and training.")
+@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True,
+              help="DataLoader worker processes per device.")
+@click.option("--instrument", "instruments", multiple=True,
+              help="Use only images of this instrument (repeatable); results are also given per instrument.")
+@click.option("--label-status", "label_status", multiple=True, default=["validated"], show_default=True,
+              help="Label statuses taken as truth (repeatable; 'any' for all). EcoTaxa 'predicted' labels are "
+                   "not ground truth.")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Stop each fold after N optimizer steps (smoke tests).")
+@click.option("--model", "model_name", metavar="NAME",
+              help="timm ViT name for --init scratch or a timm checkpoint file, e.g. vit_large_patch16_224.")
+@click.option("--img-size", type=click.IntRange(min=8), metavar="PX",
+              help="Input size [default: the encoder's, else 224]; position embeddings are resampled to it.")
+@click.option("--patch-size", type=click.IntRange(min=1), help="Override the --model's patch size.")
+@click.option("--depth", type=click.IntRange(min=1), help="Override the --model's number of blocks.")
+@click.option("--embed-dim", type=click.IntRange(min=8), help="Override the --model's width.")
+@click.option("--num-heads", type=click.IntRange(min=1), help="Override the --model's attention heads.")
+@backend_options
+@store_option
+@json_option
+@click.pass_context
+def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labels: str, folds: int,
+             fold: int | None, epochs: int, batch_size: int, lr: float, layer_decay: float, weight_decay: float,
+             warmup_epochs: float, drop_path: float, label_smoothing: float, target_precision: float, seed: int,
+             workers: int, instruments: tuple[str, ...], label_status: tuple[str, ...], max_steps: int | None,
+             model_name: str | None, img_size: int | None, patch_size: int | None, depth: int | None,
+             embed_dim: int | None, num_heads: int | None, backend_opts, store: Path, as_json: bool) -> None:
+    """Fine-tune a ViT with few labels and test it by cross-validation (the paper's protocol).
+
+    The encoder gets MAE's average-pool head input and a bottleneck head (Linear 512, LayerNorm,
+    GELU, Linear), and is trained with AdamW, layer-wise lr decay, label smoothing and drop
+    path, keeping each fold's best epoch by validation macro-F1. The defaults are the paper's
+    (Kareinen et al. 2025): 50 epochs, batch 128, lr 2e-3, weight decay 0.01, layer decay 0.75,
+    5 warmup epochs, bf16 on GPU.
+    """
+    from plankton_cli.cli.dispatch import dispatch
+    from plankton_cli.protocol import parse_label_fraction
+
+    try:
+        parse_label_fraction(labels)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--labels") from exc
+    if fold is not None and fold >= folds:
+        raise click.BadParameter(f"fold {fold} does not exist with --folds {folds} (0..{folds - 1})",
+                                 param_hint="--fold")
+    if init != "scratch" and not Path(init).exists():
+        raise click.BadParameter(f"{init} does not exist: give an encoder export, a checkpoint file or 'scratch'",
+                                 param_hint="--init")
+    if init == "scratch" and not model_name:
+        raise click.UsageError("--init scratch needs --model NAME (and usually --img-size)")
+    if dispatch(ctx, backend_opts.backend, backend_opts.resources(), out, wait=backend_opts.wait,
+                dry_run=backend_opts.dry_run):
+        return
+
+    from plankton_cli.finetune import FinetuneConfig
+    from plankton_cli.finetune import finetune as run_finetune
+
+    config = FinetuneConfig(
+        store=store, init=init, out=out, dataset=dataset, labels=labels, folds=folds, fold=fold, seed=seed,
+        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
+        warmup_epochs=warmup_epochs, drop_path=drop_path, label_smoothing=label_smoothing,
+        target_precision=target_precision, workers=workers, instruments=list(instruments) or None,
+        label_status=[] if "any" in label_status else list(label_status), max_steps=max_steps,
+        model=model_name, img_size=img_size, patch_size=patch_size, depth=depth, embed_dim=embed_dim,
+        num_heads=num_heads, accelerator=backend_opts.accelerator, devices=backend_opts.devices,
+        num_nodes=backend_opts.num_nodes,
+    )
+    # Progress and Table-4 counts go to stderr, so that --json output stays parseable.
+    echo = (lambda text: log.info("%s", text)) if as_json else (lambda text: click.echo(text, err=True))
+    try:
+        summary = run_finetune(config, echo=echo)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    if not summary:  # DDP ranks other than 0 report nothing
+        return
+    if as_json:
+        emit_json({"out": str(out), "folds": summary["folds"], "mean_std": summary["mean_std"],
+                   "per_instrument": summary["per_instrument"], "complete": summary["complete"]})
+        return
+    click.echo((out / "summary.md").read_text(encoding="utf-8"))
+    click.echo(f"results in {out}/ (summary.md, fold-*/model.safetensors for `plankton predict`)")

@@ -1,0 +1,130 @@
+"""`plankton evaluate`: metrics, tables and plots from fine-tune runs or from predictions + the store's labels.
+
+Every number comes from scikit-learn through `plankton_cli.metrics` (its label-set convention: macro averages are
+over the classes present in each fold's true labels; classes only predicted count as errors but are not averaged;
+`unclassified` predictions count as errors).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from plankton_cli import metrics
+from plankton_cli.store import Store
+
+
+def _read_table(path: Path):
+    if path.suffix == ".csv":
+        import pyarrow.csv as pacsv
+
+        return pacsv.read_csv(path)
+    return pq.read_table(path)
+
+
+def _column(table, *names):
+    for name in names:
+        if name in table.column_names:
+            return table[name].to_pylist()
+    raise KeyError(f"none of the columns {names} in {table.column_names}")
+
+
+def _fold_dirs(run: Path) -> list[Path]:
+    folds = sorted(p for p in run.glob("fold-*") if (p / "test_predictions.parquet").exists())
+    if not folds:
+        raise FileNotFoundError(f"{run} has no fold-*/test_predictions.parquet: is it a `plankton finetune` run?")
+    return folds
+
+
+def evaluate_run(run: Path, out_dir: Path) -> dict:
+    """Per-fold and mean ± std metrics of one fine-tune run, per-instrument results and a confusion matrix."""
+    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
+    per_fold, y_true_all, y_pred_all, per_instrument = [], [], [], {}
+    classes = None
+    for fold in _fold_dirs(run):
+        table = pq.read_table(fold / "test_predictions.parquet")
+        y_true, y_pred = _column(table, "label", "true"), _column(table, "pred", "prediction")
+        model_info = fold / "model.json"
+        if classes is None and model_info.exists():
+            classes = json.loads(model_info.read_text())["classes"]
+        result = metrics.classification_metrics(y_true, y_pred, classes)
+        result["fold"] = fold.name
+        per_fold.append(result)
+        y_true_all += y_true
+        y_pred_all += y_pred
+        if "instrument" in table.column_names:
+            groups = metrics.per_group_metrics(y_true, y_pred, _column(table, "instrument"), classes)
+            for group, res in groups.items():
+                per_instrument.setdefault(group, []).append(res)
+    name = run.name
+    metrics.plot_confusion_matrix(y_true_all, y_pred_all, classes or sorted(set(y_true_all)),
+                                  out_dir / f"confusion_{name}.png")
+    pooled = metrics.classification_metrics(y_true_all, y_pred_all, classes)
+    return {
+        "run": str(run),
+        "init": config.get("init"),
+        "labels": config.get("labels"),
+        "folds": per_fold,
+        "summary": metrics.summarise_folds(per_fold),
+        "per_instrument": {k: metrics.summarise_folds(v) for k, v in per_instrument.items()},
+        "per_class": pooled["per_class"],
+    }
+
+
+def evaluate_predictions(predictions: Path, store: Store, out_dir: Path, *, statuses=("validated",)) -> dict:
+    """Predictions (from `predict --to parquet|csv`, or the store's `predictions` dataset) against stored labels."""
+    table = _read_table(predictions) if predictions.exists() else None
+    if table is None:
+        raise FileNotFoundError(predictions)
+    pred = dict(zip(_column(table, "object_id"), _column(table, "label")))
+    truth = store.dataset("objects").to_table(
+        columns=["object_id", "label", "instrument"],
+        filter=ds.field("label").is_valid() & ds.field("label_status").isin(list(statuses)))
+    rows = [(o, l, i) for o, l, i in zip(*(truth[c].to_pylist() for c in ("object_id", "label", "instrument")))
+            if o in pred]
+    if not rows:
+        raise ValueError(f"no predicted object of {predictions} has a {'/'.join(statuses)} label in {store.root}")
+    ids, y_true, groups = zip(*rows)
+    y_pred = [pred[o] for o in ids]
+    result = metrics.classification_metrics(list(y_true), y_pred)
+    metrics.plot_confusion_matrix(list(y_true), y_pred, sorted(set(y_true)), out_dir / "confusion_predictions.png")
+    return {
+        "predictions": str(predictions),
+        "n_matched": len(rows),
+        "n_predictions": len(pred),
+        "metrics": result,
+        "per_instrument": metrics.per_group_metrics(list(y_true), y_pred, list(groups)),
+    }
+
+
+def evaluate(runs: list[Path], out_dir: Path, *, predictions: Path | None = None, store: Store | None = None) -> dict:
+    """Evaluate fine-tune runs (and/or a predictions file) and write tables (MD, CSV, JSON) and plots to `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report: dict = {"runs": [evaluate_run(Path(r), out_dir) for r in runs]}
+    rows = []
+    for r in report["runs"]:
+        row = {"run": Path(r["run"]).name, "init": r["init"], "labels": r["labels"], "folds": len(r["folds"])}
+        for m, s in r["summary"].items():
+            row[m] = metrics.format_mean_std(s["mean"], s["std"])
+        rows.append(row)
+    if rows:
+        (out_dir / "summary.md").write_text(metrics.format_table_markdown(rows) + "\n")
+        metrics.write_csv(rows, out_dir / "summary.csv")
+        per_class = [{"run": Path(r["run"]).name, "class": c, **v} for r in report["runs"]
+                     for c, v in r["per_class"].items()]
+        metrics.write_csv(per_class, out_dir / "per_class.csv")
+        curve = [{"init": r["init"] or Path(r["run"]).name, "labels": r["labels"] or "?", **f}
+                 for r in report["runs"] for f in r["folds"]]
+        if len({(c["init"], c["labels"]) for c in curve}) > 1:
+            metrics.plot_few_label_curve(curve, out_dir / "few_label_curve.png")
+            report["few_label_curve"] = str(out_dir / "few_label_curve.png")
+    if predictions is not None:
+        if store is None:
+            raise ValueError("evaluating predictions needs the store that holds the labels")
+        report["predictions"] = evaluate_predictions(predictions, store, out_dir)
+    report["table"] = rows
+    metrics.write_json(report, out_dir / "evaluation.json")
+    return report

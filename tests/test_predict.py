@@ -1,0 +1,100 @@
+"""`plankton predict`: store and source inputs, writers, skip-already-predicted, and no train/predict drift.
+
+The model here is a real exported classifier with untrained weights: these tests are about the plumbing
+(preprocessing, batching, writers, idempotency); prediction quality is tested in tests/test_finetune.py.
+"""
+
+import json
+
+import h5py
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+import torch
+
+from conftest import BUNDLED, plankton
+from plankton_cli.ingest import ingest
+from plankton_cli.models import Classifier
+from plankton_cli.models.checkpoints import save_model
+from plankton_cli.padding import pad_dataset
+from plankton_cli.predict import Preprocessor, _Item, predict
+from plankton_cli.records import ReadOptions
+from plankton_cli.store import Store
+
+CLASSES = ["Actinoptychus", "Bacillariophyceae", "Ciliophora", "Dinoflagellata", "Noctilucales", "Tripos"]
+PADDING = {"pad_preset": "auto", "pad_crop_top": 0, "pad_crop_bottom": 0, "pad_crop_left": 0, "pad_crop_right": 0}
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    model = Classifier("vit_tiny_patch16_224", len(CLASSES), img_size=32, patch_size=8, depth=2, embed_dim=64,
+                       num_heads=2, hidden_dim=32)
+    info = {**model.arch, "classes": CLASSES, "mean": [0.5], "std": [0.25], "resize": 36, **PADDING,
+            "model_id": "test/fold-0", "thresholds": {c: 0.0 for c in CLASSES}}
+    return save_model(tmp_path_factory.mktemp("model") / "fold-0", model.state_dict(), info)
+
+
+@pytest.fixture
+def demo_store(tmp_path, demo_images):
+    store = Store(tmp_path / "store")
+    ingest(store, [demo_images], options=ReadOptions(instrument="FlowCam"))
+    return store
+
+
+def test_predicts_the_store_once_then_only_new_objects(demo_store, model_file, tmp_path):
+    first = predict(model_file, store=demo_store, to=["store", "csv"], out_dir=tmp_path / "out")
+    assert first.predicted == 105 and sum(first.by_label.values()) == 105
+    table = demo_store.dataset("predictions").to_table()
+    assert table.num_rows == 105 and len(set(table["object_id"].to_pylist())) == 105
+    again = predict(model_file, store=demo_store, to=["store"], out_dir=tmp_path / "out")
+    assert again.predicted == 0 and again.skipped_already_predicted == 105
+    forced = predict(model_file, store=demo_store, to=["store"], out_dir=tmp_path / "out", force=True)
+    assert forced.predicted == 105
+    assert demo_store.dataset("predictions").count_rows() == 105  # replaced, never duplicated
+
+
+def test_preprocessing_equals_the_padded_training_pixels(demo_store, model_file):
+    """Predict pads on the fly; it must give exactly the tensor training got from the `padded` dataset."""
+    from plankton_cli.data.transforms import EvalTransform
+    from plankton_cli.models.checkpoints import load_encoder_info
+
+    pad_dataset(demo_store)
+    info = load_encoder_info(model_file)
+    pre = Preprocessor(info)
+    train_view = EvalTransform(resize=36, crop=32, mean=0.5, std=0.25)
+    objects = {r["object_id"]: r for r in demo_store.dataset("objects").to_table().to_pylist()}
+    padded = demo_store.dataset("padded").to_table().to_pylist()
+    for row in padded[:20]:
+        obj = objects[row["object_id"]]
+        item = _Item(obj["object_id"], obj["image"]["bytes"], obj["instrument"])
+        assert torch.equal(pre(item), train_view(row["image"]["bytes"]))
+
+
+def test_ifcb_bin_from_disk_to_dashboard_h5_and_ecotaxa_zip(model_file, tmp_path):
+    bins = BUNDLED / "ifcb/pyifcb-testdata/white"
+    proc = plankton("predict", "--model", str(model_file), str(bins), "--to", "ifcb-h5", "--to", "ecotaxa",
+                    "--out", str(tmp_path / "out"), "--store", str(tmp_path / "none"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["predicted"] == 19
+    (h5,) = (tmp_path / "out").rglob("*_class.h5")
+    assert h5.name == "D20130526T095207_IFCB013_class.h5" and h5.parent.name == "D20130526"
+    with h5py.File(h5) as f:
+        assert list(f["roi_numbers"][:]) == [7, 11, 13, 21, 32, 33, 47, 49, 54, 61, 66, 68, 73, 78, 80, 92, 99, 102,
+                                             114]
+        assert f["output_scores"].shape == (19, len(CLASSES))
+        np.testing.assert_allclose(f["output_scores"][:].sum(axis=1), 1.0, rtol=1e-5)
+    (zipfile,) = (tmp_path / "out").rglob("*.zip")
+    from plankton_plugins.ecotaxa.checker import check_import_zip
+
+    assert check_import_zip(zipfile) == []
+
+
+def test_cli_from_store_with_json(demo_store, model_file, tmp_path):
+    proc = plankton("predict", "--model", str(model_file), "--store", str(demo_store.root), "--to", "parquet",
+                    "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["predicted"] == 105
+    table = ds.dataset(tmp_path / "out" / "predictions.parquet").to_table()
+    assert table.num_rows == 105
