@@ -169,8 +169,10 @@ class MAEPretrainModule(pl.LightningModule):
                 images = self.gpu_augment(images)
         loss = self._forward(images).loss
         self.samples_trained += images.shape[0]
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=False)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        batch_size = images.shape[0]
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=batch_size)
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,17 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.strategies import DDPStrategy
 
 log = logging.getLogger("plankton.training")
+
+# Lightning warnings that do not apply to how plankton trains.
+_IRRELEVANT_WARNINGS = (
+    # StoreDataset deals each DataLoader worker its own batches, so its __len__ is exact.
+    r".*Your `IterableDataset` has `__len__` defined.*",
+    # submitit starts the tasks with srun; outside SLURM, srun being installed means nothing.
+    r".*The `srun` command is available on your system but is not used.*",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+)
+for _message in _IRRELEVANT_WARNINGS:
+    warnings.filterwarnings("ignore", message=_message)
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"

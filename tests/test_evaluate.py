@@ -1,0 +1,54 @@
+"""`plankton evaluate` agrees with scikit-learn, folds and instruments included."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+from conftest import plankton
+from plankton_cli.evaluate import evaluate
+
+CASE = {  # two folds of a hand-made three-class problem, two instruments
+    "fold-0": (["a", "a", "b", "b", "c", "c"], ["a", "b", "b", "b", "c", "a"], ["IFCB"] * 3 + ["FlowCam"] * 3),
+    "fold-1": (["a", "b", "b", "c", "c", "c"], ["a", "b", "c", "c", "c", "unclassified"], ["IFCB"] * 6),
+}
+
+
+def make_run(root, name, labels, init):
+    run = root / name
+    for fold, (y, p, inst) in CASE.items():
+        (run / fold).mkdir(parents=True)
+        pq.write_table(pa.table({"object_id": [f"{fold}-{i}" for i in range(len(y))], "label": y, "pred": p,
+                                 "instrument": inst}), run / fold / "test_predictions.parquet")
+        (run / fold / "model.json").write_text(json.dumps({"classes": ["a", "b", "c"]}))
+    (run / "config.json").write_text(json.dumps({"labels": labels, "init": init}))
+    return run
+
+
+def test_fold_metrics_match_scikit_learn(tmp_path):
+    run = make_run(tmp_path, "r", "10%", "mae")
+    report = evaluate([run], tmp_path / "out")
+    folds = report["runs"][0]["folds"]
+    for result, (y, p, _) in zip(folds, CASE.values()):
+        assert result["accuracy"] == pytest.approx(accuracy_score(y, p))
+        assert result["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p))
+        assert result["macro_f1"] == pytest.approx(f1_score(y, p, labels=sorted(set(y)), average="macro"))
+    summary = report["runs"][0]["summary"]["macro_f1"]
+    values = [f1_score(y, p, labels=sorted(set(y)), average="macro") for y, p, _ in CASE.values()]
+    assert summary["mean"] == pytest.approx(np.mean(values)) and summary["std"] == pytest.approx(np.std(values, ddof=1))
+    flow = report["runs"][0]["per_instrument"]["FlowCam"]["accuracy"]["mean"]
+    assert flow == pytest.approx(accuracy_score(["b", "c", "c"], ["b", "c", "a"]))
+    for name in ("summary.md", "summary.csv", "per_class.csv", "evaluation.json", "confusion_r.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_several_runs_draw_the_few_label_curve_via_the_cli(tmp_path):
+    runs = [make_run(tmp_path, f"{init}-{labels}", labels, init) for init in ("mae", "scratch")
+            for labels in ("5%", "10%")]
+    proc = plankton("evaluate", *map(str, runs), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert len(report["table"]) == 4 and (tmp_path / "out" / "few_label_curve.png").stat().st_size > 0
