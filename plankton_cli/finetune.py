@@ -355,8 +355,8 @@ class ClassifierModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         ids, labels, logits = self._gather("val")
-        if len(labels) == 0:
-            return
+        if len(labels) == 0 or self.trainer.state.fn != "fit":
+            return  # the re-validation of the best checkpoint after fit must not add a row to the curves
         loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels),
                                            label_smoothing=self.hparams.label_smoothing)
         scores = M.classification_metrics(labels.tolist(), logits.argmax(1).tolist())

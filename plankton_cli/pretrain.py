@@ -153,7 +153,8 @@ class MAEPretrainModule(pl.LightningModule):
         self._forward = torch.compile(mae) if compile else mae
         self.mean, self.std = mean, std
         self.recon_every, self.run_dir = recon_every, run_dir
-        self.register_buffer("fixed_images", fixed_images, persistent=False)
+        # A plain attribute, not a buffer: only rank 0 has it, and DDP broadcasts buffers from rank 0.
+        self.fixed_images = fixed_images
         self.samples_trained = 0  # in this process, since it started
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -195,7 +196,8 @@ class MAEPretrainModule(pl.LightningModule):
         # The same mask every time, without disturbing the training random stream.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(0)
-            masked, recon, original = self.mae.reconstruct(self.fixed_images, mean=self.mean, std=self.std)
+            images = self.fixed_images.to(self.device)
+            masked, recon, original = self.mae.reconstruct(images, mean=self.mean, std=self.std)
         self.mae.train(was_training)
         path = self.run_dir / "reconstructions" / f"epoch-{epoch:04d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,8 @@ def test_store_from_environment_and_config_file(tmp_path, demo_images):
     assert json.loads(proc.stdout)["store"] == str(store)
 
     config_store = tmp_path / "config-store"
-    (tmp_path / "plankton.toml").write_text(f'store = "{config_store}"\n[ingest]\ninstrument = "FlowCam"\n')
+    (tmp_path / "plankton.toml").write_text(f'store = "{config_store}"\nlock-timeout = 5\n'
+                                            '[ingest]\ninstrument = "FlowCam"\nformat = "folders"\n')
     proc = plankton("ingest", str(demo_images), "--json", cwd=tmp_path)  # ./plankton.toml is read by default
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["store"] == str(config_store)

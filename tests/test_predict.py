@@ -25,14 +25,19 @@ CLASSES = ["Actinoptychus", "Bacillariophyceae", "Ciliophora", "Dinoflagellata",
 PADDING = {"pad_preset": "auto", "pad_crop_top": 0, "pad_crop_bottom": 0, "pad_crop_left": 0, "pad_crop_right": 0}
 
 
+def tiny_model(path, classes, preprocessing):
+    """A real exported classifier (tiny ViT, untrained weights), as `plankton finetune` writes one."""
+    torch.manual_seed(0)
+    model = Classifier("vit_tiny_patch16_224", len(classes), img_size=32, patch_size=8, depth=2, embed_dim=64,
+                       num_heads=2, hidden_dim=32)
+    info = {**model.arch, "classes": classes, "mean": [0.5], "std": [0.25], "resize": 36, **preprocessing,
+            "model_id": "test/fold-0", "thresholds": {c: 0.0 for c in classes}}
+    return save_model(path, model.state_dict(), info)
+
+
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    model = Classifier("vit_tiny_patch16_224", len(CLASSES), img_size=32, patch_size=8, depth=2, embed_dim=64,
-                       num_heads=2, hidden_dim=32)
-    info = {**model.arch, "classes": CLASSES, "mean": [0.5], "std": [0.25], "resize": 36, **PADDING,
-            "model_id": "test/fold-0", "thresholds": {c: 0.0 for c in CLASSES}}
-    return save_model(tmp_path_factory.mktemp("model") / "fold-0", model.state_dict(), info)
+    return tiny_model(tmp_path_factory.mktemp("model") / "fold-0", CLASSES, PADDING)
 
 
 @pytest.fixture

@@ -79,7 +79,7 @@ def test_loss_falls_when_overfitting_a_fixed_batch(store: Path) -> None:
     images = fixed_batch(store / "objects", img_size=32, resize=37, mean=0.02, std=0.07, n=8)
     mae = MAE("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2,
               decoder_depth=1, decoder_dim=32, decoder_heads=2)
-    module = MAEPretrainModule(mae, lr=1e-3, total_steps=60, warmup_steps=0)
+    module = MAEPretrainModule(mae, lr=1e-3, total_steps=40, warmup_steps=0)
     optimizer = module.configure_optimizers()["optimizer"]
     idx_keep, idx_mask = mae.random_mask(len(images))
 
@@ -88,7 +88,7 @@ def test_loss_falls_when_overfitting_a_fixed_batch(store: Path) -> None:
             return float(mae(images, idx_keep, idx_mask).loss)
 
     before = loss()
-    for _ in range(60):
+    for _ in range(40):
         optimizer.zero_grad()
         mae(images).loss.backward()
         optimizer.step()

@@ -70,8 +70,12 @@ _SUMMARIES = {
 }
 
 
-def _default_map(config: Path | None) -> dict:
-    """TOML config → Click default_map: top-level keys apply to every command, `[command]` tables to one."""
+def _default_map(group: LazyGroup, ctx: click.Context, config: Path | None) -> dict:
+    """TOML config → Click default_map: top-level keys apply to every command, `[command]` tables to one.
+
+    Keys are spelled as on the command line (`format`, `lock-timeout` or `lock_timeout`) and translated to Click's
+    parameter names (`fmt`, `lock_timeout`); keys a command does not have are ignored for it.
+    """
     if config is None:
         candidate = Path("plankton.toml")
         if not candidate.is_file():
@@ -81,11 +85,17 @@ def _default_map(config: Path | None) -> dict:
         data = tomllib.loads(config.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise click.ClickException(f"cannot read config {config}: {exc}") from exc
-    shared = {k.replace("-", "_"): v for k, v in data.items() if not isinstance(v, dict)}
+    shared = {k: v for k, v in data.items() if not isinstance(v, dict)}
     out = {}
     for name in COMMANDS:
-        table = {k.replace("-", "_"): v for k, v in data.get(name, {}).items()}
-        out[name] = shared | table
+        command = group.get_command(ctx, name)
+        spelling = {}
+        for param in command.params:
+            spelling[param.name] = param.name
+            for opt in getattr(param, "opts", []):
+                spelling[opt.lstrip("-").replace("-", "_")] = param.name
+        values = shared | data.get(name, {})
+        out[name] = {spelling[k.replace("-", "_")]: v for k, v in values.items() if k.replace("-", "_") in spelling}
     return out
 
 
@@ -114,7 +124,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, log_file: Path | None, co
     predictions back to EcoTaxa and IFCB Dashboard.
     """
     try:
-        ctx.default_map = _default_map(config)
+        ctx.default_map = _default_map(cli, ctx, config)
     except click.ClickException as exc:
         exc.exit_code = EXIT_CONFIG
         raise
