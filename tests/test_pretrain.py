@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -157,3 +158,26 @@ def test_killed_run_resumes_to_the_same_step_count(store: Path, tmp_path: Path) 
         step_rows = [int(row["step"]) for row in csv.DictReader(f) if row["train/lr"]]
     assert sorted(step_rows) == sorted(set(step_rows))
     assert len(step_rows) == 14
+
+
+@pytest.mark.gpu
+def test_gpu_pretrain_bf16_with_gpu_augment_and_compile(tmp_path: Path) -> None:
+    """Runs on a GPU machine only (scripts/gpu-check.sh): bf16 autocast, on-device augmentation, torch.compile."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pretrain_gpu", Path(__file__).parents[1] / "bench" / "pretrain_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    store = tmp_path / "store"
+    bench.make_store(store, 256)  # distinct vignettes made from the bundled Apache-2.0 demo images
+    run = tmp_path / "run"
+    summary = json.loads(plankton(
+        "pretrain", "--store", str(store), *TINY, "--workers", "4", "--batch-size", "64",
+        "--effective-batch", "128", "--max-steps", "6", "--gpu-augment", "--compile", "--accelerator", "gpu",
+        "--out", str(run), "--json", check=True).stdout)
+    config = json.loads((run / "config.json").read_text())
+    assert config["precision"] == "bf16-mixed" and config["accumulate"] == 2
+    assert summary["global_step"] == 6 and math.isfinite(summary["final_loss"])
+    assert "_orig_mod" not in "".join(load_file(run / "encoder.safetensors"))  # compiled wrapper not exported

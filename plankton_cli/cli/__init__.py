@@ -7,9 +7,6 @@ import torch. Each command module is small: parse options, call one library func
 from __future__ import annotations
 
 import importlib
-import logging
-import os
-import sys
 import tomllib
 from pathlib import Path
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import sys
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 
 import click

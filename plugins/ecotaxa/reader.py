@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Protocol
 
 from plankton_cli.records import ReadOptions, Record, Rejection, Source
-from plankton_plugins.ecotaxa import canonical_instrument
+from plankton_cli.instruments import canonical_instrument
 from plankton_plugins.ecotaxa.tsv import BinaryOpener, TsvReader, normalize_category
-from plankton_plugins.folders.reader import image_problem
 
 TSV_NAME = re.compile(r"^ecotaxa.*\.(tsv|txt)$", re.IGNORECASE)
 MAX_IMAGE_BYTES = 256 << 20  # far above any vignette; guards against a zip bomb posing as an image
@@ -402,8 +401,7 @@ class EcoTaxaReader:
                 problem = row.error or _row_problem(tsv.header, object_id, image_name, pairs)
                 if problem is None:
                     record_id = self._record_id(object_id, values.get("img_rank"), taken)
-                    data, problem = images.load(image_name)
-                    problem = problem or image_problem(data)
+                    data, problem = images.load(image_name)  # the store decodes it, and rejects it if it must
                 if problem is not None:
                     yield Rejection(source_file, row.number, problem, record_id or object_id or None)
                     continue

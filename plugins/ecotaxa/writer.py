@@ -52,7 +52,7 @@ from PIL import Image
 import plankton_cli
 from plankton_cli.predictions import probability_matrix, top_k
 from plankton_cli.writers import UNCLASSIFIED, Prediction, PredictionRun
-from plankton_plugins.ecotaxa import canonical_instrument
+from plankton_cli.instruments import canonical_instrument
 from plankton_plugins.ecotaxa.checker import check_import_zip
 from plankton_plugins.ecotaxa.tsv import normalize_category
 from plankton_plugins.ifcb.bins import parse_bin_id

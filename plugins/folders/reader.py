@@ -12,16 +12,14 @@ This is the generic fallback reader (`sniff_priority` 0): more specific formats 
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from PIL import Image
 
 from plankton_cli.records import ReadOptions, Record, Rejection, Source
-from plankton_plugins.ecotaxa import canonical_instrument
+from plankton_cli.instruments import canonical_instrument
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"})
 LABEL_SOURCES = ("folder", "none")
@@ -31,18 +29,6 @@ _UVPEC_FOLDER = re.compile(r"^(?P<name>.+)__(?P<id>\d+)$")  # uvpec / EcoTaxa DO
 def is_image_name(name: str) -> bool:
     """True for a visible file whose extension is an image format (AppleDouble `._x.png` files are not)."""
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def image_problem(data: bytes) -> str | None:
-    """Why `data` cannot be an image, or None. Reads only the header: the store decodes (once) to validate."""
-    if not data:
-        return "empty image file (0 bytes)"
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.size  # noqa: B018 - parsing the header is the check
-    except Exception as exc:  # Pillow raises many types for garbage; any of them means "not an image"
-        return f"not a readable image: {type(exc).__name__}: {exc}"
-    return None
 
 
 def _visible_dirs(entries: list[os.DirEntry]) -> list[os.DirEntry]:
@@ -97,9 +83,8 @@ class ImageFolderReader:
         except OSError as exc:
             yield Rejection(str(file), None, f"cannot read image file: {exc}", object_id)
             return
-        problem = image_problem(data)
-        if problem:
-            yield Rejection(str(file), None, problem, object_id)
+        if not data:
+            yield Rejection(str(file), None, "empty image file (0 bytes)", object_id)
             return
 
         folders = PurePosixPath(object_id).parts[:-1]

@@ -223,12 +223,23 @@ def test_broken_rows_are_rejected_and_the_rest_read(tmp_path):
     ]
     tsv.write_text("\n".join([header, types, rows[0], *broken, *rows[1:]]) + "\n", encoding="utf-8")
     records, rejections = read_all(sample)
-    assert [r.object_id for r in records] == ["m106_mn01_n2_sml_1", "m106_mn01_n2_sml_1081", "m106_mn01_n2_sml_1111"]
-    assert [r.source_row for r in records] == [1, 8, 9]
+    # rows 5 and 6 have image bytes: decoding them, and rejecting what does not decode, is the store's job (below)
+    assert [r.object_id for r in records] == ["m106_mn01_n2_sml_1", "empty", "text", "m106_mn01_n2_sml_1081",
+                                              "m106_mn01_n2_sml_1111"]
+    assert [r.source_row for r in records] == [1, 5, 6, 8, 9]
     reasons = {r.source_row: r.reason for r in rejections}
-    assert sorted(reasons) == [2, 3, 4, 5, 6, 7]
+    assert sorted(reasons) == [2, 3, 4, 7]
+    from plankton_cli.ingest import ingest
+    from plankton_cli.store import Store
+
+    store = Store(tmp_path / "store")
+    summary = ingest(store, [sample])
+    assert (summary.read, summary.stored, summary.n_rejected) == (9, 3, 6)
+    stored = {r["source_row"]: r for r in store.dataset("rejections").to_table().to_pylist()}
+    reasons[5], reasons[6] = stored["5"]["reason"], stored["6"]["reason"]
+    assert stored["6"]["source_file"] == str(tsv)
     assert "fields" in reasons[2] and "object_id" in reasons[3] and "no image file" in reasons[4]
-    assert "empty" in reasons[5] and "not a readable image" in reasons[6] and "duplicate" in reasons[7]
+    assert "empty" in reasons[5] and "undecodable image" in reasons[6] and "duplicate" in reasons[7]
     assert all(r.source_file == str(tsv) for r in rejections)
 
 

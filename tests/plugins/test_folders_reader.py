@@ -109,12 +109,22 @@ def test_broken_and_non_image_files(tmp_path):
     (cls / "notes.csv").write_text("a,b\n")
     (cls / "._good.jpg").write_bytes(b"\x00\x05\x16\x07")  # macOS AppleDouble file
     records, rejections = read_all(tmp_path)
-    assert [r.object_id for r in records] == ["Tripos/good.jpg"]
+    # the reader passes bytes on; decoding (once) and rejecting undecodable images is the store's job
+    assert [r.object_id for r in records] == ["Tripos/garbage.jpg", "Tripos/good.jpg"]
     assert records[0].sample_id is None
-    reasons = {r.object_id: r.reason for r in rejections}
-    assert set(reasons) == {"Tripos/empty.png", "Tripos/garbage.jpg"}
-    assert "empty" in reasons["Tripos/empty.png"] and "not a readable image" in reasons["Tripos/garbage.jpg"]
+    assert [(r.object_id, r.reason) for r in rejections] == [("Tripos/empty.png", "empty image file (0 bytes)")]
     assert all(r.source_file.startswith(str(tmp_path)) for r in rejections)
+
+    from plankton_cli.ingest import ingest
+    from plankton_cli.store import Store
+
+    store = Store(tmp_path / "store")
+    summary = ingest(store, [tmp_path])
+    assert (summary.read, summary.stored, summary.n_rejected) == (3, 1, 2)
+    stored = store.dataset("rejections").to_table().to_pylist()
+    reasons = {r["object_id"]: r for r in stored}
+    assert reasons["Tripos/garbage.jpg"]["reason"].startswith("undecodable image")
+    assert reasons["Tripos/garbage.jpg"]["source_file"] == str(cls / "garbage.jpg")
 
 
 def test_sniff(tmp_path):

@@ -1,0 +1,233 @@
+"""`plankton finetune`: the UVP6 chain through the CLI, the saved protocol, layer decay in the log, timm checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import timm
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from plankton_cli.cli import COMMANDS, cli
+from plankton_cli.finetune import precision_thresholds
+from plankton_cli.models import load_model
+from plankton_cli.protocol import load_split, make_folds, restrict_train, subset_counts
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_IMAGES = REPO / "tests" / "data" / "planktonclass-demo" / "demo-images"  # Apache-2.0, shipped
+TINY = ["--model", "vit_base_patch16_224", "--img-size", "32", "--patch-size", "8", "--depth", "2",
+        "--embed-dim", "64", "--num-heads", "2"]
+DEPTH = 2
+
+
+def shared_data() -> Path:
+    return REPO / ".." / "shared" / "data"
+
+
+def plankton(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "plankton_cli", *map(str, args)], capture_output=True, text=True)
+    assert proc.returncode == 0, f"plankton {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def invoke(*args: str):
+    """Run `plankton ARGS` in this process (no second torch import): the quick way for small runs."""
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def read_metrics(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# --- the whole chain on real vignettes -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def uvp6_run(tmp_path_factory):
+    """ingest → pad → tiny MAE pretraining → finetune --labels 10% --folds 2, all through the `plankton` CLI."""
+    images = shared_data() / "images" / "uvp6-vignettes"
+    if not images.is_dir():
+        pytest.skip(f"needs the GPL-licensed UVP6 vignettes at {images} (not shipped with the repository)")
+    work = tmp_path_factory.mktemp("uvp6")
+    store, out = work / "store", work / "finetune"
+    plankton("ingest", images, "--store", store, "--instrument", "UVP6")
+    if "pad" in COMMANDS:
+        plankton("pad", "--store", store)
+    if "pretrain" in COMMANDS:
+        plankton("pretrain", "--store", store, "--out", work / "mae", *TINY, "--decoder-depth", "1",
+                 "--decoder-dim", "64", "--decoder-heads", "2", "--epochs", "8", "--warmup-epochs", "1",
+                 "--batch-size", "64", "--effective-batch", "64", "--base-lr", "4e-3", "--workers", "0",
+                 "--recon-every", "0")
+        init = [work / "mae" / "encoder.safetensors"]
+    else:
+        init = ["scratch", *TINY]
+    # Batch 8 and 40 epochs: ~50 labelled images need a few hundred steps, not the paper's batch 128.
+    proc = plankton("finetune", "--store", store, "--init", *init, "--labels", "10%", "--folds", "2",
+                    "--epochs", "40", "--batch-size", "8", "--warmup-epochs", "2", "--workers", "0",
+                    "--out", out, "--json")
+    return store, out, json.loads(proc.stdout)
+
+
+def test_uvp6_chain_through_the_cli_beats_chance(uvp6_run):
+    store, out, summary = uvp6_run
+    assert summary["complete"] and [f["fold"] for f in summary["folds"]] == [0, 1]
+    # 10 classes; the largest (detritus) is 20 % of the images, so chance is 0.1 balanced and 0.2 accuracy.
+    mean = {metric: value["mean"] for metric, value in summary["mean_std"].items()}
+    assert mean["accuracy"] > 0.3, summary
+    assert mean["balanced_accuracy"] > 0.2, summary
+    assert set(summary["per_instrument"]) == {"UVP6"}
+    for name in ("config.json", "label_counts.csv", "summary.md", "summary.csv", "summary.json"):
+        assert (out / name).is_file(), name
+    for fold in (0, 1):
+        fold_dir = out / f"fold-{fold}"
+        for name in ("model.safetensors", "model.json", "metrics.csv", "learning_curves.png", "split.json",
+                     "test_predictions.parquet", "confusion_matrix.png", "result.json"):
+            assert (fold_dir / name).is_file(), f"fold-{fold}/{name}"
+        assert not (fold_dir / "checkpoints").exists()  # model.safetensors keeps the best weights
+
+
+def test_saved_splits_and_label_counts_match_the_protocol(uvp6_run):
+    store, out, _ = uvp6_run
+    dataset = json.loads((out / "config.json").read_text())["dataset"]
+    table = pq.read_table(store / dataset, columns=["object_id", "label"]).to_pydict()
+    ids, labels = table["object_id"], [str(label) for label in table["label"]]
+    label_of = dict(zip(ids, labels))
+    expected = [restrict_train(split, label_of, "10%") for split in make_folds(ids, labels, 2, 0.15, seed=0)]
+
+    with (out / "label_counts.csv").open(newline="") as handle:
+        saved_counts = list(csv.DictReader(handle))
+    for split in expected:
+        saved = load_split(out / f"fold-{split.fold}" / "split.json")
+        assert (saved.train, saved.val, saved.test) == (split.train, split.val, split.test)
+        assert saved.label_spec == "10%"
+        pool = [i for i in ids if i not in set(split.val) | set(split.test)]
+        counts = subset_counts([label_of[i] for i in pool], [label_of[i] for i in split.train])
+        rows = [row for row in saved_counts if int(row["fold"]) == split.fold]
+        assert [(r["class"], int(r["available"]), int(r["selected"])) for r in rows] == \
+            [(c["class"], c["available"], c["selected"]) for c in counts]
+        assert all(int(r["selected"]) >= 1 for r in rows)
+
+        # The predictions cover exactly the test part, and the model reloads and agrees with them.
+        predictions = pq.read_table(out / f"fold-{split.fold}" / "test_predictions.parquet").to_pydict()
+        assert sorted(predictions["object_id"]) == sorted(split.test)
+        assert [label_of[i] for i in predictions["object_id"]] == predictions["label"]
+
+
+# --- small runs on the bundled demo images -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory) -> Path:
+    store = tmp_path_factory.mktemp("demo") / "store"
+    result = invoke("ingest", DEMO_IMAGES, "--store", store)
+    assert result.exit_code == 0, result.output
+    return store
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo-run") / "run"
+    args = ["finetune", "--store", demo_store, "--init", "scratch", *TINY, "--labels", "all", "--folds", "2",
+            "--epochs", "3", "--batch-size", "16", "--warmup-epochs", "1", "--workers", "0", "--out", out, "--json"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    return out, args, result
+
+
+def test_layer_decay_holds_at_every_training_step(demo_run):
+    out, _, _ = demo_run
+    for fold in (0, 1):
+        rows = [r for r in read_metrics(out / f"fold-{fold}" / "metrics.csv") if r.get("lr_head")]
+        head = np.array([float(r["lr_head"]) for r in rows])
+        block0 = np.array([float(r["lr_block0"]) for r in rows])
+        assert len(rows) == max(int(r["step"]) for r in rows) + 1  # one row per optimizer step
+        np.testing.assert_allclose(block0, 0.75**DEPTH * head, rtol=1e-5)
+        # Per-step warmup from 0 to the absolute peak lr, then cosine decay.
+        peak = int(np.argmax(head))
+        assert head[0] == 0 and 0 < peak < len(head) - 1 and head.max() == pytest.approx(2e-3, rel=0.2)
+        assert np.all(np.diff(head[: peak + 1]) > 0) and np.all(np.diff(head[peak:]) <= 0)
+
+
+def test_fold_outputs_reload_for_predict_and_json_summary(demo_run):
+    out, _, result = demo_run
+    summary = json.loads(result.stdout)
+    assert [f["fold"] for f in summary["folds"]] == [0, 1]
+    assert set(summary["mean_std"]) == {"accuracy", "balanced_accuracy", "macro_f1"}
+
+    model, info = load_model(out / "fold-0")
+    assert info["classes"] == sorted(p.name for p in DEMO_IMAGES.iterdir() if p.is_dir())
+    assert (info["img_size"], info["in_chans"], info["crop"]) == (32, 1, 32)
+    assert "thresholds" in info and info["threshold_target_precision"] == 0.9
+    predictions = pq.read_table(out / "fold-0" / "test_predictions.parquet")
+    assert json.loads(predictions.schema.metadata[b"classes"]) == info["classes"]
+    probabilities = np.array(predictions.column("probabilities").to_pylist())
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-4)
+    assert predictions.column("pred").to_pylist() == [info["classes"][i] for i in probabilities.argmax(axis=1)]
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 32, 32)).shape == (2, len(info["classes"]))
+
+
+def test_rerun_reuses_the_split_and_finished_folds_and_refuses_other_settings(demo_run):
+    out, args, _ = demo_run
+    split_before = (out / "fold-1" / "split.json").read_text()
+    model_before = (out / "fold-1" / "model.safetensors").stat().st_mtime_ns
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert (out / "fold-1" / "split.json").read_text() == split_before
+    assert (out / "fold-1" / "model.safetensors").stat().st_mtime_ns == model_before  # not trained again
+
+    other = invoke(*[a if a != "3" else "4" for a in map(str, args)])  # --epochs 4
+    assert other.exit_code == 2 and "other settings" in other.output
+
+
+def test_timm_rgb_checkpoint_of_another_size_as_init(demo_store, tmp_path):
+    # An ImageNet-style timm checkpoint: RGB, 48 px (6×6 patches), a 1000-class head, saved as a plain .pth.
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_base_patch16_224", img_size=48, in_chans=3, num_classes=1000, patch_size=8,
+                            depth=2, embed_dim=64, num_heads=2)
+    checkpoint = tmp_path / "imagenet-vit.pth"
+    torch.save({"model": vit.state_dict()}, checkpoint)
+
+    out = tmp_path / "run"
+    # One step: its lr is 0 (warmup starts there), so the saved encoder is exactly the loaded, adapted one.
+    result = invoke("finetune", "--store", demo_store, "--init", checkpoint, *TINY, "--folds", "1",
+                    "--max-steps", "1", "--batch-size", "8", "--workers", "0", "--out", out)
+    assert result.exit_code == 0, result.output
+    weights = load_file(out / "fold-0" / "model.safetensors")
+    rgb = vit.state_dict()["patch_embed.proj.weight"]
+    torch.testing.assert_close(weights["encoder.patch_embed.proj.weight"], rgb.sum(dim=1, keepdim=True))
+    assert weights["encoder.pos_embed"].shape == (1, 1 + 16, 64)  # 6×6 grid resampled to 4×4
+    torch.testing.assert_close(weights["encoder.blocks.1.mlp.fc2.weight"], vit.state_dict()["blocks.1.mlp.fc2.weight"])
+    info = json.loads((out / "fold-0" / "model.json").read_text())
+    assert info["in_chans"] == 1 and "fine-tuned from" in info["source"]
+
+
+def test_unknown_architecture_of_a_foreign_checkpoint_is_a_usage_error(demo_store, tmp_path):
+    checkpoint = tmp_path / "vit.pth"
+    torch.save(timm.create_model("vit_base_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=64,
+                                 num_heads=2).state_dict(), checkpoint)
+    result = invoke("finetune", "--store", demo_store, "--init", checkpoint, "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "--model" in result.output
+
+
+# --- thresholds for predict ----------------------------------------------------------------------------------------
+
+
+def test_precision_thresholds_keep_the_most_recall_at_the_target_precision():
+    # Class 0 predicted 5 times; by falling score: right, right, wrong, right, wrong.
+    top = np.array([0.95, 0.9, 0.8, 0.7, 0.6])
+    probabilities = np.stack([top, 1 - top], axis=1)
+    labels = np.array([0, 0, 1, 0, 1])
+    thresholds, unreached = precision_thresholds(probabilities, labels, ["a", "b"], target_precision=0.75)
+    assert thresholds == {"a": 0.7}  # precision 3/4 at 0.7; 3/5 at 0.6 is too low
+    assert unreached == ["b"]  # never predicted here
+    assert precision_thresholds(probabilities[:0], labels[:0], ["a", "b"], 0.9) == (None, ["a", "b"])
