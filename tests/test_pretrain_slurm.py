@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,12 @@ def test_submitted_pretrain_exports_an_encoder(store: Path, tmp_path: Path) -> N
     assert info["source_store"] == str(store) and info["in_chans"] == 1
     assert (run / "encoder.safetensors").stat().st_size > 0
 
-    jobs = json.loads(plankton("jobs", "--store", str(store), "--json", check=True).stdout)
+    # The tasks' results are written a moment before SLURM itself calls the job COMPLETED.
+    for _ in range(30):
+        jobs = json.loads(plankton("jobs", "--store", str(store), "--json", check=True).stdout)
+        if jobs[0]["state"] not in ("RUNNING", "COMPLETING"):
+            break
+        time.sleep(1)
     assert len(jobs) == 1 and jobs[0]["backend"] == "slurm"
     assert jobs[0]["state"] == "COMPLETED" and jobs[0]["run_dir"] == str(run)
     # The job ran the same command, locally on the node, without the backend-only options.

@@ -62,7 +62,7 @@ _SUMMARIES = {
     "predict": "Classify objects with a fine-tuned model and write the results.",
     "evaluate": "Metrics, tables and plots from fine-tune runs or from predictions.",
     "plugins": "List installed reader, writer and backend plugins (and broken ones).",
-    "pretrain": "Pretrain a ViT encoder as a masked autoencoder (MAE) on the store's images.",
+    "pretrain": "Pretrain a ViT encoder as a masked autoencoder on the store's images.",
     "jobs": "Show the state of runs submitted to a compute backend (SLURM, ...).",
 }
 

@@ -141,11 +141,7 @@ class SlurmBackend:
 
     def submit(self, job: Job) -> SlurmJobHandle:
         submitted = self._executor(job).submit(PlanktonCommand(job.argv, self.cli))
-        handle = SlurmJobHandle(submitted)
-        click.echo(f"Submitted SLURM job {handle.job_id}; logs:", err=True)
-        for path in handle.log_paths:
-            click.echo(f"  {path}", err=True)
-        return handle
+        return SlurmJobHandle(submitted)  # the command reports the id and log paths (cli/dispatch.py)
 
     def dry_run(self, job: Job) -> str:
         """The sbatch script `submit` would write, rendered by submitit itself (nothing is submitted)."""
