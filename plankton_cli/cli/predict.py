@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from plankton_cli.cli.dispatch import backend_options, dispatch
 from plankton_cli.cli.options import json_option, store_option
 from plankton_cli.cli.output import emit_json
 
@@ -22,6 +23,8 @@ Examples:
   plankton predict --model model.safetensors /data/ifcb/D20240101 --to ifcb-h5 --out /data/classified
   # EcoTaxa taxon names through a mapping file (label<TAB>EcoTaxa name); unmapped labels are reported
   plankton predict --model model.safetensors --to ecotaxa --taxon-map taxa.tsv --out preds/
+  # a station's batch on the lab's GPU cluster (--out on a shared filesystem)
+  plankton predict --model m.safetensors new-bins/ --to ifcb-h5 --out /shared/out --backend slurm --wait
 
 Writers (--to): store, parquet, csv, embeddings, ecotaxa, ifcb-h5, or any installed writer plugin.""")
 @click.argument("sources", nargs=-1, type=click.Path(exists=True, path_type=Path))
@@ -45,16 +48,21 @@ Writers (--to): store, parquet, csv, embeddings, ecotaxa, ifcb-h5, or any instal
               help="Extra option for writer plugins (repeatable).")
 @click.option("--device", default="auto", show_default=True, help="auto (GPU when there is one), cpu, cuda, cuda:1…")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (GPU runs).")
+@backend_options
 @store_option
 @json_option
-def predict(sources, model_path, to, out_dir, fmt, instrument, since, force, batch_size, top_k, taxon_map,
-            ecotaxa_mode, writer_options, device, compile_model, store, as_json):
+@click.pass_context
+def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force, batch_size, top_k, taxon_map,
+            ecotaxa_mode, writer_options, device, compile_model, backend_opts, store, as_json):
     """Classify objects with a fine-tuned model and write the results.
 
     Without SOURCES, predicts the objects of the store that this model has not predicted yet
     (so a nightly run only does the new ones). Preprocessing (crops, padding, size, mean/std)
     is read from the model file, so it always matches training.
     """
+    if dispatch(ctx, backend_opts.backend, backend_opts.resources(), out_dir, wait=backend_opts.wait,
+                dry_run=backend_opts.dry_run, record_dir=store):
+        return
     from plankton_cli import plugins
     from plankton_cli.cli.output import progress
     from plankton_cli.predict import predict as run_predict
