@@ -50,7 +50,7 @@ def main() -> None:
                     model(x)
                 synthetic = reps * args.batch_size / (time.perf_counter() - t0)
             info = {**model.arch, "classes": [f"c{i}" for i in range(6)], "mean": [0.5], "std": [0.25],
-                    "resize": 256, "pad_preset": "auto"}
+                    "resize": 256, "pad_settings": ["unknown: pad-v1 crop=0,0,0,0 size=keep"]}
             path = save_model(tmp / name, model.state_dict(), info)
             t0 = time.perf_counter()
             done = sum(predict(path, store=store, to=["parquet"], out_dir=tmp / f"out-{name}",

@@ -47,6 +47,7 @@ from plankton_cli.data.dataset import list_row_groups, partition_values
 from plankton_cli.models import Classifier, layer_decay_param_groups, load_encoder_info, load_vit_weights
 from plankton_cli.models import save_model, warmup_cosine_scheduler
 from plankton_cli.models.checkpoints import ENCODER_FORMAT, MODEL_FORMAT
+from plankton_cli.padding import padding_rules
 from plankton_cli.protocol import (
     Split,
     describe_counts,
@@ -601,16 +602,9 @@ def _check_config(out: Path, config: FinetuneConfig) -> None:
 def _dataset_info(dataset_dir: Path, name: str) -> dict[str, Any]:
     """Preprocessing facts of the dataset for model.json: its name and, for a padded dataset, its pad settings."""
     info: dict[str, Any] = {"dataset": name}
-    settings: set[str] = set()
-    for path in sorted(dataset_dir.rglob("*.parquet")):
-        if any(part.startswith((".", "_")) for part in path.relative_to(dataset_dir).parts):
-            continue
-        with pq.ParquetFile(path) as file:
-            if "pad_settings" in file.schema_arrow.names:
-                column = file.read(columns=["pad_settings"]).column("pad_settings").cast(pa.string())
-                settings.update(v for v in column.unique().to_pylist() if v)
-    if settings:
-        info["pad_settings"] = sorted(settings)
+    rules = padding_rules(dataset_dir)
+    if rules:
+        info["pad_settings"] = rules
     return info
 
 

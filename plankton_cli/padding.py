@@ -123,6 +123,36 @@ def settings_key(crop: CropSpec, size: int | None) -> str:
             f"size={size or 'keep'}")
 
 
+def padding_rules(dataset_dir: Path) -> list[str]:
+    """What `plankton pad` did to each instrument of a padded dataset, as `"<instrument>: <settings_key>"` lines.
+
+    Exported models carry these lines (`pad_settings` in model.json / encoder.json) so that `plankton predict`
+    pads new images exactly as the training images were padded (`parse_padding_rule`). Empty for a dataset
+    that was not padded.
+    """
+    import pyarrow.dataset as ds
+
+    files = [p for p in sorted(Path(dataset_dir).rglob("*.parquet"))
+             if not any(part.startswith((".", "_")) for part in p.relative_to(dataset_dir).parts)]
+    if not files or "pad_settings" not in pq.read_schema(files[0]).names:
+        return []
+    table = ds.dataset([str(f) for f in files], format="parquet", partitioning="hive",
+                       partition_base_dir=str(dataset_dir)).to_table(columns=["instrument", "pad_settings"])
+    pairs = {(str(i), s) for i, s in zip(table["instrument"].to_pylist(), table["pad_settings"].to_pylist()) if s}
+    return sorted(f"{instrument}: {settings}" for instrument, settings in pairs)
+
+
+def parse_padding_rule(rule: str) -> tuple[str, CropSpec, int | None]:
+    """`"<instrument>: pad-v1 crop=t,b,l,r[+scale-bar] size=N|keep"` → (instrument, crop, size)."""
+    instrument, _, settings = rule.rpartition(": ")
+    fields = dict(part.split("=", 1) for part in settings.split()[1:])
+    crop_text = fields["crop"]
+    scale_bar = crop_text.endswith("+scale-bar")
+    top, bottom, left, right = (int(v) for v in crop_text.removesuffix("+scale-bar").split(","))
+    size = None if fields["size"] == "keep" else int(fields["size"])
+    return instrument, CropSpec(top, bottom, left, right, scale_bar), size
+
+
 def crop_label(crop: CropSpec, crop_bottom: int) -> str:
     """What was cropped from one image, in words; `crop_bottom` is what was cut in the end (detected bar included)."""
     parts = [f"{side} {n}px" for side, n in (("top", crop.top), ("bottom", crop.bottom), ("left", crop.left),

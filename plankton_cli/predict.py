@@ -68,18 +68,20 @@ def file_hash(path: Path) -> str:
 
 
 class Preprocessor:
-    """Stored image bytes → the normalised tensor the model expects, as recorded in its `model.json`."""
+    """Stored image bytes → the normalised tensor the model expects, as recorded in its `model.json`.
+
+    A model trained on a padded dataset lists, per instrument, the crop and padding its images got
+    (`pad_settings`, see `padding.padding_rules`); the same crop and padding are applied here. An instrument the
+    model never saw gets the paper's default preset for it (`plankton pad --preset auto`).
+    """
 
     def __init__(self, info: dict):
         from plankton_cli.data.transforms import EvalTransform
-        from plankton_cli.pad import CropSpec
+        from plankton_cli.padding import parse_padding_rule
 
-        # Flat keys of model.json (see models/checkpoints.py): pad_preset is absent when training used unpadded images.
-        self.pad = info.get("pad_preset") is not None
-        if self.pad:
-            self.preset = info["pad_preset"]
-            self.crop = CropSpec(*(int(info.get(f"pad_crop_{side}") or 0) for side in ("top", "bottom", "left", "right")))
-            self.size = info.get("pad_size")
+        rules = info.get("pad_settings") or []
+        self.pad = bool(rules)
+        self.rules = {instrument: (crop, size) for instrument, crop, size in map(parse_padding_rule, rules)}
         mean, std = info["mean"], info["std"]
         self.transform = EvalTransform(resize=int(info.get("resize", info["img_size"])), crop=int(info["img_size"]),
                                        mean=float(np.mean(mean)), std=float(np.mean(std)))
@@ -92,9 +94,8 @@ class Preprocessor:
 
         if not self.pad:
             return self.transform(item.image)
-        pixels = decode(item.image)
-        crop = crop_for(item.instrument, self.preset, self.crop)
-        padded = pad_to_square(pixels, item.object_id, crop=crop, size=self.size).image
+        crop, size = self.rules.get(item.instrument) or (crop_for(item.instrument, "auto"), None)
+        padded = pad_to_square(decode(item.image), item.object_id, crop=crop, size=size).image
         return self.transform(Image.fromarray(padded))
 
 

@@ -21,9 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
 from PIL import Image
@@ -36,11 +33,11 @@ from plankton_cli.data import (
     StoreDataLoader,
     StoreDataset,
     TrainTransform,
-    list_data_files,
     load_or_compute_stats,
 )
 from plankton_cli.models import MAE, load_vit_weights, param_groups_weight_decay, reconstruction_grid, save_encoder
 from plankton_cli.models import warmup_cosine_scheduler
+from plankton_cli.padding import padding_rules
 from plankton_cli.store import Store
 from plankton_cli.training import (
     is_rank_zero,
@@ -220,18 +217,6 @@ class RecordObjectIds(Callback):
             f.write("".join(f"{i}\n" for i in batch["object_id"]))
 
 
-def pad_settings(dataset_dir: Path) -> list[str]:
-    """Distinct ``pad_settings`` values of a padded dataset (empty for one without that column)."""
-    values: set[str] = set()
-    for path in list_data_files(dataset_dir):
-        with pq.ParquetFile(path) as file:
-            if "pad_settings" not in file.schema_arrow.names:
-                return []
-            column = file.read(columns=["pad_settings"]).column("pad_settings").cast(pa.string())
-            values.update(v for v in pc.unique(column).to_pylist() if v is not None)
-    return sorted(values)
-
-
 def fixed_batch(dataset_dir: Path, img_size: int, resize: int, mean: float, std: float,
                 n: int = RECONSTRUCTION_IMAGES) -> torch.Tensor:
     """The first ``n`` images of the dataset in stored order, eval-transformed: the reconstruction panel."""
@@ -349,7 +334,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
     encoder = save_encoder(run_dir, mae.encoder_state_dict(), {
         **mae.encoder_arch,
         "mean": mean, "std": std, "resize": resize, "crop": config.img_size,
-        "pad_settings": pad_settings(dataset_dir),
+        "pad_settings": padding_rules(dataset_dir),
         "source": f"MAE pretraining, {trainer.current_epoch} epochs on {store.root}/{dataset}",
         "source_store": str(store.root), "source_dataset": dataset, "source_run": str(run_dir),
         "recipe": "mae", "mask_ratio": config.mask_ratio, "epochs": trainer.current_epoch,
@@ -372,5 +357,5 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
     return summary
 
 
-__all__ = ["BatchPlan", "MAEPretrainModule", "PretrainConfig", "RecordObjectIds", "fixed_batch", "pad_settings",
+__all__ = ["BatchPlan", "MAEPretrainModule", "PretrainConfig", "RecordObjectIds", "fixed_batch",
            "pretrain"]

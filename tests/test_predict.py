@@ -16,13 +16,14 @@ from conftest import BUNDLED, plankton
 from plankton_cli.ingest import ingest
 from plankton_cli.models import Classifier
 from plankton_cli.models.checkpoints import save_model
+from plankton_cli.pad import CropSpec
 from plankton_cli.padding import pad_dataset
 from plankton_cli.predict import Preprocessor, _Item, predict
 from plankton_cli.records import ReadOptions
 from plankton_cli.store import Store
 
 CLASSES = ["Actinoptychus", "Bacillariophyceae", "Ciliophora", "Dinoflagellata", "Noctilucales", "Tripos"]
-PADDING = {"pad_preset": "auto", "pad_crop_top": 0, "pad_crop_bottom": 0, "pad_crop_left": 0, "pad_crop_right": 0}
+PADDING = {"pad_settings": ["FlowCam: pad-v1 crop=0,0,0,0 size=keep", "IFCB: pad-v1 crop=0,0,0,0 size=keep"]}
 
 
 def tiny_model(path, classes, preprocessing):
@@ -59,14 +60,16 @@ def test_predicts_the_store_once_then_only_new_objects(demo_store, model_file, t
     assert demo_store.dataset("predictions").count_rows() == 105  # replaced, never duplicated
 
 
-def test_preprocessing_equals_the_padded_training_pixels(demo_store, model_file):
+def test_preprocessing_equals_the_padded_training_pixels(demo_store, tmp_path):
     """Predict pads on the fly; it must give exactly the tensor training got from the `padded` dataset."""
     from plankton_cli.data.transforms import EvalTransform
     from plankton_cli.models.checkpoints import load_encoder_info
+    from plankton_cli.padding import padding_rules
 
-    pad_dataset(demo_store)
-    info = load_encoder_info(model_file)
-    pre = Preprocessor(info)
+    pad_dataset(demo_store, crop=CropSpec(top=3, left=2))  # some crop, so that forgetting it would show
+    rules = padding_rules(demo_store.root / "padded")  # what finetune records in model.json
+    assert rules == ["FlowCam: pad-v1 crop=3,0,2,0 size=keep"]
+    pre = Preprocessor(load_encoder_info(tiny_model(tmp_path / "m", CLASSES, {"pad_settings": rules})))
     train_view = EvalTransform(resize=36, crop=32, mean=0.5, std=0.25)
     objects = {r["object_id"]: r for r in demo_store.dataset("objects").to_table().to_pylist()}
     padded = demo_store.dataset("padded").to_table().to_pylist()

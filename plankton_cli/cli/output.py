@@ -35,6 +35,9 @@ def setup_logging(verbose: int = 0, quiet: bool = False, log_file: Path | None =
         console_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     console_handler.setLevel(level)
     root.addHandler(console_handler)
+    # Lightning's banners (accelerator, litlogger tips) are noise next to our own summaries: only with -v.
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         # WatchedFileHandler reopens the file after logrotate moves it.
