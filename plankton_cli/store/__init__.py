@@ -59,20 +59,20 @@ class Store:
         )
 
     def dataset(self, name: str) -> ds.Dataset:
-        """A pyarrow dataset over `name` with the schema from `schemas/` (empty if nothing is stored yet)."""
-        schema = load_schema(name).arrow
-        files = self.files(name)
+        """A pyarrow dataset over `name`, with the schema from `schemas/` when there is one (so an empty dataset
+        still has its columns); a dataset without a schema file (e.g. `plankton pad --target other`) is read
+        with the schema of its files."""
+        files = [str(f) for f in self.files(name)]
+        try:
+            described = load_schema(name)
+        except KeyError:
+            return ds.dataset(files, format="parquet", partitioning="hive", partition_base_dir=str(self.root / name))
+        schema = described.arrow
         if not files:
             return ds.dataset(pa.Table.from_batches([], schema=schema))
-        return ds.dataset(
-            [str(f) for f in files],
-            schema=schema,
-            format="parquet",
-            partitioning=ds.partitioning(
-                pa.schema([schema.field(k) for k in load_schema(name).partitioning]), flavor="hive"
-            ),
-            partition_base_dir=str(self.root / name),
-        )
+        partitioning = ds.partitioning(pa.schema([schema.field(k) for k in described.partitioning]), flavor="hive")
+        return ds.dataset(files, schema=schema, format="parquet", partitioning=partitioning,
+                          partition_base_dir=str(self.root / name))
 
     @contextmanager
     def locked(self, timeout: float = 60.0) -> Iterator[Store]:
