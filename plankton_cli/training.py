@@ -229,10 +229,14 @@ class LastCheckpoint(ModelCheckpoint):
 
 
 class _KeepingWriter(ExperimentWriter):
-    """Lightning's CSV writer, minus deleting an existing ``metrics.csv``: a resumed run appends to it."""
+    """Lightning's CSV writer, minus deleting an existing ``metrics.csv``: a resumed run appends to it, keeping
+    the columns the file already has (else rows of the killed run with a column not logged yet, such as an
+    epoch-end loss, no longer fit the header)."""
 
     def _check_log_dir_exists(self) -> None:
-        pass
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                self.metrics_keys = sorted(next(csv.reader(f), []))
 
 
 class RunCSVLogger(CSVLogger):
