@@ -20,6 +20,7 @@ from plankton_cli.cli import COMMANDS, cli
 from plankton_cli.finetune import precision_thresholds
 from plankton_cli.models import load_model
 from plankton_cli.protocol import load_split, make_folds, restrict_train, subset_counts
+from conftest import SHARED
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_IMAGES = REPO / "tests" / "data" / "planktonclass-demo" / "demo-images"  # Apache-2.0, shipped
@@ -27,9 +28,6 @@ TINY = ["--model", "vit_base_patch16_224", "--img-size", "32", "--patch-size", "
         "--embed-dim", "64", "--num-heads", "2"]
 DEPTH = 2
 
-
-def shared_data() -> Path:
-    return REPO / ".." / "shared" / "data"
 
 
 def plankton(*args: str) -> subprocess.CompletedProcess:
@@ -54,7 +52,7 @@ def read_metrics(path: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def uvp6_run(tmp_path_factory):
     """ingest → pad → tiny MAE pretraining → finetune --labels 10% --folds 2, all through the `plankton` CLI."""
-    images = shared_data() / "images" / "uvp6-vignettes"
+    images = SHARED / "images" / "uvp6-vignettes"
     if not images.is_dir():
         pytest.skip(f"needs the GPL-licensed UVP6 vignettes at {images} (not shipped with the repository)")
     work = tmp_path_factory.mktemp("uvp6")

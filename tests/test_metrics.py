@@ -32,10 +32,8 @@ from plankton_cli.metrics import (
     write_csv,
     write_json,
 )
+from conftest import SHARED
 
-
-def shared_data() -> Path:
-    return Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
 def assert_png(path: Path) -> tuple[int, int]:
@@ -173,7 +171,7 @@ def test_confusion_matrix_png_grows_with_the_number_of_classes(tmp_path):
 
 
 def test_confusion_matrix_of_real_uvp6_class_folders(tmp_path):
-    root = shared_data() / "images" / "uvp6-vignettes"
+    root = SHARED / "images" / "uvp6-vignettes"
     if not root.is_dir():
         pytest.skip(f"shared UVP6 vignettes (GPL-3.0, not shipped) not found at {root}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())

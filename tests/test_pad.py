@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
+from conftest import SHARED
 from plankton_cli.pad import (
     SCALE_BAR_HEIGHT,
     CropSpec,
@@ -26,9 +27,6 @@ from plankton_cli.pad import (
     preset_for,
 )
 
-
-def shared_data() -> Path:
-    return Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
 def _need(path: Path) -> Path:
@@ -44,14 +42,14 @@ def _load(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def uvp6() -> list[tuple[str, np.ndarray]]:
     """Every 40th UVP6 vignette (32 of 1,250, all 10 classes): dark background, grey."""
-    paths = sorted(_need(shared_data() / "images" / "uvp6-vignettes").glob("*/*.png"))
+    paths = sorted(_need(SHARED / "images" / "uvp6-vignettes").glob("*/*.png"))
     return [(p.stem, _load(p)) for p in paths[::40]]
 
 
 @pytest.fixture(scope="module")
 def ifcb() -> list[tuple[str, np.ndarray]]:
     """The 19 ROIs of the V2 test bin (ADC columns 15, 16, 17 = width, height, start byte): light background."""
-    base = _need(shared_data() / "ifcb/pyifcb-testdata/white/D2013/D201305/D20130526/D20130526T095207_IFCB013.roi")
+    base = _need(SHARED / "ifcb/pyifcb-testdata/white/D2013/D201305/D20130526/D20130526T095207_IFCB013.roi")
     roi = base.read_bytes()
     rois = []
     for target, line in enumerate(base.with_suffix(".adc").read_text().splitlines(), start=1):
@@ -66,7 +64,7 @@ def ifcb() -> list[tuple[str, np.ndarray]]:
 @pytest.fixture(scope="module")
 def zooscan() -> list[tuple[str, np.ndarray]]:
     """The ZooScan vignettes of EcoTaxa's import QA bundle: white background, 31-px legend at the bottom."""
-    paths = sorted(_need(shared_data() / "ecotaxa/ecotaxa-back-qa/import_test").glob("*/*.jpg"))
+    paths = sorted(_need(SHARED / "ecotaxa/ecotaxa-back-qa/import_test").glob("*/*.jpg"))
     assert len(paths) == 8
     return [(p.stem, _load(p)) for p in paths]
 
@@ -179,7 +177,7 @@ def test_different_ids_give_different_noise_and_the_same_object(ifcb):
 
 def test_rgb_is_padded_per_channel():
     """VPR vignettes are truly coloured (dark blue background): each channel gets its own fill and noise."""
-    paths = sorted(_need(shared_data() / "ecotaxa/ecotaxa-back-qa/import_sparse").glob("*.png"))
+    paths = sorted(_need(SHARED / "ecotaxa/ecotaxa-back-qa/import_sparse").glob("*.png"))
     for path in paths:
         img = _load(path)
         assert img.ndim == 3 and img.shape[2] == 3
@@ -206,7 +204,7 @@ def test_rgb_channels_get_independent_noise(ifcb):
 
 
 def test_planktonclass_jpeg_rgb_and_resize():
-    path = sorted(_need(shared_data() / "images/planktonclass-demo/demo-images").glob("Tripos/*.jpg"))[0]
+    path = sorted(_need(SHARED / "images/planktonclass-demo/demo-images").glob("Tripos/*.jpg"))[0]
     img = _load(path)
     assert img.ndim == 3
     result = pad_to_square(img, path.stem)
@@ -219,7 +217,7 @@ def test_planktonclass_jpeg_rgb_and_resize():
 
 
 def test_square_image_is_returned_unchanged():
-    paths = sorted(_need(shared_data() / "images" / "uvp6-vignettes").glob("*/*.png"))
+    paths = sorted(_need(SHARED / "images" / "uvp6-vignettes").glob("*/*.png"))
     square = next(img for img in map(_load, paths) if img.shape[0] == img.shape[1])
     result = pad_to_square(square, "square")
     assert result.image.tobytes() == square.tobytes()
@@ -236,8 +234,8 @@ def test_scale_bar_detected_on_zooscan_vignettes(zooscan):
 
 
 def test_no_scale_bar_on_images_without_one(ifcb):
-    uvp6_all = sorted(_need(shared_data() / "images" / "uvp6-vignettes").glob("*/*.png"))
-    demo = sorted(_need(shared_data() / "images/planktonclass-demo/demo-images").glob("*/*.jpg"))
+    uvp6_all = sorted(_need(SHARED / "images" / "uvp6-vignettes").glob("*/*.png"))
+    demo = sorted(_need(SHARED / "images/planktonclass-demo/demo-images").glob("*/*.jpg"))
     found = [p.name for p in uvp6_all + demo if detect_scale_bar(_load(p))]
     found += [object_id for object_id, img in ifcb if detect_scale_bar(img)]
     assert found == []
@@ -252,7 +250,7 @@ def test_zooscan_preset_crops_the_legend_before_padding(zooscan):
 
 
 def test_cytosense_preset_crops_25_px_at_the_top():
-    path = sorted(_need(shared_data() / "images/planktonclass-demo/demo-images").glob("Tripos/*.jpg"))[1]
+    path = sorted(_need(SHARED / "images/planktonclass-demo/demo-images").glob("Tripos/*.jpg"))[1]
     img = _load(path)
     assert preset_for("CytoSense") == CropSpec(top=25)
     result = pad_to_square(img, path.stem, crop=preset_for("CytoSense"))

@@ -6,7 +6,6 @@ import json
 import random
 from collections import Counter
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -23,10 +22,8 @@ from plankton_cli.protocol import (
     save_split,
     subset_counts,
 )
+from conftest import SHARED
 
-
-def shared_data() -> Path:
-    return Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
 def dataset(sizes: dict[str, int]) -> tuple[list[str], list[str]]:
@@ -338,7 +335,7 @@ def test_split_files_round_trip_and_reproduce(tmp_path):
 
 
 def test_folds_on_real_uvp6_vignettes():
-    root = shared_data() / "images" / "uvp6-vignettes"
+    root = SHARED / "images" / "uvp6-vignettes"
     if not root.is_dir():
         pytest.skip(f"shared UVP6 vignettes (GPL-3.0, not shipped) not found at {root}")
     ids, labels = [], []

@@ -25,15 +25,13 @@ from plankton_cli.data import (
 )
 from plankton_cli.data.transforms import resize_to_array
 from plankton_cli.store.schema import load_schema
+import conftest
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-UVP6 = SHARED / "images" / "uvp6-vignettes"
+UVP6 = conftest.SHARED / "images" / "uvp6-vignettes"
 
 
 def shared_data() -> Path:
-    if not UVP6.is_dir():
-        pytest.skip(f"needs the GPL-licensed UVP6 vignettes in {UVP6} (not shipped with the repository)")
-    return UVP6
+    return conftest.shared_data("images", "uvp6-vignettes")
 
 
 def uvp6_images(n: int) -> list[tuple[str, bytes]]:

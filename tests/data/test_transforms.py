@@ -14,16 +14,15 @@ from torchvision.transforms import v2
 
 from plankton_cli.data import EvalTransform, GpuAugment, ResizeTransform, TrainTransform, decode_gray
 from plankton_cli.data.transforms import torchvision_train_transform
+import conftest
 
 REPO = Path(__file__).resolve().parents[2]
-UVP6 = REPO / ".." / "shared" / "data" / "images" / "uvp6-vignettes"
+UVP6 = conftest.SHARED / "images" / "uvp6-vignettes"
 DEMO = REPO / "tests" / "data" / "planktonclass-demo"  # Apache-2.0, shipped: JPEG, mostly RGB
 
 
 def shared_data() -> Path:
-    if not UVP6.is_dir():
-        pytest.skip(f"needs the GPL-licensed UVP6 vignettes in {UVP6} (not shipped with the repository)")
-    return UVP6
+    return conftest.shared_data("images", "uvp6-vignettes")
 
 
 @pytest.fixture(scope="module")

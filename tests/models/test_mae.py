@@ -1,6 +1,5 @@
 """MAE module: masking, masked-only loss, overfitting real UVP6 vignettes, encoder export."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,14 +13,12 @@ from plankton_cli.models.mae import (
     param_groups_weight_decay,
     reconstruction_grid,
 )
+from conftest import SHARED
 
 TINY = dict(
     img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2, decoder_depth=1, decoder_dim=32, decoder_heads=2
 )
 
-
-def shared_data() -> Path:
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 def tiny_mae(**overrides) -> MAE:
@@ -30,7 +27,7 @@ def tiny_mae(**overrides) -> MAE:
 
 def uvp6_batch(n: int = 8, size: int = 32) -> torch.Tensor:
     """n real UVP6 vignettes from different classes, grayscale, resized, normalised."""
-    root = shared_data() / "images" / "uvp6-vignettes"
+    root = SHARED / "images" / "uvp6-vignettes"
     if not root.is_dir():
         pytest.skip(f"UVP6 vignettes (GPL-3.0, not shipped) absent: {root}")
     files = [sorted(d.glob("*.png"))[0] for d in sorted(root.iterdir()) if d.is_dir()][:n]

@@ -13,16 +13,14 @@ import pytest
 from plankton_cli.records import ReadOptions, Record, Rejection
 from plankton_plugins.ecotaxa.reader import EcoTaxaReader, parse_coordinate, parse_time
 from plankton_plugins.ecotaxa.tsv import TsvReader, detect_encoding, normalize_category
+from conftest import SHARED
 
 READER = EcoTaxaReader()
 OPTIONS = ReadOptions()
 
 
-def shared_data() -> Path:
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
-
-QA = shared_data() / "ecotaxa" / "ecotaxa-back-qa"
+QA = SHARED / "ecotaxa" / "ecotaxa-back-qa"
 needs_qa = pytest.mark.skipif(
     not QA.is_dir(), reason=f"EcoTaxa QA bundles (GPL-3.0, not shipped in the repo) not found at {QA}"
 )

@@ -22,6 +22,7 @@ from plankton_plugins.ecotaxa.checker import check_import_zip
 from plankton_plugins.ecotaxa.reader import EcoTaxaReader
 from plankton_plugins.ecotaxa.writer import EcoTaxaWriter, load_taxon_map
 from plankton_plugins.ifcb.reader import IFCBBinReader
+from conftest import SHARED
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 IFCB = DATA / "ifcb" / "pyifcb-testdata"
@@ -30,9 +31,6 @@ CLASSES = ["Ciliophora", "Mesodinium_rubrum", "detritus"]
 THRESHOLDS = np.array([0.5, 0.5, 0.6])
 BINS = {"D20130526T095207_IFCB013": 19, "IFCB5_2012_028_081515": 5}  # ROIs (the V1 pair 3+4 stitched)
 
-
-def shared_data() -> Path:
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 def make_run(**options: str) -> PredictionRun:
@@ -370,7 +368,7 @@ def test_checker_accepts_nested_tsv_and_multi_image_objects(tmp_path):
 
 
 def test_checker_on_ecotaxas_own_import_bundle(tmp_path):
-    bundle = shared_data() / "ecotaxa" / "ecotaxa-back-qa" / "import_test" / "m106_mn01_n1_sml"
+    bundle = SHARED / "ecotaxa" / "ecotaxa-back-qa" / "import_test" / "m106_mn01_n1_sml"
     if not bundle.is_dir():
         pytest.skip(f"EcoTaxa QA bundles (GPL-3.0, not shipped in the repo) not found at {bundle}")
 

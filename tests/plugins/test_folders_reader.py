@@ -10,16 +10,14 @@ import pytest
 
 from plankton_cli.records import ReadOptions, Record, Rejection
 from plankton_plugins.folders.reader import ImageFolderReader
+from conftest import SHARED
 
 READER = ImageFolderReader()
 DEMO = Path(__file__).resolve().parents[1] / "data" / "planktonclass-demo"
 
 
-def shared_data() -> Path:
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
-
-UVP6 = shared_data() / "images" / "uvp6-vignettes"
+UVP6 = SHARED / "images" / "uvp6-vignettes"
 
 
 def read_all(path: Path, options: ReadOptions = ReadOptions()) -> tuple[list[Record], list[Rejection]]:
