@@ -28,7 +28,7 @@ from plankton_cli.store.images import ImageError, check
 from plankton_cli.store.manifest import Manifest
 from plankton_cli.store.schema import load_schema
 from plankton_cli.store.transaction import Transaction, new_run_id
-from plankton_cli.store.writer import MAX_FILE_BYTES, DatasetWriter
+from plankton_cli.store.writer import MAX_FILE_BYTES, DatasetWriter, stage_rewrite
 
 log = logging.getLogger("plankton.ingest")
 
@@ -131,15 +131,8 @@ class _Run:
             if not path.exists():
                 continue
             table = pq.read_table(path, schema=self.objects_schema.file_schema)
-            keep = table.filter(pc.invert(pc.is_in(table["source_key"], pc.cast(keys, table["source_key"].type))))
-            self.txn.delete(rel)
-            if keep.num_rows:
-                new_rel = rel.replace(".parquet", f"-r{self.txn.id}.parquet")
-                pq.write_table(keep, self.txn.stage(new_rel), compression="zstd", use_dictionary=False,
-                               row_group_size=256)
-                self.manifest.replace_data_file(rel, new_rel)
-            else:
-                self.manifest.replace_data_file(rel, None)
+            drop = pc.is_in(table["source_key"], pc.cast(keys, table["source_key"].type))
+            self.manifest.replace_data_file(rel, stage_rewrite(self.txn, rel, table, drop, self.objects_schema))
 
     @property
     def staged_bytes(self) -> int:

@@ -43,7 +43,7 @@ from plankton_cli.store import Store
 from plankton_cli.store.images import ImageError, decode, encode_png
 from plankton_cli.store.schema import load_schema
 from plankton_cli.store.transaction import Transaction, new_run_id
-from plankton_cli.store.writer import MAX_FILE_BYTES, DatasetWriter
+from plankton_cli.store.writer import MAX_FILE_BYTES, DatasetWriter, stage_rewrite
 
 log = logging.getLogger("plankton.pad")
 
@@ -369,14 +369,8 @@ class _Run:
         for rel in files:
             table = pq.read_table(self.store.root / rel, schema=self.schema.file_schema)
             gone = pc.is_in(table["object_id"], pa.array(sorted(drop), pa.string()))
-            keep = table.filter(pc.invert(gone))
-            dropped += table.num_rows - keep.num_rows
-            self.txn.delete(rel)
-            new_rel = None
-            if keep.num_rows:
-                new_rel = rel.replace(".parquet", f"-r{self.txn.id}.parquet")
-                pq.write_table(keep, self.txn.stage(new_rel), compression="zstd", use_dictionary=False,
-                               row_group_size=256)
+            dropped += pc.sum(gone).as_py() or 0
+            new_rel = stage_rewrite(self.txn, rel, table, gone, self.schema)
             for oid in table["object_id"].to_pylist():
                 if self.files_by_id.get(oid) == rel:
                     if new_rel is None or oid in drop:

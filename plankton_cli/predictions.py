@@ -28,7 +28,7 @@ from plankton_cli.records import UNKNOWN_INSTRUMENT
 from plankton_cli.store import Store
 from plankton_cli.store.schema import load_schema
 from plankton_cli.store.transaction import Transaction, new_run_id
-from plankton_cli.store.writer import partition_dir
+from plankton_cli.store.writer import parquet_options, partition_dir, stage_rewrite
 from plankton_cli.writers import Prediction, PredictionRun
 
 DATASET = "predictions"
@@ -186,11 +186,7 @@ class StoreSession:
             if not n_hit:
                 continue
             table = pq.ParquetFile(path).read()  # the file alone: its own schema, partition column not added
-            keep = table.filter(pc.invert(hit))
-            rel = str(path.relative_to(self.store.root))
-            txn.delete(rel)
-            if keep.num_rows:
-                self._write_file(keep, txn.stage(rel.replace(".parquet", f"-r{txn.id}.parquet")), keep.schema)
+            stage_rewrite(txn, str(path.relative_to(self.store.root)), table, hit, self.schema)
             removed += n_hit
         return removed
 
@@ -221,9 +217,4 @@ class StoreSession:
         return finals
 
     def _writer(self, path: Path, schema: pa.Schema) -> pq.ParquetWriter:
-        dictionary = [c for c in self.schema.dictionary_columns if c not in self.schema.partitioning]
-        return pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=dictionary, write_statistics=True)
-
-    def _write_file(self, table: pa.Table, path: Path, schema: pa.Schema) -> None:
-        with self._writer(path, schema) as writer:
-            writer.write_table(table)
+        return pq.ParquetWriter(path, schema, **parquet_options(self.schema))

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from plankton_cli.atomic import atomic_write_json
+
 SPLIT_FORMAT = "plankton-split/1"
 """Written into every split file, so a later reader can tell which layout it is reading."""
 
@@ -348,10 +350,7 @@ def save_split(split: Split, path: str | Path) -> Path:
         "val": split.val,
         "test": split.test,
     }
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-    temporary.replace(path)  # never leave a half-written split behind
-    return path
+    return atomic_write_json(path, document, indent=1)  # never leave a half-written split behind
 
 
 def load_split(path: str | Path) -> Split:

@@ -20,7 +20,6 @@ Imports torch and Lightning: keep it out of modules that `plankton --help` loads
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import sys
@@ -39,6 +38,8 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.strategies import DDPStrategy
+
+from plankton_cli.atomic import atomic_path, atomic_write_json
 
 log = logging.getLogger("plankton.training")
 
@@ -85,16 +86,8 @@ def resolve_dataset(store: Any, name: str | None = None) -> str:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
-    """Write ``data`` as indented JSON under a temporary name, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """A run's JSON files (config, summary, fold results): sorted keys, paths and dates as text."""
+    return atomic_write_json(path, data, sort_keys=True, default=str)
 
 
 def write_run_config(run_dir: Path, config: dict[str, Any]) -> Path:
@@ -268,12 +261,10 @@ class RunCSVLogger(CSVLogger):
         kept = [r for r in rows if not r.get("step") or int(float(r["step"])) < step]
         if len(kept) == len(rows):
             return
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(kept)
-        os.replace(tmp, path)
 
 
 class TrimMetricsOnResume(Callback):

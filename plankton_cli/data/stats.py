@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from plankton_cli.atomic import atomic_write_json
 from plankton_cli.data.dataset import list_data_files, list_row_groups
 from plankton_cli.data.transforms import resize_to_array
 
@@ -86,8 +86,5 @@ def load_or_compute_stats(
         if all(cached.get(k) == v for k, v in key.items()):
             return cached
     stats = {**key, **compute_mean_std(root, resize=resize, max_images=max_images, seed=seed)}
-    # Written under a temporary name and renamed, so a concurrent reader never sees half a file.
-    tmp = cache.with_name(f"{STATS_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(stats, indent=2) + "\n")
-    os.replace(tmp, cache)
+    atomic_write_json(cache, stats)  # a concurrent reader never sees half a file
     return stats

@@ -40,14 +40,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import pickle
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import safetensors
 import torch
@@ -56,6 +55,7 @@ from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from timm.models import adapt_input_conv
 from torch import Tensor, nn
 
+from plankton_cli.atomic import atomic_path, atomic_write_bytes
 from plankton_cli.models.classifier import Classifier, find_vit
 from plankton_cli.models.mae import ARCH_KEYS
 
@@ -119,22 +119,14 @@ def _save_pair(
     # Cloned and contiguous: safetensors refuses views and tensors sharing storage.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     weights.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "plankton_info": text}))
-    _atomic_write(weights.with_suffix(".json"), lambda tmp: tmp.write_text(text + "\n"))
+    with atomic_path(weights) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "plankton_info": text})
+    atomic_write_bytes(weights.with_suffix(".json"), (text + "\n").encode())
     return weights
 
 
 def _weights_path(path: Path, stem: str) -> Path:
     return path if path.suffix == ".safetensors" else path / f"{stem}.safetensors"
-
-
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _package_version() -> str:

@@ -23,7 +23,8 @@ import pyarrow.dataset as ds
 
 from plankton_cli.store.lock import LockTimeout, StoreLock
 from plankton_cli.store.schema import DatasetSchema, load_schema
-from plankton_cli.store.transaction import Transaction, atomic_write_bytes, recover
+from plankton_cli.atomic import atomic_write_bytes
+from plankton_cli.store.transaction import Transaction, recover
 
 __all__ = ["Store", "LockTimeout", "load_schema", "DatasetSchema"]
 
@@ -80,7 +81,7 @@ class Store:
         with StoreLock(self.root, timeout=timeout):
             recover(self.root)
             if not self.exists:
-                atomic_write_bytes(self.root / "store.json", json.dumps({"format": FORMAT_VERSION}).encode())
+                atomic_write_bytes(self.root / "store.json", json.dumps({"format": FORMAT_VERSION}).encode(), durable=True)
             yield self
 
     def transaction(self, run_id: str | None = None) -> Transaction:

@@ -16,25 +16,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+from plankton_cli.atomic import atomic_write_bytes, fsync_dir
 
 
 def new_run_id() -> str:
@@ -73,7 +55,7 @@ class Transaction:
             with open(self.root / staged, "rb") as f:
                 os.fsync(f.fileno())
         journal = self.root / ".journal" / f"{self.id}.json"
-        atomic_write_bytes(journal, json.dumps({"adds": self._adds, "deletes": self._deletes}).encode())
+        atomic_write_bytes(journal, json.dumps({"adds": self._adds, "deletes": self._deletes}).encode(), durable=True)
         _apply(self.root, journal)
 
     def abort(self) -> None:
@@ -95,7 +77,7 @@ def _apply(root: Path, journal: Path) -> None:
         if src.exists():  # already moved by an earlier, interrupted apply
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
-            _fsync_dir(dst.parent)
+            fsync_dir(dst.parent)
     for final in plan["deletes"]:
         (root / final).unlink(missing_ok=True)
     journal.unlink()

@@ -35,21 +35,42 @@ def _leaves(field: pa.Field, prefix: str = "") -> list[str]:
     return [path]
 
 
+def parquet_options(schema: DatasetSchema) -> dict:
+    """`pq.ParquetWriter` options for one file of `schema`: what every file of the store is written with."""
+    file_schema = schema.file_schema
+    compression = {leaf: "none" if field.name == "image" else "zstd" for field in file_schema for leaf in _leaves(field)}
+    # Metadata keys repeat in every row (IFCB header keys, ADC column names): a dictionary shrinks them ~10x.
+    dictionary = [c for c in schema.dictionary_columns if c not in schema.partitioning]
+    if "metadata" in file_schema.names:
+        dictionary.append("metadata")
+    return {"compression": compression, "use_dictionary": dictionary, "write_statistics": True}
+
+
+def stage_rewrite(txn: Transaction, rel: str, table: pa.Table, drop: pa.ChunkedArray | pa.Array,
+                  schema: DatasetSchema) -> str | None:
+    """Replace the data file `rel` (holding `table`) by one without the rows where `drop` is true, in `txn`.
+
+    Store files are never modified in place: the kept rows go to a new file and `rel` is deleted on commit, so
+    readers see the old file or the new one. Returns the new store-relative path, or None when no row is left.
+    """
+    import pyarrow.compute as pc
+
+    keep = table.filter(pc.invert(drop))
+    txn.delete(rel)
+    if not keep.num_rows:
+        return None
+    new_rel = rel.replace(".parquet", f"-r{txn.id}.parquet")
+    with pq.ParquetWriter(txn.stage(new_rel), keep.schema, **parquet_options(schema)) as writer:
+        writer.write_table(keep, row_group_size=ROW_GROUP_ROWS)
+    return new_rel
+
+
 class _PartFile:
     def __init__(self, staged: Path, final: str, schema: DatasetSchema):
-        file_schema = schema.file_schema
         self.final = final
         self.rows = 0
         self.bytes = 0
-        compression = {
-            leaf: "none" if field.name == "image" else "zstd" for field in file_schema for leaf in _leaves(field)
-        }
-        # Metadata keys repeat in every row (IFCB header keys, ADC column names): a dictionary shrinks them ~10x.
-        dictionary = [c for c in schema.dictionary_columns if c not in schema.partitioning]
-        if "metadata" in file_schema.names:
-            dictionary.append("metadata")
-        self.writer = pq.ParquetWriter(staged, file_schema, compression=compression, use_dictionary=dictionary,
-                                       write_statistics=True)
+        self.writer = pq.ParquetWriter(staged, schema.file_schema, **parquet_options(schema))
 
     def write(self, batch: pa.RecordBatch) -> None:
         self.writer.write_batch(batch, row_group_size=batch.num_rows)

@@ -35,11 +35,9 @@ import csv
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import tempfile
-import uuid
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
@@ -50,6 +48,7 @@ import numpy as np
 from PIL import Image
 
 import plankton_cli
+from plankton_cli.atomic import atomic_path
 from plankton_cli.predictions import probability_matrix, top_k
 from plankton_cli.writers import UNCLASSIFIED, Prediction, PredictionRun
 from plankton_cli.instruments import canonical_instrument
@@ -318,9 +317,7 @@ class EcoTaxaSession:
         return images
 
     def _write_zip(self, path: Path, tsv_name: str, tsv: bytes, images: dict[str, Path]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
+        with atomic_path(path) as tmp:
             with zipfile.ZipFile(tmp, "w") as archive:
                 archive.writestr(_zip_member(tsv_name, zipfile.ZIP_DEFLATED), tsv)
                 for member in sorted(images):  # PNG and JPEG do not compress further: stored as they are
@@ -328,9 +325,6 @@ class EcoTaxaSession:
             problems = check_import_zip(tmp, mode=self.mode)
             if problems:
                 raise EcoTaxaExportError(f"{path.name} would not import into EcoTaxa:\n  " + "\n  ".join(problems))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def _summary(self, files: list[str], counts: Counter, unmapped: Counter) -> dict:
         notes = []

@@ -25,11 +25,9 @@ keeps its last prediction.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import tempfile
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +35,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from plankton_cli.atomic import atomic_path
 from plankton_cli.writers import Prediction, PredictionRun
 from plankton_plugins.ifcb.bins import BinId, parse_bin_id
 
@@ -66,22 +65,16 @@ def write_class_file(path: Path, scores: np.ndarray, class_labels: Sequence[str]
                                                                len(class_name_auto) == n):
         raise ValueError(f"inconsistent class file contents for {path.name}")
     text = h5py.string_dtype()  # variable-length UTF-8
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("output_scores", data=scores.astype(np.float64))
-            f.create_dataset("class_labels", data=list(class_labels), dtype=text)
-            f.create_dataset("roi_numbers", data=roi_numbers.astype(np.int32))
-            f.create_dataset("class_name", data=list(class_name), dtype=text)
-            f.create_dataset("class_name_auto", data=list(class_name_auto), dtype=text)
-            f.create_dataset("thresholds", data=np.asarray(thresholds, np.float64))
-            f.create_dataset("classifier_name", data=[classifier_name], dtype=text)
-            for key, value in (attrs or {}).items():
-                f.attrs[key] = value
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("output_scores", data=scores.astype(np.float64))
+        f.create_dataset("class_labels", data=list(class_labels), dtype=text)
+        f.create_dataset("roi_numbers", data=roi_numbers.astype(np.int32))
+        f.create_dataset("class_name", data=list(class_name), dtype=text)
+        f.create_dataset("class_name_auto", data=list(class_name_auto), dtype=text)
+        f.create_dataset("thresholds", data=np.asarray(thresholds, np.float64))
+        f.create_dataset("classifier_name", data=[classifier_name], dtype=text)
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value
 
 
 class IFCBClassScoresWriter:

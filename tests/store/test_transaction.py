@@ -6,7 +6,8 @@ import pytest
 
 from plankton_cli.store import LockTimeout, Store
 from plankton_cli.store.lock import StoreLock
-from plankton_cli.store.transaction import Transaction, atomic_write_bytes, recover
+from plankton_cli.atomic import atomic_write_bytes
+from plankton_cli.store.transaction import Transaction, recover
 
 
 def test_commit_moves_staged_files_into_place(tmp_path):
