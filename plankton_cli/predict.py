@@ -188,7 +188,7 @@ def predict(
         model = torch.compile(model)
     classes: list[str] = list(info["classes"])
     thresholds = info.get("thresholds") or None
-    threshold_vec = (np.array([float(thresholds.get(c, 0.0)) for c in classes], dtype=np.float64)
+    threshold_vec = (np.array([float(thresholds.get(c, np.nan)) for c in classes], dtype=np.float64)
                      if thresholds else None)
     model_hash = file_hash(weights)
     model_id = info.get("model_id") or f"{weights.parent.parent.name}/{weights.parent.name}"

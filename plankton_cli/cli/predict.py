@@ -26,7 +26,9 @@ Examples:
   # a station's batch on the lab's GPU cluster (--out on a shared filesystem)
   plankton predict --model m.safetensors new-bins/ --to ifcb-h5 --out /shared/out --backend slurm --wait
 
-Writers (--to): store, parquet, csv, embeddings, ecotaxa, ifcb-h5, or any installed writer plugin.""")
+Writers (--to): store, parquet, csv, embeddings, ecotaxa, ifcb-h5, or any installed writer plugin.
+ifcb-h5 writes OUT/ifcb-h5/D<year>/D<yyyymmdd>/<bin>_class.h5 (V1 bins: D<year>/D<year>_<doy>/):
+point IFCB Dashboard's class_scores data directory (version 3) at OUT/ifcb-h5.""")
 @click.argument("sources", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True, path_type=Path),
               help="A fine-tuned model: model.safetensors (with model.json beside it) or its folder.")
