@@ -1,0 +1,146 @@
+"""`plankton summarize` on the bundled IFCB bins: counts add up, concentrations follow ml_analyzed, the numbers match
+iRfcb's summary of the same class files, and a nightly re-run adds new bins only."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import BUNDLED, plankton
+from plankton_cli.ingest import ingest
+from plankton_cli.predict import predict
+from plankton_cli.store import Store
+from plankton_cli.summarize import COUNTS, summarize
+from plankton_cli.writers import UNCLASSIFIED
+from test_predict import PADDING, tiny_model
+
+IFCB = BUNDLED / "ifcb" / "pyifcb-testdata"
+V2, V1 = "D20130526T095207_IFCB013", "IFCB5_2012_028_081515"
+CLASSES = ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A real tiny model; class `a` has a threshold no score reaches, `b` and `c` none (NaN: argmax stands)."""
+    path = tiny_model(tmp_path_factory.mktemp("model") / "fold-0", CLASSES, PADDING)
+    info_path = path.with_suffix(".json")
+    info = json.loads(info_path.read_text())
+    info["thresholds"] = {"a": 0.999}
+    info_path.write_text(json.dumps(info))
+    return path
+
+
+def bins_store(tmp_path, model, folders=("white", "data")):
+    store = Store(tmp_path / "store")
+    for folder in folders:
+        ingest(store, [IFCB / folder])
+    predict(model, store=store, to=["store", "ifcb-h5"], out_dir=tmp_path / "out")
+    return store
+
+
+def volumes(store) -> dict[str, float]:
+    table = store.dataset("objects").to_table(columns=["sample_id", "metadata"]).to_pylist()
+    return {row["sample_id"]: float(dict((m["key"], m["value"]) for m in row["metadata"])["ml_analyzed"])
+            for row in table}
+
+
+def irfcb_summarize_tbclass(path) -> tuple[list[str], list[int], list[int]]:
+    """iRfcb `summarize_TBclass` (R/ifcb_helper_functions.R, EuropeanIFCBGroup/iRfcb 9efb501) on one h5 file:
+    per class of `class_labels`, `sum(TBclass == class)` with TBclass = class_name_auto (classcount) and
+    `sum(TBclass_above_threshold == class)` with class_name (classcount_above_optthresh)."""
+    with h5py.File(path, "r") as f:
+        labels = [x.decode() for x in f["class_labels"][:]]
+        auto = [x.decode() for x in f["class_name_auto"][:]]
+        above = [x.decode() for x in f["class_name"][:]]
+    return labels, [auto.count(c) for c in labels], [above.count(c) for c in labels]
+
+
+def test_counts_add_up_follow_ml_analyzed_and_match_irfcb_on_the_class_files(tmp_path, model):
+    store = bins_store(tmp_path, model)
+    result = summarize(store, model, "bin", tmp_path / "summary")
+    assert result.new_samples == 2 and result.groups_written == 2 and result.objects == 24
+    table = pd.read_parquet(tmp_path / "summary" / COUNTS)
+    assert list(table.columns[:5]) == ["sample_id", "class", "count", "ml_analyzed", "per_ml"]
+    assert set(table["class"]) == {*CLASSES, UNCLASSIFIED}
+    per_bin = table.groupby("sample_id")[["count", "count_auto"]].sum()
+    assert per_bin.loc[V2].tolist() == [19, 19] and per_bin.loc[V1].tolist() == [5, 5]  # predicted ROIs
+    ml = volumes(store)
+    for _, row in table.iterrows():
+        assert row["ml_analyzed"] == pytest.approx(ml[row["sample_id"]])
+        assert row["per_ml"] * row["ml_analyzed"] == pytest.approx(row["count"])
+    assert table.loc[table["class"] == "a", "count"].sum() == 0  # nothing reaches a's threshold
+    assert table.loc[table["class"] == UNCLASSIFIED, "count"].sum() == table.loc[table["class"] == "a",
+                                                                                 "count_auto"].sum()
+    for bin_id in (V2, V1):  # iRfcb's counts from the class files predict wrote in the same run
+        labels, classcount, above = irfcb_summarize_tbclass(next((tmp_path / "out").rglob(f"{bin_id}_class.h5")))
+        mine = table[table["sample_id"] == bin_id].set_index("class")
+        assert mine.loc[labels, "count_auto"].tolist() == classcount
+        assert mine.loc[labels, "count"].tolist() == above
+    # by hand: the store's predictions counted per bin and label
+    rows = store.dataset("predictions").to_table(columns=["sample_id", "label"]).to_pylist()
+    for row in table.itertuples():
+        assert row.count == sum(r["sample_id"] == row.sample_id and r["label"] == row._2 for r in rows)
+
+    wide = pd.read_csv(tmp_path / "summary" / "counts_wide.csv")
+    assert list(wide.columns) == ["sample_id", "acquired_at", "ml_analyzed", *CLASSES, UNCLASSIFIED]
+    assert wide.set_index("sample_id")[[*CLASSES, UNCLASSIFIED]].sum(axis=1).to_dict() == {V1: 5, V2: 19}
+    long_csv = pd.read_csv(tmp_path / "summary" / "counts.csv")
+    assert long_csv["count"].tolist() == table["count"].tolist()
+    assert long_csv["acquired_at"].iloc[0] == "2012-01-28T08:15:15Z"  # oldest bin first
+    plots = {p.name for p in (tmp_path / "summary" / "plots").iterdir()}
+    assert "overview.png" in plots and len(plots) >= 2
+
+
+def test_a_nightly_rerun_adds_new_bins_only_and_nothing_when_none_is_new(tmp_path, model):
+    store = bins_store(tmp_path, model, folders=("white",))
+    out = tmp_path / "summary"
+    assert summarize(store, model, "bin", out).new_samples == 1
+    before = pd.read_parquet(out / COUNTS)
+    ingest(store, [IFCB / "data"])
+    predict(model, store=store, to=["store"], out_dir=tmp_path / "out")
+    second = summarize(store, model, "bin", out)
+    assert (second.new_samples, second.groups_written, second.groups_kept) == (1, 1, 1)
+    after = pd.read_parquet(out / COUNTS)
+    pd.testing.assert_frame_equal(after[after["sample_id"] == V2].reset_index(drop=True), before)
+    assert after.groupby("sample_id")["count"].sum().to_dict() == {V1: 5, V2: 19}
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    third = summarize(store, model, "bin", out)
+    assert third.new_samples == 0 and third.files == []
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
+    with pytest.raises(ValueError, match="--rebuild"):
+        summarize(store, model, "day", out)
+
+
+def test_by_day_sums_volumes_and_biovolume_comes_from_features(tmp_path, model):
+    store = bins_store(tmp_path, model)
+    ids = store.dataset("objects").to_table(columns=["object_id"])["object_id"].to_pylist()
+    features = tmp_path / "store" / "features"
+    features.mkdir()
+    pq.write_table(pa.table({"object_id": ids, "biovolume": [1000.0] * len(ids)}), features / "part-0.parquet")
+    summarize(store, model, "day", tmp_path / "summary")
+    table = pd.read_parquet(tmp_path / "summary" / COUNTS)
+    assert sorted(set(table["sample_id"])) == ["2012-01-28", "2013-05-26"]
+    ml = volumes(store)
+    day = table[table["sample_id"] == "2013-05-26"]
+    assert day["ml_analyzed"].iloc[0] == pytest.approx(ml[V2]) and day["samples"].iloc[0] == 1
+    np.testing.assert_allclose(day["biovolume_um3_per_ml"], 1000.0 * day["count"] / ml[V2])
+
+
+def test_cli_summarize_json_and_objects_without_a_sample_are_left_out_with_a_line(tmp_path, model, demo_images):
+    store = bins_store(tmp_path, model, folders=("white",))
+    ingest(store, [demo_images / "Tripos"], fmt="folders")
+    predict(model, store=store, to=["store"], out_dir=tmp_path / "out")
+    proc = plankton("summarize", "--store", str(store.root), "--model", str(model), "--by", "bin", "--out",
+                    str(tmp_path / "s"), "--no-plots", "--json", check=True)
+    summary = json.loads(proc.stdout)
+    tripos = len(list((demo_images / "Tripos").iterdir()))
+    assert summary["new_samples"] == 1 and summary["objects"] == 19
+    assert summary["skipped"] == {"no sample id": tripos}  # a class folder is no sample
+    assert "no sample id" in proc.stderr
+    assert not (tmp_path / "s" / "plots").exists()
