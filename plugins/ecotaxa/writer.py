@@ -13,13 +13,22 @@ Existing objects (`ecotaxa_mode=update`): `<out>/ecotaxa-update/<sample>.zip` wi
 `object_annotation_status`, `object_annotation_category` and the types row, to import with update mode "Cla". Rows
 without a category are left out, so an update never touches objects the model did not classify.
 
-Categories: the model's labels are mapped to EcoTaxa taxon names with a user file (`taxon_map=PATH`: one
-`label<TAB>ecotaxa_name` or `label,ecotaxa_name` per line; `#` comments and a `label` header line are skipped). A
-label missing from the map is never guessed: it is reported in the summary with its count and its objects are
-written without status and category (they stay unclassified in EcoTaxa), or left out with `unmapped=skip`. Without a
-map, labels are written as they are (they may be EcoTaxa names already, e.g. for objects ingested from EcoTaxa) and
-the summary says so. `unclassified` predictions (below their class threshold) are written without status and
-category.
+Categories: EcoTaxa resolves `object_annotation_category_id` before any name, so a label whose EcoTaxa category id
+is known is written with it and imports without manual mapping. Ids come from the taxon map's third column
+(`plankton taxa` writes one), else from the store the objects were ingested into (`run.options["store"]`): labels
+of objects ingested from EcoTaxa keep `object_annotation_category_id` in their metadata, uvpec/DOI class folders
+`Name__12345` keep `ecotaxa_id`, and a label read as `id:12345` is its own id; a label seen with two ids gets none.
+Names: the model's labels are mapped to EcoTaxa taxon names with a user file (`taxon_map=PATH`: one
+`label<TAB>ecotaxa_name[<TAB>category_id]` or comma-separated per line; `#` comments and a `label` header line are
+skipped). A label missing from the map and without a known id is never guessed: it is reported in the summary with
+its count and its objects are written without status and category (they stay unclassified in EcoTaxa), or left out
+with `unmapped=skip` (and always in update mode, which writes classified objects only). Without a map, labels are
+written as they are (they may be EcoTaxa names already) and the summary says so. `unclassified` predictions (below
+their class threshold) are written without status and category.
+
+`sample_id` and `acq_id` are always filled: the sample (the IFCB bin, the EcoTaxa sample), else the object's source
+folder, so EcoTaxa never invents `__DUMMY_ID__` parents. EcoTaxa's own `object_id` of an object is read through
+`ecotaxa_object_id()` (one place to change when store ids stop being EcoTaxa's).
 
 A batch may hold several samples and a sample may span batches, so rows and images are spooled per sample to a
 temporary folder and each zip is built at `close()`: rows sorted by object_id (an object predicted twice keeps its
@@ -42,7 +51,8 @@ import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -65,27 +75,91 @@ _MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF87a", "
 _EXTENSIONS = {"png": {".png"}, "jpg": {".jpg", ".jpeg"}, "gif": {".gif"}}
 
 
+CATEGORY_ID_KEYS = ("object_annotation_category_id", "ecotaxa_id")  # objects' metadata keys holding the id
+_ID_LABEL = re.compile(r"id:(\d+)")
+
+
 class EcoTaxaExportError(RuntimeError):
     """A zip the writer produced fails EcoTaxa's import rules (a bug, or a label EcoTaxa cannot take)."""
 
 
-def load_taxon_map(path: str | Path) -> dict[str, str]:
-    """Model label -> EcoTaxa taxon name from a two-column TSV or CSV (`name (parent)` becomes `name<parent`)."""
-    mapping: dict[str, str] = {}
+class Taxon(NamedTuple):
+    name: str
+    category_id: str | None = None
+
+
+def load_taxon_map(path: str | Path) -> dict[str, Taxon]:
+    """Model label -> EcoTaxa taxon (name, optional category id) from a TSV or CSV of 2 or 3 columns
+    (`name (parent)` becomes `name<parent`)."""
+    mapping: dict[str, Taxon] = {}
     lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        cells = next(csv.reader([line], delimiter="\t" if "\t" in line else ","))
-        if len(cells) < 2 or not cells[0].strip() or not cells[1].strip():
-            raise ValueError(f"{path}:{number}: expected 'label<TAB>ecotaxa_name', got {line!r}")
-        label, name = cells[0].strip(), normalize_category(cells[1])
+        cells = [c.strip() for c in next(csv.reader([line], delimiter="\t" if "\t" in line else ","))]
+        if len(cells) < 2 or not cells[0] or not cells[1]:
+            raise ValueError(f"{path}:{number}: expected 'label<TAB>ecotaxa_name[<TAB>category_id]', got {line!r}")
+        label = cells[0]
         if not mapping and label.lower() == "label":
             continue  # a header line
-        if mapping.get(label, name) != name:
-            raise ValueError(f"{path}:{number}: {label!r} is mapped twice ({mapping[label]!r} and {name!r})")
-        mapping[label] = name
+        category_id = cells[2] if len(cells) > 2 and cells[2] else None
+        if category_id is not None and not category_id.isdigit():
+            raise ValueError(f"{path}:{number}: category id {category_id!r} is not a number")
+        taxon = Taxon(normalize_category(cells[1]), category_id)
+        if mapping.get(label, taxon) != taxon:
+            raise ValueError(f"{path}:{number}: {label!r} is mapped twice ({mapping[label]} and {taxon})")
+        mapping[label] = taxon
     return mapping
+
+
+def store_category_ids(store_root: str | Path) -> dict[str, str]:
+    """Label -> EcoTaxa category id for the labels of a store's objects that came from EcoTaxa (see module doc);
+    labels seen with more than one id are left out."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from plankton_cli.store import Store
+
+    store = Store(store_root)
+    if not store.files("objects"):
+        return {}
+    table = store.dataset("objects").to_table(columns=["label", "metadata"], filter=pc.field("label").is_valid())
+    metadata = table["metadata"].combine_chunks()
+    entries = pc.list_flatten(metadata)
+    keep = pc.is_in(entries.field("key"), value_set=pa.array(CATEGORY_ID_KEYS, pa.string()))
+    labels = pc.take(table["label"].combine_chunks().cast("string"), pc.list_parent_indices(metadata))
+    seen: dict[str, set[str]] = {}
+    for label, value in zip(labels.filter(keep).to_pylist(), entries.field("value").filter(keep).to_pylist()):
+        number = _category_number(value)
+        if number:
+            seen.setdefault(label, set()).add(number)
+    for label in pc.unique(table["label"].combine_chunks().cast("string")).to_pylist():
+        match = _ID_LABEL.fullmatch(label)
+        if match:
+            seen.setdefault(label, set()).add(match[1])
+    return {label: ids.pop() for label, ids in seen.items() if len(ids) == 1}
+
+
+def _category_number(text: str | None) -> str | None:
+    """`85012` or `85012.0` (exports write ids as numbers) -> `85012`; anything else -> None."""
+    try:
+        number = float(text or "")
+    except ValueError:
+        return None
+    return str(int(number)) if number.is_integer() and number > 0 else None
+
+
+def ecotaxa_object_id(p: Prediction) -> str:
+    """The `object_id` EcoTaxa knows the object by (update mode matches on it)."""
+    return p.object_id
+
+
+def sample_name(p: Prediction) -> str:
+    """The sample of an object: its sample id (IFCB bin, EcoTaxa sample), else its source folder."""
+    if p.sample_id:
+        return p.sample_id
+    folder = str(PurePosixPath(p.object_id).parent)
+    return folder if folder not in ("", ".") else UNKNOWN_SAMPLE
 
 
 def safe_name(text: str) -> str:
@@ -149,6 +223,7 @@ class EcoTaxaSession:
         self.run = run
         self.taxon_map_path = options.get("taxon_map")
         self.taxon_map = load_taxon_map(self.taxon_map_path) if self.taxon_map_path else None
+        self.store_ids = store_category_ids(options["store"]) if options.get("store") else {}
         self.folder = out_dir / ("ecotaxa" if self.mode == "new" else "ecotaxa-update")
         self.k = max(1, min(run.top_k, MAX_TOP_K, len(run.classes)))
         self.version = run.package_version or plankton_cli.__version__
@@ -164,7 +239,7 @@ class EcoTaxaSession:
         order, scores = top_k(probability_matrix(batch, self.run), self.k)
         rows: dict[str, list[str]] = {}
         for p, indices, probabilities in zip(batch, order, scores):
-            sample = p.sample_id or UNKNOWN_SAMPLE
+            sample = sample_name(p)
             folder = self._sample_folder(sample)
             row = self._row(p, [self.run.classes[i] for i in indices], probabilities)
             if self.mode == "new" and p.image is not None:
@@ -184,25 +259,30 @@ class EcoTaxaSession:
             self._samples[sample] = folder
         return self._samples[sample]
 
-    def _category(self, label: str) -> tuple[str, str | None]:
-        """(kind, EcoTaxa category) where kind is classified, unclassified or unmapped."""
+    def _category(self, label: str) -> tuple[str, Taxon | None]:
+        """(kind, EcoTaxa taxon) where kind is classified, unclassified or unmapped."""
         if label == UNCLASSIFIED:
             return "unclassified", None
-        if self.taxon_map is None:
-            return "classified", label
-        if label in self.taxon_map:
-            return "classified", self.taxon_map[label]
-        return "unmapped", None
+        mapped = (self.taxon_map or {}).get(label)
+        if mapped is not None:
+            # the store's id is the label's own category: it holds only when the map keeps the name
+            same = mapped.name == label
+            return "classified", Taxon(mapped.name, mapped.category_id or (self.store_ids.get(label) if same else None))
+        if label in self.store_ids:
+            return "classified", Taxon(label, self.store_ids[label])
+        return ("classified", Taxon(label)) if self.taxon_map is None else ("unmapped", None)
 
     def _row(self, p: Prediction, top_labels: list[str], top_scores: np.ndarray) -> dict:
-        kind, category = self._category(p.label)
-        row: dict = {"_kind": kind, "_label": p.label, "object_id": p.object_id}
-        if category is not None:
+        kind, taxon = self._category(p.label)
+        row: dict = {"_kind": kind, "_label": p.label, "object_id": ecotaxa_object_id(p)}
+        if taxon is not None:
             row["object_annotation_status"] = "predicted"
-            row["object_annotation_category"] = category
+            row["object_annotation_category"] = taxon.name
+            if taxon.category_id:
+                row["object_annotation_category_id"] = taxon.category_id
         if self.mode == "update":
             return row
-        sample = p.sample_id or ""
+        sample = sample_name(p)
         when = p.acquired_at
         if when is not None:
             when = when.astimezone(UTC) if when.tzinfo else when  # naive times are taken as UTC
@@ -235,12 +315,16 @@ class EcoTaxaSession:
 
     def columns(self, rows: list[dict]) -> list[tuple[str, str]]:
         """(name, type) of the TSV columns, in EcoTaxa's export order, for the rows of one sample."""
+        with_ids = [("object_annotation_category_id", "[f]")] if any("object_annotation_category_id" in row
+                                                                    for row in rows) else []
         if self.mode == "update":
-            return [("object_id", "[t]"), ("object_annotation_status", "[t]"), ("object_annotation_category", "[t]")]
+            return [("object_id", "[t]"), ("object_annotation_status", "[t]"), ("object_annotation_category", "[t]"),
+                    *with_ids]
         columns = [
             ("img_file_name", "[t]"), ("img_rank", "[f]"), ("object_id", "[t]"), ("object_lat", "[f]"),
             ("object_lon", "[f]"), ("object_date", "[t]"), ("object_time", "[t]"), ("object_depth_min", "[f]"),
             ("object_depth_max", "[f]"), ("object_annotation_status", "[t]"), ("object_annotation_category", "[t]"),
+            *with_ids,
         ]  # fmt: skip
         if any("object_roi_number" in row for row in rows):
             columns.append(("object_roi_number", "[f]"))
@@ -272,6 +356,7 @@ class EcoTaxaSession:
         for object_id in sorted(latest):
             row = latest[object_id]
             counts[row["_kind"]] += 1
+            counts["with category id"] += "object_annotation_category_id" in row
             if row["_kind"] == "unmapped":
                 unmapped[row["_label"]] += 1
                 if self.unmapped_policy == "skip":
@@ -332,7 +417,8 @@ class EcoTaxaSession:
             notes.append("no taxon map: model labels were written as EcoTaxa categories unchanged; EcoTaxa must "
                          "resolve each one (taxon name, display name or name<parent) or ask for a mapping at import")
         if unmapped:
-            fate = "left out" if self.unmapped_policy == "skip" else "written without status and category"
+            left_out = self.unmapped_policy == "skip" or self.mode == "update"
+            fate = "left out" if left_out else "written without status and category"
             notes.append(f"{sum(unmapped.values())} objects have labels missing from the taxon map: {fate}")
         return {
             "writer": EcoTaxaWriter.name,
@@ -341,6 +427,7 @@ class EcoTaxaSession:
             "samples": len(files),
             "objects": counts["objects"],
             "classified": counts["classified"],
+            "with_category_id": counts["with category id"],
             "unclassified": counts["unclassified"],
             "unmapped": dict(sorted(unmapped.items())),
             "unmapped_policy": self.unmapped_policy,

@@ -9,7 +9,7 @@ import codecs
 import io
 import shutil
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
@@ -62,7 +62,7 @@ def ifcb_predictions(seed: int = 0) -> list[Prediction]:
 
 
 def demo_predictions(n: int = 6, seed: int = 1) -> list[Prediction]:
-    """Real JPEG vignettes without a sample (they land in unknown-sample.zip)."""
+    """Real JPEG vignettes without a sample (they land in a zip named after their folder)."""
     rng = np.random.default_rng(seed)
     files = sorted(DEMO.glob("*/*.jpg"))[:n]
     out = []
@@ -160,7 +160,8 @@ def test_taxon_map_names_and_unmapped_labels_reported_never_guessed(tmp_path):
     mapping = tmp_path / "taxa.tsv"
     mapping.write_text("label\tecotaxa_name\n# model class -> EcoTaxa\nCiliophora\tCiliophora\n"
                        "Mesodinium_rubrum\tMesodinium rubrum (Mesodinium)\n", encoding="utf-8")
-    assert load_taxon_map(mapping) == {"Ciliophora": "Ciliophora", "Mesodinium_rubrum": "Mesodinium rubrum<Mesodinium"}
+    assert load_taxon_map(mapping) == {"Ciliophora": ("Ciliophora", None),
+                                       "Mesodinium_rubrum": ("Mesodinium rubrum<Mesodinium", None)}
     predictions = ifcb_predictions()
     n_detritus = sum(p.label == "detritus" for p in predictions)
     assert n_detritus > 0
@@ -226,7 +227,9 @@ def test_update_mode_writes_only_id_status_category(tmp_path):
 def test_jpegs_keep_their_extension_and_bytes_and_odd_ids_get_safe_names(tmp_path):
     predictions = demo_predictions()
     summary = write(tmp_path, predictions)
-    z = tmp_path / "ecotaxa" / "unknown-sample.zip"
+    folder = PurePosixPath(predictions[0].object_id).parent.name  # no sample: the source folder stands in
+    assert {PurePosixPath(p.object_id).parent.name for p in predictions} == {folder}
+    z = tmp_path / "ecotaxa" / f"{folder}.zip"
     assert summary["files"] == [str(z)] and check_import_zip(z) == []
     header, _, *rows = tsv_lines(z)
     by_id = {p.object_id: p for p in predictions}
@@ -235,7 +238,7 @@ def test_jpegs_keep_their_extension_and_bytes_and_odd_ids_get_safe_names(tmp_pat
             row = dict(zip(header, cells))
             assert "/" not in row["img_file_name"] and row["img_file_name"].endswith(".jpg")
             assert archive.read(row["img_file_name"]) == by_id[row["object_id"]].image
-            assert row["sample_id"] == ""  # EcoTaxa fills in a dummy sample
+            assert row["sample_id"] == row["acq_id"] == folder  # never empty: EcoTaxa would invent dummies
 
 
 def test_formats_ecotaxa_refuses_are_converted_to_png(tmp_path):
@@ -247,7 +250,7 @@ def test_formats_ecotaxa_refuses_are_converted_to_png(tmp_path):
     predictions[0].image, predictions[0].image_name = tiff.getvalue(), "x.tif"
     summary = write(tmp_path, predictions)
     assert summary["converted_to_png"] == 1
-    with zipfile.ZipFile(tmp_path / "ecotaxa" / "unknown-sample.zip") as archive:
+    with zipfile.ZipFile(summary["files"][0]) as archive:
         png = next(n for n in archive.namelist() if n.endswith(".png"))
         with Image.open(io.BytesIO(archive.read(png))) as image:
             assert image.format == "PNG" and np.array_equal(np.asarray(image.convert("RGB")), pixels)
@@ -384,3 +387,57 @@ def test_checker_on_ecotaxas_own_import_bundle(tmp_path):
     tsv = copy / f"ecotaxa_{bundle.name}.tsv"
     tsv.write_bytes(codecs.BOM_UTF8 + tsv.read_bytes())
     assert check_import_zip(zipped(copy, tmp_path / "bom.zip")) == []
+
+
+# -- category ids: imports without manual mapping --------------------------------------------------------------
+
+
+def test_labels_from_ecotaxa_are_written_with_their_category_id(tmp_path):
+    """Objects ingested from EcoTaxa's own backup export keep their category ids; predictions with those labels
+    carry `object_annotation_category_id`, which EcoTaxa resolves before any name."""
+    from plankton_cli.ingest import ingest
+    from plankton_cli.store import Store
+    from conftest import shared_data
+
+    export = shared_data("ecotaxa", "ecotaxa-back-qa", "ref_exports", "bak_all_images")
+    store = Store(tmp_path / "store")
+    ingest(store, [export], fmt="ecotaxa")
+    objects = store.dataset("objects").to_table(columns=["object_id", "label", "sample_id", "image"]).to_pylist()
+    labels = sorted({o["label"] for o in objects if o["label"]})
+    assert "detritus" in labels
+    rng = np.random.default_rng(0)
+    predictions = []
+    for o in objects:
+        probabilities = rng.dirichlet(np.ones(len(labels))).astype(np.float32)
+        label = o["label"] or labels[0]
+        predictions.append(Prediction(o["object_id"], probabilities, label, label, sample_id=o["sample_id"],
+                                      image=o["image"]["bytes"]))
+    run = PredictionRun(model_id="m", model_hash="h", classes=labels, thresholds=None, classifier_name="t",
+                        options={"store": str(store.root)})
+    session = EcoTaxaWriter().open(tmp_path / "out", run)
+    session.write(predictions)
+    summary = session.close()
+    assert summary["with_category_id"] == summary["classified"] == len(predictions)
+    for z in summary["files"]:
+        assert check_import_zip(Path(z)) == []
+        header, types, *rows = tsv_lines(Path(z))
+        assert types[header.index("object_annotation_category_id")] == "[f]"
+        for cells in rows:
+            row = dict(zip(header, cells))
+            if row["object_annotation_category"] == "detritus":
+                assert row["object_annotation_category_id"] == "84963"  # as in the export
+
+
+def test_taxon_map_ids_and_update_mode_summary_says_unmapped_objects_were_left_out(tmp_path):
+    mapping = tmp_path / "taxa.tsv"
+    mapping.write_text("label\tecotaxa_name\tcategory_id\nCiliophora\tCiliophora\t11514\n", encoding="utf-8")
+    predictions = ifcb_predictions()
+    summary = write(tmp_path, predictions, taxon_map=str(mapping), ecotaxa_mode="update")
+    unmapped = sum(p.label in ("Mesodinium_rubrum", "detritus") for p in predictions)
+    assert sum(summary["unmapped"].values()) == unmapped
+    assert summary["left_out"]["unmapped (update mode)"] == unmapped
+    assert any(f"{unmapped} objects" in note and "left out" in note for note in summary["notes"])
+    for z in (tmp_path / "ecotaxa-update").glob("*.zip"):
+        header, _, *rows = tsv_lines(z)
+        assert header[-1] == "object_annotation_category_id"
+        assert all(cells[-1] == "11514" and cells[2] == "Ciliophora" for cells in rows)
