@@ -1,0 +1,51 @@
+"""`plankton taxa`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from plankton_cli.atomic import atomic_write_bytes
+from plankton_cli.cli.options import json_option
+from plankton_cli.cli.output import emit_json
+
+
+@click.command(epilog="""\b
+Examples:
+  # every category of an EcoTaxa export, as a taxon map for `predict --to ecotaxa --taxon-map`
+  plankton taxa --from export_TSV_1234.zip --out taxa.tsv
+  # only the classes a model predicts (folder labels like detritus__8888 resolve by their id)
+  plankton taxa --from export/ --model runs/ft/fold-0/model.safetensors --out taxa.tsv
+
+\b
+Writes label<TAB>ecotaxa_name<TAB>category_id lines. EcoTaxa resolves the category id first,
+so objects import without manual mapping; names are written as name<parent when the export
+holds the lineage. Labels that cannot be resolved are listed (stderr, and in --json) and left
+out of the map: add them by hand, or predict leaves those objects without a category.""")
+@click.option("--from", "exports", required=True, multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="EcoTaxa export: zip, folder or TSV (repeatable).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The taxon map to write (TSV).")
+@click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path),
+              help="Map only this model's classes (model.safetensors or its folder).")
+@json_option
+def taxa(exports: tuple[Path, ...], out_path: Path, model_path: Path | None, as_json: bool) -> None:
+    """Build an EcoTaxa taxon map (label → taxon name and category id) from an EcoTaxa export."""
+    from plankton_plugins.ecotaxa.taxa import build_taxon_map, class_names
+
+    classes = class_names(model_path) if model_path else None
+    result = build_taxon_map(list(exports), classes)
+    if not result.rows:
+        raise click.UsageError(f"no EcoTaxa TSV rows in {', '.join(map(str, exports))}")
+    atomic_write_bytes(out_path, result.to_tsv().encode("utf-8"))
+    if as_json:
+        emit_json({"out": str(out_path), "rows": result.rows, "categories": result.categories,
+                   "mapped": len(result.entries), "with_category_id": sum(1 for e in result.entries if e[2]),
+                   "unresolved": dict(result.unresolved)})
+        return
+    click.echo(f"{out_path}: {len(result.entries)} labels mapped "
+               f"({sum(1 for e in result.entries if e[2])} with a category id) from {result.categories} categories "
+               f"in {result.rows} rows")
+    for label, reason in result.unresolved:
+        click.echo(f"unresolved: {label}: {reason}", err=True)

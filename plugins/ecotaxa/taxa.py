@@ -1,0 +1,141 @@
+"""A taxon map from an EcoTaxa export (`plankton taxa`): the file the `ecotaxa` writer reads as `taxon_map`.
+
+EcoTaxa resolves an imported category by `object_annotation_category_id` first, then by a unique taxon name,
+display name or `name<parent` (`reference/ecotaxa-format.md` §5). An export tells, per category:
+
+- its id: `object_annotation_category_id` (backup and "annotations only" exports), or the DOI layout's image
+  folder `images/<display_name>__<id>/`;
+- its parent: the last two entries of `object_annotation_hierarchy` (TSV exports), which make `name<parent`.
+
+Each label becomes one line `label<TAB>ecotaxa_name<TAB>category_id`. A label resolves when its id is known
+(EcoTaxa needs nothing else) or when the name can be written as `name<parent`. Labels are the export's categories,
+or a model's classes (`classes`): a class matches a category by its name, or as a `Name__12345` folder label by
+its id. Whatever does not resolve is listed with the reason, never guessed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from plankton_cli.records import ReadOptions
+from plankton_plugins.ecotaxa.reader import EcoTaxaReader, _category_id
+from plankton_plugins.ecotaxa.tsv import TsvReader, normalize_category
+
+_DOI_FOLDER = re.compile(r"(?:^|/)images/(?P<name>[^/]+)__(?P<id>\d+)/")
+_FOLDER_LABEL = re.compile(r"(?P<name>.+)__(?P<id>\d+)")
+
+
+@dataclass
+class Category:
+    """What an export says about one category name: the ids and parents it was seen with."""
+
+    name: str
+    ids: set[str] = field(default_factory=set)
+    parents: set[str] = field(default_factory=set)
+    objects: int = 0
+
+    def resolved(self) -> tuple[str, str | None] | str:
+        """(EcoTaxa name, id) or the reason it does not resolve."""
+        if len(self.ids) > 1:
+            return f"{len(self.ids)} category ids in the export ({', '.join(sorted(self.ids))})"
+        category_id = next(iter(self.ids), None)
+        if "<" in self.name:
+            return self.name, category_id
+        if len(self.parents) == 1:
+            return f"{self.name}<{next(iter(self.parents))}", category_id
+        if category_id:
+            return self.name, category_id
+        if len(self.parents) > 1:
+            return f"{len(self.parents)} different parents in the export: ambiguous name"
+        return "no category id and no lineage in the export: EcoTaxa would resolve it by name only if unique"
+
+
+@dataclass
+class TaxonMap:
+    entries: list[tuple[str, str, str | None]]  # label, EcoTaxa name, category id
+    unresolved: list[tuple[str, str]]  # label, reason
+    categories: int = 0
+    rows: int = 0
+
+    def to_tsv(self) -> str:
+        lines = ["label\tecotaxa_name\tcategory_id"]
+        lines += [f"{label}\t{name}\t{category_id or ''}" for label, name, category_id in self.entries]
+        return "\n".join(lines) + "\n"
+
+
+def _tsv_sources(export: Path) -> Iterable[tuple[str, object]]:
+    """(name, opener) of each EcoTaxa TSV in a zip, folder or TSV path."""
+    reader = EcoTaxaReader()
+    for source in reader.discover(export, ReadOptions()):
+        if source.extra is None:
+            path = source.files[0]
+            yield source.key, (lambda path=path: open(path, "rb"))
+        else:
+            archive_path, member = source.files[0], source.extra
+            yield source.key, (lambda a=archive_path, m=member: _member_bytes(a, m))
+
+
+def _member_bytes(archive_path: Path, member: str) -> io.BytesIO:
+    with zipfile.ZipFile(archive_path) as archive:
+        return io.BytesIO(archive.read(member))  # a TSV is small next to the images beside it
+
+
+def read_categories(exports: Sequence[Path]) -> tuple[dict[str, Category], int]:
+    """Category name -> what the exports say about it; and the number of rows read."""
+    categories: dict[str, Category] = {}
+    rows = 0
+    for export in exports:
+        for _, opener in _tsv_sources(Path(export)):
+            with TsvReader(opener) as tsv:
+                for row in tsv:
+                    values = row.values or {}
+                    rows += 1
+                    name = normalize_category(values.get("object_annotation_category", ""))
+                    if not name:
+                        continue
+                    category = categories.setdefault(name, Category(name))
+                    category.objects += 1
+                    number = _category_id(values.get("object_annotation_category_id", "").strip())
+                    if number.isdigit():
+                        category.ids.add(number)
+                    doi = _DOI_FOLDER.search(values.get("img_file_name", "").replace("\\", "/"))
+                    if doi:
+                        category.ids.add(doi["id"])
+                    lineage = [p.strip() for p in values.get("object_annotation_hierarchy", "").split(">") if p.strip()]
+                    if len(lineage) >= 2:
+                        category.parents.add(lineage[-2])
+    return categories, rows
+
+
+def build_taxon_map(exports: Sequence[Path], classes: Sequence[str] | None = None) -> TaxonMap:
+    """The taxon map of `classes` (default: every category of the exports)."""
+    categories, rows = read_categories(exports)
+    by_id = {i: c for c in categories.values() for i in c.ids}
+    entries, unresolved = [], []
+    for label in classes if classes is not None else sorted(categories):
+        category = categories.get(normalize_category(label))
+        folder = _FOLDER_LABEL.fullmatch(label)
+        if category is None and folder:
+            category = by_id.get(folder["id"]) or Category(folder["name"], {folder["id"]})
+        if category is None:
+            unresolved.append((label, "not a category of the export"))
+            continue
+        outcome = category.resolved()
+        if isinstance(outcome, str):
+            unresolved.append((label, outcome))
+        else:
+            entries.append((label, *outcome))
+    return TaxonMap(entries, unresolved, len(categories), rows)
+
+
+def class_names(model_path: Path) -> list[str]:
+    """The classes a model file (or its folder) predicts, from its `model.json`."""
+    model_path = Path(model_path)
+    weights = model_path / "model.safetensors" if model_path.is_dir() else model_path
+    return list(json.loads(weights.with_suffix(".json").read_text())["classes"])
