@@ -31,7 +31,7 @@ out of the map: add them by hand, or predict leaves those objects without a cate
               help="Map only this model's classes (model.safetensors or its folder).")
 @json_option
 def taxa(exports: tuple[Path, ...], out_path: Path, model_path: Path | None, as_json: bool) -> None:
-    """Build an EcoTaxa taxon map (label → taxon name and category id) from an EcoTaxa export."""
+    """Build an EcoTaxa taxon map (label -> taxon name and category id) from an EcoTaxa export."""
     from plankton_plugins.ecotaxa.taxa import build_taxon_map, class_names
 
     classes = class_names(model_path) if model_path else None
