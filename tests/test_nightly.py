@@ -46,13 +46,23 @@ def test_nightly_twice_then_nothing_new(tmp_path):
     with h5py.File(next(out.rglob("IFCB5_*_class.h5"))) as f:
         assert list(f["roi_numbers"][:]) == [1, 2, 3, 5, 6]
     assert len(list(out.rglob("*.zip"))) == 2
+    summary = json.loads((out / "last-summary.json").read_text())
+    assert summary["new_samples"] == 2 and summary["objects"] == 24
+    reports = list((out / "reports").glob("night-*.html"))
+    assert len(reports) == 1
+    report = json.loads((out / "last-report.json").read_text())
+    assert report["written"] and report["objects"] == 24 and report["bins"] == 2 and report["rejected"] > 0
+    page = reports[0].read_text()
+    assert "New bins" in page and "D20130526T095207_IFCB013" in page and "Rejected objects" in page
     files = snapshot(out)
 
     second = run_nightly(tmp_path, ifcb, model, out)
     assert second.returncode == 0, second.stderr  # nothing read, so nothing rejected
     assert json.loads((out / "last-ingest.json").read_text())["read"] == 0
     assert json.loads((out / "last-predict.json").read_text())["predicted"] == 0
-    assert snapshot(out) == files  # no file rewritten
+    assert snapshot(out) == files  # no file rewritten: summary and report included
+    assert json.loads((out / "last-summary.json").read_text())["new_samples"] == 0
+    assert not json.loads((out / "last-report.json").read_text())["written"]
 
     with open(out / ".nightly.lock", "a") as lock:  # a run still going: the next one backs off with 75
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The nightly job of an IFCB station: ingest the new bins, classify what is new, and write EcoTaxa import zips and
-# IFCB Dashboard class files (<bin>_class.h5) for the new bins only. Safe to re-run: a second run finds nothing new.
+# The nightly job of an IFCB station: ingest the new bins, classify what is new, write EcoTaxa import zips and
+# IFCB Dashboard class files (<bin>_class.h5) for the new bins only, add them to the summary (counts, cells per mL)
+# and write the night's HTML report. Safe to re-run: a second run finds nothing new and rewrites nothing.
 #
 #   nightly.sh IFCB_DATA_DIR MODEL OUT_DIR        (store, log file, ... come from plankton.toml next to this script)
 #
@@ -16,6 +17,7 @@ MODEL=${2:?usage: nightly.sh IFCB_DATA_DIR MODEL OUT_DIR}
 OUT=${3:?usage: nightly.sh IFCB_DATA_DIR MODEL OUT_DIR}
 CONFIG=${PLANKTON_CONFIG:-$(dirname "$0")/plankton.toml}
 PLANKTON=${PLANKTON:-plankton}
+REPORTS=${NIGHTLY_REPORTS:-$OUT/reports}   # the crontab line puts them beside the log
 mkdir -p "$OUT"
 
 # One nightly run at a time; the store's own lock also serialises it against manual commands.
@@ -31,5 +33,12 @@ esac
 
 "$PLANKTON" --config "$CONFIG" predict --model "$MODEL" --to store --to ecotaxa --to ifcb-h5 --out "$OUT" \
     --json > "$OUT/last-predict.json" || exit $?
+
+# Counts and cells per mL of the new bins added to OUT/summary, and tonight's one-page report in $REPORTS
+# (rewritten only when something changed, so a second run the same night leaves it as it is).
+"$PLANKTON" --config "$CONFIG" summarize --model "$MODEL" --by bin --out "$OUT/summary" \
+    --json > "$OUT/last-summary.json" || exit $?
+"$PLANKTON" --config "$CONFIG" report --model "$MODEL" --summary "$OUT/summary" --out "$REPORTS" \
+    --json > "$OUT/last-report.json" || exit $?
 
 exit "$ingest_rc"
