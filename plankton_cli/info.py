@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pyarrow.parquet as pq
@@ -27,7 +28,7 @@ def store_info(store: Store, top: int = 20) -> dict:
         except KeyError:
             schema = None
         if schema is not None:
-            wanted = [c for c in ("instrument", "label", "source_key", "command", "reason") if c in schema.arrow.names]
+            wanted = [c for c in ("instrument", "label", "source_key", "reason") if c in schema.arrow.names]
             counts = {c: Counter() for c in wanted}
             table = store.dataset(name).to_table(columns=wanted)
             for c in wanted:
@@ -40,13 +41,33 @@ def store_info(store: Store, top: int = 20) -> dict:
             if "source_key" in counts:
                 entry["sources"] = len(counts["source_key"])
             if "reason" in counts:
-                entry["by_reason"] = dict(counts["reason"].most_common(top))
+                entry |= _rejections(store.dataset(name).to_table(columns=REJECTION_KEY).to_pylist(), top)
         out["datasets"][name] = entry
     manifest = store.root / MANIFEST
     if manifest.exists():
         table = pq.read_table(manifest, columns=["reader"])
         out["sources_by_reader"] = dict(Counter(table["reader"].to_pylist()).most_common())
     return out
+
+
+REJECTION_KEY = ["source_key", "source_file", "source_row", "object_id", "reason"]
+_DETAILS = ((re.compile(r"'[^']*'|\"[^\"]*\""), "'…'"), (re.compile(r"(?:[A-Za-z]:)?/[^\s:,;]+"), "PATH"),
+            (re.compile(r"\d+(?:\.\d+)?"), "N"))
+
+
+def reason_kind(reason: str) -> str:
+    """A rejection reason without its particulars (quoted values, paths, numbers), to group alike reasons."""
+    for pattern, replacement in _DETAILS:
+        reason = pattern.sub(replacement, reason)
+    return reason
+
+
+def _rejections(rows: list[dict], top: int) -> dict:
+    """Distinct rejected objects (a row rejected again when its source was retried counts once), grouped by the
+    kind of reason, most frequent first."""
+    distinct = {tuple(row[k] for k in REJECTION_KEY) for row in rows}
+    kinds = Counter(reason_kind(key[-1] or "") for key in distinct)
+    return {"rejected": len(distinct), "by_reason": dict(kinds.most_common(top))}
 
 
 def _schema_version(path) -> str | None:

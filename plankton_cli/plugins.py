@@ -71,6 +71,7 @@ class PluginInfo:
     version: str
     target: str  # "module:attr"
     broken: str | None = None  # the load error, if any
+    description: str = ""  # the plugin's own `description`
 
 
 class PluginError(LookupError):
@@ -134,11 +135,10 @@ def describe() -> list[PluginInfo]:
         for ep in _entry_points(kind):
             package, version = _package(ep)
             try:
-                load(kind, ep.name)
-                broken = None
+                description, broken = str(getattr(load(kind, ep.name), "description", "") or ""), None
             except PluginError as exc:
-                broken = str(exc.__cause__ or exc)
-            infos.append(PluginInfo(ep.name, kind, package, version, ep.value, broken))
+                description, broken = "", str(exc.__cause__ or exc)
+            infos.append(PluginInfo(ep.name, kind, package, version, ep.value, broken, description))
     return infos
 
 

@@ -40,6 +40,7 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.strategies import DDPStrategy
 
 from plankton_cli.atomic import atomic_path, atomic_write_json
+from plankton_cli.cli.output import quiet_lightning
 
 log = logging.getLogger("plankton.training")
 
@@ -51,6 +52,8 @@ _IRRELEVANT_WARNINGS = (
     r".*The `srun` command is available on your system but is not used.*",
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
 )
+
+quiet_lightning()  # importing pytorch_lightning above reset its loggers to INFO
 for _message in _IRRELEVANT_WARNINGS:
     warnings.filterwarnings("ignore", message=_message)
 

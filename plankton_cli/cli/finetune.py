@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from plankton_cli.cli.dispatch import backend_options
-from plankton_cli.cli.options import json_option, store_option
+from plankton_cli.cli.options import WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 log = logging.getLogger("plankton.finetune")
@@ -65,7 +65,7 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
 @click.option("--target-precision", type=click.FloatRange(0, 1), default=0.9, show_default=True,
               help="Per-class thresholds written to model.json reach this precision on validation images.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the folds, label subsets and training.")
-@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True,
+@click.option("--workers", type=click.IntRange(min=0), default=default_workers(), show_default=WORKERS_DEFAULT_TEXT,
               help="DataLoader worker processes per device.")
 @click.option("--instrument", "instruments", multiple=True,
               help="Use only images of this instrument (repeatable); results are also given per instrument.")

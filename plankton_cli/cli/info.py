@@ -37,7 +37,8 @@ def info(top: int, store: Path, as_json: bool) -> None:
     for name, d in data["datasets"].items():
         console.print(f"\n[bold]{name}[/bold]: {d['rows']:,} rows in {d['files']} files, "
                       f"{d['bytes'] / 1e6:,.1f} MB, schema {d['schema_version']}"
-                      + (f", {d['sources']:,} sources" if "sources" in d else ""))
+                      + (f", {d['sources']:,} sources" if "sources" in d else "")
+                      + (f"; {d['rejected']:,} distinct objects (retries counted once)" if "rejected" in d else ""))
         for key, title in (("by_instrument", "instrument"), ("by_label", "label"), ("by_reason", "reason")):
             if d.get(key):
                 table = Table(title_justify="left", box=None, pad_edge=False)

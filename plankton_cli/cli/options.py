@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
+
+
+def default_workers(minimum: int = 0) -> int:
+    """Worker processes by default: one CPU left for the main process, at most 8 (more rarely helps)."""
+    return max(minimum, min(8, (os.cpu_count() or 1) - 1))
+
+
+WORKERS_DEFAULT_TEXT = "min(8, CPUs - 1)"
 
 store_option = click.option(
     "--store",

@@ -13,6 +13,8 @@ from typing import Any
 import click
 
 log = logging.getLogger("plankton")
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric", "lightning")
+_lightning_level = logging.WARNING
 
 
 def is_interactive() -> bool:
@@ -35,9 +37,9 @@ def setup_logging(verbose: int = 0, quiet: bool = False, log_file: Path | None =
         console_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     console_handler.setLevel(level)
     root.addHandler(console_handler)
-    # Lightning's banners (accelerator, litlogger tips) are noise next to our own summaries: only with -v.
-    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    global _lightning_level
+    _lightning_level = logging.INFO if verbose else logging.WARNING
+    quiet_lightning()
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         # WatchedFileHandler reopens the file after logrotate moves it.
@@ -45,6 +47,35 @@ def setup_logging(verbose: int = 0, quiet: bool = False, log_file: Path | None =
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         fh.setLevel(logging.DEBUG if verbose else logging.INFO)
         root.addHandler(fh)
+
+
+def quiet_lightning() -> None:
+    """Lightning's banners (accelerator, litlogger/litmodels tips) are noise next to our own summaries: only with -v.
+
+    Importing pytorch_lightning or lightning_fabric sets their loggers to INFO, after `setup_logging` ran (commands
+    import them lazily), so the module that imports them calls this again."""
+    for name in LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(_lightning_level)
+
+
+def describe(name: str, info: dict[str, Any]) -> list[str]:
+    """A writer's (or any) summary dict as short readable lines: `name: key value, ...`, lists of files as their
+    count and folder, nested counts inline, empty values left out, notes on lines of their own."""
+    parts, notes = [], []
+    for key, value in info.items():
+        if key in ("writer", "notes") or value in (None, "", [], {}):
+            notes += info.get("notes", []) if key == "notes" else []
+            continue
+        label = key.replace("_", " ")
+        if isinstance(value, list):
+            folders = sorted({str(Path(str(v)).parent) for v in value})
+            where = f" in {folders[0]}" if len(folders) == 1 else ""
+            parts.append(f"{len(value)} {label}{where}")
+        elif isinstance(value, dict):
+            parts.append(f"{label}: " + ", ".join(f"{k} {v}" for k, v in value.items()))
+        else:
+            parts.append(f"{label} {value}")
+    return [f"{name}: " + ", ".join(parts)] + [f"  note: {note}" for note in notes]
 
 
 def emit_json(data: Any) -> None:

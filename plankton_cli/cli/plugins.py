@@ -23,11 +23,9 @@ def plugins_command(as_json: bool) -> None:
     if as_json:
         emit_json([i.__dict__ for i in infos])
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("kind", "name", "package", "version", "entry point", "status")
-    for i in infos:
-        status = f"[red]broken: {i.broken}[/red]" if i.broken else "[green]ok[/green]"
-        table.add_row(i.kind, i.name, i.package, i.version, i.target, status)
-    Console().print(table)
+    # Plain lines, never a table: a table is cut to the terminal's width, and to 80 columns without one.
+    for kind in dict.fromkeys(i.kind for i in infos):
+        click.echo(f"{kind}s:")
+        for i in (i for i in infos if i.kind == kind):
+            status = f"BROKEN: {i.broken}" if i.broken else i.description
+            click.echo(f"  {i.name}  ({i.package} {i.version}, {i.target})\n      {status}")

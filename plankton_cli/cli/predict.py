@@ -10,7 +10,7 @@ import click
 
 from plankton_cli.cli.dispatch import backend_options, dispatch
 from plankton_cli.cli.options import json_option, store_option
-from plankton_cli.cli.output import emit_json
+from plankton_cli.cli.output import describe, emit_json
 
 log = logging.getLogger("plankton.predict")
 
@@ -106,4 +106,5 @@ def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force
     for label, n in list(summary.by_label.items())[:15]:
         click.echo(f"  {n:6d}  {label}")
     for name, info in summary.writers.items():
-        click.echo(f"{name}: {info}")
+        for line in describe(name, info):
+            click.echo(line)

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
 from plankton_cli.cli.dispatch import backend_options, dispatch
-from plankton_cli.cli.options import json_option, store_option
+from plankton_cli.cli.options import WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
 from plankton_cli.cli.output import emit_json
-
-
-def _default_workers() -> int:
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
 @click.command(epilog="""\b
@@ -57,7 +52,7 @@ and --resume was not given); with --wait, the job's exit status.""")
               help="Start the encoder from this local file: timm/MAE .pth or .safetensors, or an exported "
                    "encoder (RGB kernels are summed, position embeddings resampled).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--workers", type=click.IntRange(min=0), default=_default_workers(), show_default="min(8, CPUs - 1)",
+@click.option("--workers", type=click.IntRange(min=0), default=default_workers(), show_default=WORKERS_DEFAULT_TEXT,
               help="DataLoader worker processes per device.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps (smoke tests).")
