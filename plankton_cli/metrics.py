@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -205,10 +204,10 @@ def _json_default(value: Any) -> Any:
 
 
 def short_class_name(name: Hashable, max_length: int = 24) -> str:
-    """A class name short enough for an axis: `Copepoda__6666` → `Copepoda`, `Eukaryota>…>Copepoda` → `Copepoda`,
-    and anything still too long cut in the middle (`Dolichospermum…_coiled`), where names differ least often."""
+    """A class name short enough for an axis: `Eukaryota>…>Copepoda` → `Copepoda`, and anything still too long cut
+    in the middle (`Dolichospermum…_coiled`), where names differ least often. Folder labels such as
+    `Copepoda__6666` keep their EcoTaxa id: a label reads the same in models, outputs, tables and plots."""
     text = str(name)
-    text = re.sub(r"__\d+$", "", text)  # uvpec / EcoTaxa folder names: DisplayName__EcotaxaID
     text = text.rsplit(">", 1)[-1].strip() or text  # EcoTaxa lineage: keep the leaf
     if len(text) > max_length:
         head = (max_length - 1) * 2 // 3

@@ -151,13 +151,13 @@ def test_csv_and_json_writers_round_trip(tmp_path):
 
 
 def test_class_names_are_shortened_for_axes():
-    assert short_class_name("Copepoda__6666") == "Copepoda"
+    assert short_class_name("Copepoda__6666") == "Copepoda__6666"  # one display form everywhere
     assert short_class_name("living>Eukaryota>Harosa>Copepoda") == "Copepoda"
     long = short_class_name("Dolichospermum_Anabaenopsis_coiled")
     assert len(long) == 24 and long.startswith("Dolichospermum") and long.endswith("coiled") and "…" in long
     assert short_class_name("detritus") == "detritus"
     # Two names that would shorten to the same text keep their full names.
-    assert short_class_names(["Copepoda__1", "Copepoda__2", "bubble__5555"]) == ["Copepoda__1", "Copepoda__2", "bubble"]
+    assert short_class_names(["a>Copepoda", "b>Copepoda", "c>bubble"]) == ["a>Copepoda", "b>Copepoda", "bubble"]
 
 
 def test_confusion_matrix_png_grows_with_the_number_of_classes(tmp_path):
@@ -175,7 +175,7 @@ def test_confusion_matrix_of_real_uvp6_class_folders(tmp_path):
     if not root.is_dir():
         pytest.skip(f"shared UVP6 vignettes (GPL-3.0, not shipped) not found at {root}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    assert short_class_names(classes)[:3] == ["Acantharea", "Aulacanthidae", "Aulosphaeridae"]
+    assert short_class_names(classes)[:3] == ["Acantharea__1111", "Aulacanthidae__2222", "Aulosphaeridae__3333"]
     y_true = [c for c in classes for _ in range(len(list((root / c).glob("*.png"))) // 50)]
     y_pred = y_true[1:] + y_true[:1]
     assert_png(plot_confusion_matrix(y_true, y_pred, classes, tmp_path / "uvp6.png"))

@@ -18,6 +18,7 @@ is known is written with it and imports without manual mapping. Ids come from th
 (`plankton taxa` writes one), else from the store the objects were ingested into (`run.options["store"]`): labels
 of objects ingested from EcoTaxa keep `object_annotation_category_id` in their metadata, uvpec/DOI class folders
 `Name__12345` keep `ecotaxa_id`, and a label read as `id:12345` is its own id; a label seen with two ids gets none.
+A folder label `Name__12345` is written as category `Name` with id `12345`.
 Names: the model's labels are mapped to EcoTaxa taxon names with a user file (`taxon_map=PATH`: one
 `label<TAB>ecotaxa_name[<TAB>category_id]` or comma-separated per line; `#` comments and a `label` header line are
 skipped). A label missing from the map and without a known id is never guessed: it is reported in the summary with
@@ -77,6 +78,7 @@ _EXTENSIONS = {"png": {".png"}, "jpg": {".jpg", ".jpeg"}, "gif": {".gif"}}
 
 CATEGORY_ID_KEYS = ("object_annotation_category_id", "ecotaxa_id")  # objects' metadata keys holding the id
 _ID_LABEL = re.compile(r"id:(\d+)")
+_FOLDER_LABEL = re.compile(r"(?P<name>.+)__(?P<id>\d+)")  # uvpec / EcoTaxa DOI class folders: DisplayName__id
 
 
 class EcoTaxaExportError(RuntimeError):
@@ -268,6 +270,9 @@ class EcoTaxaSession:
             # the store's id is the label's own category: it holds only when the map keeps the name
             same = mapped.name == label
             return "classified", Taxon(mapped.name, mapped.category_id or (self.store_ids.get(label) if same else None))
+        folder = _FOLDER_LABEL.fullmatch(label)
+        if folder:  # the folder name says both: EcoTaxa gets the display name and the id, not `Name__id`
+            return "classified", Taxon(folder["name"], folder["id"])
         if label in self.store_ids:
             return "classified", Taxon(label, self.store_ids[label])
         return ("classified", Taxon(label)) if self.taxon_map is None else ("unmapped", None)

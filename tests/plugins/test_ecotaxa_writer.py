@@ -441,3 +441,18 @@ def test_taxon_map_ids_and_update_mode_summary_says_unmapped_objects_were_left_o
         header, _, *rows = tsv_lines(z)
         assert header[-1] == "object_annotation_category_id"
         assert all(cells[-1] == "11514" and cells[2] == "Ciliophora" for cells in rows)
+
+
+def test_folder_labels_are_written_as_display_name_and_id(tmp_path):
+    classes = ["Copepoda__6666", "detritus__8888", "other"]
+    run = PredictionRun(model_id="m", model_hash="h", classes=classes, thresholds=None, classifier_name="t")
+    predictions = [Prediction(p.object_id, np.array([0.7, 0.2, 0.1], np.float32), "Copepoda__6666",
+                              "Copepoda__6666", sample_id=p.sample_id, image=p.image) for p in ifcb_predictions()[:3]]
+    session = EcoTaxaWriter().open(tmp_path, run)
+    session.write(predictions)
+    summary = session.close()
+    header, _, *rows = tsv_lines(Path(summary["files"][0]))
+    for cells in rows:
+        row = dict(zip(header, cells))
+        assert (row["object_annotation_category"], row["object_annotation_category_id"]) == ("Copepoda", "6666")
+        assert row["object_label_auto"] == "Copepoda__6666"  # our label, as everywhere else
