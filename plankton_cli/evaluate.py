@@ -8,13 +8,17 @@ over the classes present in each fold's true labels; classes only predicted coun
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from plankton_cli import metrics
+from plankton_cli.mismatch import run_warnings
 from plankton_cli.store import Store
+
+log = logging.getLogger("plankton.evaluate")
 
 
 def _read_table(path: Path):
@@ -67,6 +71,9 @@ def evaluate_run(run: Path, out_dir: Path) -> dict:
         "run": str(run),
         "init": config.get("init"),
         "labels": config.get("labels"),
+        "store": config.get("store"),
+        "classes": classes,
+        "instruments": config.get("instruments"),
         "folds": per_fold,
         "summary": metrics.summarise_folds(per_fold),
         "per_instrument": {k: metrics.summarise_folds(v) for k, v in per_instrument.items()},
@@ -83,6 +90,10 @@ def evaluate_predictions(predictions: Path, store: Store, out_dir: Path, *, stat
     truth = store.dataset("objects").to_table(
         columns=["object_id", "label", "instrument"],
         filter=ds.field("label").is_valid() & ds.field("label_status").isin(list(statuses)))
+    foreign = sorted(set(pred.values()) - set(truth["label"].to_pylist()) - {"unclassified"})
+    if foreign:  # a model trained on other classes: its labels can never be right here
+        log.warning("%d predicted classes are not labels in %s (%s): the model was trained on other classes",
+                    len(foreign), store.root, ", ".join(map(str, foreign[:10])))
     rows = [(o, l, i) for o, l, i in zip(*(truth[c].to_pylist() for c in ("object_id", "label", "instrument")))
             if o in pred]
     if not rows:
@@ -126,5 +137,8 @@ def evaluate(runs: list[Path], out_dir: Path, *, predictions: Path | None = None
             raise ValueError("evaluating predictions needs the store that holds the labels")
         report["predictions"] = evaluate_predictions(predictions, store, out_dir)
     report["table"] = rows
+    report["warnings"] = run_warnings(report["runs"]) if len(report["runs"]) > 1 else []
+    for warning in report["warnings"]:
+        log.warning("%s", warning)
     metrics.write_json(report, out_dir / "evaluation.json")
     return report

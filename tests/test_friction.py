@@ -63,3 +63,24 @@ def test_rejections_are_grouped_by_reason_and_a_retried_row_counts_once(tmp_path
     assert rows == 2 * info["rejected"] and info["by_reason"] == {"missing .roi file": info["rejected"]}
     assert reason_kind("row 12 has 5 fields, the header has 7") == "row N has N fields, the header has N"
     assert reason_kind("cannot read /data/a.adc: 'x'") == reason_kind("cannot read /data/c.adc: 'y'")
+
+
+def test_a_model_predicting_an_instrument_it_never_saw_warns(tmp_path, demo_images):
+    from plankton_cli.records import ReadOptions
+    from test_predict import PADDING, tiny_model
+
+    model = tiny_model(tmp_path / "model" / "fold-0", ["a", "b"], PADDING)  # trained on FlowCam and IFCB
+    store = Store(tmp_path / "store")
+    ingest(store, [demo_images / "Tripos"], options=ReadOptions(instrument="UVP6"))
+    proc = plankton("predict", "--store", str(store.root), "--model", str(model), "--to", "store", check=True)
+    assert "trained on FlowCam, IFCB images, not UVP6" in proc.stderr
+    assert "predicted" in proc.stdout and "{" not in proc.stdout  # readable, not a dict
+
+
+def test_runs_from_different_stores_or_class_sets_are_named_before_they_share_a_curve():
+    from plankton_cli.mismatch import run_warnings
+
+    same = {"store": "/s", "classes": ["a", "b"], "instruments": None}
+    assert run_warnings([{"run": "r1", **same}, {"run": "r2", **same}]) == []
+    warnings = run_warnings([{"run": "r1", **same}, {"run": "r2", **same, "store": "/t", "classes": ["a", "c"]}])
+    assert len(warnings) == 2 and "different stores (r1; r2)" in warnings[0] and "class sets" in warnings[1]

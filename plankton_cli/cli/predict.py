@@ -86,6 +86,7 @@ def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force
     the_store = Store(store)
     if not sources and not the_store.exists:
         raise click.UsageError(f"no store at {store} and no SOURCES given")
+    _warn_foreign_instruments(model_path, the_store if not sources else None, instrument)
     with progress("predict", unit="objects") as advance:
         try:
             summary = run_predict(
@@ -108,3 +109,24 @@ def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force
     for name, info in summary.writers.items():
         for line in describe(name, info):
             click.echo(line)
+
+
+def _warn_foreign_instruments(model_path: Path, store, instrument: str | None) -> None:
+    """Warn before predicting objects of an instrument the model never saw (a UVP6 model on IFCB ROIs)."""
+    import json
+    from collections import Counter
+
+    from plankton_cli.mismatch import instrument_warnings
+
+    weights = model_path / "model.safetensors" if model_path.is_dir() else model_path.with_suffix(".safetensors")
+    try:
+        info = json.loads(weights.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return  # predict itself says what is wrong with the model file
+    if store is not None and store.files("objects"):
+        column = store.dataset("objects").to_table(columns=["instrument"])["instrument"].to_pylist()
+        counts = Counter(i for i in column if i and (instrument is None or i == instrument))
+    else:
+        counts = Counter({instrument: 1}) if instrument else Counter()
+    for warning in instrument_warnings(info, counts, info.get("model_id") or str(model_path)):
+        log.warning("%s", warning)
