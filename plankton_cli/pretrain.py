@@ -23,7 +23,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from PIL import Image
 from pytorch_lightning.callbacks import Callback
 
 from plankton_cli.data import (
@@ -36,6 +35,7 @@ from plankton_cli.data import (
     load_or_compute_stats,
 )
 from plankton_cli.models import MAE, load_vit_weights, param_groups_weight_decay, reconstruction_grid, save_encoder
+from plankton_cli.models.mae import titled_panel
 from plankton_cli.models import warmup_cosine_scheduler
 from plankton_cli.padding import padding_rules
 from plankton_cli.store import Store
@@ -198,7 +198,8 @@ class MAEPretrainModule(pl.LightningModule):
         self.mae.train(was_training)
         path = self.run_dir / "reconstructions" / f"epoch-{epoch:04d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(reconstruction_grid(masked, recon, original, rows=RECONSTRUCTION_IMAGES)).save(path)
+        grid = reconstruction_grid(masked, recon, original, rows=RECONSTRUCTION_IMAGES)
+        titled_panel(grid, caption=f"epoch {epoch}").save(path)
         return path
 
 

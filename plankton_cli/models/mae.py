@@ -17,6 +17,7 @@ What differs from lightly's example, and why:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -288,3 +289,29 @@ def reconstruction_grid(masked_input: Tensor, reconstruction: Tensor, original: 
     grid = torch.cat(list(triplets), dim=1)  # stacked rows: (channels, H, W)
     array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return array[..., 0] if array.shape[-1] == 1 else array
+
+
+PANEL_TITLES = ("masked input", "reconstruction", "original")
+
+
+def titled_panel(grid: np.ndarray, caption: str = "", titles: Sequence[str] = PANEL_TITLES):
+    """`grid` (from ``reconstruction_grid``) as a PIL image under a header naming its columns (and `caption`, e.g.
+    the epoch), so a panel read on its own says what it shows."""
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(grid)
+    width = image.width // len(titles)
+    header = 14 * (2 if caption else 1)
+    panel = Image.new(image.mode, (image.width, image.height + header), 255 if image.mode == "L" else (255,) * 3)
+    panel.paste(image, (0, header))
+    draw = ImageDraw.Draw(panel)
+    ink = 0 if image.mode == "L" else (0, 0, 0)
+    top = 0
+    if caption:
+        draw.text((2, 1), caption, fill=ink)
+        top = 14
+    for i, title in enumerate(titles):
+        text = title if draw.textlength(title) <= width - 4 else title.split()[0][: max(1, (width - 4) // 6)]
+        draw.text((i * width + 2, top + 1), text, fill=ink)
+    return panel
+

@@ -152,3 +152,17 @@ def test_reconstruct_returns_pixel_images_and_grid():
     torch.testing.assert_close(original, (images * 0.25 + 0.5).clamp(0, 1))
     grid = reconstruction_grid(masked, recon, original)
     assert grid.dtype == np.uint8 and grid.shape == (4 * 32, 3 * 32)
+
+
+def test_reconstruction_panels_name_their_columns():
+    from plankton_cli.models.mae import titled_panel
+
+    images = uvp6_batch(n=2)
+    masked, recon, original = tiny_mae().reconstruct(images, mean=0.5, std=0.25)
+    grid = reconstruction_grid(masked, recon, original)
+    panel = titled_panel(grid, caption="epoch 3")
+    assert panel.size == (grid.shape[1], grid.shape[0] + 28)
+    np.testing.assert_array_equal(np.asarray(panel)[28:], grid)  # the images themselves untouched
+    header = np.asarray(panel)[14:28]
+    for column in range(3):  # each column's title is drawn over its own images
+        assert (header[:, column * 32 : (column + 1) * 32] < 128).any()
