@@ -161,12 +161,8 @@ def _previous(out_dir: Path, model: ModelInfo, by: str, rebuild: bool) -> tuple[
     return table.to_pandas(), dict(recorded["groups"])
 
 
-def _metadata_value(entries, key: str) -> str | None:
-    return next((entry["value"] for entry in entries if entry["key"] == key), None) if entries is not None else None
-
-
 def _samples(store: Store, sample_ids: list[str]) -> pd.DataFrame:
-    """acquired_at (earliest object) and ml_analyzed per sample, indexed by sample_id."""
+    """acquired_at (earliest object) and ml_analyzed per sample, indexed by sample_id (NaT/NaN where unknown)."""
     frame = pd.DataFrame({"acquired_at": pd.Series(pd.NaT, index=sample_ids, dtype="datetime64[us, UTC]"),
                           "ml_analyzed": np.nan})
     if not sample_ids:
@@ -174,17 +170,19 @@ def _samples(store: Store, sample_ids: list[str]) -> pd.DataFrame:
     table = store.dataset("objects").to_table(
         columns=["sample_id", "acquired_at", "metadata"],
         filter=pc.field("sample_id").isin(pa.array(sample_ids, pa.string())))
-    seen: set[str] = set()
-    for batch in table.to_batches():
-        for row in batch.to_pylist():
-            sample = row["sample_id"]
-            when = row["acquired_at"]
-            if when is not None and (pd.isna(frame.at[sample, "acquired_at"]) or when < frame.at[sample, "acquired_at"]):
-                frame.at[sample, "acquired_at"] = when
-            if sample not in seen:  # ml_analyzed is a bin's value: every object of the bin carries the same
-                seen.add(sample)
-                volume = _metadata_value(row["metadata"], "ml_analyzed")
-                frame.at[sample, "ml_analyzed"] = float(volume) if volume else np.nan
+    samples = table["sample_id"].combine_chunks().cast(pa.string())
+    first = pa.table({"sample_id": samples, "acquired_at": table["acquired_at"]}).group_by("sample_id").aggregate(
+        [("acquired_at", "min")]).to_pandas().set_index("sample_id")["acquired_at_min"]
+    frame.loc[first.index, "acquired_at"] = first
+    # ml_analyzed is a bin's value, carried by every object of the bin: any one of them will do
+    metadata = table["metadata"].combine_chunks()
+    entries = pc.list_flatten(metadata)
+    hit = pc.equal(entries.field("key"), "ml_analyzed")
+    owners = pc.take(samples, pc.filter(pc.list_parent_indices(metadata), hit))
+    volumes = pd.Series(pd.to_numeric(entries.field("value").filter(hit).to_pandas(), errors="coerce").to_numpy(),
+                        index=owners.to_pylist())
+    volumes = volumes[~volumes.index.duplicated()]
+    frame.loc[volumes.index, "ml_analyzed"] = volumes
     return frame
 
 
@@ -251,11 +249,12 @@ def _write(out_dir: Path, table: pd.DataFrame, model: ModelInfo, by: str, group_
     with atomic_path(out_dir / COUNTS) as tmp:
         pq.write_table(arrow, tmp, compression="zstd")
     files.append(out_dir / COUNTS)
-    csv = table.assign(acquired_at=table["acquired_at"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    # Rounded floats: pandas writes them at C speed, a float_format would format each value in Python.
+    csv = table.assign(acquired_at=table["acquired_at"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")).round(6)
     for name, frame in (("counts.csv", csv), ("counts_wide.csv", _wide(csv, "count")),
                         ("per_ml_wide.csv", _wide(csv, "per_ml"))):
         with atomic_path(out_dir / name) as tmp:
-            frame.to_csv(tmp, index=False, float_format="%.6g")
+            frame.to_csv(tmp, index=False)
         files.append(out_dir / name)
     if plots:
         from plankton_cli.summary_plots import plot_summary
