@@ -78,7 +78,10 @@ def test_counts_add_up_follow_ml_analyzed_and_match_irfcb_on_the_class_files(tmp
     assert table.loc[table["class"] == UNCLASSIFIED, "count"].sum() == table.loc[table["class"] == "a",
                                                                                  "count_auto"].sum()
     for bin_id in (V2, V1):  # iRfcb's counts from the class files predict wrote in the same run
-        labels, classcount, above = irfcb_summarize_tbclass(next((tmp_path / "out").rglob(f"{bin_id}_class.h5")))
+        class_file = next((tmp_path / "out").rglob(f"{bin_id}_class.h5"))
+        with h5py.File(class_file, "r") as f:  # b and c have no threshold: NaN, as iRfcb's NA
+            assert f["thresholds"][0] == 0.999 and np.isnan(f["thresholds"][1:]).all()
+        labels, classcount, above = irfcb_summarize_tbclass(class_file)
         mine = table[table["sample_id"] == bin_id].set_index("class")
         assert mine.loc[labels, "count_auto"].tolist() == classcount
         assert mine.loc[labels, "count"].tolist() == above
