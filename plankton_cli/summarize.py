@@ -257,9 +257,12 @@ def _write(out_dir: Path, table: pd.DataFrame, model: ModelInfo, by: str, group_
             frame.to_csv(tmp, index=False)
         files.append(out_dir / name)
     if plots:
-        from plankton_cli.summary_plots import plot_summary
+        try:
+            from plankton_cli.summary_plots import plot_summary
 
-        files += plot_summary(table, out_dir / "plots")
+            files += plot_summary(table, out_dir / "plots")
+        except ImportError as exc:  # matplotlib comes with the [train] extra; the tables do not need it
+            log.warning("summarize: no plots (%s); install plankton-cli[train] for them", exc)
     return [str(f) for f in files]
 
 
