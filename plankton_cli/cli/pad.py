@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from plankton_cli.cli.options import WORKERS_DEFAULT_TEXT, default_workers, json_option, lock_timeout_option, store_option
+from plankton_cli.cli.options import (WORKERS_DEFAULT_TEXT, default_workers, json_option, lock_timeout_option,
+                                      store_option)
 from plankton_cli.cli.output import emit_json
 
 log = logging.getLogger("plankton.pad")
@@ -43,8 +44,7 @@ Exit codes: 0 done (rejections are reported, not fatal), 65 something was reject
 @click.option("--size", type=click.IntRange(min=1), metavar="N",
               help="Resize the padded square to N x N (bicubic) [default: keep; training resizes].")
 @click.option("--workers", type=click.IntRange(min=1), default=default_workers(1), show_default=WORKERS_DEFAULT_TEXT,
-              metavar="N",
-              help="Pad in N processes.")
+              metavar="N", help="Pad in N processes.")
 @click.option("--preview", nargs=2, type=(click.IntRange(min=1), click.Path(dir_okay=False, path_type=Path)),
               metavar="N FILE", help="Write a PNG contact sheet of N random objects before and after padding.")
 @click.option("--dry-run", is_flag=True, help="Write only the --preview sheet, not the dataset.")

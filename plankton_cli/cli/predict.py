@@ -43,7 +43,8 @@ point IFCB Dashboard's class_scores data directory (version 3) at OUT/ifcb-h5.""
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--top-k", default=3, show_default=True, help="How many labels and scores to keep per object.")
 @click.option("--taxon-map", type=click.Path(exists=True, dir_okay=False),
-              help="EcoTaxa writer: TSV/CSV mapping our labels to EcoTaxa taxon names [and category ids] (`plankton taxa` builds one).")
+              help="EcoTaxa writer: TSV/CSV mapping our labels to EcoTaxa taxon names [and category ids] "
+                   "(`plankton taxa` builds one).")
 @click.option("--ecotaxa-mode", type=click.Choice(["new", "update"]), default="new", show_default=True,
               help="EcoTaxa writer: zips of new objects with images, or update TSVs for objects already there.")
 @click.option("-w", "--writer-option", "writer_options", multiple=True, metavar="KEY=VALUE",
