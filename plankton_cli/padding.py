@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from plankton_cli.pad import (
+from plankton_cli.square_pad import (
     CYTOSENSE_BANNER_HEIGHT,
     SCALE_BAR_HEIGHT,
     CropSpec,
@@ -48,10 +48,10 @@ from plankton_cli.store.writer import MAX_FILE_BYTES, DatasetWriter, stage_rewri
 log = logging.getLogger("plankton.pad")
 
 ALGORITHM_VERSION = 1
-"""Bump when `pad.py` changes the pixels it writes: every row then counts as padded with other settings."""
+"""Bump when `square_pad.py` changes the pixels it writes: every row then counts as padded with other settings."""
 
 PRESETS = ("auto", "none", "scale-bar", "cytosense")
-"""auto: from the `instrument` column (`pad.preset_for`); scale-bar: look for the ZooProcess legend in every image;
+"""auto: from the `instrument` column (`square_pad.preset_for`); scale-bar: look for the ZooProcess legend in every image;
 cytosense: cut the 25-px banner from every image; none: crop nothing (beyond `--crop-*`)."""
 
 

@@ -89,7 +89,7 @@ class Preprocessor:
     def __call__(self, item: _Item):
         from PIL import Image
 
-        from plankton_cli.pad import pad_to_square
+        from plankton_cli.square_pad import pad_to_square
         from plankton_cli.padding import crop_for
 
         if not self.pad:

@@ -16,7 +16,7 @@ from conftest import BUNDLED, plankton
 from plankton_cli.ingest import ingest
 from plankton_cli.models import Classifier
 from plankton_cli.models.checkpoints import save_model
-from plankton_cli.pad import CropSpec
+from plankton_cli.square_pad import CropSpec
 from plankton_cli.padding import pad_dataset
 from plankton_cli.predict import Preprocessor, _Item, predict
 from plankton_cli.records import ReadOptions

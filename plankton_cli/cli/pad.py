@@ -63,7 +63,7 @@ def pad(source: str, target: str, preset: str, crop_top: int, crop_bottom: int, 
     that are new or changed since the last run are padded.
     """
     from plankton_cli.cli.output import progress
-    from plankton_cli.pad import CropSpec
+    from plankton_cli.square_pad import CropSpec
     from plankton_cli.padding import pad_dataset
     from plankton_cli.padding import preview as write_preview
     from plankton_cli.store import LockTimeout, Store
