@@ -77,7 +77,7 @@ class Preprocessor:
 
     def __init__(self, info: dict):
         from plankton_cli.data.transforms import EvalTransform
-        from plankton_cli.padding import parse_padding_rule
+        from plankton_cli.pad_store import parse_padding_rule
 
         rules = info.get("pad_settings") or []
         self.pad = bool(rules)
@@ -90,7 +90,7 @@ class Preprocessor:
         from PIL import Image
 
         from plankton_cli.square_pad import pad_to_square
-        from plankton_cli.padding import crop_for
+        from plankton_cli.pad_store import crop_for
 
         if not self.pad:
             return self.transform(item.image)
