@@ -27,8 +27,9 @@ from plankton_cli.store import Store
 from plankton_cli.store.images import ImageError, check
 from plankton_cli.store.manifest import Manifest
 from plankton_cli.store.schema import load_schema
-from plankton_cli.store.transaction import Transaction, new_run_id
-from plankton_cli.store.writer import MAX_FILE_BYTES, DatasetWriter, stage_rewrite
+from plankton_cli.store.layout import MAX_FILE_BYTES
+from plankton_cli.store.session import WriteSession
+from plankton_cli.store.transaction import new_run_id
 
 log = logging.getLogger("plankton.ingest")
 
@@ -96,18 +97,10 @@ class _Run:
         self.manifest = Manifest(store.root)
         self.existing = _existing_ids(store)
         self.objects_schema = load_schema(DATASET)
-        self.rejections_schema = load_schema("rejections")
-        self._commits = 0
+        self.session = WriteSession(store.root, run_id, "ingest")
         self.superseded: dict[str, list[str]] = {}  # source key -> its data files before this run
+        self.pending_supersede: dict[str, list[str]] = {}  # the same, for sources read since the last commit
         self.stored_ids: set[str] = set()  # object ids stored by this run
-        self._begin()
-
-    def _begin(self) -> None:
-        self._commits += 1
-        self.txn = Transaction(self.store.root, f"{self.run_id}-{self._commits:03d}")
-        self.objects = DatasetWriter(self.txn, DATASET, self.objects_schema)
-        self.rejections = DatasetWriter(self.txn, "rejections", self.rejections_schema, row_group_rows=4096)
-        self.pending_supersede: dict[str, list[str]] = {}
 
     def supersede(self, source: Source) -> None:
         old = self.manifest.entries.get(source.key, {}).get("data_files", [])
@@ -115,33 +108,22 @@ class _Run:
         self.superseded[source.key] = list(old)
 
     def commit(self) -> None:
-        self.objects.close()
-        self.rejections.close()
         self._drop_superseded_rows()
-        if self.manifest.dirty or not self.txn.empty:
-            self.manifest.stage(self.txn)
-        self.txn.commit()
-        self._begin()
+        if self.manifest.dirty or not self.session.empty:
+            self.manifest.stage(self.session)
+        self.session.commit()
 
     def _drop_superseded_rows(self) -> None:
         keys = list(self.pending_supersede)
         files = sorted({f for fs in self.pending_supersede.values() for f in fs})
+        self.pending_supersede = {}
         for rel in files:
             path = self.store.root / rel
             if not path.exists():
                 continue
             table = pq.read_table(path, schema=self.objects_schema.file_schema)
             drop = pc.is_in(table["source_key"], pc.cast(keys, table["source_key"].type))
-            self.manifest.replace_data_file(rel, stage_rewrite(self.txn, rel, table, drop, self.objects_schema))
-
-    @property
-    def staged_bytes(self) -> int:
-        return sum(f.bytes for f in self.objects._open.values())
-
-    def abort(self) -> None:
-        self.objects.close()
-        self.rejections.close()
-        self.txn.abort()
+            self.manifest.replace_data_file(rel, self.session.remove_rows(rel, table, drop, self.objects_schema))
 
 
 def ingest(
@@ -187,12 +169,12 @@ def ingest(
                 counts, data_files = _ingest_source(run, reader, source, options, summary, on_object)
                 run.manifest.record(source, facts, counts, data_files, run_id)
                 since_commit += 1
-                if run.staged_bytes >= MAX_FILE_BYTES or (commit_every and since_commit >= commit_every):
+                if run.session.staged_bytes >= MAX_FILE_BYTES or (commit_every and since_commit >= commit_every):
                     run.commit()
                     since_commit = 0
             run.commit()
         except BaseException:
-            run.abort()
+            run.session.abort()
             raise
     return summary
 
@@ -202,20 +184,25 @@ def _ingest_source(run: _Run, reader, source: Source, options: ReadOptions, summ
     counts = Counter(read=0, stored=0, skipped=0, rejected=0)
     data_files: list[str] = []
     now = datetime.now(UTC)
-    try:
-        items = reader.read(source, options)
-        for item in items:
+    items = iter(reader.read(source, options))
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            break
+        except Exception as exc:  # a reader bug must not lose the rest of the run; the source is reported rejected
             counts["read"] += 1
-            if on_object:
-                on_object()
-            if isinstance(item, Record):
-                item = _store_record(run, item, source, now, counts, data_files)
-            if isinstance(item, Rejection):
-                _reject(run, item, source, now, counts, summary)
-    except Exception as exc:  # a reader bug must not lose the rest of the run; the source is reported as rejected
+            _reject(run, Rejection(str(source.files[0]), None, f"reader error: {type(exc).__name__}: {exc}"),
+                    source, now, counts, summary)
+            break
+        # Storing is outside the `try`: a store write error (disk full) fails the run, it is not a bad source.
         counts["read"] += 1
-        _reject(run, Rejection(str(source.files[0]), None, f"reader error: {type(exc).__name__}: {exc}"),
-                source, now, counts, summary)
+        if on_object:
+            on_object()
+        if isinstance(item, Record):
+            item = _store_record(run, item, source, now, counts, data_files)
+        if isinstance(item, Rejection):
+            _reject(run, item, source, now, counts, summary)
     summary.read += counts["read"]
     summary.stored += counts["stored"]
     summary.skipped_duplicate += counts["skipped"]
@@ -257,7 +244,7 @@ def _store_record(run: _Run, rec: Record, source: Source, now: datetime, counts:
         "ingested_at": now,
         "metadata": _pairs(rec.metadata),
     }
-    data_files.append(run.objects.add(row))
+    data_files.append(run.session.add(DATASET, row))
     run.stored_ids.add(rec.object_id)
     counts["stored"] += 1
     return None
@@ -275,9 +262,7 @@ def _reject(run: _Run, rej: Rejection, source: Source, now: datetime, counts: Co
     counts["rejected"] += 1
     summary.rejected[reason_kind(rej.reason)] += 1
     log.warning("rejected %s", rej)
-    run.rejections.add({
-        "run": run.run_id,
-        "command": "ingest",
+    run.session.reject({
         "source_key": source.key,
         "source_file": rej.source_file,
         "source_row": None if rej.source_row is None else str(rej.source_row),

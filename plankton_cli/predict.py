@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from plankton_cli import __version__, plugins
+from plankton_cli.predictions import pending_ids
 from plankton_cli.records import ReadOptions, Record, Rejection
 from plankton_cli.store import Store
 from plankton_cli.store.images import ImageError, check, decode
@@ -172,6 +173,7 @@ def predict(
     writer_options: dict[str, str] | None = None,
     device: str = "auto",
     compile: bool = False,
+    lock_timeout: float = 60.0,
     on_batch: Callable[[int], None] | None = None,
 ) -> PredictSummary:
     """Predict every object of `store` (or of `sources`) with the model at `model_path`, into the `to` writers."""
@@ -196,6 +198,7 @@ def predict(
     options = dict(writer_options or {})
     if store is not None:
         options.setdefault("store", str(store.root))
+        options.setdefault("lock_timeout", lock_timeout)
     run = PredictionRun(
         model_id=model_id, model_hash=model_hash, classes=classes, thresholds=threshold_vec,
         classifier_name=f"plankton-cli {info['architecture']} {model_id}", top_k=top_k,
@@ -209,7 +212,8 @@ def predict(
     if sources:
         items = _source_items(list(sources), fmt, read_options or ReadOptions(), rejected)
     elif store is not None:
-        exclude = set() if force else already_predicted(store, model_hash)
+        # Objects an earlier run predicted but could not store (the store was locked) are stored with this run's.
+        exclude = set() if force else already_predicted(store, model_hash) | pending_ids(store, model_hash)
         summary.skipped_already_predicted = len(exclude)
         items = _store_items(store, instrument=instrument, since=since, exclude=exclude)
     else:
@@ -247,6 +251,13 @@ def predict(
             summary.predicted += len(preds)
             if on_batch:
                 on_batch(len(preds))
-    summary.writers = {name: session.close() for name, session in sessions.items()}
+    failure: BaseException | None = None
+    for name, session in sessions.items():  # every writer finishes its files even when one of them fails
+        try:
+            summary.writers[name] = session.close()
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
     summary.by_label = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
     return summary

@@ -16,10 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from plankton_cli.records import Source
+from plankton_cli.store.layout import MANIFEST
 from plankton_cli.store.schema import load_schema
-from plankton_cli.store.transaction import Transaction
-
-MANIFEST = "manifest.parquet"
 
 
 def fingerprint(files: tuple[Path, ...]) -> tuple[str, int]:
@@ -97,10 +95,11 @@ class Manifest:
                 entry["data_files"] = sorted(files)
                 self.dirty = True
 
-    def stage(self, txn: Transaction) -> None:
-        """Write the manifest into `txn`, so it changes in the same commit as the data it describes."""
+    def stage(self, session) -> None:
+        """Write the manifest into the session's transaction, so it changes in the same commit as the data it
+        describes."""
         schema = load_schema("manifest").arrow
         rows = sorted(self.entries.values(), key=lambda e: e["source_key"])
         table = pa.Table.from_pylist(rows, schema=schema)
-        pq.write_table(table, txn.stage(MANIFEST), compression="zstd")
+        pq.write_table(table, session.stage(MANIFEST), compression="zstd")
         self.dirty = False
