@@ -1,7 +1,9 @@
 """`plankton ingest` as a library function: sources → reader plugins → the store's `objects` dataset.
 
 Guarantees, each tested:
-- Counts add up: read = stored + skipped (object_id already stored) + rejected, per source and in total.
+- Counts add up: read = stored + skipped (the same object already stored) + rejected, per source and in total.
+- Never silent about identity: the same object id with other pixels from another source is a conflict,
+  rejected (naming both sources) unless `on_conflict="replace"`.
 - Idempotent: the manifest skips unchanged sources; a re-run stores nothing twice.
 - Superseding: a source whose content changed is read again; in the same commit, every data file holding its old
   rows is rewritten without them (under a new name; the old file is deleted) and the new rows are added.
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -79,28 +82,41 @@ def discover(paths: Iterable[Path], fmt: str, options: ReadOptions) -> Iterable[
             yield reader, source
 
 
-def _existing_ids(store: Store) -> dict[str, str]:
-    """object_id -> source_key of every stored object (for the duplicate check)."""
-    ids: dict[str, str] = {}
+@dataclass(frozen=True)
+class _Stored:
+    """What identifies a stored object's content and where it came from (for duplicates and conflicts)."""
+
+    source_key: str
+    source_file: str
+    content_hash: str
+    file: str | None  # store-relative data file; None while only staged by this run
+
+
+def _existing_ids(store: Store) -> dict[str, _Stored]:
+    ids: dict[str, _Stored] = {}
     for f in store.files(DATASET):
-        table = pq.read_table(f, columns=["object_id", "source_key"])
-        ids.update(zip(table["object_id"].to_pylist(), table["source_key"].to_pylist()))
+        table = pq.read_table(f, columns=["object_id", "source_key", "source_file", "content_hash"])
+        rel = str(f.relative_to(store.root))
+        for oid, key, file, h in zip(*(table[c].to_pylist() for c in table.column_names)):
+            ids[oid] = _Stored(key, file, h, rel)
     return ids
 
 
 class _Run:
     """One ingest run's state between commits."""
 
-    def __init__(self, store: Store, run_id: str):
+    def __init__(self, store: Store, run_id: str, on_conflict: str):
         self.store = store
         self.run_id = run_id
+        self.on_conflict = on_conflict
         self.manifest = Manifest(store.root)
         self.existing = _existing_ids(store)
         self.objects_schema = load_schema(DATASET)
         self.session = WriteSession(store.root, run_id, "ingest")
         self.superseded: dict[str, list[str]] = {}  # source key -> its data files before this run
         self.pending_supersede: dict[str, list[str]] = {}  # the same, for sources read since the last commit
-        self.stored_ids: set[str] = set()  # object ids stored by this run
+        self.stored_ids: dict[str, _Stored] = {}  # object ids stored by this run
+        self.replaced: dict[str, set[str]] = {}  # data file -> ids whose row a conflicting object replaces
 
     def supersede(self, source: Source) -> None:
         old = self.manifest.entries.get(source.key, {}).get("data_files", [])
@@ -114,16 +130,22 @@ class _Run:
         self.session.commit()
 
     def _drop_superseded_rows(self) -> None:
-        keys = list(self.pending_supersede)
-        files = sorted({f for fs in self.pending_supersede.values() for f in fs})
-        self.pending_supersede = {}
+        """Remove the old rows of changed sources, and the rows that conflicting objects replace."""
+        keys = pa.array(list(self.pending_supersede), pa.string())
+        files = sorted({f for fs in self.pending_supersede.values() for f in fs} | set(self.replaced))
+        replaced, self.pending_supersede, self.replaced = self.replaced, {}, {}
         for rel in files:
             path = self.store.root / rel
             if not path.exists():
                 continue
             table = pq.read_table(path, schema=self.objects_schema.file_schema)
-            drop = pc.is_in(table["source_key"], pc.cast(keys, table["source_key"].type))
-            self.manifest.replace_data_file(rel, self.session.remove_rows(rel, table, drop, self.objects_schema))
+            drop = pc.or_(pc.is_in(table["source_key"], keys),
+                          pc.is_in(table["object_id"], pa.array(sorted(replaced.get(rel, ())), pa.string())))
+            new = self.session.remove_rows(rel, table, drop, self.objects_schema)
+            self.manifest.replace_data_file(rel, new)
+            for oid, old in self.existing.items():  # later conflicts must find the rows where they are now
+                if old.file == rel:
+                    self.existing[oid] = _Stored(old.source_key, old.source_file, old.content_hash, new)
 
 
 def ingest(
@@ -134,12 +156,17 @@ def ingest(
     options: ReadOptions | None = None,
     lock_timeout: float = 60.0,
     retry_rejected: bool = False,
+    on_conflict: str = "reject",
     commit_every: int = 0,
     on_start: Callable[[int], None] | None = None,
     on_source: Callable[[Source, str], None] | None = None,
     on_object: Callable[[], None] | None = None,
 ) -> IngestSummary:
     """Ingest `paths` into `store`.
+
+    An object id already stored with other pixels from another source is a conflict: `on_conflict="reject"`
+    records it in `rejections` (naming both sources); `"replace"` stores the new object instead of the old.
+    The same id with the same pixels is a duplicate and is skipped.
 
     `commit_every=N` commits after every N sources read (besides every ~256 MB and at the end), so a long
     backlog keeps its progress if interrupted. `on_start(n_sources)`, `on_source(source, status)` and
@@ -152,7 +179,7 @@ def ingest(
     if on_start:
         on_start(len(sources))
     with store.locked(timeout=lock_timeout):
-        run = _Run(store, run_id)
+        run = _Run(store, run_id, on_conflict)
         since_commit = 0
         try:
             for reader, source in sources:
@@ -211,14 +238,24 @@ def _ingest_source(run: _Run, reader, source: Source, options: ReadOptions, summ
 
 def _store_record(run: _Run, rec: Record, source: Source, now: datetime, counts: Counter,
                   data_files: list[str]) -> Rejection | None:
-    owner = run.existing.get(rec.object_id)
-    if rec.object_id in run.stored_ids or (owner is not None and owner not in run.superseded):
-        counts["skipped"] += 1
-        return None
     try:
         img = check(rec.image)
     except ImageError as exc:
         return Rejection(rec.source_file, rec.source_row, str(exc), rec.object_id)
+    earlier = run.stored_ids.get(rec.object_id)
+    stored = run.existing.get(rec.object_id)
+    if stored is not None and stored.source_key not in run.superseded and earlier is None:
+        earlier = stored
+    if earlier is not None:
+        if earlier.content_hash == img.content_hash:
+            counts["skipped"] += 1  # the same object again
+            return None
+        if run.on_conflict != "replace" or earlier.file is None or earlier.source_key == source.key:
+            return Rejection(rec.source_file, rec.source_row,
+                             f"conflict: object id {rec.object_id!r} is already stored with other pixels from "
+                             f"{earlier.source_file} (source {earlier.source_key}); see --on-conflict",
+                             rec.object_id)
+        run.replaced.setdefault(earlier.file, set()).add(rec.object_id)
     row = {
         "object_id": rec.object_id,
         "image": {"bytes": img.data, "path": rec.metadata.get("image_path") or rec.object_id.rsplit("/", 1)[-1]},
@@ -245,7 +282,7 @@ def _store_record(run: _Run, rec: Record, source: Source, now: datetime, counts:
         "metadata": _pairs(rec.metadata),
     }
     data_files.append(run.session.add(DATASET, row))
-    run.stored_ids.add(rec.object_id)
+    run.stored_ids[rec.object_id] = _Stored(source.key, rec.source_file, img.content_hash, None)
     counts["stored"] += 1
     return None
 
