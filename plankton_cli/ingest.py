@@ -71,15 +71,16 @@ def reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0].strip()
 
 
-def discover(paths: Iterable[Path], fmt: str, options: ReadOptions) -> Iterable[tuple[object, Source]]:
-    """(reader, source) for every source under `paths`, each path read by `fmt` or the reader that sniffs it."""
+def discover(paths: Iterable[Path], fmt: str, options: ReadOptions) -> Iterable[tuple[object, Source, Path]]:
+    """(reader, source, path) for every source under `paths`, each path read by `fmt` or the reader that sniffs
+    it."""
     for path in paths:
         name = fmt if fmt != "auto" else plugins.sniff_reader(path)
         if name is None:
             raise plugins.PluginError(f"no reader recognises {path}; pass --format (see `plankton plugins`)")
         reader = plugins.load("reader", name)
         for source in reader.discover(path, options):
-            yield reader, source
+            yield reader, source, path
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ def ingest(
         run = _Run(store, run_id, on_conflict)
         since_commit = 0
         try:
-            for reader, source in sources:
+            for reader, source, found_in in sources:
                 status, facts = run.manifest.status(source)
                 if status == "unchanged" and retry_rejected and run.manifest.entries[source.key]["n_rejected"]:
                     status = "retried"
@@ -194,7 +195,7 @@ def ingest(
                 if status in ("changed", "retried"):
                     run.supersede(source)
                 counts, data_files = _ingest_source(run, reader, source, options, summary, on_object)
-                run.manifest.record(source, facts, counts, data_files, run_id)
+                run.manifest.record(source, facts, counts, data_files, run_id, found_in)
                 since_commit += 1
                 if run.session.staged_bytes >= MAX_FILE_BYTES or (commit_every and since_commit >= commit_every):
                     run.commit()
@@ -256,6 +257,9 @@ def _store_record(run: _Run, rec: Record, source: Source, now: datetime, counts:
                              f"{earlier.source_file} (source {earlier.source_key}); see --on-conflict",
                              rec.object_id)
         run.replaced.setdefault(earlier.file, set()).add(rec.object_id)
+        if earlier.source_key in run.manifest.entries:  # the replaced source keeps one row fewer
+            run.manifest.entries[earlier.source_key]["n_stored"] -= 1
+            run.manifest.dirty = True
     row = {
         "object_id": rec.object_id,
         "image": {"bytes": img.data, "path": rec.metadata.get("image_path") or rec.object_id.rsplit("/", 1)[-1]},

@@ -121,7 +121,7 @@ def _source_items(paths: list[Path], fmt: str, options: ReadOptions,
                   rejected: Callable[[Rejection], None]) -> Iterator[_Item]:
     from plankton_cli.ingest import discover
 
-    for reader, source in discover(paths, fmt, options):
+    for reader, source, _ in discover(paths, fmt, options):
         for item in reader.read(source, options):
             if isinstance(item, Rejection):
                 rejected(item)

@@ -41,11 +41,13 @@ def checksum(files: tuple[Path, ...]) -> str:
 
 
 class Manifest:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, entries: dict[str, dict] | None = None):
+        """The manifest of the store at `root`, or one holding `entries` (to be staged over it)."""
         self.root = root
-        self.entries: dict[str, dict] = {}
+        self.entries: dict[str, dict] = entries if entries is not None else {}
+        self.dirty = entries is not None
         path = root / MANIFEST
-        if path.exists():
+        if entries is None and path.exists():
             for row in pq.read_table(path).to_pylist():
                 self.entries[row["source_key"]] = row
 
@@ -65,13 +67,13 @@ class Manifest:
             return "unchanged", facts
         return "changed", facts
 
-    dirty = False
-
-    def record(self, source: Source, facts: dict, counts: dict, data_files: list[str], run: str) -> None:
+    def record(self, source: Source, facts: dict, counts: dict, data_files: list[str], run: str,
+               discovered_from: Path | None = None) -> None:
         self.entries[source.key] = {
             "source_key": source.key,
             "reader": source.reader,
             "files": [str(f) for f in source.files],
+            "discovered_from": None if discovered_from is None else str(Path(discovered_from).absolute()),
             "size": facts["size"],
             "fingerprint": facts["fingerprint"],
             "checksum": facts.get("checksum") or checksum(source.files),

@@ -70,6 +70,8 @@ class Transaction:
         if files is None:  # a store from before the file list: its files as found (checksums unknown)
             files = {rel: {"size": (self.root / rel).stat().st_size, "checksum": None}
                      for rel in listed_files(self.root)}
+        added = {final for _, final in self._adds}
+        self._deletes = [rel for rel in self._deletes if rel not in added]  # replaced by the add: keep the new one
         for rel in self._deletes:
             files.pop(rel, None)
         for staged, final in self._adds:
