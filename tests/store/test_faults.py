@@ -164,26 +164,26 @@ def model(tmp_path_factory):
 
 
 def _scenario(command: str, model: Path):
-    """(setup steps run clean, the step under test) for `command`."""
+    """(setup steps on the original images, the step under test on the changed images) for `command`."""
+    predict_step = lambda store, folder: _predict(store, folder, model)  # noqa: E731
     if command == "ingest":
-        return [(_ingest, False)], (_ingest, True)
+        return [_ingest], _ingest
     if command == "pad":
-        return [(_ingest, False), (_pad, False), (_ingest, True)], (_pad, True)
-    return [(_ingest, False), (lambda s, f: _predict(s, f, model), False)], (lambda s, f: _predict(s, f, model), True)
-
-
-def _run(tmp: Path, steps) -> Store:
-    store = Store(tmp / "store")
-    for step, changed in steps:
-        step(store, _images(tmp, changed))
-    return store
+        return [_ingest, _pad, lambda store, folder: _ingest(store, _images(folder.parent, True))], _pad
+    return [_ingest, predict_step], predict_step
 
 
 @pytest.mark.parametrize("command", ["ingest", "pad", "predict"])
 def test_every_fault_at_every_operation_then_a_clean_run_equals_a_clean_store(tmp_path, monkeypatch, model,
                                                                                command):
-    setup, (step, changed) = _scenario(command, model)
-    reference = _run(tmp_path / "reference", setup + [(step, changed)])
+    setup, step = _scenario(command, model)
+    template = Store(tmp_path / "template")
+    folder = _images(tmp_path, False)
+    for before in setup:
+        before(template, folder)
+    folder = _images(tmp_path, True)  # every case starts from a copy of the template and runs on these images
+    reference = Store(shutil.copytree(template.root, tmp_path / "reference"))
+    step(reference, folder)
     expected = content(reference.root)
     assert expected[{"ingest": "objects", "pad": "padded", "predict": "predictions"}[command]]
 
@@ -191,9 +191,7 @@ def test_every_fault_at_every_operation_then_a_clean_run_equals_a_clean_store(tm
         k = 0
         while True:  # k = 1, 2, ... until the step makes fewer than k operations
             k += 1
-            case = tmp_path / f"{mode}-{k}"
-            store = _run(case, setup)
-            folder = _images(case, changed)
+            store = Store(shutil.copytree(template.root, tmp_path / f"{mode}-{k}"))
             with monkeypatch.context() as m:
                 faults = Faults(m, store.root, k, mode)
                 try:
@@ -205,7 +203,7 @@ def test_every_fault_at_every_operation_then_a_clean_run_equals_a_clean_store(tm
                 step(store, folder)  # the next, clean run
             assert content(store.root) == expected, f"{command}: fault {mode} at operation {k}"
             assert_clean(store.root)
-            shutil.rmtree(case)
+            shutil.rmtree(store.root)
             if not faults.fired:
                 break
         assert k > 10, f"{command} made only {k - 1} store operations: is the fault injection still installed?"
@@ -234,5 +232,8 @@ def test_io_error_after_the_journal_loses_no_rows(tmp_path, monkeypatch):
     assert_consistent(store.root)
     _ingest(store, folder)
     _ingest(store, folder)
-    assert content(store.root) == content(_run(tmp_path / "reference", [(_ingest, False), (_ingest, True)]).root)
+    reference = Store(tmp_path / "reference")
+    _ingest(reference, _images(tmp_path, False))
+    _ingest(reference, _images(tmp_path, True))
+    assert content(store.root) == content(reference.root)
     assert Store(store.root).dataset("objects").count_rows() == 13
