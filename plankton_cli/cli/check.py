@@ -31,8 +31,11 @@ the committed list), 75 the store is locked by another writer.""")
 @lock_timeout_option
 @json_option
 def check(repair: bool, store: Path, lock_timeout: float, as_json: bool) -> None:
-    """Verify every committed file of the store (present, readable, checksum), the manifest against the
-    data, and that no object is stored twice."""
+    """Verify the store's files, manifest and ids; --repair makes it whole again.
+
+    Checks every committed file (present, size, checksum, readable Parquet), the manifest
+    against the data, and that no object is stored twice. Each problem is one line naming the file.
+    """
     from plankton_cli.store import LockTimeout, Store
     from plankton_cli.store.check import check as run_check
     from plankton_cli.store.check import repair as run_repair
