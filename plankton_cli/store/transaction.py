@@ -78,6 +78,8 @@ class Transaction:
             with open(self.root / staged, "rb") as f:
                 os.fsync(f.fileno())
             files[final] = {"size": (self.root / staged).stat().st_size, "checksum": checksum(self.root / staged)}
+        for folder in sorted({(self.root / staged).parent for staged, _ in self._adds}):
+            fsync_dir(folder)  # the staged names too must survive a power cut once the journal points to them
         plan = {"adds": self._adds, "deletes": self._deletes, "files": dict(sorted(files.items()))}
         journal = self.root / JOURNALS / f"{self.id}.json"
         try:
