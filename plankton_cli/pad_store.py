@@ -136,7 +136,7 @@ def padding_rules(dataset_dir: Path) -> list[str]:
     if not files or "pad_settings" not in pq.read_schema(files[0]).names:
         return []
     table = ds.dataset([str(f) for f in files], format="parquet", partitioning="hive",
-                       partition_base_dir=str(Path(dataset_dir).absolute())).to_table(columns=["instrument", "pad_settings"])
+                       partition_base_dir=str(dataset_dir)).to_table(columns=["instrument", "pad_settings"])
     pairs = {(str(i), s) for i, s in zip(table["instrument"].to_pylist(), table["pad_settings"].to_pylist()) if s}
     return sorted(f"{instrument}: {settings}" for instrument, settings in pairs)
 

@@ -77,7 +77,7 @@ def list_data_files(dataset_dir: str | Path) -> list[Path]:
 
 def partition_values(path: Path, dataset_dir: str | Path) -> dict[str, str]:
     """Decoded hive partition values (``key=value`` folders) between ``dataset_dir`` and ``path``."""
-    return layout_partition_values(path, Path(dataset_dir).absolute())
+    return layout_partition_values(path, dataset_dir)
 
 
 def list_classes(dataset_dir: str | Path) -> list[str]:

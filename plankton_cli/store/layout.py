@@ -89,13 +89,13 @@ def data_files(root: Path, dataset: str) -> list[Path]:
 
 
 def dataset_files(dataset_dir: str | Path) -> list[Path]:
-    """The data files of a dataset folder: through its store's committed list when it is inside a store, else
-    by listing it (a folder of Parquet files from elsewhere)."""
-    dataset_dir = Path(dataset_dir).absolute()
-    if (dataset_dir.parent / COMMITTED).is_file():
-        return data_files(dataset_dir.parent, dataset_dir.name)
-    if not dataset_dir.is_dir():
+    """The data files of a dataset folder (as paths under `dataset_dir`, sorted): through its store's committed
+    list when it is inside a store, else by listing it (a folder of Parquet files from elsewhere)."""
+    given = Path(dataset_dir)
+    absolute = given.absolute()
+    if (absolute.parent / COMMITTED).is_file():
+        return [given / p.relative_to(absolute) for p in data_files(absolute.parent, absolute.name)]
+    if not given.is_dir():
         return []
-    return sorted((p for p in dataset_dir.rglob("*.parquet")
-                   if not any(hidden(part) for part in p.relative_to(dataset_dir).parts)),
-                  key=lambda p: p.relative_to(dataset_dir).as_posix())
+    return sorted((p for p in given.rglob("*.parquet") if not any(hidden(part) for part in p.relative_to(given).parts)),
+                  key=lambda p: p.relative_to(given).as_posix())
