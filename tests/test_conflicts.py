@@ -90,3 +90,32 @@ def test_the_same_object_again_is_a_duplicate_not_a_conflict(tmp_path):
     ingest(store, [a], options=ReadOptions(instrument="FlowCam"))
     summary = ingest(store, [b], options=ReadOptions(instrument="FlowCam"))
     assert summary.skipped_duplicate == 6 and not summary.rejected and not _rejections(store)
+
+
+def test_an_ifcb_bin_and_its_stretched_png_export_conflict(tmp_path, ifcb_bins):
+    """Real PNG exports are often min-max stretched: the same `<bin>_<roi>` ids with other pixels."""
+    from plankton_plugins.ifcb.reader import IFCBBinReader
+
+    v2 = ifcb_bins / "white" / "D2013" / "D201305" / "D20130526" / "D20130526T095207_IFCB013"
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for suffix in (".adc", ".hdr", ".roi"):
+        shutil.copy(v2.with_suffix(suffix), raw / (v2.name + suffix))
+    (source,) = IFCBBinReader().discover(raw / v2.name, ReadOptions())
+    records = [r for r in IFCBBinReader().read(source, ReadOptions()) if hasattr(r, "image")][:10]
+    export = tmp_path / "png" / v2.name
+    export.mkdir(parents=True)
+    for rec in records:
+        pixels = rec.image.astype(np.float32)
+        stretched = (pixels - pixels.min()) * 255 / max(float(np.ptp(pixels)), 1.0)
+        Image.fromarray(stretched.round().astype(np.uint8)).save(export / f"{v2.name}_{rec.source_row:05d}.png")
+    store = Store(tmp_path / "s")
+    ingest(store, [raw])
+    summary = ingest(store, [tmp_path / "png"], fmt="ifcb-png")
+    changed = sum(not np.array_equal(r.image, np.asarray(Image.open(export / f"{v2.name}_{r.source_row:05d}.png")))
+                  for r in records)
+    assert changed >= 5  # the stretch changed most images
+    assert summary.stored == 0 and summary.rejected == {"conflict": changed}
+    assert summary.skipped_duplicate == len(records) - changed
+    conflicts = [r for r in _rejections(store) if r["reason"].startswith("conflict")]
+    assert all(str(raw / v2.name) in r["reason"] for r in conflicts)  # the raw bin is named as the stored source
