@@ -51,8 +51,8 @@ ALGORITHM_VERSION = 1
 """Bump when `square_pad.py` changes the pixels it writes: every row then counts as padded with other settings."""
 
 PRESETS = ("auto", "none", "scale-bar", "cytosense")
-"""auto: from the `instrument` column (`square_pad.preset_for`); scale-bar: look for the ZooProcess legend in every image;
-cytosense: cut the 25-px banner from every image; none: crop nothing (beyond `--crop-*`)."""
+"""auto: from the `instrument` column (`square_pad.preset_for`); scale-bar: look for the ZooProcess legend in every
+image; cytosense: cut the 25-px banner from every image; none: crop nothing (beyond `--crop-*`)."""
 
 
 @dataclass

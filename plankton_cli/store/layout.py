@@ -38,7 +38,7 @@ def partition_dir(keys: list[str] | tuple[str, ...], row: dict) -> str:
 
 
 def partition_values(path: Path, dataset_dir: Path) -> dict[str, str]:
-    """Decoded hive partition values of a data file (`instrument=FlowCam%20macro` → {"instrument": "FlowCam macro"})."""
+    """Decoded hive partition values: `instrument=FlowCam%20macro` → {"instrument": "FlowCam macro"}."""
     values = {}
     for part in Path(path).relative_to(dataset_dir).parent.parts:
         key, sep, value = part.partition("=")

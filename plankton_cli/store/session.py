@@ -41,7 +41,8 @@ class WriteSession:
             self._schemas[dataset] = (schema or load_schema(dataset), row_group_rows)
         if dataset not in self._writers:
             schema, rows = self._schemas[dataset]
-            self._writers[dataset] = DatasetWriter(self.txn, dataset, schema, **({"row_group_rows": rows} if rows else {}))
+            options = {"row_group_rows": rows} if rows else {}
+            self._writers[dataset] = DatasetWriter(self.txn, dataset, schema, **options)
         return self._writers[dataset]
 
     def add(self, dataset: str, row: dict) -> str:
