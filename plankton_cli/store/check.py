@@ -1,8 +1,8 @@
 """`plankton check [--repair]`: is every committed file there and intact, does the manifest match the data, is
 every object stored once?
 
-Problems are named one per line and carry an exit code: 74 for damage to files (missing, unreadable, wrong
-checksum, a commit that cannot be finished), 65 for data that disagrees with itself (manifest against data,
+An interrupted commit is finished first, as any writer would. Problems are named one per line and carry an exit
+code: 74 for damage to files (missing, unreadable, wrong checksum, a commit that cannot be finished), 65 for data that disagrees with itself (manifest against data,
 duplicate ids, files outside the committed list).
 
 `repair()` makes the store whole again from what is left plus the sources: damaged files leave the committed
@@ -65,8 +65,14 @@ class CheckReport:
 
 
 def check(store: Store, *, lock_timeout: float = 60.0) -> CheckReport:
-    """Verify `store` under its writer lock (so no commit is half-way while we look)."""
+    """Verify `store` under its writer lock, after finishing an interrupted commit as every writer would."""
     with StoreLock(store.root, timeout=lock_timeout):
+        try:
+            recover(store.root)
+        except StoreIOError as exc:
+            report = _check(store)
+            report.problems.insert(0, Problem("journal", "", str(exc), IO))
+            return report
         return _check(store)
 
 
@@ -74,9 +80,6 @@ def _check(store: Store) -> CheckReport:
     root = store.root
     report = CheckReport(str(root))
     add = report.problems.append
-    for journal in sorted((root / JOURNALS).glob("*.json")) if (root / JOURNALS).is_dir() else []:
-        add(Problem("journal", str(journal.relative_to(root)), "a commit was not finished (a writer will finish "
-                    "it, or `--repair`)", IO))
     files = read_committed(root)
     if files is None:
         files = {rel: {"size": None, "checksum": None} for rel in store_files_on_disk(root)}

@@ -93,3 +93,19 @@ def test_a_stray_copy_of_a_data_file_is_reported_and_removed(store):
     assert [p["kind"] for p in report["problems"]] == ["uncommitted"]
     proc, report = check(store, "--repair")
     assert proc.returncode == 0 and not copy.exists()
+
+
+def test_a_commit_whose_staged_files_are_gone_is_refused_then_dropped_by_repair(store):
+    before = objects(store)
+    plan = {"adds": [[".staging/t9/objects/instrument=FlowCam/part-t9-0001.parquet",
+                      "objects/instrument=FlowCam/part-t9-0001.parquet"]],
+            "deletes": [str(store.files("objects")[0].relative_to(store.root))], "files": {}}
+    (store.root / ".journal").mkdir(exist_ok=True)
+    (store.root / ".journal" / "t9.json").write_text(json.dumps(plan))
+    proc, report = check(store)
+    assert proc.returncode == 74
+    assert report["problems"][0]["kind"] == "journal" and "nothing was deleted" in report["problems"][0]["detail"]
+    assert objects(store) == before  # the journal's delete was not applied
+    proc, report = check(store, "--repair")
+    assert proc.returncode == 0, proc.stderr
+    assert objects(store) == before and not list((store.root / ".journal").glob("*.json"))
