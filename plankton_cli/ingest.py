@@ -212,9 +212,10 @@ def _ingest_source(run: _Run, reader, source: Source, options: ReadOptions, summ
     counts = Counter(read=0, stored=0, skipped=0, rejected=0)
     data_files: list[str] = []
     now = datetime.now(UTC)
-    items = iter(reader.read(source, options))
+    items = None
     while True:
         try:
+            items = items or iter(reader.read(source, options))
             item = next(items)
         except StopIteration:
             break
