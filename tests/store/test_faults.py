@@ -248,3 +248,34 @@ def test_io_error_after_the_journal_loses_no_rows(tmp_path, monkeypatch):
     _ingest(reference, _images(tmp_path, True))
     assert content(store.root) == content(reference.root)
     assert Store(store.root).dataset("objects").count_rows() == 14  # 12, one changed (new name), one added
+
+
+def test_the_issue_repro_on_ecotaxa_import_test(tmp_path, monkeypatch):
+    """Verbatim from issue 10: ingest `import_test`, change one category in one TSV, make `objects/` refuse
+    renames (chattr +i), ingest (fails), allow them again, ingest twice: every row must still be there."""
+    from conftest import shared_data
+
+    bundle = tmp_path / "import_test"
+    shutil.copytree(shared_data("ecotaxa", "ecotaxa-back-qa", "import_test"), bundle)
+    store = Store(tmp_path / "store")
+    first = ingest(store, [bundle], fmt="ecotaxa")
+    tsv = bundle / "m106_mn01_n1_sml" / "ecotaxa_m106_mn01_n1_sml.tsv"
+    tsv.write_text(tsv.read_text().replace("\tOncaeidae\t", "\tCopepoda\t", 1))
+    real_replace = os.replace
+
+    def immutable_objects(src, dst, *a, **kw):
+        if f"{os.sep}objects{os.sep}" in str(dst):
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(dst))
+        return real_replace(src, dst, *a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", immutable_objects)
+        with pytest.raises(PermissionError):
+            ingest(store, [bundle], fmt="ecotaxa")
+        assert list((store.root / ".journal").glob("*.json")), "the failure came after the commit point"
+    ingest(store, [bundle], fmt="ecotaxa")
+    again = ingest(store, [bundle], fmt="ecotaxa")
+    table = store.dataset("objects").to_table(columns=["object_id", "label"])
+    assert table.num_rows == first.stored == 11  # the issue saw 8
+    assert again.sources == {"unchanged": sum(first.sources.values())}
+    assert "Copepoda" in table["label"].to_pylist()
