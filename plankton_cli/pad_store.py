@@ -40,8 +40,8 @@ from plankton_cli.square_pad import (
 )
 from plankton_cli.store import Store
 from plankton_cli.store.images import ImageError, decode, encode_png
-from plankton_cli.store.schema import load_schema
 from plankton_cli.store.layout import MAX_FILE_BYTES, dataset_files, partition_values
+from plankton_cli.store.schema import load_schema
 from plankton_cli.store.session import WriteSession
 from plankton_cli.store.transaction import new_run_id
 

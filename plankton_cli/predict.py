@@ -90,8 +90,8 @@ class Preprocessor:
     def __call__(self, item: _Item):
         from PIL import Image
 
-        from plankton_cli.square_pad import pad_to_square
         from plankton_cli.pad_store import crop_for
+        from plankton_cli.square_pad import pad_to_square
 
         if not self.pad:
             return self.transform(item.image)

@@ -7,7 +7,7 @@
       manifest.parquet                                   ingested sources, for idempotent re-runs
       committed.json                                     the committed files, their sizes and checksums
       store.json                                         store format version
-      .lock .journal/ .staging/                          writer bookkeeping (ignored by Parquet readers)
+      .lock .journal/ .staging/ .spool/                  writer bookkeeping (ignored by Parquet readers)
 
 `pyarrow.dataset.dataset(STORE / "objects", format="parquet", partitioning="hive")` reads a dataset directly.
 """
