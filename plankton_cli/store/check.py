@@ -2,8 +2,8 @@
 every object stored once?
 
 An interrupted commit is finished first, as any writer would. Problems are named one per line and carry an exit
-code: 74 for damage to files (missing, unreadable, wrong checksum, a commit that cannot be finished), 65 for data that disagrees with itself (manifest against data,
-duplicate ids, files outside the committed list).
+code: 74 for damage to files (missing, unreadable, wrong checksum, a commit that cannot be finished), 65 for data
+that disagrees with itself (manifest against data, duplicate ids, files outside the committed list).
 
 `repair()` makes the store whole again from what is left plus the sources: damaged files leave the committed
 list, the sources that had rows in them are read again from where ingest found them (the manifest's
@@ -235,13 +235,13 @@ def _rebuild(store: Store, lost: set[str], stray: set[str], done: list[str]) -> 
                 session.remove_rows(rel, table, drop, schema)
     rows, where = _rows_by_source(store, intact)
     manifest = Manifest(root, entries={})
-    for key, n in rows.items():
+    for key in sorted(set(rows) | set(old_entries)):  # sources with rows, and those all of whose objects were rejected
         if key in hit:
             continue
         entry = old_entries.get(key) or _entry_from_data(key, store)
         if entry is None:
             continue
-        manifest.entries[key] = {**entry, "n_stored": n, "data_files": sorted(where[key])}
+        manifest.entries[key] = {**entry, "n_stored": rows.get(key, 0), "data_files": sorted(where.get(key, ()))}
     manifest.stage(session)
     if not (old and old.entries == manifest.entries):
         done.append(f"rebuilt the manifest from the data ({len(manifest.entries)} sources)")
