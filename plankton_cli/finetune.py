@@ -47,7 +47,7 @@ from plankton_cli.data.dataset import list_row_groups, partition_values
 from plankton_cli.models import Classifier, layer_decay_param_groups, load_encoder_info, load_vit_weights
 from plankton_cli.models import save_model, warmup_cosine_scheduler
 from plankton_cli.models.checkpoints import ENCODER_FORMAT, MODEL_FORMAT
-from plankton_cli.padding import padding_rules
+from plankton_cli.pad_store import padding_rules
 from plankton_cli.protocol import (
     Split,
     describe_counts,

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from plankton_cli import __version__, plugins
+from plankton_cli.predictions import pending_ids
 from plankton_cli.records import ReadOptions, Record, Rejection
 from plankton_cli.store import Store
 from plankton_cli.store.images import ImageError, check, decode
@@ -77,7 +78,7 @@ class Preprocessor:
 
     def __init__(self, info: dict):
         from plankton_cli.data.transforms import EvalTransform
-        from plankton_cli.padding import parse_padding_rule
+        from plankton_cli.pad_store import parse_padding_rule
 
         rules = info.get("pad_settings") or []
         self.pad = bool(rules)
@@ -89,8 +90,8 @@ class Preprocessor:
     def __call__(self, item: _Item):
         from PIL import Image
 
-        from plankton_cli.pad import pad_to_square
-        from plankton_cli.padding import crop_for
+        from plankton_cli.pad_store import crop_for
+        from plankton_cli.square_pad import pad_to_square
 
         if not self.pad:
             return self.transform(item.image)
@@ -120,7 +121,7 @@ def _source_items(paths: list[Path], fmt: str, options: ReadOptions,
                   rejected: Callable[[Rejection], None]) -> Iterator[_Item]:
     from plankton_cli.ingest import discover
 
-    for reader, source in discover(paths, fmt, options):
+    for reader, source, _ in discover(paths, fmt, options):
         for item in reader.read(source, options):
             if isinstance(item, Rejection):
                 rejected(item)
@@ -172,6 +173,7 @@ def predict(
     writer_options: dict[str, str] | None = None,
     device: str = "auto",
     compile: bool = False,
+    lock_timeout: float = 60.0,
     on_batch: Callable[[int], None] | None = None,
 ) -> PredictSummary:
     """Predict every object of `store` (or of `sources`) with the model at `model_path`, into the `to` writers."""
@@ -196,6 +198,7 @@ def predict(
     options = dict(writer_options or {})
     if store is not None:
         options.setdefault("store", str(store.root))
+        options.setdefault("lock_timeout", lock_timeout)
     run = PredictionRun(
         model_id=model_id, model_hash=model_hash, classes=classes, thresholds=threshold_vec,
         classifier_name=f"plankton-cli {info['architecture']} {model_id}", top_k=top_k,
@@ -209,7 +212,8 @@ def predict(
     if sources:
         items = _source_items(list(sources), fmt, read_options or ReadOptions(), rejected)
     elif store is not None:
-        exclude = set() if force else already_predicted(store, model_hash)
+        # Objects an earlier run predicted but could not store (the store was locked) are stored with this run's.
+        exclude = set() if force else already_predicted(store, model_hash) | pending_ids(store, model_hash)
         summary.skipped_already_predicted = len(exclude)
         items = _store_items(store, instrument=instrument, since=since, exclude=exclude)
     else:
@@ -247,6 +251,13 @@ def predict(
             summary.predicted += len(preds)
             if on_batch:
                 on_batch(len(preds))
-    summary.writers = {name: session.close() for name, session in sessions.items()}
+    failure: BaseException | None = None
+    for name, session in sessions.items():  # every writer finishes its files even when one of them fails
+        try:
+            summary.writers[name] = session.close()
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
     summary.by_label = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
     return summary

@@ -3,18 +3,21 @@
 `prediction_table()` turns `Prediction`s into rows of `schemas/predictions.v1.json` (the file writers reuse it).
 `StoreWriter` appends a run's rows to `STORE/predictions/instrument=<x>/` in one transaction under the store lock.
 
-Re-running predict never duplicates: (object_id, model_hash) is unique. Rows are spooled to a temporary Parquet
-file while predict runs (the store lock is not held meanwhile, so ingest is not blocked); at `close()` the writer
-takes the lock and, in one commit, rewrites every existing data file that holds one of the run's
-(object_id, model_hash) pairs without those rows (under a new name, as ingest supersedes a changed source) and
-adds the new files. Within one run, an object predicted twice keeps its last prediction.
+Re-running predict never duplicates: (object_id, model_hash) is unique. Rows are spooled to a Parquet file in
+`STORE/.spool/predictions/<model_hash>/` while predict runs (the store lock is not held meanwhile, so ingest is
+not blocked); at `close()` the writer takes the lock and, in one commit, rewrites every existing data file that
+holds one of the spooled (object_id, model_hash) pairs without those rows (under a new name, as ingest supersedes
+a changed source), adds the new files and deletes the spools. An object predicted twice keeps its last prediction.
+
+When the lock cannot be had, the finished spool stays: the next run of the same model skips its objects and
+commits it with its own. A killed run's unfinished spool is removed by the next run (see `pending_spools`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
-import shutil
-import tempfile
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,13 +28,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from plankton_cli.records import UNKNOWN_INSTRUMENT
-from plankton_cli.store import Store
+from plankton_cli.store import LockTimeout, Store
+from plankton_cli.store.layout import partition_dir
 from plankton_cli.store.schema import load_schema
-from plankton_cli.store.transaction import Transaction, new_run_id
-from plankton_cli.store.writer import parquet_options, partition_dir, stage_rewrite
+from plankton_cli.store.session import WriteSession
+from plankton_cli.store.transaction import new_run_id
+from plankton_cli.store.writer import parquet_options
 from plankton_cli.writers import Prediction, PredictionRun
 
 DATASET = "predictions"
+SPOOL = ".spool/predictions"
 CLASSES_KEY = b"classes"
 """Parquet schema metadata key holding the JSON list of class names (the order of `probabilities`)."""
 
@@ -112,7 +118,8 @@ def with_classes(schema: pa.Schema, classes: Sequence[str]) -> pa.Schema:
 
 
 class StoreWriter:
-    """Writes predictions into the store's `predictions` dataset (store path: `run.options["store"]`)."""
+    """Writes predictions into the store's `predictions` dataset (store path: `run.options["store"]`; seconds to
+    wait for the store lock: `run.options["lock_timeout"]`, default 60)."""
 
     name = "store"
     description = "the store's predictions dataset (one row per object and model; re-runs replace rows)"
@@ -121,7 +128,40 @@ class StoreWriter:
         store = run.options.get("store")
         if not store:
             raise ValueError("the store writer needs the store path in run.options['store']")
-        return StoreSession(Store(store), run)
+        return StoreSession(Store(store), run, lock_timeout=float(run.options.get("lock_timeout", 60.0)))
+
+
+def _spool_dir(store: Store, model_hash: str) -> Path:
+    """Where a model's predictions wait for the store lock: inside the store (hidden from Parquet readers), so a
+    run that could not take the lock keeps its work where the next run of the same model finds it."""
+    return store.root / SPOOL / model_hash
+
+
+def pending_spools(store: Store, model_hash: str) -> list[Path]:
+    """Finished spools of `model_hash` not yet committed (oldest first), after removing those of killed runs."""
+    folder = _spool_dir(store, model_hash)
+    if not folder.is_dir():
+        return []
+    for part in folder.glob("*.part"):
+        with open(part, "rb") as f:
+            try:  # the writing run holds an flock on its spool: free means that run died
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+        part.unlink(missing_ok=True)
+    return sorted(folder.glob("*.parquet"))
+
+
+def pending_ids(store: Store, model_hash: str) -> set[str]:
+    """Object ids that earlier runs of `model_hash` predicted but could not store yet (they need no new run)."""
+    ids: set[str] = set()
+    for path in pending_spools(store, model_hash):
+        ids.update(pq.read_table(path, columns=["object_id"])["object_id"].to_pylist())
+    return ids
+
+
+def _rows_in(spools: list[Path]) -> int:
+    return sum(pq.ParquetFile(s).metadata.num_rows for s in spools)
 
 
 class StoreSession:
@@ -132,51 +172,74 @@ class StoreSession:
         self.run_id = run.options.get("run_id") or new_run_id()
         self.predicted_at = datetime.now(UTC)
         self.schema = load_schema(DATASET)
-        self._spool_dir = Path(tempfile.mkdtemp(prefix="plankton-predictions-"))
-        self._spool_path = self._spool_dir / "spool.parquet"
-        self._spool = pq.ParquetWriter(self._spool_path, self.schema.arrow, compression="zstd")
-        self._last_row: dict[str, int] = {}  # object_id -> index of its last row in the spool
-        self._rows = 0
+        folder = _spool_dir(store, run.model_hash)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._spool_path = folder / f"{self.run_id}.parquet"
+        self._part = folder / f"{self.run_id}.part"
+        self._part_lock = open(self._part, "wb")  # noqa: SIM115 - held until close(); see pending_spools
+        fcntl.flock(self._part_lock, fcntl.LOCK_EX)
+        self._spool = pq.ParquetWriter(self._part, self.schema.arrow, compression="zstd")
 
     def write(self, batch: Sequence[Prediction]) -> None:
-        if not batch:
-            return
-        self._spool.write_table(prediction_table(batch, self.run, run_id=self.run_id,
-                                                 predicted_at=self.predicted_at))
-        for p in batch:
-            self._last_row[p.object_id] = self._rows
-            self._rows += 1
+        if batch:
+            self._spool.write_table(prediction_table(batch, self.run, run_id=self.run_id,
+                                                     predicted_at=self.predicted_at))
 
     def close(self) -> dict:
         self._spool.close()
+        os.replace(self._part, self._spool_path)  # finished: from here on a later run may commit it
+        self._part_lock.close()
         try:
             with self.store.locked(timeout=self.lock_timeout):
-                txn = self.store.transaction(self.run_id)
+                spools = pending_spools(self.store, self.run.model_hash)  # under the lock: no other run takes them
+                session = WriteSession(self.store.root, self.run_id, "predict")
+                spooled = _rows_in(spools)
+                earlier = spooled - _rows_in([self._spool_path])
                 try:
-                    replaced = self._drop_replaced_rows(txn)
-                    files = self._stage_new_rows(txn)
-                    txn.commit()
+                    rows = self._latest_rows(spools)
+                    replaced = self._drop_replaced_rows(session, rows)
+                    files = self._stage_new_rows(session, spools, rows)
+                    for spool in spools:  # consumed in the same commit, so no spool is ever applied twice
+                        session.delete(spool.relative_to(self.store.root))
+                    session.commit()
                 except BaseException:
-                    txn.abort()
+                    session.abort()
                     raise
-        finally:
-            shutil.rmtree(self._spool_dir, ignore_errors=True)
+        except LockTimeout as exc:
+            raise LockTimeout(f"{exc}; the {_rows_in([self._spool_path])} predictions of this run are kept in "
+                              f"{self._spool_path.parent} for the next run of this model") from None
+        n_rows = sum(len(r) for r in rows.values())
         return {
             "writer": StoreWriter.name,
             "store": str(self.store.root),
             "dataset": DATASET,
             "run": self.run_id,
-            "rows": len(self._last_row),
+            "rows": n_rows,
             "replaced": replaced,
-            "duplicates_in_run": self._rows - len(self._last_row),
+            "from_earlier_runs": earlier,
+            "duplicates_in_run": spooled - n_rows,
             "files": files,
         }
 
-    def _drop_replaced_rows(self, txn: Transaction) -> int:
-        """Stage rewrites of the data files holding this model's rows for objects of this run; rows removed."""
-        if not self._last_row:
+    @staticmethod
+    def _latest_rows(spools: list[Path]) -> dict[Path, dict[str, int]]:
+        """spool → {object_id: row} of the rows that survive: an object predicted twice keeps its last prediction
+        (the later spool, then the later row)."""
+        latest: dict[str, tuple[Path, int]] = {}
+        for spool in spools:
+            ids = pq.read_table(spool, columns=["object_id"])["object_id"].to_pylist()
+            for i, oid in enumerate(ids):
+                latest[oid] = (spool, i)
+        rows: dict[Path, dict[str, int]] = {s: {} for s in spools}
+        for oid, (spool, i) in latest.items():
+            rows[spool][oid] = i
+        return rows
+
+    def _drop_replaced_rows(self, session: WriteSession, rows: dict[Path, dict[str, int]]) -> int:
+        """Stage rewrites of the data files holding this model's rows for the objects to store; rows removed."""
+        ids = pa.array(sorted({oid for r in rows.values() for oid in r}), pa.string())
+        if not len(ids):
             return 0
-        ids = pa.array(list(self._last_row), pa.string())
         removed = 0
         for path in self.store.files(DATASET):
             keys = pq.read_table(path, columns=["object_id", "model_hash"])
@@ -186,35 +249,32 @@ class StoreSession:
             if not n_hit:
                 continue
             table = pq.ParquetFile(path).read()  # the file alone: its own schema, partition column not added
-            stage_rewrite(txn, str(path.relative_to(self.store.root)), table, hit, self.schema)
+            session.remove_rows(str(path.relative_to(self.store.root)), table, hit, self.schema)
             removed += n_hit
         return removed
 
-    def _stage_new_rows(self, txn: Transaction) -> list[str]:
-        """Copy the spooled rows into one staged file per instrument partition; returns their store paths."""
+    def _stage_new_rows(self, session: WriteSession, spools: list[Path], rows: dict[Path, dict[str, int]]
+                        ) -> list[str]:
+        """Copy the surviving spooled rows into one staged file per instrument partition; returns their paths."""
         file_schema = with_classes(self.schema.file_schema, self.run.classes)
         writers: dict[str, pq.ParquetWriter] = {}
         finals: list[str] = []
-        deduplicate = self._rows != len(self._last_row)
-        start = 0
-        for batch in pq.ParquetFile(self._spool_path).iter_batches(batch_size=4096):
-            table = pa.Table.from_batches([batch])
-            if deduplicate:
-                rows = np.arange(start, start + table.num_rows)
-                last = np.array([self._last_row[i] for i in table["object_id"].to_pylist()])
-                table = table.filter(pa.array(rows == last))
-            start += batch.num_rows
-            for instrument in pc.unique(table["instrument"]).to_pylist():
-                part = table.filter(pc.equal(table["instrument"], instrument)).select(file_schema.names)
-                if instrument not in writers:
-                    final = f"{DATASET}/{partition_dir(self.schema, {'instrument': instrument})}/" \
-                            f"part-{txn.id}-{len(writers) + 1:04d}.parquet"
-                    writers[instrument] = self._writer(txn.stage(final), file_schema)
-                    finals.append(final)
-                writers[instrument].write_table(part.cast(file_schema))
+        for spool in spools:
+            keep = np.fromiter(rows[spool].values(), np.int64)
+            start = 0
+            for batch in pq.ParquetFile(spool).iter_batches(batch_size=4096):
+                table = pa.Table.from_batches([batch])
+                table = table.filter(pa.array(np.isin(np.arange(start, start + table.num_rows), keep)))
+                start += batch.num_rows
+                for instrument in pc.unique(table["instrument"]).to_pylist():
+                    part = table.filter(pc.equal(table["instrument"], instrument)).select(file_schema.names)
+                    if instrument not in writers:
+                        final = f"{DATASET}/{partition_dir(self.schema.partitioning, {'instrument': instrument})}/" \
+                                f"part-{session.txn_id}-{len(writers) + 1:04d}.parquet"
+                        writers[instrument] = pq.ParquetWriter(session.stage(final), file_schema,
+                                                               **parquet_options(self.schema))
+                        finals.append(final)
+                    writers[instrument].write_table(part.cast(file_schema))
         for writer in writers.values():
             writer.close()
         return finals
-
-    def _writer(self, path: Path, schema: pa.Schema) -> pq.ParquetWriter:
-        return pq.ParquetWriter(path, schema, **parquet_options(self.schema))

@@ -37,7 +37,7 @@ from plankton_cli.data import (
 from plankton_cli.models import MAE, load_vit_weights, param_groups_weight_decay, reconstruction_grid, save_encoder
 from plankton_cli.models.mae import titled_panel
 from plankton_cli.models import warmup_cosine_scheduler
-from plankton_cli.padding import padding_rules
+from plankton_cli.pad_store import padding_rules
 from plankton_cli.store import Store
 from plankton_cli.training import (
     is_rank_zero,

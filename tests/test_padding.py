@@ -15,8 +15,8 @@ from PIL import Image
 
 from conftest import BUNDLED, plankton, shared_data
 from plankton_cli.ingest import ingest
-from plankton_cli.pad import CropSpec, pad_to_square
-from plankton_cli.padding import pad_dataset, preview, preview_pairs
+from plankton_cli.square_pad import CropSpec, pad_to_square
+from plankton_cli.pad_store import pad_dataset, preview, preview_pairs
 from plankton_cli.records import ReadOptions
 from plankton_cli.store import Store
 from plankton_cli.store.images import decode

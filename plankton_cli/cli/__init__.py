@@ -19,6 +19,7 @@ from plankton_cli.cli.output import setup_logging
 COMMANDS = {
     "ingest": "plankton_cli.cli.ingest:ingest",
     "info": "plankton_cli.cli.info:info",
+    "check": "plankton_cli.cli.check:check",
     "pad": "plankton_cli.cli.pad:pad",
     "stats": "plankton_cli.cli.stats:stats",
     "finetune": "plankton_cli.cli.finetune:finetune",
@@ -59,6 +60,7 @@ class LazyGroup(click.Group):
 _SUMMARIES = {
     "ingest": "Read IFCB bins, EcoTaxa exports or image folders into the store.",
     "info": "Show what the store holds: counts by dataset, instrument, label and source.",
+    "check": "Verify the store's files, manifest and ids; --repair makes it whole again.",
     "pad": "Crop instrument legends and pad every image to a square with its own background.",
     "stats": "Compute (or read the cached) pixel mean and std of a dataset, for normalisation.",
     "finetune": "Fine-tune a ViT with few labels and test it by cross-validation (the paper's protocol).",

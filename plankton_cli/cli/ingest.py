@@ -27,11 +27,13 @@ Examples:
   plankton ingest export.zip --format ecotaxa
   plankton ingest uvp6/ --instrument UVP6    # one folder per class
   plankton ingest daplankton/ --label-from none
+  # a corrected export whose objects should replace the stored ones with the same ids
+  plankton ingest fixed-export/ --on-conflict replace
   # nightly, from cron: only new or changed bins are read; exit 75 if another writer holds the store
   plankton -q --log-file ingest.log ingest /data/ifcb --store /data/store --json
 
-Exit codes: 0 done (rejections are reported, not fatal), 65 something was rejected and
---strict was given, 2 usage error, 75 the store is locked by another writer.""")
+Exit codes: 0 done (rejections are reported, not fatal), 65 something was rejected (an id
+conflict included) and --strict was given, 2 usage error, 75 the store is locked by another writer.""")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--format", "fmt", default="auto", show_default=True,
               help="Reader plugin to use (see `plankton plugins`); auto sniffs each source.")
@@ -43,12 +45,16 @@ Exit codes: 0 done (rejections are reported, not fatal), 65 something was reject
 @click.option("--retry-rejected", is_flag=True, help="Read again the sources that had rejected objects.")
 @click.option("--commit-every", type=click.IntRange(min=0), default=0, metavar="N",
               help="Also commit after every N sources, so a long backlog keeps its progress if interrupted.")
-@click.option("--strict", is_flag=True, help="Exit 65 when any object was rejected.")
+@click.option("--on-conflict", type=click.Choice(["reject", "replace"]), default="reject", show_default=True,
+              help="An object id already stored with other pixels from another source: reject it (recorded "
+                   "with both sources) or replace the stored object.")
+@click.option("--strict", is_flag=True, help="Exit 65 when any object was rejected (conflicts included).")
 @store_option
 @lock_timeout_option
 @json_option
 def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_from: str,
-           reader_options: tuple[str, ...], retry_rejected: bool, commit_every: int, strict: bool, store: Path,
+           reader_options: tuple[str, ...], retry_rejected: bool, on_conflict: str, commit_every: int, strict: bool,
+           store: Path,
            lock_timeout: float, as_json: bool) -> None:
     """Read IFCB bins, EcoTaxa exports or image folders into the store.
 
@@ -86,7 +92,7 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
 
         try:
             summary = run_ingest(Store(store), list(sources), fmt=fmt, options=options, lock_timeout=lock_timeout,
-                                 retry_rejected=retry_rejected, commit_every=commit_every,
+                                 retry_rejected=retry_rejected, on_conflict=on_conflict, commit_every=commit_every,
                                  on_source=on_source)
         except LockTimeout as exc:
             log.error("%s", exc)

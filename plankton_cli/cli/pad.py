@@ -14,7 +14,7 @@ from plankton_cli.cli.output import emit_json
 
 log = logging.getLogger("plankton.pad")
 
-_PRESETS = ("auto", "none", "scale-bar", "cytosense")  # = padding.PRESETS, spelled out so --help imports nothing
+_PRESETS = ("auto", "none", "scale-bar", "cytosense")  # = pad_store.PRESETS, spelled out so --help imports nothing
 
 
 @click.command(epilog="""\b
@@ -64,9 +64,9 @@ def pad(source: str, target: str, preset: str, crop_top: int, crop_bottom: int, 
     that are new or changed since the last run are padded.
     """
     from plankton_cli.cli.output import progress
-    from plankton_cli.pad import CropSpec
-    from plankton_cli.padding import pad_dataset
-    from plankton_cli.padding import preview as write_preview
+    from plankton_cli.square_pad import CropSpec
+    from plankton_cli.pad_store import pad_dataset
+    from plankton_cli.pad_store import preview as write_preview
     from plankton_cli.store import LockTimeout, Store
 
     if dry_run and not preview:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sys
 from datetime import UTC
 from pathlib import Path
 
 import click
 
 from plankton_cli.cli.dispatch import backend_options, dispatch
-from plankton_cli.cli.options import json_option, store_option
+from plankton_cli.cli.options import json_option, lock_timeout_option, store_option
 from plankton_cli.cli.output import describe, emit_json
 
 log = logging.getLogger("plankton.predict")
@@ -23,12 +24,17 @@ Examples:
   plankton predict --model model.safetensors /data/ifcb/D20240101 --to ifcb-h5 --out /data/classified
   # EcoTaxa taxon names through a mapping file (label<TAB>EcoTaxa name); unmapped labels are reported
   plankton predict --model model.safetensors --to ecotaxa --taxon-map taxa.tsv --out preds/
+  # nightly, from cron: exit 75 if another writer holds the store past 10 minutes; the predictions made
+  # are kept in the store and the next run stores them without computing them again
+  plankton predict --model model.safetensors --to store --lock-timeout 600
   # a station's batch on the lab's GPU cluster (--out on a shared filesystem)
   plankton predict --model m.safetensors new-bins/ --to ifcb-h5 --out /shared/out --backend slurm --wait
 
 Writers (--to): store, parquet, csv, embeddings, ecotaxa, ifcb-h5, or any installed writer plugin.
 ifcb-h5 writes OUT/ifcb-h5/D<year>/D<yyyymmdd>/<bin>_class.h5 (V1 bins: D<year>/D<year>_<doy>/):
-point IFCB Dashboard's class_scores data directory (version 3) at OUT/ifcb-h5.""")
+point IFCB Dashboard's class_scores data directory (version 3) at OUT/ifcb-h5.
+
+Exit codes: 0 done, 2 usage error, 75 the store is locked by another writer (predictions kept).""")
 @click.argument("sources", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True, path_type=Path),
               help="A fine-tuned model: model.safetensors (with model.json beside it) or its folder.")
@@ -53,10 +59,11 @@ point IFCB Dashboard's class_scores data directory (version 3) at OUT/ifcb-h5.""
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (GPU runs).")
 @backend_options
 @store_option
+@lock_timeout_option
 @json_option
 @click.pass_context
 def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force, batch_size, top_k, taxon_map,
-            ecotaxa_mode, writer_options, device, compile_model, backend_opts, store, as_json):
+            ecotaxa_mode, writer_options, device, compile_model, backend_opts, store, lock_timeout, as_json):
     """Classify objects with a fine-tuned model and write the results.
 
     Without SOURCES, predicts the objects of the store that this model has not predicted yet
@@ -70,7 +77,7 @@ def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force
     from plankton_cli.cli.output import progress
     from plankton_cli.predict import predict as run_predict
     from plankton_cli.records import ReadOptions
-    from plankton_cli.store import Store
+    from plankton_cli.store import LockTimeout, Store
 
     options = {"ecotaxa_mode": ecotaxa_mode}
     if taxon_map:
@@ -96,7 +103,10 @@ def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force
                 instrument=None if sources else instrument,
                 since=since.replace(tzinfo=UTC) if since else None, force=force, batch_size=batch_size,
                 top_k=top_k, embeddings="embeddings" in to, writer_options=options, device=device,
-                compile=compile_model, on_batch=advance)
+                compile=compile_model, lock_timeout=lock_timeout, on_batch=advance)
+        except LockTimeout as exc:
+            log.error("%s", exc)
+            sys.exit(75)
         except plugins.PluginError as exc:
             raise click.UsageError(str(exc)) from exc
     data = summary.to_dict()

@@ -51,6 +51,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from plankton_cli.store.layout import dataset_files
+from plankton_cli.store.layout import partition_values as layout_partition_values
+
 UNLABELLED = -1
 
 
@@ -68,20 +71,13 @@ class RowGroup:
 
 
 def list_data_files(dataset_dir: str | Path) -> list[Path]:
-    """Parquet files of a store dataset in stable (path) order, skipping ``.``/``_`` names."""
-    root = Path(dataset_dir)
-    files = []
-    for path in root.rglob("*.parquet"):
-        parts = path.relative_to(root).parts
-        if not any(part.startswith((".", "_")) for part in parts):
-            files.append(path)
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+    """Parquet files of a store dataset in stable (path) order: the store's committed files (``store/layout.py``)."""
+    return dataset_files(dataset_dir)
 
 
 def partition_values(path: Path, dataset_dir: str | Path) -> dict[str, str]:
-    """Hive partition values (``key=value`` folders) between ``dataset_dir`` and ``path``."""
-    parts = path.relative_to(dataset_dir).parts[:-1]
-    return dict(part.split("=", 1) for part in parts if "=" in part)
+    """Decoded hive partition values (``key=value`` folders) between ``dataset_dir`` and ``path``."""
+    return layout_partition_values(path, dataset_dir)
 
 
 def list_classes(dataset_dir: str | Path) -> list[str]:

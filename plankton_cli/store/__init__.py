@@ -5,8 +5,9 @@
       padded/...                                         (written by `plankton pad`)
       rejections/part-<run>-0001.parquet                 what could not be stored, and why
       manifest.parquet                                   ingested sources, for idempotent re-runs
+      committed.json                                     the committed files, their sizes and checksums
       store.json                                         store format version
-      .lock .journal/ .staging/                          writer bookkeeping (ignored by Parquet readers)
+      .lock .journal/ .staging/ .spool/                  writer bookkeeping (ignored by Parquet readers)
 
 `pyarrow.dataset.dataset(STORE / "objects", format="parquet", partitioning="hive")` reads a dataset directly.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from plankton_cli.store import layout
 from plankton_cli.store.lock import LockTimeout, StoreLock
 from plankton_cli.store.schema import DatasetSchema, load_schema
 from plankton_cli.atomic import atomic_write_bytes
@@ -43,21 +45,11 @@ class Store:
         return (self.root / "store.json").is_file()
 
     def datasets(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")) and self.files(p.name)
-        )
+        return sorted({rel.split("/", 1)[0] for rel in layout.committed_paths(self.root) if "/" in rel})
 
     def files(self, dataset: str) -> list[Path]:
-        """The data files of `dataset`, sorted (hidden staging files excluded)."""
-        base = self.root / dataset
-        if not base.is_dir():
-            return []
-        return sorted(
-            p for p in base.rglob("*.parquet")
-            if not any(part.startswith((".", "_")) for part in p.relative_to(base).parts)
-        )
+        """The committed data files of `dataset`, sorted (see `layout.py`)."""
+        return layout.data_files(self.root, dataset)
 
     def dataset(self, name: str) -> ds.Dataset:
         """A pyarrow dataset over `name`, with the schema from `schemas/` when there is one (so an empty dataset

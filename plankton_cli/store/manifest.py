@@ -16,10 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from plankton_cli.records import Source
+from plankton_cli.store.layout import MANIFEST
 from plankton_cli.store.schema import load_schema
-from plankton_cli.store.transaction import Transaction
-
-MANIFEST = "manifest.parquet"
 
 
 def fingerprint(files: tuple[Path, ...]) -> tuple[str, int]:
@@ -43,11 +41,13 @@ def checksum(files: tuple[Path, ...]) -> str:
 
 
 class Manifest:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, entries: dict[str, dict] | None = None):
+        """The manifest of the store at `root`, or one holding `entries` (to be staged over it)."""
         self.root = root
-        self.entries: dict[str, dict] = {}
+        self.entries: dict[str, dict] = entries if entries is not None else {}
+        self.dirty = entries is not None
         path = root / MANIFEST
-        if path.exists():
+        if entries is None and path.exists():
             for row in pq.read_table(path).to_pylist():
                 self.entries[row["source_key"]] = row
 
@@ -67,13 +67,13 @@ class Manifest:
             return "unchanged", facts
         return "changed", facts
 
-    dirty = False
-
-    def record(self, source: Source, facts: dict, counts: dict, data_files: list[str], run: str) -> None:
+    def record(self, source: Source, facts: dict, counts: dict, data_files: list[str], run: str,
+               discovered_from: Path | None = None) -> None:
         self.entries[source.key] = {
             "source_key": source.key,
             "reader": source.reader,
             "files": [str(f) for f in source.files],
+            "discovered_from": None if discovered_from is None else str(Path(discovered_from).absolute()),
             "size": facts["size"],
             "fingerprint": facts["fingerprint"],
             "checksum": facts.get("checksum") or checksum(source.files),
@@ -97,10 +97,11 @@ class Manifest:
                 entry["data_files"] = sorted(files)
                 self.dirty = True
 
-    def stage(self, txn: Transaction) -> None:
-        """Write the manifest into `txn`, so it changes in the same commit as the data it describes."""
+    def stage(self, session) -> None:
+        """Write the manifest into the session's transaction, so it changes in the same commit as the data it
+        describes."""
         schema = load_schema("manifest").arrow
         rows = sorted(self.entries.values(), key=lambda e: e["source_key"])
         table = pa.Table.from_pylist(rows, schema=schema)
-        pq.write_table(table, txn.stage(MANIFEST), compression="zstd")
+        pq.write_table(table, session.stage(MANIFEST), compression="zstd")
         self.dirty = False

@@ -1,10 +1,19 @@
 """Atomic multi-file commits for the store.
 
 A writer stages every new file under `STORE/.staging/<txn>/` (invisible to Parquet readers, which skip names
-starting with `.` or `_`). To commit, it writes a journal `STORE/.journal/<txn>.json` listing the renames and
-deletions, then applies them and removes the journal. A crash before the journal exists leaves the store as it
-was (the staging folder is swept on the next open); a crash after it is finished by `recover()` on the next
-open, because applying a journal twice is harmless. So the store is always either before or after a commit.
+starting with `.` or `_`). To commit it flushes the staged files, then writes a journal `STORE/.journal/<txn>.json`
+holding the renames, the deletions and the store's new file list with each file's size and checksum. The journal
+reaching the disk is the commit point:
+
+- Before it, the commit can be abandoned: `abort()` deletes the staging folder and the store is as it was.
+- After it, the commit only rolls forward. `abort()` leaves everything in place (an I/O error while applying must
+  not destroy the staged files the journal points to); `recover()` on the next open finishes the journal. Applying
+  is idempotent: staged files are renamed into place, `committed.json` (the file list readers use, see
+  `layout.py`) is replaced atomically, and only then are the old files deleted and the journal removed.
+- `recover()` first checks that every file the journal adds is there (staged or already moved); if one is
+  missing it refuses and deletes nothing.
+
+So readers of `committed.json` always see the store before or after a commit, and no error or crash loses a row.
 """
 
 from __future__ import annotations
@@ -17,6 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from plankton_cli.atomic import atomic_write_bytes, fsync_dir
+from plankton_cli.errors import StoreIOError
+from plankton_cli.store.layout import COMMITTED, checksum, listed_files, read_committed
+
+JOURNALS = ".journal"
+STAGING = ".staging"
 
 
 def new_run_id() -> str:
@@ -27,7 +41,8 @@ class Transaction:
     def __init__(self, root: Path, run_id: str | None = None):
         self.root = root
         self.id = run_id or new_run_id()
-        self.staging = root / ".staging" / self.id
+        self.staging = root / STAGING / self.id
+        self.journaled = False  # past the commit point: from here on only roll forward
         self._adds: list[tuple[str, str]] = []  # (staged, final), relative to root
         self._deletes: list[str] = []
 
@@ -51,48 +66,79 @@ class Transaction:
         if self.empty:
             self.abort()
             return
-        for staged, _ in self._adds:
+        files = read_committed(self.root)
+        if files is None:  # a store from before the file list: its files as found (checksums unknown)
+            files = {rel: {"size": (self.root / rel).stat().st_size, "checksum": None}
+                     for rel in listed_files(self.root)}
+        added = {final for _, final in self._adds}
+        self._deletes = [rel for rel in self._deletes if rel not in added]  # replaced by the add: keep the new one
+        for rel in self._deletes:
+            files.pop(rel, None)
+        for staged, final in self._adds:
             with open(self.root / staged, "rb") as f:
                 os.fsync(f.fileno())
-        journal = self.root / ".journal" / f"{self.id}.json"
-        atomic_write_bytes(journal, json.dumps({"adds": self._adds, "deletes": self._deletes}).encode(), durable=True)
+            files[final] = {"size": (self.root / staged).stat().st_size, "checksum": checksum(self.root / staged)}
+        for folder in sorted({(self.root / staged).parent for staged, _ in self._adds}):
+            fsync_dir(folder)  # the staged names too must survive a power cut once the journal points to them
+        plan = {"adds": self._adds, "deletes": self._deletes, "files": dict(sorted(files.items()))}
+        journal = self.root / JOURNALS / f"{self.id}.json"
+        try:
+            atomic_write_bytes(journal, json.dumps(plan).encode(), durable=True)
+        finally:
+            # A journal that got into place is a commit even if flushing its folder failed afterwards.
+            self.journaled = journal.exists()
         _apply(self.root, journal)
 
     def abort(self) -> None:
-        _remove_staging(self.root, self.id)
+        """Forget an uncommitted transaction. After the commit point this does nothing: `recover()` finishes it."""
+        if not self.journaled:
+            _remove_staging(self.root, self.id)
 
 
 def _remove_staging(root: Path, txn_id: str) -> None:
-    shutil.rmtree(root / ".staging" / txn_id, ignore_errors=True)
+    shutil.rmtree(root / STAGING / txn_id, ignore_errors=True)
     try:
-        (root / ".staging").rmdir()  # only when no other transaction is staging
+        (root / STAGING).rmdir()  # only when no other transaction is staging
     except OSError:
         pass
 
 
 def _apply(root: Path, journal: Path) -> None:
-    plan = json.loads(journal.read_text())
+    try:
+        plan = json.loads(journal.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise StoreIOError(f"{journal}: unreadable commit journal ({exc}); nothing was changed") from exc
+    missing = [final for staged, final in plan["adds"] if not (root / staged).exists() and not (root / final).exists()]
+    if missing:
+        raise StoreIOError(f"{journal}: cannot finish this commit, {len(missing)} of its files are missing "
+                           f"(first: {missing[0]}); nothing was deleted; run `plankton check`")
+    moved_into: set[Path] = set()
     for staged, final in plan["adds"]:
         src, dst = root / staged, root / final
-        if src.exists():  # already moved by an earlier, interrupted apply
+        if src.exists():  # else already moved by an earlier, interrupted apply
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
-            fsync_dir(dst.parent)
+            moved_into.add(dst.parent)
+    for folder in sorted(moved_into):
+        fsync_dir(folder)
+    if "files" in plan:  # else a journal of a version before the file list, in a store listed by its folders
+        atomic_write_bytes(root / COMMITTED, json.dumps({"files": plan["files"]}).encode(), durable=True)
     for final in plan["deletes"]:
         (root / final).unlink(missing_ok=True)
     journal.unlink()
+    fsync_dir(journal.parent)  # a journal that came back after a power cut would replay an old file list
     _remove_staging(root, journal.stem)
 
 
 def recover(root: Path) -> int:
     """Finish commits whose journal was written, drop staging of ones that never committed. Call under the lock."""
     finished = 0
-    journals = root / ".journal"
+    journals = root / JOURNALS
     if journals.is_dir():
         for journal in sorted(journals.glob("*.json")):
             _apply(root, journal)
             finished += 1
         for tmp in journals.glob(".*.tmp"):  # a journal whose own write was interrupted: never committed
             tmp.unlink(missing_ok=True)
-    shutil.rmtree(root / ".staging", ignore_errors=True)
+    shutil.rmtree(root / STAGING, ignore_errors=True)  # every journal is applied: what is left never committed
     return finished

@@ -8,21 +8,13 @@ on image bytes (PNG/JPEG do not compress further), zstd on the rest, dictionary 
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from plankton_cli.store.layout import MAX_FILE_BYTES, ROW_GROUP_ROWS, partition_dir
 from plankton_cli.store.schema import DatasetSchema
 from plankton_cli.store.transaction import Transaction
-
-ROW_GROUP_ROWS = 256
-MAX_FILE_BYTES = 256 * 1024**2
-
-
-def partition_dir(schema: DatasetSchema, row: dict) -> str:
-    """Hive directory for a row, e.g. `instrument=IFCB` (values URI-encoded as pyarrow's hive partitioning expects)."""
-    return "/".join(f"{key}={quote(str(row[key]), safe='')}" for key in schema.partitioning)
 
 
 def _leaves(field: pa.Field, prefix: str = "") -> list[str]:
@@ -99,13 +91,18 @@ class DatasetWriter:
 
     def add(self, row: dict) -> str:
         """Buffer one row; returns the store-relative file it will land in."""
-        part = partition_dir(self.schema, row)
+        part = partition_dir(self.schema.partitioning, row)
         buf = self._buffers.setdefault(part, [])
         buf.append(row)
         target = self._file(part).final
         if len(buf) >= self.row_group_rows:
             self._flush(part)
         return target
+
+    @property
+    def staged_bytes(self) -> int:
+        """Bytes written to the files still open (what decides when a long run commits)."""
+        return sum(f.bytes for f in self._open.values())
 
     def _file(self, part: str) -> _PartFile:
         f = self._open.get(part)

@@ -24,14 +24,13 @@ from datetime import UTC, datetime
 from functools import cache, partial
 from multiprocessing.pool import Pool
 from pathlib import Path
-from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from plankton_cli.pad import (
+from plankton_cli.square_pad import (
     CYTOSENSE_BANNER_HEIGHT,
     SCALE_BAR_HEIGHT,
     CropSpec,
@@ -41,18 +40,19 @@ from plankton_cli.pad import (
 )
 from plankton_cli.store import Store
 from plankton_cli.store.images import ImageError, decode, encode_png
+from plankton_cli.store.layout import MAX_FILE_BYTES, dataset_files, partition_values
 from plankton_cli.store.schema import load_schema
-from plankton_cli.store.transaction import Transaction, new_run_id
-from plankton_cli.store.writer import MAX_FILE_BYTES, DatasetWriter, stage_rewrite
+from plankton_cli.store.session import WriteSession
+from plankton_cli.store.transaction import new_run_id
 
 log = logging.getLogger("plankton.pad")
 
 ALGORITHM_VERSION = 1
-"""Bump when `pad.py` changes the pixels it writes: every row then counts as padded with other settings."""
+"""Bump when `square_pad.py` changes the pixels it writes: every row then counts as padded with other settings."""
 
 PRESETS = ("auto", "none", "scale-bar", "cytosense")
-"""auto: from the `instrument` column (`pad.preset_for`); scale-bar: look for the ZooProcess legend in every image;
-cytosense: cut the 25-px banner from every image; none: crop nothing (beyond `--crop-*`)."""
+"""auto: from the `instrument` column (`square_pad.preset_for`); scale-bar: look for the ZooProcess legend in every
+image; cytosense: cut the 25-px banner from every image; none: crop nothing (beyond `--crop-*`)."""
 
 
 @dataclass
@@ -132,8 +132,7 @@ def padding_rules(dataset_dir: Path) -> list[str]:
     """
     import pyarrow.dataset as ds
 
-    files = [p for p in sorted(Path(dataset_dir).rglob("*.parquet"))
-             if not any(part.startswith((".", "_")) for part in p.relative_to(dataset_dir).parts)]
+    files = dataset_files(dataset_dir)
     if not files or "pad_settings" not in pq.read_schema(files[0]).names:
         return []
     table = ds.dataset([str(f) for f in files], format="parquet", partitioning="hive",
@@ -173,16 +172,6 @@ class _Task:
     row_group: int
     rows: tuple[int, ...]  # offsets inside the row group, ascending
     partition: tuple[tuple[str, str], ...]  # hive values from the directory, e.g. (("instrument", "UVP6"),)
-
-
-def _partition(path: Path, base: Path) -> dict[str, str]:
-    """Hive partition values from a data file's directories (`instrument=UVP6` → {"instrument": "UVP6"})."""
-    values = {}
-    for part in path.relative_to(base).parent.parts:
-        key, sep, value = part.partition("=")
-        if sep:
-            values[key] = unquote(value)
-    return values
 
 
 @dataclass
@@ -230,7 +219,7 @@ def _plan(store: Store, source: str, target: str, preset: str, crop: CropSpec | 
     seen: set[str] = set()
     settings_of = cache(lambda instrument: settings_key(crop_for(instrument, preset, crop), size))
     for path in store.files(source):
-        partition = _partition(path, base)
+        partition = partition_values(path, base)
         with pq.ParquetFile(path) as f:
             sizes = [f.metadata.row_group(i).num_rows for i in range(f.num_row_groups)]
             columns = ["object_id", "content_hash", "ingested_at"]
@@ -330,35 +319,21 @@ def _results(tasks: list[_Task], work: Callable, pool: Pool | None) -> Iterator[
 
 
 class _Run:
-    """One pad run's writers between commits (the same shape as ingest's)."""
+    """One pad run's session and the old rows its commits drop."""
 
     def __init__(self, store: Store, run_id: str, target: str, files_by_id: dict[str, str], gone: set[str]):
         self.store = store
-        self.run_id = run_id
         self.target = target
         self.schema = load_schema("padded")
+        self.session = WriteSession(store.root, run_id, "pad")
+        self.session.writer(target, self.schema)
         self.files_by_id = files_by_id  # object_id -> store-relative target file holding its row
         self.to_drop = set(gone)  # ids whose old row goes in the next commit
-        self.commits = 0
-        self._begin()
-
-    def _begin(self) -> None:
-        self.commits += 1
-        self.txn = Transaction(self.store.root, f"{self.run_id}-{self.commits:03d}")
-        self.padded = DatasetWriter(self.txn, self.target, self.schema)
-        self.rejections = DatasetWriter(self.txn, "rejections", load_schema("rejections"), row_group_rows=4096)
-
-    @property
-    def staged_bytes(self) -> int:
-        return sum(f.bytes for f in self.padded._open.values())
 
     def commit(self) -> int:
         """Commit what is staged, dropping the old rows it replaces; returns how many old rows were dropped."""
-        self.padded.close()
-        self.rejections.close()
         dropped = self._drop_old_rows()
-        self.txn.commit()
-        self._begin()
+        self.session.commit()
         return dropped
 
     def _drop_old_rows(self) -> int:
@@ -370,7 +345,7 @@ class _Run:
             table = pq.read_table(self.store.root / rel, schema=self.schema.file_schema)
             gone = pc.is_in(table["object_id"], pa.array(sorted(drop), pa.string()))
             dropped += pc.sum(gone).as_py() or 0
-            new_rel = stage_rewrite(self.txn, rel, table, gone, self.schema)
+            new_rel = self.session.remove_rows(rel, table, gone, self.schema)
             for oid in table["object_id"].to_pylist():
                 if self.files_by_id.get(oid) == rel:
                     if new_rel is None or oid in drop:
@@ -378,11 +353,6 @@ class _Run:
                     else:
                         self.files_by_id[oid] = new_rel
         return dropped
-
-    def abort(self) -> None:
-        self.padded.close()
-        self.rejections.close()
-        self.txn.abort()
 
 
 def pad_dataset(
@@ -425,22 +395,22 @@ def pad_dataset(
                         summary.crops.setdefault(f"scale-bar {SCALE_BAR_HEIGHT}px", 0)
                     summary.crops[row["pad_preset"]] += 1
                     summary.padded += 1
-                    run.padded.add(row)
+                    run.session.add(target, row)
                     if row["object_id"] in replaced:
                         run.to_drop.add(row["object_id"])
                 for rej in rejections:
                     summary.rejected[rej["reason"].split(":", 1)[0]] += 1
                     log.warning("rejected %s: %s", rej["object_id"], rej["reason"])
-                    run.rejections.add(rej | {"run": run_id, "command": "pad", "rejected_at": now})
+                    run.session.reject(rej | {"rejected_at": now})
                     if rej["object_id"] in replaced:  # its old padded row was made with other settings or content
                         run.to_drop.add(rej["object_id"])
                 if on_progress:
                     on_progress(len(rows) + len(rejections))
-                if run.staged_bytes >= MAX_FILE_BYTES:
+                if run.session.staged_bytes >= MAX_FILE_BYTES:
                     summary.removed += run.commit()
             summary.removed += run.commit()
         except BaseException:
-            run.abort()
+            run.session.abort()
             raise
     return summary
 
@@ -479,7 +449,7 @@ def preview_pairs(
         start += rows
         if not len(offsets):
             continue
-        partition = _partition(file, base)
+        partition = partition_values(file, base)
         with pq.ParquetFile(file) as f:
             columns = ["object_id", "image"] + ([] if "instrument" in partition else ["instrument"])
             table = f.read_row_group(group, columns=columns).take(offsets)

@@ -1,0 +1,59 @@
+"""`plankton check`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from plankton_cli.cli.options import json_option, lock_timeout_option, store_option
+from plankton_cli.cli.output import emit_json
+
+log = logging.getLogger("plankton.check")
+
+
+@click.command(epilog="""\b
+Examples:
+  plankton check --store /data/store
+  # after a disk problem: drop damaged files, read their sources again, rebuild the manifest
+  plankton check --repair --store /data/store
+  plankton check --json | jq '.problems[].detail'
+
+Exit codes: 0 the store is whole, 74 a file is missing, damaged or unreadable (or a commit cannot be
+finished), 65 the data disagrees with itself (manifest against data, an object stored twice, a file outside
+the committed list), 75 the store is locked by another writer.""")
+@click.option("--repair", is_flag=True,
+              help="Drop damaged files, read their sources again, delete files outside the committed list and "
+                   "rebuild the manifest from the data; then check again.")
+@store_option
+@lock_timeout_option
+@json_option
+def check(repair: bool, store: Path, lock_timeout: float, as_json: bool) -> None:
+    """Verify the store's files, manifest and ids; --repair makes it whole again.
+
+    Checks every committed file (present, size, checksum, readable Parquet), the manifest
+    against the data, and that no object is stored twice. Each problem is one line naming the file.
+    """
+    from plankton_cli.store import LockTimeout, Store
+    from plankton_cli.store.check import check as run_check
+    from plankton_cli.store.check import repair as run_repair
+
+    the_store = Store(store)
+    if not the_store.exists:
+        raise click.UsageError(f"no store at {store}")
+    try:
+        report = (run_repair if repair else run_check)(the_store, lock_timeout=lock_timeout)
+    except LockTimeout as exc:
+        log.error("%s", exc)
+        sys.exit(75)
+    for line in report.repaired:
+        log.warning("repaired: %s", line)
+    for problem in report.problems:
+        log.error("%s", problem)
+    if as_json:
+        emit_json(report.to_dict())
+    elif not report.problems:
+        click.echo(f"{store}: {report.files} committed files, all intact")
+    sys.exit(report.exit_code)
