@@ -14,6 +14,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from plankton_cli import metrics
+from plankton_cli.errors import DataError, UsageError
 from plankton_cli.store import Store
 
 
@@ -35,7 +36,7 @@ def _column(table, *names):
 def _fold_dirs(run: Path) -> list[Path]:
     folds = sorted(p for p in run.glob("fold-*") if (p / "test_predictions.parquet").exists())
     if not folds:
-        raise FileNotFoundError(f"{run} has no fold-*/test_predictions.parquet: is it a `plankton finetune` run?")
+        raise UsageError(f"{run} has no fold-*/test_predictions.parquet: is it a `plankton finetune` run?", path=run)
     return folds
 
 
@@ -86,7 +87,7 @@ def evaluate_predictions(predictions: Path, store: Store, out_dir: Path, *, stat
     rows = [(o, l, i) for o, l, i in zip(*(truth[c].to_pylist() for c in ("object_id", "label", "instrument")))
             if o in pred]
     if not rows:
-        raise ValueError(f"no predicted object of {predictions} has a {'/'.join(statuses)} label in {store.root}")
+        raise DataError(f"no predicted object of {predictions} has a {'/'.join(statuses)} label in {store.root}")
     ids, y_true, groups = zip(*rows)
     y_pred = [pred[o] for o in ids]
     result = metrics.classification_metrics(list(y_true), y_pred)

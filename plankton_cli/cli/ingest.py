@@ -61,7 +61,7 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
     from plankton_cli.cli.output import progress
     from plankton_cli.ingest import ingest as run_ingest
     from plankton_cli.records import ReadOptions
-    from plankton_cli.store import LockTimeout, Store
+    from plankton_cli.store import Store
 
     extra = {}
     for item in reader_options:
@@ -88,9 +88,6 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
             summary = run_ingest(Store(store), list(sources), fmt=fmt, options=options, lock_timeout=lock_timeout,
                                  retry_rejected=retry_rejected, commit_every=commit_every,
                                  on_source=on_source)
-        except LockTimeout as exc:
-            log.error("%s", exc)
-            sys.exit(75)
         except plugins.PluginError as exc:
             raise click.UsageError(str(exc)) from exc
 

@@ -38,8 +38,8 @@ Writers (--to): store, parquet, csv, embeddings, ecotaxa, ifcb-h5, or any instal
 @click.option("--instrument", help="Only objects of this instrument (store input), or the instrument of SOURCES.")
 @click.option("--since", type=click.DateTime(), help="Only objects acquired on or after this date (UTC).")
 @click.option("--force", is_flag=True, help="Predict again objects this model already predicted.")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--top-k", default=3, show_default=True, help="How many labels and scores to keep per object.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="How many labels and scores to keep per object.")
 @click.option("--taxon-map", type=click.Path(exists=True, dir_okay=False),
               help="EcoTaxa writer: TSV/CSV mapping our labels to EcoTaxa taxon names.")
 @click.option("--ecotaxa-mode", type=click.Choice(["new", "update"]), default="new", show_default=True,

@@ -11,8 +11,10 @@ import os
 import time
 from pathlib import Path
 
+from plankton_cli.errors import StoreLocked
 
-class LockTimeout(RuntimeError):
+
+class LockTimeout(StoreLocked):
     """Another writer held the store for longer than the caller was willing to wait."""
 
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from plankton_cli.atomic import atomic_write_bytes, fsync_dir
+from plankton_cli.errors import StoreIOError
 
 
 def new_run_id() -> str:
@@ -71,7 +72,12 @@ def _remove_staging(root: Path, txn_id: str) -> None:
 
 
 def _apply(root: Path, journal: Path) -> None:
-    plan = json.loads(journal.read_text())
+    try:
+        plan = json.loads(journal.read_text())
+        plan["adds"], plan["deletes"]  # noqa: B018 - both keys or the journal is not one
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StoreIOError(f"{journal}: invalid commit journal ({exc!r}); the store cannot be opened for writing "
+                           f"until it is repaired", path=journal) from exc
     for staged, final in plan["adds"]:
         src, dst = root / staged, root / final
         if src.exists():  # already moved by an earlier, interrupted apply
