@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from plankton_cli.store.images import to_8bit
+
 # Pillow's BILINEAR widens its kernel when downscaling, like torchvision's antialias=True.
 RESAMPLE = Image.Resampling.BILINEAR
 
@@ -35,7 +37,7 @@ def decode_gray(data: bytes, size_hint: int | None = None) -> Image.Image:
     if size_hint is not None and image.format == "JPEG":
         image.draft("L", (size_hint, size_hint))
     if image.mode != "L":
-        image = image.convert("L")
+        image = to_8bit(image).convert("L")  # 16-bit grey scaled, not clipped (as the store decodes it)
     return image
 
 
