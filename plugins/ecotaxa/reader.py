@@ -24,7 +24,7 @@ from typing import Protocol
 
 from plankton_cli.records import ReadOptions, Record, Rejection, Source
 from plankton_cli.instruments import canonical_instrument
-from plankton_plugins.ecotaxa.tsv import BinaryOpener, TsvReader, normalize_category
+from plankton_plugins.ecotaxa.tsv import BinaryOpener, TsvReader, utf16_codec, normalize_category
 
 TSV_NAME = re.compile(r"^ecotaxa.*\.(tsv|txt)$", re.IGNORECASE)
 MAX_IMAGE_BYTES = 256 << 20  # far above any vignette; guards against a zip bomb posing as an image
@@ -207,8 +207,9 @@ class _FolderImages:
         self.folder = tsv.parent
 
     def load(self, name: str) -> tuple[bytes, None] | tuple[None, str]:
-        if posixpath.isabs(name) or re.match(r"^[A-Za-z]:", name):
-            return None, f"img_file_name {name!r} is an absolute path; it must be relative to the TSV"
+        if not is_safe_member(name):  # the same rule as inside a zip: nothing outside the bundle is read
+            return None, f"img_file_name {name!r} escapes the bundle (absolute path or '..'); it must be relative " \
+                         f"to the TSV, at or below its folder"
         path = self.folder / name
         try:
             size = path.stat().st_size
@@ -280,9 +281,10 @@ def _looks_like_tsv(path: Path) -> bool:
         return True
     try:
         with path.open("rb") as stream:
-            first_line = stream.read(1 << 16).decode("latin-1").splitlines()[:1]
+            head = stream.read(1 << 16)
     except OSError:
         return False
+    first_line = head.decode(utf16_codec(head) or "latin-1", errors="replace").splitlines()[:1]
     return bool(first_line) and "object_id" in (c.strip(' \t"').lower() for c in first_line[0].split("\t"))
 
 

@@ -347,3 +347,32 @@ def test_unreadable_zip_is_one_rejection(tmp_path):
     assert not READER.sniff(broken)
     records, rejections = read_all(broken)
     assert records == [] and [(r.source_row, r.reason) for r in rejections] == [(None, "not a readable zip archive")]
+
+
+@pytest.mark.parametrize("encoding, detected", [("utf-16", "utf-16"), ("utf-16-le", "utf-16-le"),
+                                                ("utf-16-be", "utf-16-be")])
+def test_utf16_tsv_is_read(tmp_path, encoding, detected):
+    """Excel's "Unicode text" export is UTF-16 (with a BOM); it used to be rejected as "no object_id column"."""
+    jpg = sorted((Path(__file__).resolve().parents[1] / "data" / "planktonclass-demo").rglob("*.jpg"))[0]
+    shutil.copy(jpg, tmp_path / "a.jpg")
+    path = tmp_path / "ecotaxa_unicode.tsv"
+    path.write_bytes("object_id\timg_file_name\tobject_annotation_category\nobj_1\ta.jpg\tCérataulina\n"
+                     .encode(encoding))
+    assert detect_encoding(opener(path)) == detected
+    assert READER.sniff(path)
+    (record,), rejections = read_all(tmp_path)
+    assert not rejections and (record.object_id, record.label) == ("obj_1", "Cérataulina")
+
+
+def test_folder_tsv_cannot_read_outside_its_bundle(tmp_path):
+    """`..` in a folder TSV's img_file_name is refused as the zip reader refuses it; a sub folder is fine."""
+    jpg = sorted((Path(__file__).resolve().parents[1] / "data" / "planktonclass-demo").rglob("*.jpg"))[0]
+    (tmp_path / "bundle" / "sub").mkdir(parents=True)
+    shutil.copy(jpg, tmp_path / "bundle" / "sub" / "ok.jpg")
+    shutil.copy(jpg, tmp_path / "outside.jpg")
+    (tmp_path / "bundle" / "ecotaxa_x.tsv").write_text(
+        "object_id\timg_file_name\nok\tsub/ok.jpg\nup\t../outside.jpg\nsneaky\tsub/../../outside.jpg\n"
+        f"abs\t{tmp_path / 'outside.jpg'}\n")
+    records, rejections = read_all(tmp_path / "bundle")
+    assert [r.object_id for r in records] == ["ok"]
+    assert [(r.source_row, "escapes the bundle" in r.reason) for r in rejections] == [(2, True), (3, True), (4, True)]
