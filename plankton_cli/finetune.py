@@ -452,17 +452,26 @@ def run_fold(
         dirpath=str(fold_dir / CHECKPOINT_DIR), filename="best", monitor="val_macro_f1", mode="max", save_top_k=1,
         enable_version_counter=False,
     )
+    # Every class too small to spare a validation image (see protocol._validation_part): no best epoch to pick,
+    # so the fold keeps its last weights, and predict gets no precision thresholds.
+    validate = bool(split.val)
     trainer = make_trainer(
         fold_dir, max_epochs=config.epochs, max_steps=config.max_steps, accelerator=config.accelerator,
-        devices=config.devices, num_nodes=config.num_nodes, callbacks=[best_callback],
+        devices=config.devices, num_nodes=config.num_nodes, callbacks=[best_callback] if validate else [],
         # Few labels make short epochs: log every step then, so the loss and lr curves are complete.
         log_every_n_steps=1 if len(train_loader) < 50 else 50,
     )
     resume = last_checkpoint(fold_dir)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume) if resume.exists() else None)
+    trainer.fit(module, train_loader, val_loader if validate else None,
+                ckpt_path=str(resume) if resume.exists() else None)
     # No validation ran (e.g. --max-steps inside the first epoch): test the last weights.
     best = best_callback.best_model_path or None
-    trainer.validate(module, val_loader, ckpt_path=best, verbose=False)
+    if validate:
+        trainer.validate(module, val_loader, ckpt_path=best, verbose=False)
+    else:
+        log.warning("fold %d has no validation images (every class is too small to spare one): it keeps the last "
+                    "epoch's weights and sets no precision thresholds", split.fold)
+        module.outputs["val"] = ([], np.zeros(0, np.int64), np.zeros((0, len(classes)), np.float32))
     trainer.test(module, test_loader, ckpt_path=best, verbose=False)
     if not trainer.is_global_zero:
         return None
