@@ -38,6 +38,9 @@ Exit codes: 0 done (rejections are reported, not fatal), 65 something was reject
 @click.option("--instrument", help="Instrument name (EcoTaxa acq_instrument vocabulary), when the source does not say.")
 @click.option("--label-from", type=click.Choice(["folder", "none"]), default="folder", show_default=True,
               help="Image folders: take the label from the class folder, or store no label.")
+@click.option("--collection", metavar="NAME",
+              help="Qualifies the object ids of image folders and EcoTaxa bundles (<NAME>/<path or object_id>) so "
+                   "two sources never share one [default: the folder's or zip's own name].")
 @click.option("-o", "--reader-option", "reader_options", multiple=True, metavar="KEY=VALUE",
               help="Extra option passed to the reader plugin (repeatable).")
 @click.option("--retry-rejected", is_flag=True, help="Read again the sources that had rejected objects.")
@@ -47,7 +50,7 @@ Exit codes: 0 done (rejections are reported, not fatal), 65 something was reject
 @store_option
 @lock_timeout_option
 @json_option
-def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_from: str,
+def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_from: str, collection: str | None,
            reader_options: tuple[str, ...], retry_rejected: bool, commit_every: int, strict: bool, store: Path,
            lock_timeout: float, as_json: bool) -> None:
     """Read IFCB bins, EcoTaxa exports or image folders into the store.
@@ -72,7 +75,10 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
     if fmt != "auto" and fmt not in plugins.names("reader"):
         raise click.BadParameter(f"unknown reader {fmt!r}; installed: {', '.join(plugins.names('reader'))}",
                                  param_hint="--format")
-    options = ReadOptions(instrument=instrument, label_from=label_from, extra=extra)
+    if collection is not None and (not collection.strip() or "/" in collection):
+        raise click.BadParameter(f"{collection!r}: a collection name is one non-empty path segment (no '/')",
+                                 param_hint="--collection")
+    options = ReadOptions(instrument=instrument, label_from=label_from, extra=extra, collection=collection)
 
     last_log = [time.monotonic()]
 

@@ -53,6 +53,7 @@ from plankton_cli.predictions import probability_matrix, top_k
 from plankton_cli.writers import UNCLASSIFIED, Prediction, PredictionRun
 from plankton_cli.instruments import canonical_instrument
 from plankton_plugins.ecotaxa.checker import check_import_zip
+from plankton_plugins.ecotaxa.reader import NATIVE_ID
 from plankton_plugins.ecotaxa.tsv import normalize_category
 from plankton_plugins.ifcb.bins import parse_bin_id
 
@@ -196,7 +197,8 @@ class EcoTaxaSession:
 
     def _row(self, p: Prediction, top_labels: list[str], top_scores: np.ndarray) -> dict:
         kind, category = self._category(p.label)
-        row: dict = {"_kind": kind, "_label": p.label, "object_id": p.object_id}
+        # Objects read from EcoTaxa go back under EcoTaxa's own id (update mode matches on it), not the store's.
+        row: dict = {"_kind": kind, "_label": p.label, "object_id": p.metadata.get(NATIVE_ID) or p.object_id}
         if category is not None:
             row["object_annotation_status"] = "predicted"
             row["object_annotation_category"] = category
