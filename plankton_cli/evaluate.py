@@ -43,7 +43,8 @@ def _fold_dirs(run: Path) -> list[Path]:
 def evaluate_run(run: Path, out_dir: Path) -> dict:
     """Per-fold and mean ± std metrics of one fine-tune run, per-instrument results and a confusion matrix."""
     config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
-    per_fold, y_true_all, y_pred_all, per_instrument = [], [], [], {}
+    per_fold, y_true_all, y_pred_all = [], [], []
+    per_instrument: dict[str, list] = {}
     classes = None
     for fold in _fold_dirs(run):
         table = pq.read_table(fold / "test_predictions.parquet")
@@ -84,7 +85,7 @@ def evaluate_predictions(predictions: Path, store: Store, out_dir: Path, *, stat
     truth = store.dataset("objects").to_table(
         columns=["object_id", "label", "instrument"],
         filter=ds.field("label").is_valid() & ds.field("label_status").isin(list(statuses)))
-    rows = [(o, l, i) for o, l, i in zip(*(truth[c].to_pylist() for c in ("object_id", "label", "instrument")))
+    rows = [(o, label, i) for o, label, i in zip(*(truth[c].to_pylist() for c in ("object_id", "label", "instrument")))
             if o in pred]
     if not rows:
         raise DataError(f"no predicted object of {predictions} has a {'/'.join(statuses)} label in {store.root}")

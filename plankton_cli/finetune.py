@@ -193,7 +193,7 @@ def fold_splits(pool: LabelledPool, config: FinetuneConfig) -> list[Split]:
         else:
             if fresh is None:
                 fresh = make_folds(pool.object_ids, pool.labels, config.folds, config.val_fraction, config.seed)
-            split = restrict_train(fresh[fold], label_of, spec)
+            split = restrict_train(fresh[fold], label_of, spec)  # type: ignore[arg-type]
         splits.append(split)
     return splits
 
@@ -204,7 +204,7 @@ def label_count_rows(splits: Sequence[Split], pool: LabelledPool) -> list[dict[s
     rows = []
     for split in splits:
         train_pool = _train_pool(split, pool)
-        counts = subset_counts([label_of[i] for i in train_pool], [label_of[i] for i in split.train])
+        counts = subset_counts([label_of[i] for i in train_pool], [label_of[i] for i in split.train])  # type: ignore[index]
         rows += [{"fold": split.fold, **row} for row in counts]
     return rows
 
@@ -445,7 +445,7 @@ def run_fold(
         return store_loader(dataset_dir, ids, classes, transform, train=train, batch_size=config.batch_size,
                             workers=config.workers, seed=config.seed + split.fold)
 
-    train_loader, val_loader, test_loader = loader(split.train, True), loader(split.val, False), loader(split.test, False)
+    train_loader, val_loader, test_loader = loader(split.train, True), loader(split.val, False), loader(split.test, False)  # type: ignore[arg-type]
     module = ClassifierModule(model, lr=config.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay,
                               warmup_epochs=config.warmup_epochs, label_smoothing=config.label_smoothing)
     best_callback = ModelCheckpoint(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -124,7 +124,7 @@ def _source_items(paths: list[Path], fmt: str, options: ReadOptions,
     from plankton_cli.ingest import discover
 
     for reader, source in discover(paths, fmt, options):
-        for item in reader.read(source, options):
+        for item in reader.read(source, options):  # type: ignore[attr-defined]
             if isinstance(item, Rejection):
                 rejected(item)
                 continue
@@ -164,7 +164,7 @@ def predict(
     sources: list[Path] | None = None,
     fmt: str = "auto",
     read_options: ReadOptions | None = None,
-    to: list[str] = ("store",),
+    to: Sequence[str] = ("store",),
     out_dir: Path = Path("predictions"),
     instrument: str | None = None,
     since: datetime | None = None,

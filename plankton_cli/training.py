@@ -249,7 +249,7 @@ class RunCSVLogger(CSVLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
+        if self._experiment is None:  # type: ignore[has-type]
             self._experiment = _KeepingWriter(log_dir=self.log_dir)
         return self._experiment
 

@@ -37,7 +37,7 @@ class PlanktonFailure(click.ClickException):
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(" ".join(message.splitlines()))  # one line, whatever the library said
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # Click declares it on the class; ours varies
 
 
 def _in_store(store: Path | None, error: PlanktonError, exc: Exception) -> PlanktonError:

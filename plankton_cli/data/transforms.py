@@ -33,7 +33,7 @@ def decode_gray(data: bytes, size_hint: int | None = None) -> Image.Image:
     ``size_hint`` lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale when the image is at least
     that much larger than the size it will be resized to (no effect on PNG).
     """
-    image = Image.open(BytesIO(data))
+    image: Image.Image = Image.open(BytesIO(data))
     if size_hint is not None and image.format == "JPEG":
         image.draft("L", (size_hint, size_hint))
     if image.mode != "L":

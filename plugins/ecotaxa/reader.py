@@ -115,7 +115,7 @@ def parse_time(text: str | None) -> time | None:
         digits = digits.zfill(4) if len(digits) <= 4 else digits.zfill(6)
         parts = (digits[:2], digits[2:4], digits[4:6] or "0")
     try:
-        return time(*map(int, parts))
+        return time(int(parts[0]), int(parts[1]), int(parts[2]))
     except ValueError:
         return None
 

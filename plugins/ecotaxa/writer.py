@@ -109,7 +109,8 @@ def image_extension(data: bytes, image_name: str | None) -> str | None:
 
 def to_png(data: bytes) -> bytes:
     """Lossless PNG of an image in another format (EcoTaxa imports only PNG, JPEG and GIF)."""
-    with Image.open(io.BytesIO(data)) as image:
+    with Image.open(io.BytesIO(data)) as opened:
+        image: Image.Image = opened
         image.load()
         if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):
             image = image.convert("RGBA" if "A" in image.getbands() else "RGB")

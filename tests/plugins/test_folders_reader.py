@@ -20,7 +20,8 @@ DEMO = Path(__file__).resolve().parents[1] / "data" / "planktonclass-demo"
 UVP6 = SHARED / "images" / "uvp6-vignettes"
 
 
-def read_all(path: Path, options: ReadOptions = ReadOptions()) -> tuple[list[Record], list[Rejection]]:
+def read_all(path: Path, options: ReadOptions | None = None) -> tuple[list[Record], list[Rejection]]:
+    options = options or ReadOptions()
     records, rejections = [], []
     for source in READER.discover(path, options):
         for item in READER.read(source, options):
