@@ -133,3 +133,11 @@ def test_exit_statuses_are_the_documented_ones():
         2, 65, 73, 74, 75, 78]
     assert issubclass(LockTimeout, StoreLocked)
 
+
+
+@pytest.mark.parametrize("option, value", [("--batch-size", "0"), ("--top-k", "-1"), ("--top-k", "0")])
+def test_nonsense_numbers_are_usage_errors(option, value, tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")  # --model must exist; Click refuses before reading it
+    proc = plankton("predict", "--model", str(tmp_path / "model.safetensors"), option, value, cwd=tmp_path)
+    assert proc.returncode == 2 and f"Invalid value for '{option}'" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
