@@ -27,11 +27,13 @@ Examples:
   plankton ingest export.zip --format ecotaxa
   plankton ingest uvp6/ --instrument UVP6    # one folder per class
   plankton ingest daplankton/ --label-from none
+  plankton ingest 2024/images --collection cruise-2024   # ids cruise-2024/<class>/<file>, not images/...
   # nightly, from cron: only new or changed bins are read; exit 75 if another writer holds the store
   plankton -q --log-file ingest.log ingest /data/ifcb --store /data/store --json
 
 Exit codes: 0 done (rejections are reported, not fatal), 65 something was rejected and
---strict was given, 2 usage error, 75 the store is locked by another writer.""")
+--strict was given, 2 usage error, 74 I/O error (disk full, read-only or corrupt store),
+75 the store is locked by another writer.""")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--format", "fmt", default="auto", show_default=True,
               help="Reader plugin to use (see `plankton plugins`); auto sniffs each source.")
