@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from plankton_cli import metrics
 from plankton_cli.mismatch import run_warnings
+from plankton_cli.errors import DataError, UsageError
 from plankton_cli.store import Store
 
 log = logging.getLogger("plankton.evaluate")
@@ -39,14 +40,15 @@ def _column(table, *names):
 def _fold_dirs(run: Path) -> list[Path]:
     folds = sorted(p for p in run.glob("fold-*") if (p / "test_predictions.parquet").exists())
     if not folds:
-        raise FileNotFoundError(f"{run} has no fold-*/test_predictions.parquet: is it a `plankton finetune` run?")
+        raise UsageError(f"{run} has no fold-*/test_predictions.parquet: is it a `plankton finetune` run?", path=run)
     return folds
 
 
 def evaluate_run(run: Path, out_dir: Path) -> dict:
     """Per-fold and mean ± std metrics of one fine-tune run, per-instrument results and a confusion matrix."""
     config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
-    per_fold, y_true_all, y_pred_all, per_instrument = [], [], [], {}
+    per_fold, y_true_all, y_pred_all = [], [], []
+    per_instrument: dict[str, list] = {}
     classes = None
     for fold in _fold_dirs(run):
         table = pq.read_table(fold / "test_predictions.parquet")
@@ -94,10 +96,10 @@ def evaluate_predictions(predictions: Path, store: Store, out_dir: Path, *, stat
     if foreign:  # a model trained on other classes: its labels can never be right here
         log.warning("%d predicted classes are not labels in %s (%s): the model was trained on other classes",
                     len(foreign), store.root, ", ".join(map(str, foreign[:10])))
-    rows = [(o, l, i) for o, l, i in zip(*(truth[c].to_pylist() for c in ("object_id", "label", "instrument")))
+    rows = [(o, label, i) for o, label, i in zip(*(truth[c].to_pylist() for c in ("object_id", "label", "instrument")))
             if o in pred]
     if not rows:
-        raise ValueError(f"no predicted object of {predictions} has a {'/'.join(statuses)} label in {store.root}")
+        raise DataError(f"no predicted object of {predictions} has a {'/'.join(statuses)} label in {store.root}")
     ids, y_true, groups = zip(*rows)
     y_pred = [pred[o] for o in ids]
     result = metrics.classification_metrics(list(y_true), y_pred)

@@ -193,7 +193,7 @@ def fold_splits(pool: LabelledPool, config: FinetuneConfig) -> list[Split]:
         else:
             if fresh is None:
                 fresh = make_folds(pool.object_ids, pool.labels, config.folds, config.val_fraction, config.seed)
-            split = restrict_train(fresh[fold], label_of, spec)
+            split = restrict_train(fresh[fold], label_of, spec)  # type: ignore[arg-type]
         splits.append(split)
     return splits
 
@@ -204,7 +204,7 @@ def label_count_rows(splits: Sequence[Split], pool: LabelledPool) -> list[dict[s
     rows = []
     for split in splits:
         train_pool = _train_pool(split, pool)
-        counts = subset_counts([label_of[i] for i in train_pool], [label_of[i] for i in split.train])
+        counts = subset_counts([label_of[i] for i in train_pool], [label_of[i] for i in split.train])  # type: ignore[index]
         rows += [{"fold": split.fold, **row} for row in counts]
     return rows
 
@@ -445,24 +445,33 @@ def run_fold(
         return store_loader(dataset_dir, ids, classes, transform, train=train, batch_size=config.batch_size,
                             workers=config.workers, seed=config.seed + split.fold)
 
-    train_loader, val_loader, test_loader = loader(split.train, True), loader(split.val, False), loader(split.test, False)
+    train_loader, val_loader, test_loader = loader(split.train, True), loader(split.val, False), loader(split.test, False)  # type: ignore[arg-type]
     module = ClassifierModule(model, lr=config.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay,
                               warmup_epochs=config.warmup_epochs, label_smoothing=config.label_smoothing)
     best_callback = ModelCheckpoint(
         dirpath=str(fold_dir / CHECKPOINT_DIR), filename="best", monitor="val_macro_f1", mode="max", save_top_k=1,
         enable_version_counter=False,
     )
+    # Every class too small to spare a validation image (see protocol._validation_part): no best epoch to pick,
+    # so the fold keeps its last weights, and predict gets no precision thresholds.
+    validate = bool(split.val)
     trainer = make_trainer(
         fold_dir, max_epochs=config.epochs, max_steps=config.max_steps, accelerator=config.accelerator,
-        devices=config.devices, num_nodes=config.num_nodes, callbacks=[best_callback],
+        devices=config.devices, num_nodes=config.num_nodes, callbacks=[best_callback] if validate else [],
         # Few labels make short epochs: log every step then, so the loss and lr curves are complete.
         log_every_n_steps=1 if len(train_loader) < 50 else 50,
     )
     resume = last_checkpoint(fold_dir)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume) if resume.exists() else None)
+    trainer.fit(module, train_loader, val_loader if validate else None,
+                ckpt_path=str(resume) if resume.exists() else None)
     # No validation ran (e.g. --max-steps inside the first epoch): test the last weights.
     best = best_callback.best_model_path or None
-    trainer.validate(module, val_loader, ckpt_path=best, verbose=False)
+    if validate:
+        trainer.validate(module, val_loader, ckpt_path=best, verbose=False)
+    else:
+        log.warning("fold %d has no validation images (every class is too small to spare one): it keeps the last "
+                    "epoch's weights and sets no precision thresholds", split.fold)
+        module.outputs["val"] = ([], np.zeros(0, np.int64), np.zeros((0, len(classes)), np.float32))
     trainer.test(module, test_loader, ckpt_path=best, verbose=False)
     if not trainer.is_global_zero:
         return None

@@ -28,8 +28,8 @@ def store_info(store: Store, top: int = 20) -> dict:
         except KeyError:
             schema = None
         if schema is not None:
-            wanted = [c for c in ("instrument", "label", "source_key", "reason") if c in schema.arrow.names]
-            counts = {c: Counter() for c in wanted}
+            wanted = [c for c in ("instrument", "label", "source_key", "command", "reason") if c in schema.arrow.names]
+            counts: dict[str, Counter] = {c: Counter() for c in wanted}
             table = store.dataset(name).to_table(columns=wanted)
             for c in wanted:
                 counts[c].update(v if v is not None else "(none)" for v in table[c].to_pylist())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +28,8 @@ from plankton_cli.writers import UNCLASSIFIED, Prediction, PredictionRun
 
 log = logging.getLogger("plankton.predict")
 
-COLUMNS = ["object_id", "image", "instrument", "sample_id", "source_row", "acquired_at", "lat", "lon", "depth"]
+COLUMNS = ["object_id", "image", "instrument", "sample_id", "source_row", "acquired_at", "lat", "lon", "depth",
+           "metadata"]
 
 
 @dataclass
@@ -58,6 +59,7 @@ class _Item:
     lat: float | None = None
     lon: float | None = None
     depth: float | None = None
+    metadata: dict[str, str] = field(default_factory=dict)  # for writers (e.g. EcoTaxa's own object_id)
 
 
 def file_hash(path: Path) -> str:
@@ -114,6 +116,7 @@ def _store_items(store: Store, *, instrument: str | None, since: datetime | None
             if row["object_id"] in exclude:
                 continue
             row["image"] = row["image"]["bytes"]
+            row["metadata"] = {pair["key"]: pair["value"] for pair in row["metadata"] or ()}
             yield _Item(**row)
 
 
@@ -122,7 +125,7 @@ def _source_items(paths: list[Path], fmt: str, options: ReadOptions,
     from plankton_cli.ingest import discover
 
     for reader, source, _ in discover(paths, fmt, options):
-        for item in reader.read(source, options):
+        for item in reader.read(source, options):  # type: ignore[attr-defined]
             if isinstance(item, Rejection):
                 rejected(item)
                 continue
@@ -133,7 +136,7 @@ def _source_items(paths: list[Path], fmt: str, options: ReadOptions,
                 rejected(Rejection(rec.source_file, rec.source_row, str(exc), rec.object_id))
                 continue
             yield _Item(rec.object_id, image, rec.instrument, rec.sample_id, rec.source_row, rec.acquired_at,
-                        rec.lat, rec.lon, rec.depth)
+                        rec.lat, rec.lon, rec.depth, rec.metadata)
 
 
 def already_predicted(store: Store, model_hash: str) -> set[str]:
@@ -162,7 +165,7 @@ def predict(
     sources: list[Path] | None = None,
     fmt: str = "auto",
     read_options: ReadOptions | None = None,
-    to: list[str] = ("store",),
+    to: Sequence[str] = ("store",),
     out_dir: Path = Path("predictions"),
     instrument: str | None = None,
     since: datetime | None = None,
@@ -244,7 +247,7 @@ def predict(
                     label_auto=classes[best], sample_id=item.sample_id, source_row=item.source_row,
                     instrument=item.instrument, acquired_at=item.acquired_at, lat=item.lat, lon=item.lon,
                     depth=item.depth, image=item.image, image_name=None,
-                    embedding=None if feats is None else feats[i],
+                    embedding=None if feats is None else feats[i], metadata=item.metadata,
                 ))
             for session in sessions.values():
                 session.write(preds)

@@ -147,7 +147,7 @@ def _by_class(ids: Sequence[Hashable], labels: Sequence[Hashable]) -> dict[Hasha
         duplicates = sorted(str(i) for i, n in Counter(ids).items() if n > 1)
         raise ValueError(f"duplicate ids: {', '.join(duplicates[:5])}")
     groups: dict[Hashable, list[Hashable]] = defaultdict(list)
-    for item_id, label in sorted(zip(ids, labels), key=lambda pair: pair[0]):
+    for item_id, label in sorted(zip(ids, labels), key=lambda pair: pair[0]):  # type: ignore[arg-type, return-value]
         if label is None:
             raise ValueError(f"item {item_id!r} has no label: keep only labelled items for the protocol")
         groups[label].append(item_id)
@@ -172,7 +172,7 @@ def few_label_subset(
     chosen: list[Hashable] = []
     for members in _by_class(ids, labels).values():
         chosen.extend(_ranked(members, seed, "labels")[: spec.count(len(members))])
-    return sorted(chosen)
+    return sorted(chosen)  # type: ignore[type-var]  # ids are str or int, never mixed
 
 
 def subset_counts(labels_all: Iterable[Hashable], labels_subset: Iterable[Hashable]) -> list[dict[str, Any]]:

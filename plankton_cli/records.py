@@ -81,4 +81,7 @@ class ReadOptions:
 
     instrument: str | None = None  # overrides/sets the instrument (EcoTaxa `acq_instrument` vocabulary)
     label_from: str = "folder"  # image folders: "folder" (class = parent folder name) or "none"
+    # Qualifies the ids of sources that have no store-wide ids of their own (image folders, EcoTaxa), so two
+    # sources never share one; default: the name of the folder (or zip) given. See schemas/README.md.
+    collection: str | None = None
     extra: dict[str, str] = field(default_factory=dict)  # `-o key=value` pairs for third-party readers

@@ -107,7 +107,7 @@ def pad_to_square(
         img = _resize(img, size)
 
     pads = (before, after, 0, 0) if height < width else (0, 0, before, after)
-    return PadResult(img, orig_height, orig_width, crop.top, bottom, crop.left, crop.right, *pads, fill, std)
+    return PadResult(img, orig_height, orig_width, crop.top, bottom, crop.left, crop.right, *pads, fill, std)  # type: ignore[call-arg]
 
 
 def _pad(
@@ -211,7 +211,7 @@ def detect_scale_bar(img: np.ndarray) -> int:
     if bar_bottom - bar_top + 1 > _MAX_BAR_THICKNESS:
         return 0
     solid = ink[bar_top : bar_bottom + 1].all(axis=0)
-    start, stop = _longest_true_run(solid)
+    start, stop = _longest_true_run(solid)  # type: ignore[arg-type]
     if stop - start < _MIN_BAR_LENGTH:
         return 0
     # ... with clean background right above and below it: a drawn line, not the edge of an object.
@@ -229,7 +229,7 @@ def detect_scale_bar(img: np.ndarray) -> int:
 
     # Above the text: at least 4 consecutive empty rows separating the legend from the object.
     empty = ~ink[: text_zone + int(text_rows[0])].any(axis=1)
-    start, stop = _longest_true_run(empty)
+    start, stop = _longest_true_run(empty)  # type: ignore[arg-type]
     if stop - start < 4:
         return 0
     return SCALE_BAR_HEIGHT

@@ -20,8 +20,10 @@ Imports torch and Lightning: keep it out of modules that `plankton --help` loads
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import os
+import random
 import sys
 import time
 import warnings
@@ -29,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.rank_zero import rank_zero_only
@@ -168,13 +171,13 @@ def make_trainer(
     interactive = sys.stderr.isatty()
     if enable_progress is None:
         enable_progress = True
-    all_callbacks: list[Callback] = [
-        LastCheckpoint(run_dir / CHECKPOINT_DIR, every_n_train_steps=checkpoint_every_n_steps),
-        TrimMetricsOnResume(),
-    ]
+    all_callbacks: list[Callback] = [TrimMetricsOnResume(), SeedEachEpoch()]
     if enable_progress:
         all_callbacks.append(RichProgressBar() if interactive else LogLinesProgress())
     all_callbacks.extend(callbacks)
+    # Last, after the caller's checkpoint callbacks (Lightning keeps their order): at an epoch end they update
+    # their state (e.g. the best score so far) first, so last.ckpt holds it and a resumed run picks the same best.
+    all_callbacks.append(LastCheckpoint(run_dir / CHECKPOINT_DIR, every_n_train_steps=checkpoint_every_n_steps))
 
     return pl.Trainer(
         default_root_dir=str(run_dir),
@@ -249,7 +252,7 @@ class RunCSVLogger(CSVLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
+        if self._experiment is None:  # type: ignore[has-type]
             self._experiment = _KeepingWriter(log_dir=self.log_dir)
         return self._experiment
 
@@ -279,6 +282,21 @@ class TrimMetricsOnResume(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, RunCSVLogger):
                 logger.drop_rows_from(trainer.global_step)
+
+
+class SeedEachEpoch(Callback):
+    """Reseed torch, numpy and `random` at each epoch start from (the run's seed, epoch, rank), so an epoch's draws
+    (drop path, MAE masks, augmentation in the main process) do not depend on what ran before it: a run resumed
+    from an epoch-end checkpoint then trains exactly as the uninterrupted run did. The run's seed is the one
+    `pl.seed_everything` recorded."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        base = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = int.from_bytes(hashlib.blake2b(f"{base}:{trainer.current_epoch}:{trainer.global_rank}".encode(),
+                                              digest_size=4).digest(), "little")
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
 
 
 class LogLinesProgress(Callback):

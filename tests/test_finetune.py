@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import json
 import subprocess
 import sys
@@ -232,3 +233,68 @@ def test_precision_thresholds_keep_the_most_recall_at_the_target_precision():
     assert thresholds == {"a": 0.7}  # precision 3/4 at 0.7; 3/5 at 0.6 is too low
     assert unreached == ["b"]  # never predicted here
     assert precision_thresholds(probabilities[:0], labels[:0], ["a", "b"], 0.9) == (None, ["a", "b"])
+
+
+# --- bad inputs and interruptions ----------------------------------------------------------------------------------
+
+
+def test_a_fold_without_validation_images_keeps_its_last_weights(tmp_path):
+    """Two images a class in training leave none to validate: the fold trains, tests and exports (no thresholds)
+    instead of failing with KeyError: 'val'."""
+    few = tmp_path / "few"
+    for name in ("Tripos", "Ciliophora"):
+        (few / name).mkdir(parents=True)
+        for image in sorted((DEMO_IMAGES / name).iterdir())[:4]:
+            (few / name / image.name).write_bytes(image.read_bytes())
+    store, out = tmp_path / "store", tmp_path / "run"
+    assert invoke("ingest", few, "--store", store).exit_code == 0
+    result = invoke("finetune", "--store", store, "--init", "scratch", *TINY, "--labels", "all", "--folds", "2",
+                    "--epochs", "2", "--batch-size", "4", "--warmup-epochs", "1", "--workers", "0", "--out", out,
+                    "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert [(f["fold"], f["n_val"], f["n_test"]) for f in summary["folds"]] == [(0, 0, 4), (1, 0, 4)]
+    _, info = load_model(out / "fold-0")
+    assert info["thresholds"] is None and info["thresholds_unreached"] == ["Ciliophora", "Tripos"]
+
+
+KILL_AT_EPOCH = """
+import os, signal, sys
+import pytorch_lightning as pl
+import plankton_cli.training as training
+
+class KillAtEpochStart(pl.Callback):  # the checkpoint of the epoch before is on disk: a kill -9 at the worst time
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == int(os.environ["KILL_AT_EPOCH"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+make_trainer = training.make_trainer
+training.make_trainer = lambda *a, callbacks=(), **k: make_trainer(*a, callbacks=[*callbacks, KillAtEpochStart()], **k)
+from plankton_cli.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_and_resumed_fold_ends_exactly_as_an_uninterrupted_one(demo_store, tmp_path):
+    """Killed (SIGKILL) after epoch 1's checkpoint, then re-run: the same metrics.csv row for row, the same best
+    epoch, weights and test predictions as a run never interrupted."""
+    args = ["finetune", "--store", demo_store, "--init", "scratch", *TINY, "--labels", "all", "--folds", "2",
+            "--fold", "0", "--epochs", "3", "--batch-size", "16", "--warmup-epochs", "1", "--workers", "0",
+            "--accelerator", "cpu"]
+    plankton(*args, "--out", tmp_path / "straight")
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_EPOCH, *map(str, args), "--out", tmp_path / "resumed"],
+                            env={**os.environ, "KILL_AT_EPOCH": "2"}, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (tmp_path / "resumed" / "fold-0" / "checkpoints" / "last.ckpt").exists()
+    plankton(*args, "--out", tmp_path / "resumed")
+
+    straight, resumed = tmp_path / "straight" / "fold-0", tmp_path / "resumed" / "fold-0"
+    assert read_metrics(resumed / "metrics.csv") == read_metrics(straight / "metrics.csv")
+    assert len({row["epoch"] for row in read_metrics(resumed / "metrics.csv")}) == 3
+    weights, again = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(weights[key], again[key]) for key in weights)
+    for name in ("accuracy", "macro_f1", "val_macro_f1"):
+        assert json.loads((resumed / "result.json").read_text())[name] == \
+            json.loads((straight / "result.json").read_text())[name]
+    assert pq.read_table(resumed / "test_predictions.parquet").equals(pq.read_table(straight / "test_predictions.parquet"))

@@ -41,7 +41,7 @@ def test_ingest_uvp6_vignettes_with_labels(tmp_path, uvp6):
     assert set(table["instrument"].to_pylist()) == {"UVP6"}
     # the stored bytes are the source file's bytes
     row = table.slice(0, 1).to_pylist()[0]
-    src = uvp6 / row["object_id"]
+    src = uvp6.parent / row["object_id"]  # <collection = the folder's name>/<path in it>
     assert row["image"]["bytes"] == src.read_bytes()
     assert (row["height"], row["width"]) == np.asarray(Image.open(src)).shape[:2]
 
@@ -73,7 +73,7 @@ def test_changed_source_supersedes_its_old_row(tmp_path, demo_images):
     assert summary.sources["changed"] == 1 and summary.stored == 1
     new = {r[0]: r for r in snapshot(store.root)}
     assert new.keys() == old.keys()  # one row per object, none duplicated
-    key = f"Tripos/{victim.name}"
+    key = f"{src.name}/Tripos/{victim.name}"  # qualified by the folder given (its collection)
     assert new[key][1] != old[key][1]
     assert all(new[k] == old[k] for k in new if k != key)
     stored = store.dataset("objects").to_table(filter=ds.field("object_id") == key).to_pylist()[0]
@@ -114,8 +114,12 @@ def test_same_object_from_two_sources_is_skipped_as_duplicate(tmp_path, demo_ima
     shutil.copytree(demo_images, b)
     store = Store(tmp_path / "s")
     ingest(store, [a])
-    summary = ingest(store, [b])  # same relative paths = same object ids
+    summary = ingest(store, [b], options=ReadOptions(collection="a"))  # same collection and paths = same ids
     assert summary.read == 105 and summary.skipped_duplicate == 105 and summary.stored == 0
+    c = tmp_path / "c"
+    shutil.copytree(demo_images, c)
+    other = ingest(store, [c])  # collection "c": other objects, even with the same relative paths
+    assert other.read == other.stored == 105
 
 
 def test_cli_ingest_json_strict_and_exit_codes(tmp_path, demo_images):

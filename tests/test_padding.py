@@ -133,7 +133,7 @@ def test_changed_object_is_padded_again_exactly_once(demo_images, tmp_path):
     assert (summary.read, summary.padded, summary.skipped, summary.removed) == (105, 1, 104, 1)
     padded = rows_by_id(store, "padded")
     assert len(store.dataset("padded").to_table(columns=["object_id"])) == len(padded) == 105
-    row = padded[f"Tripos/{victim.name}"]
+    row = padded[f"{src.name}/Tripos/{victim.name}"]  # qualified by the folder given (its collection)
     assert_padded_from(row, img)
     expected = pad_to_square(img, row["object_id"]).image
     np.testing.assert_array_equal(decode(row["image"]["bytes"]), expected)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import importlib
 import tomllib
+import traceback
 from pathlib import Path
 
 import click
 
 from plankton_cli import __version__
 from plankton_cli.cli.output import setup_logging
+from plankton_cli.errors import ConfigError, PlanktonError, StoreIOError
 
 # name -> "module:attribute"; commands appear in `--help` in this order.
 COMMANDS = {
@@ -33,14 +35,59 @@ COMMANDS = {
     "jobs": "plankton_cli.cli.jobs:jobs",
 }
 
-EXIT_OK = 0
-EXIT_USAGE = 2  # Click's own code for usage errors
-EXIT_DATAERR = 65  # --strict and something was rejected
-EXIT_TEMPFAIL = 75  # the store lock is held by another writer: try again later
-EXIT_CONFIG = 78  # unreadable config file
+class PlanktonFailure(click.ClickException):
+    """A `PlanktonError` (or an exception standing for one) on its way out: Click prints `Error: <one line>` on
+    stderr and exits with its status, both from the `plankton` script and from `jobs.run_plankton`."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(" ".join(message.splitlines()))  # one line, whatever the library said
+        self.exit_code = exit_code  # type: ignore[misc]  # Click declares it on the class; ours varies
+
+
+def _in_store(store: Path | None, error: PlanktonError, exc: Exception) -> PlanktonError:
+    """Name the file for errors that do not: pyarrow's scan errors (find the store file whose footer is unreadable)
+    and its write errors (name the store being written)."""
+    if store is None or error.path is not None or not isinstance(error, StoreIOError) or not store.is_dir():
+        return error
+    if not isinstance(exc, OSError):  # ArrowInvalid & co: a corrupt file somewhere in the store
+        import pyarrow.parquet as pq
+
+        files = (p for p in store.rglob("*.parquet") if not any(s.startswith(".") for s in p.relative_to(store).parts))
+        for file in sorted(files):
+            try:
+                pq.read_metadata(file)
+            except Exception as unreadable:  # noqa: BLE001 - whatever pyarrow raises, this is the file to name
+                return StoreIOError(f"{file}: unreadable Parquet file ({unreadable})", path=file)
+    return StoreIOError(f"store {store}: {error}", path=store)
 
 
 class LazyGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the command; the ONE place where exceptions become exit statuses (see `plankton_cli.errors`).
+
+        A known failure prints one line naming the file; anything else (a bug) one line too, unless `-v`
+        was given, which shows the traceback of either."""
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            if ctx.params.get("verbose") and exc.__cause__ is not None:  # a command translated a library error
+                click.echo("".join(traceback.format_exception(exc.__cause__)), err=True, nl=False)
+            raise
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            from plankton_cli.errors import as_plankton_error
+
+            error = as_plankton_error(exc)
+            if error is not None:
+                error = _in_store(ctx.meta.get("plankton.store"), error, exc)
+            if ctx.params.get("verbose"):
+                click.echo(traceback.format_exc(), err=True, nl=False)
+            if error is None:
+                raise PlanktonFailure(f"{type(exc).__name__}: {exc} (a bug: run with -v for the traceback and "
+                                      f"report it)", 1) from exc
+            raise PlanktonFailure(str(error), error.exit_code) from exc
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 
@@ -88,9 +135,13 @@ def _default_map(group: LazyGroup, ctx: click.Context, config: Path | None) -> d
         config = candidate
     try:
         data = tomllib.loads(config.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise click.ClickException(f"cannot read config {config}: {exc}") from exc
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {config}: {exc}", path=config) from exc
     shared = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    misplaced = sorted(k for k, v in shared.items() if k in COMMANDS)
+    if misplaced:  # `ingest = 5`: almost certainly meant as a [ingest] table
+        raise ConfigError(f"config {config}: {', '.join(misplaced)} must be a table ([{misplaced[0]}]), "
+                          f"not a value", path=config)
     out = {}
     for name in COMMANDS:
         command = group.get_command(ctx, name)
@@ -128,11 +179,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, log_file: Path | None, co
     as a masked autoencoder on unlabelled images, fine-tune it with a few labels, and send
     predictions back to EcoTaxa and IFCB Dashboard.
     """
-    try:
-        ctx.default_map = _default_map(cli, ctx, config)
-    except click.ClickException as exc:
-        exc.exit_code = EXIT_CONFIG
-        raise
+    ctx.default_map = _default_map(cli, ctx, config)
     setup_logging(verbose=verbose, quiet=quiet, log_file=log_file)
     ctx.obj = {"quiet": quiet}
 

@@ -52,12 +52,12 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
 @click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
               help="Images per step and device.")
-@click.option("--lr", type=float, default=2e-3, show_default=True,
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
               help="Peak learning rate of the head, ABSOLUTE: not scaled by batch size (the paper's 2e-3 is at "
                    "batch 128 on one GPU; with a larger total batch, scale it yourself).")
-@click.option("--layer-decay", type=float, default=0.75, show_default=True,
+@click.option("--layer-decay", type=click.FloatRange(0, 1, min_open=True), default=0.75, show_default=True,
               help="Layer-wise lr decay: block i gets lr × decay^(depth − i); patch/pos embeddings the lowest.")
-@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True, help="AdamW weight decay.")
 @click.option("--warmup-epochs", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Linear warmup (per step), then cosine decay to 0.")
 @click.option("--drop-path", type=click.FloatRange(0, 1), default=0.2, show_default=True, help="Stochastic depth.")

@@ -14,7 +14,7 @@ from plankton_cli.cli.output import emit_json
 Examples:
   plankton info
   plankton info --store /data/store --json | jq '.datasets.objects.by_instrument'""")
-@click.option("--top", default=20, show_default=True, help="How many labels and reasons to list.")
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="How many labels and reasons to list.")
 @store_option
 @json_option
 def info(top: int, store: Path, as_json: bool) -> None:

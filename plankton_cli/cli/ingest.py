@@ -27,19 +27,24 @@ Examples:
   plankton ingest export.zip --format ecotaxa
   plankton ingest uvp6/ --instrument UVP6    # one folder per class
   plankton ingest daplankton/ --label-from none
+  plankton ingest 2024/images --collection cruise-2024   # ids cruise-2024/<class>/<file>, not images/...
   # a corrected export whose objects should replace the stored ones with the same ids
   plankton ingest fixed-export/ --on-conflict replace
   # nightly, from cron: only new or changed bins are read; exit 75 if another writer holds the store
   plankton -q --log-file ingest.log ingest /data/ifcb --store /data/store --json
 
 Exit codes: 0 done (rejections are reported, not fatal), 65 something was rejected (an id
-conflict included) and --strict was given, 2 usage error, 75 the store is locked by another writer.""")
+conflict included) and --strict was given, 2 usage error, 74 I/O error (disk full, read-only
+or corrupt store), 75 the store is locked by another writer.""")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--format", "fmt", default="auto", show_default=True,
               help="Reader plugin to use (see `plankton plugins`); auto sniffs each source.")
 @click.option("--instrument", help="Instrument name (EcoTaxa acq_instrument vocabulary), when the source does not say.")
 @click.option("--label-from", type=click.Choice(["folder", "none"]), default="folder", show_default=True,
               help="Image folders: take the label from the class folder, or store no label.")
+@click.option("--collection", metavar="NAME",
+              help="Qualifies the object ids of image folders and EcoTaxa bundles (<NAME>/<path or object_id>) so "
+                   "two sources never share one [default: the folder's or zip's own name].")
 @click.option("-o", "--reader-option", "reader_options", multiple=True, metavar="KEY=VALUE",
               help="Extra option passed to the reader plugin (repeatable).")
 @click.option("--retry-rejected", is_flag=True, help="Read again the sources that had rejected objects.")
@@ -52,7 +57,7 @@ conflict included) and --strict was given, 2 usage error, 75 the store is locked
 @store_option
 @lock_timeout_option
 @json_option
-def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_from: str,
+def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_from: str, collection: str | None,
            reader_options: tuple[str, ...], retry_rejected: bool, on_conflict: str, commit_every: int, strict: bool,
            store: Path,
            lock_timeout: float, as_json: bool) -> None:
@@ -67,7 +72,7 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
     from plankton_cli.cli.output import progress
     from plankton_cli.ingest import ingest as run_ingest
     from plankton_cli.records import ReadOptions
-    from plankton_cli.store import LockTimeout, Store
+    from plankton_cli.store import Store
 
     extra = {}
     for item in reader_options:
@@ -78,7 +83,10 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
     if fmt != "auto" and fmt not in plugins.names("reader"):
         raise click.BadParameter(f"unknown reader {fmt!r}; installed: {', '.join(plugins.names('reader'))}",
                                  param_hint="--format")
-    options = ReadOptions(instrument=instrument, label_from=label_from, extra=extra)
+    if collection is not None and (not collection.strip() or "/" in collection):
+        raise click.BadParameter(f"{collection!r}: a collection name is one non-empty path segment (no '/')",
+                                 param_hint="--collection")
+    options = ReadOptions(instrument=instrument, label_from=label_from, extra=extra, collection=collection)
 
     last_log = [time.monotonic()]
 
@@ -94,9 +102,6 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
             summary = run_ingest(Store(store), list(sources), fmt=fmt, options=options, lock_timeout=lock_timeout,
                                  retry_rejected=retry_rejected, on_conflict=on_conflict, commit_every=commit_every,
                                  on_source=on_source)
-        except LockTimeout as exc:
-            log.error("%s", exc)
-            sys.exit(75)
         except plugins.PluginError as exc:
             raise click.UsageError(str(exc)) from exc
 

@@ -15,8 +15,16 @@ def default_workers(minimum: int = 0) -> int:
 
 WORKERS_DEFAULT_TEXT = "min(8, CPUs - 1)"
 
+
+def _remember_store(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    # ctx.meta is shared by the whole command chain: the CLI edge looks here to name a corrupt store file.
+    ctx.meta["plankton.store"] = value
+    return value
+
+
 store_option = click.option(
     "--store",
+    callback=_remember_store,
     type=click.Path(file_okay=False, path_type=Path),
     envvar="PLANKTON_STORE",
     default="plankton-store",

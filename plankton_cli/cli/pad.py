@@ -64,10 +64,10 @@ def pad(source: str, target: str, preset: str, crop_top: int, crop_bottom: int, 
     that are new or changed since the last run are padded.
     """
     from plankton_cli.cli.output import progress
-    from plankton_cli.square_pad import CropSpec
     from plankton_cli.pad_store import pad_dataset
     from plankton_cli.pad_store import preview as write_preview
-    from plankton_cli.store import LockTimeout, Store
+    from plankton_cli.square_pad import CropSpec
+    from plankton_cli.store import Store
 
     if dry_run and not preview:
         raise click.UsageError("--dry-run writes nothing but the --preview sheet; give --preview N FILE too")
@@ -82,9 +82,6 @@ def pad(source: str, target: str, preset: str, crop_top: int, crop_bottom: int, 
             try:
                 summary = pad_dataset(the_store, source=source, target=target, preset=preset, crop=crop, size=size,
                                       workers=workers, lock_timeout=lock_timeout, on_progress=advance)
-            except LockTimeout as exc:
-                log.error("%s", exc)
-                sys.exit(75)
             except ValueError as exc:
                 raise click.UsageError(str(exc)) from exc
         data = summary.to_dict()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from datetime import UTC
 from pathlib import Path
 
@@ -46,8 +45,8 @@ Exit codes: 0 done, 2 usage error, 75 the store is locked by another writer (pre
 @click.option("--instrument", help="Only objects of this instrument (store input), or the instrument of SOURCES.")
 @click.option("--since", type=click.DateTime(), help="Only objects acquired on or after this date (UTC).")
 @click.option("--force", is_flag=True, help="Predict again objects this model already predicted.")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--top-k", default=3, show_default=True, help="How many labels and scores to keep per object.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="How many labels and scores to keep per object.")
 @click.option("--taxon-map", type=click.Path(exists=True, dir_okay=False),
               help="EcoTaxa writer: TSV/CSV mapping our labels to EcoTaxa taxon names [and category ids] "
                    "(`plankton taxa` builds one).")
@@ -77,7 +76,7 @@ def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force
     from plankton_cli.cli.output import progress
     from plankton_cli.predict import predict as run_predict
     from plankton_cli.records import ReadOptions
-    from plankton_cli.store import LockTimeout, Store
+    from plankton_cli.store import Store
 
     options = {"ecotaxa_mode": ecotaxa_mode}
     if taxon_map:
@@ -104,9 +103,6 @@ def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force
                 since=since.replace(tzinfo=UTC) if since else None, force=force, batch_size=batch_size,
                 top_k=top_k, embeddings="embeddings" in to, writer_options=options, device=device,
                 compile=compile_model, lock_timeout=lock_timeout, on_batch=advance)
-        except LockTimeout as exc:
-            log.error("%s", exc)
-            sys.exit(75)
         except plugins.PluginError as exc:
             raise click.UsageError(str(exc)) from exc
     data = summary.to_dict()

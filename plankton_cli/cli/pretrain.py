@@ -44,8 +44,8 @@ and --resume was not given); with --wait, the job's exit status.""")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per device.")
 @click.option("--effective-batch", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Images per optimizer step, reached by gradient accumulation; lr = base-lr × this / 256.")
-@click.option("--base-lr", type=float, default=1.5e-4, show_default=True)
-@click.option("--weight-decay", type=float, default=0.05, show_default=True)
+@click.option("--base-lr", type=click.FloatRange(min=0, min_open=True), default=1.5e-4, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.05, show_default=True)
 @click.option("--mask-ratio", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.75,
               show_default=True)
 @click.option("--init", type=click.Path(exists=True, path_type=Path),

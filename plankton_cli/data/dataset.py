@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import random
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,6 +324,10 @@ class StoreDataset(IterableDataset):
                 f"{len(self.row_groups)} row groups cannot feed {self.world_size} ranks; write smaller row groups"
             )
         length = self._rank_length(units, self.rank)
+        if self.shuffle:
+            # Augmentation draws from `random` in this worker: seed it by position, not by history, so an epoch
+            # sees the same crops and flips whether the run was resumed or not, and with persistent workers.
+            random.seed(f"{self.seed}:{epoch}:{self.rank}:{worker_id}:{start}")
         return self._generate(epoch, units[self.rank], start, length, worker_id, num_workers)
 
     def _generate(
@@ -403,9 +408,16 @@ class StoreDataLoader(DataLoader):
         dataset.batch_size = batch_size  # workers deal out whole batches of the rank's stream
         super().__init__(dataset, batch_size=batch_size, **kwargs)
         self._epoch, self._seen, self._fresh = 0, 0, True
+        # Lightning tells samplers the epoch it is starting (`_set_sampler_epoch`, also when it resumes from an
+        # epoch-end checkpoint without restoring loader states); an IterableDataset's loader has only Torch's
+        # placeholder sampler, so it forwards the call here.
+        self.sampler.set_epoch = self.set_epoch  # type: ignore[union-attr]
 
     def set_epoch(self, epoch: int) -> None:
-        self._epoch, self._seen, self._fresh = epoch, 0, True
+        """Start the next ``iter()`` at ``epoch``: at its beginning, or where ``load_state_dict`` put it."""
+        if epoch != self._epoch or not self._fresh:
+            self._epoch, self._seen = epoch, 0
+        self._fresh = True
 
     def state_dict(self) -> dict[str, int]:
         dataset: StoreDataset = self.dataset  # type: ignore[assignment]
@@ -419,13 +431,14 @@ class StoreDataLoader(DataLoader):
         self._epoch, self._seen, self._fresh = state["epoch"], state["samples_seen"] // dataset.world_size, True
 
     def __iter__(self) -> Iterator[Any]:
+        # Lazy: Lightning opens the iterator before it announces the epoch (`set_epoch`), so the position is
+        # taken at the first batch; an iterator never started ends no epoch.
         dataset: StoreDataset = self.dataset  # type: ignore[assignment]
         if not self._fresh:
             self._epoch, self._seen = self._epoch + 1, 0
         self._fresh = False
-        dataset._set_position(self._epoch, self._seen)
-        # Set eagerly (not inside a generator) so workers start from this position.
-        return self._count(super().__iter__(), len(dataset))
+        dataset._set_position(self._epoch, self._seen)  # before the workers start, so they start from it
+        yield from self._count(super().__iter__(), len(dataset))
 
     def _count(self, batches: Iterator[Any], length: int) -> Iterator[Any]:
         for batch in batches:

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from plankton_cli.store.images import to_8bit
+
 # Pillow's BILINEAR widens its kernel when downscaling, like torchvision's antialias=True.
 RESAMPLE = Image.Resampling.BILINEAR
 
@@ -31,11 +33,11 @@ def decode_gray(data: bytes, size_hint: int | None = None) -> Image.Image:
     ``size_hint`` lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale when the image is at least
     that much larger than the size it will be resized to (no effect on PNG).
     """
-    image = Image.open(BytesIO(data))
+    image: Image.Image = Image.open(BytesIO(data))
     if size_hint is not None and image.format == "JPEG":
         image.draft("L", (size_hint, size_hint))
     if image.mode != "L":
-        image = image.convert("L")
+        image = to_8bit(image).convert("L")  # 16-bit grey scaled, not clipped (as the store decodes it)
     return image
 
 

@@ -42,6 +42,8 @@ import argparse
 import json
 import pathlib
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -56,6 +58,7 @@ from timm.models import adapt_input_conv
 from torch import Tensor, nn
 
 from plankton_cli.atomic import atomic_path, atomic_write_bytes
+from plankton_cli.errors import UsageError
 from plankton_cli.models.classifier import Classifier, find_vit
 from plankton_cli.models.mae import ARCH_KEYS
 
@@ -150,14 +153,34 @@ def load_encoder_info(path: Path) -> dict[str, Any]:
         path = found[0]
     json_path = path.with_suffix(".json")
     if json_path.exists():
-        return json.loads(json_path.read_text())
+        with _model_file(json_path):
+            info = json.loads(json_path.read_text(encoding="utf-8"))
+            if not isinstance(info, dict):
+                raise ValueError("not a JSON object")
+            return info
     weights = path.with_suffix(".safetensors")
     if weights.exists():
-        with safetensors.safe_open(str(weights), framework="pt") as f:
+        with _model_file(weights), safetensors.safe_open(str(weights), framework="pt") as f:
             text = (f.metadata() or {}).get("plankton_info")
         if text:
-            return json.loads(text)
+            with _model_file(weights):
+                return json.loads(text)
     raise FileNotFoundError(f"no export info next to {path}")
+
+
+class ModelFileError(UsageError, ValueError):
+    """A model or encoder file that cannot be read (truncated, not safetensors, wrong JSON): exit 2, naming it."""
+
+
+@contextmanager
+def _model_file(path: Path) -> Iterator[None]:
+    """Turn whatever a broken weights or info file makes its parser raise into one `ModelFileError` naming it."""
+    try:
+        yield
+    except (ModelFileError, FileNotFoundError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors, json, torch and pickle each raise their own types
+        raise ModelFileError(f"{path}: not a readable model file ({type(exc).__name__}: {exc})", path=path) from exc
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Classifier, dict[str, Any]]:
@@ -167,8 +190,16 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Classifi
     weights = path / "model.safetensors" if path.is_dir() else path.with_suffix(".safetensors")
     info = load_encoder_info(weights)
     if info.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{weights} is a {info.get('format')!r} export, not a fine-tuned model")
-    model = Classifier(
+        raise ModelFileError(f"{weights} is a {info.get('format')!r} export, not a fine-tuned model", path=weights)
+    with _model_file(weights.with_suffix(".json")):
+        model = _classifier(info)
+    with _model_file(weights):
+        model.load_state_dict(load_file(str(weights)), strict=True)
+    return model.to(device).eval(), info
+
+
+def _classifier(info: dict[str, Any]) -> Classifier:
+    return Classifier(
         info["architecture"],
         info["num_classes"],
         img_size=info["img_size"],
@@ -180,8 +211,6 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Classifi
         hidden_dim=info["hidden_dim"],
         drop_path_rate=0.0,
     )
-    model.load_state_dict(load_file(str(weights)), strict=True)
-    return model.to(device).eval(), info
 
 
 @dataclass
@@ -277,22 +306,23 @@ def _read_state_dict(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | No
 
     info = None
     if path.suffix == ".safetensors":
-        state: Any = load_file(str(path), device="cpu")
+        with _model_file(path):
+            state: Any = load_file(str(path), device="cpu")
         try:
             info = load_encoder_info(path)
         except FileNotFoundError:
             pass  # a timm .safetensors: no info, which is fine
     elif path.name.endswith(TORCH_SUFFIXES):
-        try:
-            with torch.serialization.safe_globals(INERT_GLOBALS):
+        with _model_file(path), torch.serialization.safe_globals(INERT_GLOBALS):
+            try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise ValueError(
-                f"{path} holds Python objects besides tensors and is not loaded (weights_only=True); "
-                "export its weights to safetensors first"
-            ) from error
+            except pickle.UnpicklingError as error:
+                raise ModelFileError(
+                    f"{path} holds Python objects besides tensors and is not loaded (weights_only=True); "
+                    "export its weights to safetensors first", path=path
+                ) from error
     else:
-        raise ValueError(f"{path}: unknown checkpoint type (use .safetensors, .pth, .pt, .bin or .ckpt)")
+        raise ModelFileError(f"{path}: unknown checkpoint type (use .safetensors, .pth, .pt, .bin or .ckpt)", path=path)
 
     unwrapped = True
     while unwrapped and isinstance(state, dict):

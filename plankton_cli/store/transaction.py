@@ -106,12 +106,14 @@ def _remove_staging(root: Path, txn_id: str) -> None:
 def _apply(root: Path, journal: Path) -> None:
     try:
         plan = json.loads(journal.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise StoreIOError(f"{journal}: unreadable commit journal ({exc}); nothing was changed") from exc
+        plan["adds"], plan["deletes"]  # noqa: B018 - both keys or the journal is not one
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise StoreIOError(f"{journal}: invalid commit journal ({exc!r}); nothing was changed; the store cannot be "
+                           f"opened for writing until it is repaired", path=journal) from exc
     missing = [final for staged, final in plan["adds"] if not (root / staged).exists() and not (root / final).exists()]
     if missing:
         raise StoreIOError(f"{journal}: cannot finish this commit, {len(missing)} of its files are missing "
-                           f"(first: {missing[0]}); nothing was deleted; run `plankton check`")
+                           f"(first: {missing[0]}); nothing was deleted; run `plankton check`", path=journal)
     moved_into: set[Path] = set()
     for staged, final in plan["adds"]:
         src, dst = root / staged, root / final

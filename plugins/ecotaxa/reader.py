@@ -24,9 +24,12 @@ from typing import Protocol
 
 from plankton_cli.records import ReadOptions, Record, Rejection, Source
 from plankton_cli.instruments import canonical_instrument
-from plankton_plugins.ecotaxa.tsv import BinaryOpener, TsvReader, normalize_category
+from plankton_plugins.ecotaxa.tsv import BinaryOpener, TsvReader, utf16_codec, normalize_category
 
 TSV_NAME = re.compile(r"^ecotaxa.*\.(tsv|txt)$", re.IGNORECASE)
+NATIVE_ID = "ecotaxa_object_id"
+"""Metadata key of EcoTaxa's own `object_id`; the store id is `<collection>/<object_id>[#rank]`."""
+_EXPORT_PROJECT = re.compile(r"export_(\d+)_")  # EcoTaxa's export names: export_<project id>_<date>...
 MAX_IMAGE_BYTES = 256 << 20  # far above any vignette; guards against a zip bomb posing as an image
 
 STATUSES = {
@@ -112,7 +115,7 @@ def parse_time(text: str | None) -> time | None:
         digits = digits.zfill(4) if len(digits) <= 4 else digits.zfill(6)
         parts = (digits[:2], digits[2:4], digits[4:6] or "0")
     try:
-        return time(*map(int, parts))
+        return time(int(parts[0]), int(parts[1]), int(parts[2]))
     except ValueError:
         return None
 
@@ -207,8 +210,9 @@ class _FolderImages:
         self.folder = tsv.parent
 
     def load(self, name: str) -> tuple[bytes, None] | tuple[None, str]:
-        if posixpath.isabs(name) or re.match(r"^[A-Za-z]:", name):
-            return None, f"img_file_name {name!r} is an absolute path; it must be relative to the TSV"
+        if not is_safe_member(name):  # the same rule as inside a zip: nothing outside the bundle is read
+            return None, f"img_file_name {name!r} escapes the bundle (absolute path or '..'); it must be relative " \
+                         f"to the TSV, at or below its folder"
         path = self.folder / name
         try:
             size = path.stat().st_size
@@ -254,6 +258,15 @@ def is_safe_member(name: str) -> bool:
     return ".." not in re.split(r"[/\\]", name)
 
 
+def collection_name(options: ReadOptions, folder: Path, named: Path) -> str:
+    """What qualifies the ids of an EcoTaxa source: `--collection`, else `ecotaxa-<project id>` when the export's
+    zip or TSV name says it (`export_<project>_...`), else the name of the bundle (zip or folder given)."""
+    if options.collection:
+        return options.collection
+    project = _EXPORT_PROJECT.search(named.name)
+    return f"ecotaxa-{project[1]}" if project else (folder.name or "root")
+
+
 def _tsv_members(archive: zipfile.ZipFile) -> list[str]:
     return sorted(
         info.filename
@@ -280,9 +293,10 @@ def _looks_like_tsv(path: Path) -> bool:
         return True
     try:
         with path.open("rb") as stream:
-            first_line = stream.read(1 << 16).decode("latin-1").splitlines()[:1]
+            head = stream.read(1 << 16)
     except OSError:
         return False
+    first_line = head.decode(utf16_codec(head) or "latin-1", errors="replace").splitlines()[:1]
     return bool(first_line) and "object_id" in (c.strip(' \t"').lower() for c in first_line[0].split("\t"))
 
 
@@ -338,27 +352,31 @@ class EcoTaxaReader:
         path = Path(path).absolute()
         if path.is_file():
             if zipfile.is_zipfile(path):
-                yield from self._zip_sources(path)
+                yield from self._zip_sources(path, options)
             else:  # a TSV given by name is read whatever it is called (a broken .zip is rejected by read)
-                yield Source(key=str(path), files=(path,), reader=self.name)
+                yield Source(key=str(path), files=(path,), reader=self.name,
+                             extra=(None, collection_name(options, path.parent, path)))
             return
         for folder, dirs, files in os.walk(path):
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
             for name in sorted(files):
                 file = Path(folder, name)
                 if TSV_NAME.match(name):
-                    yield Source(key=str(file), files=(file,), reader=self.name)
+                    yield Source(key=str(file), files=(file,), reader=self.name,
+                                 extra=(None, collection_name(options, path, file)))
                 elif name.lower().endswith(".zip") and zipfile.is_zipfile(file):
-                    yield from self._zip_sources(file)
+                    yield from self._zip_sources(file, options)
 
-    def _zip_sources(self, archive_path: Path) -> Iterator[Source]:
+    def _zip_sources(self, archive_path: Path, options: ReadOptions) -> Iterator[Source]:
         try:
             with zipfile.ZipFile(archive_path) as archive:
                 members = _tsv_members(archive)
         except (zipfile.BadZipFile, OSError):
             return  # not readable as a zip: nothing to discover (sniff said no as well)
         for member in members:
-            yield Source(key=f"{archive_path}!{member}", files=(archive_path,), reader=self.name, extra=member)
+            collection = collection_name(options, archive_path.with_suffix(""), archive_path)
+            yield Source(key=f"{archive_path}!{member}", files=(archive_path,), reader=self.name,
+                         extra=(member, collection))
 
     def read(self, source: Source, options: ReadOptions) -> Iterator[Record | Rejection]:
         last_row = None
@@ -372,23 +390,25 @@ class EcoTaxaReader:
             yield Rejection(source.key, None, f"stopped reading{where}: {type(exc).__name__}: {exc}")
 
     def _read_source(self, source: Source, options: ReadOptions) -> Iterator[Record | Rejection]:
-        if source.extra is None:  # a TSV on disk
+        # (the zip member holding the TSV or None for a TSV on disk, the collection qualifying the ids)
+        member, collection = source.extra or (None, collection_name(options, source.files[0].parent,
+                                                                    source.files[0]))
+        if member is None:  # a TSV on disk
             tsv = source.files[0]
             if tsv.suffix.lower() == ".zip":  # discover passes on a zip it could not open, to be reported here
                 yield Rejection(source.key, None, "not a readable zip archive")
                 return
-            yield from self._read_tsv(str(tsv), lambda: tsv.open("rb"), _FolderImages(tsv), options)
+            yield from self._read_tsv(str(tsv), lambda: tsv.open("rb"), _FolderImages(tsv), collection, options)
             return
-        member = source.extra  # a TSV inside the zip `source.files[0]`
         if not is_safe_member(member):
             yield Rejection(source.key, None, f"zip member {member!r} escapes the archive (absolute path or '..')")
             return
         with zipfile.ZipFile(source.files[0]) as archive:
             images = _ZipImages(archive, member)
-            yield from self._read_tsv(source.key, lambda: archive.open(member), images, options)
+            yield from self._read_tsv(source.key, lambda: archive.open(member), images, collection, options)
 
     def _read_tsv(
-        self, source_file: str, open_binary: BinaryOpener, images: _Images, options: ReadOptions
+        self, source_file: str, open_binary: BinaryOpener, images: _Images, collection: str, options: ReadOptions
     ) -> Iterator[Record | Rejection]:
         taken: set[str] = set()  # record ids given out, to keep them unique within the TSV
         pairs: set[tuple[str, str]] = set()  # (object_id, img_file_name): the same pair twice is a repeat
@@ -403,12 +423,14 @@ class EcoTaxaReader:
                     record_id = self._record_id(object_id, values.get("img_rank"), taken)
                     data, problem = images.load(image_name)  # the store decodes it, and rejects it if it must
                 if problem is not None:
-                    yield Rejection(source_file, row.number, problem, record_id or object_id or None)
+                    native = record_id or object_id
+                    yield Rejection(source_file, row.number, problem, f"{collection}/{native}" if native else None)
                     continue
                 taken.add(record_id)
                 pairs.add((object_id, image_name))
                 record = row_to_record(values, options)
-                record.object_id, record.image = record_id, data
+                record.object_id, record.image = f"{collection}/{record_id}", data
+                record.metadata[NATIVE_ID] = object_id  # EcoTaxa's own id, for write-back (update mode)
                 record.source_file, record.source_row = source_file, row.number
                 yield record
 

@@ -4,7 +4,8 @@ EcoTaxa itself opens every TSV as latin-1 and always swallows line 2 as the type
 rules (UTF-8 without BOM, CR-only line ends, no types row). Following MorphoCluster's `fix-ecotaxa` and
 pyecotaxa, this module is lenient where EcoTaxa is strict:
 
-1. decode UTF-8 with BOM, then UTF-8, then latin-1 (which never fails);
+1. decode UTF-8 with BOM, UTF-16 (Excel's "Unicode text", with or without BOM), then UTF-8, then latin-1 (which
+   never fails);
 2. accept CR, LF and CRLF line ends;
 3. treat line 2 as the types row only when every cell is `[t]`, `[f]` or `[n]`, quoted or not;
 4. strip and lower-case header names (and stray quotes around them).
@@ -33,14 +34,19 @@ _NAME_PARENT = re.compile(r"^(?P<name>.*?\S)\s*\((?P<parent>[^()]*\S)\s*\)\s*$")
 
 
 def detect_encoding(open_binary: BinaryOpener) -> str:
-    """`utf-8-sig` when the file starts with a BOM, `utf-8` when all of it decodes as UTF-8, else `latin-1`.
+    """`utf-8-sig` when the file starts with a BOM; `utf-16-le`/`utf-16-be` (Excel's "Unicode text") when it
+    starts with a UTF-16 BOM, or without one when its first bytes are ASCII spread over two bytes a character;
+    `utf-8` when all of it decodes as UTF-8; else `latin-1`.
 
     Reads the file in chunks through an incremental decoder, so even a large TSV is never held in memory.
     """
     with open_binary() as stream:
-        head = stream.read(len(_UTF8_BOM))
-        if head == _UTF8_BOM:
+        head = stream.read(_CHUNK)
+        if head.startswith(_UTF8_BOM):
             return "utf-8-sig"
+        wide = utf16_codec(head)
+        if wide:
+            return wide
         decoder = codecs.getincrementaldecoder("utf-8")()
         try:
             decoder.decode(head)
@@ -50,6 +56,21 @@ def detect_encoding(open_binary: BinaryOpener) -> str:
         except UnicodeDecodeError:
             return "latin-1"
     return "utf-8"
+
+
+def utf16_codec(head: bytes) -> str | None:
+    """The UTF-16 codec of a file starting with `head`, or None. `utf-16` (BOM-aware) when there is a BOM,
+    which the decoder then drops; otherwise NUL bytes at every odd (even) offset of the ASCII header line."""
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    sample = head[: len(head) & ~1][:200]
+    if len(sample) < 4:
+        return None
+    if not any(sample[1::2]) and all(sample[0::2]):
+        return "utf-16-le"
+    if not any(sample[0::2]) and all(sample[1::2]):
+        return "utf-16-be"
+    return None
 
 
 def is_types_row(cells: list[str]) -> bool:

@@ -64,6 +64,7 @@ from plankton_cli.predictions import probability_matrix, top_k
 from plankton_cli.writers import UNCLASSIFIED, Prediction, PredictionRun
 from plankton_cli.instruments import canonical_instrument
 from plankton_plugins.ecotaxa.checker import check_import_zip
+from plankton_plugins.ecotaxa.reader import NATIVE_ID
 from plankton_plugins.ecotaxa.tsv import normalize_category
 from plankton_plugins.ifcb.bins import parse_bin_id
 
@@ -152,8 +153,9 @@ def _category_number(text: str | None) -> str | None:
 
 
 def ecotaxa_object_id(p: Prediction) -> str:
-    """The `object_id` EcoTaxa knows the object by (update mode matches on it)."""
-    return p.object_id
+    """The `object_id` EcoTaxa knows the object by (update mode matches on it): objects read from EcoTaxa keep
+    their native id in metadata, while the store's id is qualified by the bundle."""
+    return (p.metadata or {}).get(NATIVE_ID) or p.object_id
 
 
 def sample_name(p: Prediction) -> str:
@@ -184,7 +186,8 @@ def image_extension(data: bytes, image_name: str | None) -> str | None:
 
 def to_png(data: bytes) -> bytes:
     """Lossless PNG of an image in another format (EcoTaxa imports only PNG, JPEG and GIF)."""
-    with Image.open(io.BytesIO(data)) as image:
+    with Image.open(io.BytesIO(data)) as opened:
+        image: Image.Image = opened
         image.load()
         if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):
             image = image.convert("RGBA" if "A" in image.getbands() else "RGB")

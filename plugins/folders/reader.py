@@ -7,6 +7,9 @@ Layouts read:
   the root is an EcoTaxa instrument name or a DAPlankton alias;
 - any deeper nesting: the class is always the image's own folder, the folders above it are its `sample_id`.
 
+Object ids are `<collection>/<path relative to the folder given>`, the collection being `--collection NAME`
+or the folder's own name, so `A/Copepoda/img_0001.png` and `B/Copepoda/img_0001.png` are two objects.
+
 This is the generic fallback reader (`sniff_priority` 0): more specific formats are asked first.
 """
 
@@ -29,6 +32,11 @@ _UVPEC_FOLDER = re.compile(r"^(?P<name>.+)__(?P<id>\d+)$")  # uvpec / EcoTaxa DO
 def is_image_name(name: str) -> bool:
     """True for a visible file whose extension is an image format (AppleDouble `._x.png` files are not)."""
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def collection_name(options: ReadOptions, folder: Path) -> str:
+    """What qualifies the ids of the images under `folder`: `--collection`, else the folder's own name."""
+    return options.collection or folder.name or "root"
 
 
 def _visible_dirs(entries: list[os.DirEntry]) -> list[os.DirEntry]:
@@ -65,19 +73,23 @@ class ImageFolderReader:
         root = Path(path).absolute()
         if root.is_file():
             if is_image_name(root.name):
-                yield Source(key=str(root), files=(root,), reader=self.name, extra=root.name)
+                collection = collection_name(options, root.parent)
+                yield Source(key=str(root), files=(root,), reader=self.name, extra=(collection, root.name))
             return
+        collection = collection_name(options, root)
         for folder, dirs, files in os.walk(root):
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
             for name in sorted(files):
                 if is_image_name(name):
                     file = Path(folder, name)
                     relative = file.relative_to(root).as_posix()
-                    yield Source(key=str(file), files=(file,), reader=self.name, extra=relative)
+                    yield Source(key=str(file), files=(file,), reader=self.name, extra=(collection, relative))
 
     def read(self, source: Source, options: ReadOptions) -> Iterator[Record | Rejection]:
         file = source.files[0]
-        object_id = source.extra or file.name  # the path relative to the folder given to discover
+        # (collection, the path relative to the folder given to discover)
+        collection, relative = source.extra or (collection_name(options, file.parent), file.name)
+        object_id = f"{collection}/{relative}"
         try:
             data = file.read_bytes()
         except OSError as exc:
@@ -87,7 +99,7 @@ class ImageFolderReader:
             yield Rejection(str(file), None, "empty image file (0 bytes)", object_id)
             return
 
-        folders = PurePosixPath(object_id).parts[:-1]
+        folders = PurePosixPath(relative).parts[:-1]
         record = Record(
             object_id=object_id,
             image=data,

@@ -305,22 +305,47 @@ def roi_range_problem(row: AdcRow, roi_size: int) -> str | None:
     return None
 
 
-def overlapping_targets(rows: Sequence[AdcRow]) -> dict[int, int]:
-    """Targets whose byte ranges in the `.roi` overlap another's (ifcbkit `roi_overlapping_targets`).
+def overlapping_targets(rows: Sequence[AdcRow], roi_size: int | None = None) -> dict[int, int]:
+    """Targets whose byte ranges in the `.roi` overlap another's (ifcbkit `roi_overlapping_targets`), mapped to one
+    target each overlaps: the rows whose geometry is wrong.
 
-    Maps each such target to one target it overlaps. One of the two has wrong geometry, and nothing says which,
-    so the reader rejects both rather than yield pixels that may belong to another ROI.
+    IFCB writes ROIs back to back, so a row whose range covers two or more others (a corrupt width or height) is
+    the wrong one: it alone is blamed, and the rows it covers are kept. Two rows that overlap only each other are
+    both blamed, as nothing says which is wrong. Rows that run past the end of a `.roi` of `roi_size` bytes are
+    left out: they are rejected for that, and must not take their neighbours with them.
     """
-    clashes: dict[int, int] = {}
-    last_end, last_target = -1, 0
-    for row in sorted((r for r in rows if r.has_image), key=lambda r: r.start_byte):
-        if row.start_byte < last_end:
-            clashes[row.target] = last_target
-            clashes.setdefault(last_target, row.target)
-        end = row.start_byte + row.n_bytes
-        if end > last_end:
-            last_end, last_target = end, row.target
-    return clashes
+    spans = sorted(
+        (row.start_byte, row.start_byte + row.n_bytes, row.target)
+        for row in rows
+        if row.has_image and (roi_size is None or row.start_byte + row.n_bytes <= roi_size)
+    )
+    neighbours: dict[int, set[int]] = {}
+    open_spans: list[tuple[int, int]] = []  # (end, target) of the spans that reach past the current start
+    for start, end, target in spans:
+        open_spans = [(e, t) for e, t in open_spans if e > start]
+        for _, other in open_spans:
+            neighbours.setdefault(target, set()).add(other)
+            neighbours.setdefault(other, set()).add(target)
+        open_spans.append((end, target))
+
+    def drop(target: int) -> None:
+        for other in neighbours.pop(target):
+            neighbours[other].discard(target)
+            if not neighbours[other]:
+                del neighbours[other]
+
+    blamed: dict[int, int] = {}
+    while neighbours:
+        worst = max(neighbours, key=lambda t: (len(neighbours[t]), -t))
+        others = neighbours[worst]
+        if len(others) == 1:  # only pairs are left
+            (other,) = others
+            blamed[worst], blamed[other] = other, worst
+            drop(worst)
+        else:
+            blamed[worst] = min(others)
+            drop(worst)
+    return blamed
 
 
 def roi_pixels(buffer: bytes | memoryview, row: AdcRow) -> np.ndarray:

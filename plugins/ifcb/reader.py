@@ -56,23 +56,26 @@ def bin_base(path: Path) -> Path | None:
 def find_bins(root: Path) -> Iterator[Path]:
     """Base paths of the bins under `root`, walked recursively in sorted order.
 
-    A bin is an `.adc` and a `.hdr` with one basename that is a valid bin id (so stray files are ignored); bins
-    in folders named `skip` or `beads` below `root` are left out, as pyifcb does.
+    A bin is an `.adc` whose basename is a valid bin id (so stray files are ignored; one without its `.hdr` is
+    found too, and rejected when read); bins in folders named `skip` or `beads` below `root` are left out, as
+    pyifcb does.
     """
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d.lower() not in SKIPPED_FOLDERS)
-        names = set(filenames)
         for name in sorted(filenames):
             stem, ext = os.path.splitext(name)
-            if ext == ".adc" and stem + ".hdr" in names and parse_bin_id(stem) is not None:
+            if ext == ".adc" and parse_bin_id(stem) is not None:
                 yield Path(dirpath) / stem
 
 
-def bin_source(base: Path) -> Source:
-    """The `Source` of the bin at `base`: keyed by its absolute base path, listing the files that exist."""
+def bin_source(base: Path, needs_header: bool = False) -> Source:
+    """The `Source` of the bin at `base`: keyed by its absolute base path, listing the files that exist.
+
+    `needs_header`: a bin found in a folder must have its `.hdr` (without one it is probably still being written
+    or half copied); a bin named explicitly is read without it."""
     base = Path(os.path.abspath(base))
     files = tuple(f for f in (bin_file(base, ext) for ext in EXTENSIONS) if f.is_file())
-    return Source(key=str(base), files=files, reader=IFCBBinReader.name)
+    return Source(key=str(base), files=files, reader=IFCBBinReader.name, extra="needs-header" if needs_header else None)
 
 
 def _text(value: object) -> str:
@@ -96,7 +99,7 @@ class IFCBBinReader:
     def discover(self, path: Path, options: ReadOptions | None = None) -> Iterator[Source]:
         path = Path(path)
         if path.is_dir():
-            yield from (bin_source(base) for base in find_bins(path))
+            yield from (bin_source(base, needs_header=True) for base in find_bins(path))
             return
         base = bin_base(path)
         if base is not None and bin_file(base, ".adc").is_file():  # named explicitly: a missing .hdr is tolerated
@@ -114,9 +117,15 @@ class IFCBBinReader:
         except OSError as exc:
             yield Rejection(str(adc_path), None, f"cannot read the .adc file: {exc}")
             return
-        header = _read_header(bin_file(base, ".hdr"))
+        hdr_path = bin_file(base, ".hdr")
+        header = _read_header(hdr_path)
         schema = SCHEMAS[bin_id.schema]
         parsed = list(parse_adc(adc_data, schema, allowed_column_counts(schema, header)))
+        if source.extra == "needs-header" and not hdr_path.is_file():
+            reason = "missing .hdr file (a bin still being written or half copied?); name the bin to read it anyway"
+            rejected = list(_reject_all(parsed, bin_id, adc_path, hdr_path, reason))
+            yield from rejected or [Rejection(str(hdr_path), None, reason)]  # an empty bin is not silent either
+            return
         rows = [row for row in parsed if isinstance(row, AdcRow)]
         bin_metadata = {f"hdr.{key}": _text(value) for key, value in header.items()}
         bin_metadata["triggers"] = str(len(parsed))
@@ -194,7 +203,7 @@ def _reject_all(parsed, bin_id: BinId, adc_path: Path, roi_path: Path, reason: s
 
 def _read_rois(parsed, rows, buffer, size, bin_id, adc_path, roi_path, record) -> Iterator[Record | Rejection]:
     """Yield, in target order, a record per ROI (V1 pairs stitched) or a rejection per unusable ADC line or ROI."""
-    clashes = overlapping_targets(rows)
+    clashes = overlapping_targets(rows, size)
 
     def problem(row: AdcRow) -> str | None:
         if row.target in clashes:

@@ -34,6 +34,13 @@ def read_all(path: Path, options: ReadOptions = OPTIONS) -> tuple[list[Record], 
     return records, rejections
 
 
+def local(item: Record | Rejection) -> str:
+    """The id within its collection: what EcoTaxa calls the object (plus `#rank` for further images)."""
+    collection, _, rest = item.object_id.partition("/")
+    assert collection and rest, item.object_id
+    return rest
+
+
 def opener(path: Path):
     return lambda: path.open("rb")
 
@@ -45,7 +52,7 @@ def opener(path: Path):
 def test_import_test_labels_statuses_and_fields():
     records, rejections = read_all(QA / "import_test")
     assert rejections == []
-    got = [(r.object_id, r.label, r.label_status) for r in records]
+    got = [(local(r), r.label, r.label_status) for r in records]
     assert got == [
         ("m106_mn01_n1_sml_409", "t001", "predicted"),
         ("m106_mn01_n1_sml_821", "Oncaeidae", "predicted"),
@@ -85,9 +92,9 @@ def test_doi_export_labels_lineage_and_image_ranks():
     }
     assert {r.label_status for r in records} == {"predicted"}
     assert [r.source_row for r in records] == list(range(1, 13))
-    ids = [r.object_id for r in records]
+    ids = [local(r) for r in records]
     assert len(set(ids)) == 12 and ids[-2:] == ["m106_mn01_n3_sml_1111", "m106_mn01_n3_sml_1111#1"]
-    by_id = {r.object_id: r for r in records}
+    by_id = {local(r): r for r in records}
     assert by_id["m106_mn01_n1_sml_822"].lineage == (
         "Biota>Animalia>Arthropoda>Crustacea>Multicrustacea>Copepoda>Neocopepoda>Podoplea>Cyclopoida"
     )
@@ -118,7 +125,7 @@ def test_other_layouts(layout, n_sources, n_records):
 def test_sparse_vpr_import():
     records, _ = read_all(QA / "import_sparse")
     first = records[0]
-    assert (first.object_id, first.label, first.label_status) == ("roi.0729931500", None, "none")
+    assert (local(first), first.label, first.label_status) == ("roi.0729931500", None, "none")
     assert first.instrument == "VPR"
     assert first.acquired_at == datetime(2016, 7, 19, 2, 1, 39, tzinfo=timezone.utc)  # "020139.315"
     assert first.metadata["sample_ship"] == "Healy"
@@ -128,7 +135,7 @@ def test_sparse_vpr_import():
 def test_backup_and_acquisition_exports_rank_suffix():
     for layout, suffix in (("ref_exports/bak_all_images", "#2"), ("ref_exports/tsv_by_acquisition", "#2")):
         records, _ = read_all(QA / layout)
-        assert "m106_mn01_n3_sml_1111" + suffix in {r.object_id for r in records}
+        assert "m106_mn01_n3_sml_1111" + suffix in {local(r) for r in records}
 
 
 @needs_qa
@@ -139,7 +146,7 @@ def test_annotations_only_rows_are_rejected_with_file_and_row():
     assert records == [] and len(rejections) == 15
     assert [r.source_row for r in rejections] == list(range(1, 16))
     assert all(r.source_file == str(tsv.absolute()) and "no image file" in r.reason for r in rejections)
-    assert rejections[0].object_id == "20200205-111823_3"
+    assert local(rejections[0]) == "20200205-111823_3"
 
 
 @needs_qa
@@ -190,7 +197,7 @@ def test_zip_gives_the_same_records_as_the_folder(tmp_path):
     assert zip_rejections == []
 
     def comparable(r: Record):
-        return (r.object_id, r.image, r.label, r.label_status, r.source_row, r.acquired_at, r.depth, r.metadata)
+        return (local(r), r.image, r.label, r.label_status, r.source_row, r.acquired_at, r.depth, r.metadata)
 
     assert [comparable(r) for r in from_zip] == [comparable(r) for r in from_folder]
     assert from_zip[0].source_file == sources[0].key
@@ -222,7 +229,7 @@ def test_broken_rows_are_rejected_and_the_rest_read(tmp_path):
     tsv.write_text("\n".join([header, types, rows[0], *broken, *rows[1:]]) + "\n", encoding="utf-8")
     records, rejections = read_all(sample)
     # rows 5 and 6 have image bytes: decoding them, and rejecting what does not decode, is the store's job (below)
-    assert [r.object_id for r in records] == ["m106_mn01_n2_sml_1", "empty", "text", "m106_mn01_n2_sml_1081",
+    assert [local(r) for r in records] == ["m106_mn01_n2_sml_1", "empty", "text", "m106_mn01_n2_sml_1081",
                                               "m106_mn01_n2_sml_1111"]
     assert [r.source_row for r in records] == [1, 5, 6, 8, 9]
     reasons = {r.source_row: r.reason for r in rejections}
@@ -323,9 +330,9 @@ def test_zip_slip_members_are_rejected(tmp_path):
         zf.writestr("../outside.jpg", jpg)
         zf.writestr("../ecotaxa_escaped.tsv", "object_id\timg_file_name\nx\tok.jpg\n")
     sources = list(READER.discover(archive, OPTIONS))
-    assert [s.extra for s in sources] == ["../ecotaxa_escaped.tsv", "bundle/ecotaxa_evil.tsv"]
+    assert [s.extra[0] for s in sources] == ["../ecotaxa_escaped.tsv", "bundle/ecotaxa_evil.tsv"]
     records, rejections = read_all(archive)
-    assert [r.object_id for r in records] == ["ok"]
+    assert [local(r) for r in records] == ["ok"]
     escaped = [r for r in rejections if "escapes the archive" in r.reason]
     assert len(escaped) == 4 and len(rejections) == 4
     assert {r.source_row for r in escaped} == {None, 2, 3, 4}
@@ -347,3 +354,51 @@ def test_unreadable_zip_is_one_rejection(tmp_path):
     assert not READER.sniff(broken)
     records, rejections = read_all(broken)
     assert records == [] and [(r.source_row, r.reason) for r in rejections] == [(None, "not a readable zip archive")]
+
+
+@pytest.mark.parametrize("encoding, detected", [("utf-16", "utf-16"), ("utf-16-le", "utf-16-le"),
+                                                ("utf-16-be", "utf-16-be")])
+def test_utf16_tsv_is_read(tmp_path, encoding, detected):
+    """Excel's "Unicode text" export is UTF-16 (with a BOM); it used to be rejected as "no object_id column"."""
+    jpg = sorted((Path(__file__).resolve().parents[1] / "data" / "planktonclass-demo").rglob("*.jpg"))[0]
+    shutil.copy(jpg, tmp_path / "a.jpg")
+    path = tmp_path / "ecotaxa_unicode.tsv"
+    path.write_bytes("object_id\timg_file_name\tobject_annotation_category\nobj_1\ta.jpg\tCérataulina\n"
+                     .encode(encoding))
+    assert detect_encoding(opener(path)) == detected
+    assert READER.sniff(path)
+    (record,), rejections = read_all(tmp_path)
+    assert not rejections and (local(record), record.label) == ("obj_1", "Cérataulina")
+
+
+def test_folder_tsv_cannot_read_outside_its_bundle(tmp_path):
+    """`..` in a folder TSV's img_file_name is refused as the zip reader refuses it; a sub folder is fine."""
+    jpg = sorted((Path(__file__).resolve().parents[1] / "data" / "planktonclass-demo").rglob("*.jpg"))[0]
+    (tmp_path / "bundle" / "sub").mkdir(parents=True)
+    shutil.copy(jpg, tmp_path / "bundle" / "sub" / "ok.jpg")
+    shutil.copy(jpg, tmp_path / "outside.jpg")
+    (tmp_path / "bundle" / "ecotaxa_x.tsv").write_text(
+        "object_id\timg_file_name\nok\tsub/ok.jpg\nup\t../outside.jpg\nsneaky\tsub/../../outside.jpg\n"
+        f"abs\t{tmp_path / 'outside.jpg'}\n")
+    records, rejections = read_all(tmp_path / "bundle")
+    assert [local(r) for r in records] == ["ok"]
+    assert [(r.source_row, "escapes the bundle" in r.reason) for r in rejections] == [(2, True), (3, True), (4, True)]
+
+
+def test_store_ids_are_qualified_by_project_or_bundle_and_keep_the_native_id(tmp_path):
+    """Two bundles holding the same EcoTaxa object_id are two objects; EcoTaxa's own id stays in the metadata."""
+    jpg = sorted((Path(__file__).resolve().parents[1] / "data" / "planktonclass-demo").rglob("*.jpg"))[0]
+    for bundle in ("cruise-a", "cruise-b"):
+        (tmp_path / bundle).mkdir()
+        shutil.copy(jpg, tmp_path / bundle / "a.jpg")
+        (tmp_path / bundle / "ecotaxa_x.tsv").write_text("object_id\timg_file_name\nobj_1\ta.jpg\n")
+    ids = [(r.object_id, r.metadata["ecotaxa_object_id"]) for b in ("cruise-a", "cruise-b")
+           for r in read_all(tmp_path / b)[0]]
+    assert ids == [("cruise-a/obj_1", "obj_1"), ("cruise-b/obj_1", "obj_1")]
+    export = tmp_path / "export_4321_20240101_1200.zip"  # EcoTaxa's export name says the project
+    with zipfile.ZipFile(export, "w") as zf:
+        zf.writestr("ecotaxa_export_4321.tsv", "object_id\timg_file_name\nobj_1\ta.jpg\n")
+        zf.write(jpg, "a.jpg")
+    assert [r.object_id for r in read_all(export)[0]] == ["ecotaxa-4321/obj_1"]
+    named = read_all(tmp_path / "cruise-a", ReadOptions(collection="station-7"))[0]
+    assert [r.object_id for r in named] == ["station-7/obj_1"]

@@ -87,7 +87,7 @@ def read_back(zip_path: Path) -> dict[str, Record]:
     for source in reader.discover(zip_path, ReadOptions()):
         for item in reader.read(source, ReadOptions()):
             assert isinstance(item, Record), item
-            records[item.object_id] = item
+            records[item.metadata["ecotaxa_object_id"]] = item  # the id EcoTaxa sees (the store's is qualified)
     return records
 
 
@@ -456,3 +456,20 @@ def test_folder_labels_are_written_as_display_name_and_id(tmp_path):
         row = dict(zip(header, cells))
         assert (row["object_annotation_category"], row["object_annotation_category_id"]) == ("Copepoda", "6666")
         assert row["object_label_auto"] == "Copepoda__6666"  # our label, as everywhere else
+
+
+def test_objects_read_from_ecotaxa_go_back_under_ecotaxa_s_own_id(tmp_path):
+    """The store id is qualified (`<bundle>/<object_id>`); update mode must name the object as EcoTaxa does."""
+    jpg = sorted(DEMO.rglob("*.jpg"))[0]
+    bundle = tmp_path / "cruise-a"
+    bundle.mkdir()
+    (bundle / "a.jpg").write_bytes(jpg.read_bytes())
+    (bundle / "ecotaxa_s1.tsv").write_text("object_id\timg_file_name\tsample_id\nobj_1\ta.jpg\ts1\n")
+    (record,) = read_back(bundle).values()
+    assert record.object_id == "cruise-a/obj_1"
+    probabilities = np.eye(len(CLASSES), dtype=np.float32)[0]
+    prediction = Prediction(record.object_id, probabilities, CLASSES[0], CLASSES[0], sample_id=record.sample_id,
+                            metadata=record.metadata)
+    write(tmp_path / "out", [prediction], ecotaxa_mode="update")
+    (z,) = (tmp_path / "out" / "ecotaxa-update").glob("*.zip")
+    assert [row[0] for row in tsv_lines(z)[2:]] == ["obj_1"]

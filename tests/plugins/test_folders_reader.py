@@ -20,7 +20,8 @@ DEMO = Path(__file__).resolve().parents[1] / "data" / "planktonclass-demo"
 UVP6 = SHARED / "images" / "uvp6-vignettes"
 
 
-def read_all(path: Path, options: ReadOptions = ReadOptions()) -> tuple[list[Record], list[Rejection]]:
+def read_all(path: Path, options: ReadOptions | None = None) -> tuple[list[Record], list[Rejection]]:
+    options = options or ReadOptions()
     records, rejections = [], []
     for source in READER.discover(path, options):
         for item in READER.read(source, options):
@@ -40,7 +41,7 @@ def test_planktonclass_demo_counts_and_labels():
     assert {r.sample_id for r in records} == {"demo-images"}  # the class folders' parent
     assert {r.instrument for r in records} == {None}  # `demo-images` is no instrument name
     first = records[0]
-    assert first.object_id == "demo-images/Actinoptychus/" + Path(first.source_file).name
+    assert first.object_id == "planktonclass-demo/demo-images/Actinoptychus/" + Path(first.source_file).name
     assert first.image == Path(first.source_file).read_bytes()  # bytes exactly as on disk
     # dataset_files/*.txt, LICENSE and README.md are not images and are skipped
     assert all(r.source_file.endswith(".jpg") for r in records)
@@ -91,7 +92,7 @@ def test_daplankton_layout(tmp_path):
         ("CytoSense", classes[1].name, "CS"): 2,
         ("IFCB", classes[0].name, "IFCB"): 2,
     }
-    assert records[0].object_id.startswith("CS/")
+    assert records[0].object_id.startswith(f"{tmp_path.name}/CS/")
     # ReadOptions.instrument overrides what the folders say
     overridden, _ = read_all(tmp_path, ReadOptions(instrument="Zooscan"))
     assert {r.instrument for r in overridden} == {"Zooscan"}
@@ -108,9 +109,10 @@ def test_broken_and_non_image_files(tmp_path):
     (cls / "._good.jpg").write_bytes(b"\x00\x05\x16\x07")  # macOS AppleDouble file
     records, rejections = read_all(tmp_path)
     # the reader passes bytes on; decoding (once) and rejecting undecodable images is the store's job
-    assert [r.object_id for r in records] == ["Tripos/garbage.jpg", "Tripos/good.jpg"]
+    qualified = f"{tmp_path.name}/Tripos"  # the folder given names the collection
+    assert [r.object_id for r in records] == [f"{qualified}/garbage.jpg", f"{qualified}/good.jpg"]
     assert records[0].sample_id is None
-    assert [(r.object_id, r.reason) for r in rejections] == [("Tripos/empty.png", "empty image file (0 bytes)")]
+    assert [(r.object_id, r.reason) for r in rejections] == [(f"{qualified}/empty.png", "empty image file (0 bytes)")]
     assert all(r.source_file.startswith(str(tmp_path)) for r in rejections)
 
     from plankton_cli.ingest import ingest
@@ -121,8 +123,8 @@ def test_broken_and_non_image_files(tmp_path):
     assert (summary.read, summary.stored, summary.n_rejected) == (3, 1, 2)
     stored = store.dataset("rejections").to_table().to_pylist()
     reasons = {r["object_id"]: r for r in stored}
-    assert reasons["Tripos/garbage.jpg"]["reason"].startswith("undecodable image")
-    assert reasons["Tripos/garbage.jpg"]["source_file"] == str(cls / "garbage.jpg")
+    assert reasons[f"{qualified}/garbage.jpg"]["reason"].startswith("undecodable image")
+    assert reasons[f"{qualified}/garbage.jpg"]["source_file"] == str(cls / "garbage.jpg")
 
 
 def test_sniff(tmp_path):
@@ -132,3 +134,24 @@ def test_sniff(tmp_path):
     shutil.copy(sorted(DEMO.rglob("*.jpg"))[0], deep / "x.jpg")
     assert not READER.sniff(tmp_path)  # images three folders down are not an image-folder layout
     assert READER.sniff(tmp_path / "a" / "b") and READER.sniff(deep / "x.jpg")
+
+
+def test_two_folders_with_the_same_names_are_two_collections(tmp_path):
+    """`A/Copepoda/img_0001.png` and `B/Copepoda/img_0001.png` (different pixels) are two objects in the store."""
+    images = sorted((DEMO / "demo-images" / "Tripos").glob("*.jpg"))[:2]
+    for folder, image in zip(("A", "B"), images):
+        (tmp_path / folder / "Copepoda").mkdir(parents=True)
+        shutil.copy(image, tmp_path / folder / "Copepoda" / "img_0001.jpg")
+    assert [r.object_id for f in ("A", "B") for r in read_all(tmp_path / f)[0]] == [
+        "A/Copepoda/img_0001.jpg", "B/Copepoda/img_0001.jpg"]
+    named, _ = read_all(tmp_path / "A", ReadOptions(collection="cruise-7"))
+    assert [r.object_id for r in named] == ["cruise-7/Copepoda/img_0001.jpg"]
+
+    from plankton_cli.ingest import ingest
+    from plankton_cli.store import Store
+
+    store = Store(tmp_path / "store")
+    summaries = [ingest(store, [tmp_path / folder]) for folder in ("A", "B")]
+    assert [(s.read, s.stored) for s in summaries] == [(1, 1), (1, 1)]
+    assert sorted(store.dataset("objects").to_table(columns=["object_id"]).column(0).to_pylist()) == [
+        "A/Copepoda/img_0001.jpg", "B/Copepoda/img_0001.jpg"]

@@ -232,6 +232,37 @@ def test_bad_adc_rows_are_rejected_and_reading_goes_on(tmp_path):
     assert all(np.array_equal(good[t].image, clean[t].image) for t in good)
 
 
+@pytest.mark.parametrize("width, height", [(200, 50), (4000, 300)], ids=["covers-the-next-rois", "past-the-end"])
+def test_one_absurd_adc_row_rejects_only_its_roi(tmp_path, width, height):
+    """A corrupt size on one line used to make its range overlap every later ROI, and the whole bin was rejected."""
+    base = copy_bin(V2, tmp_path)
+    adc = base.with_suffix(".adc")
+    lines = adc.read_bytes().split(b"\n")
+    fields = lines[5 - 1].split(b",")
+    fields[15], fields[16] = str(width).encode(), str(height).encode()
+    lines[5 - 1] = b",".join(fields)
+    adc.write_bytes(b"\n".join(lines))
+    items = read(base)
+    rejected, good = rejections(items), records(items)
+    assert sorted(rejected) == [5]
+    assert sorted(good) == sorted(set(EXPECTED[V2]["roi_numbers"]) - {5})
+    clean = records(read(base_of(V2)))
+    assert all(np.array_equal(good[t].image, clean[t].image) for t in good)
+
+
+def test_bin_without_hdr_in_a_folder_is_rejected_not_skipped(tmp_path):
+    base = copy_bin(V2, tmp_path)
+    base.with_suffix(".hdr").unlink()
+    (source,) = READER.discover(tmp_path, OPTIONS)
+    items = list(READER.read(source, OPTIONS))
+    assert items and all(isinstance(item, Rejection) for item in items)
+    assert sorted(item.source_row for item in items) == EXPECTED[V2]["roi_numbers"]  # counts add up
+    assert {item.reason.split(" (")[0] for item in items} == {"missing .hdr file"}
+    assert items[0].source_file == str(base.with_suffix(".hdr"))
+    (named,) = READER.discover(base.with_suffix(".adc"), OPTIONS)  # named explicitly: read without it
+    assert all(isinstance(item, Record) for item in READER.read(named, OPTIONS))
+
+
 def test_damaged_v1_pair_is_rejected_together(tmp_path):
     base = copy_bin(V1, tmp_path)
     roi = base.with_suffix(".roi")
