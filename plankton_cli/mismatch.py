@@ -30,7 +30,7 @@ def run_warnings(runs: Sequence[Mapping]) -> list[str]:
     Each run is a mapping with `run` and, when known, `store`, `classes` and `instruments`."""
     warnings = []
     for key, what in (("store", "stores"), ("classes", "class sets"), ("instruments", "instrument selections")):
-        values = {}
+        values: dict[str, list[str]] = {}
         for run in runs:
             value = run.get(key)
             if value is not None:

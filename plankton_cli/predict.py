@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -198,7 +199,7 @@ def predict(
     model_hash = file_hash(weights)
     model_id = info.get("model_id") or f"{weights.parent.parent.name}/{weights.parent.name}"
     summary = PredictSummary(model_id=model_id, model_hash=model_hash)
-    options = dict(writer_options or {})
+    options: dict[str, Any] = dict(writer_options or {})
     if store is not None:
         options.setdefault("store", str(store.root))
         options.setdefault("lock_timeout", lock_timeout)

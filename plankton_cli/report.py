@@ -119,7 +119,7 @@ def _number(value: float | None, form: str = "{:.3f}") -> str:
     return "–" if value is None or pd.isna(value) else form.format(value)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def _table(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>" if rows else "<p>none</p>"

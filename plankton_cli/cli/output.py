@@ -61,7 +61,8 @@ def quiet_lightning() -> None:
 def describe(name: str, info: dict[str, Any]) -> list[str]:
     """A writer's (or any) summary dict as short readable lines: `name: key value, ...`, lists of files as their
     count and folder, nested counts inline, empty values left out, notes on lines of their own."""
-    parts, notes = [], []
+    parts: list[str] = []
+    notes: list[str] = []
     for key, value in info.items():
         if key in ("writer", "notes") or value in (None, "", [], {}):
             notes += info.get("notes", []) if key == "notes" else []

@@ -85,9 +85,9 @@ def _check(store: Store) -> CheckReport:
         files = {rel: {"size": None, "checksum": None} for rel in store_files_on_disk(root)}
     report.files = len(files)
     for rel, entry in sorted(files.items()):
-        problem = _check_file(root / rel, entry)
-        if problem:
-            add(Problem(problem[0], rel, problem[1], IO))
+        damage = _check_file(root / rel, entry)
+        if damage:
+            add(Problem(damage[0], rel, damage[1], IO))
     for rel in sorted(set(store_files_on_disk(root)) - set(files)):
         add(Problem("uncommitted", rel, "a data file outside the committed list (plain Parquet readers see it)",
                     DATA))

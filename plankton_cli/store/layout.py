@@ -37,7 +37,7 @@ def partition_dir(keys: list[str] | tuple[str, ...], row: dict) -> str:
     return "/".join(f"{key}={quote(str(row[key]), safe='')}" for key in keys)
 
 
-def partition_values(path: Path, dataset_dir: Path) -> dict[str, str]:
+def partition_values(path: Path, dataset_dir: str | Path) -> dict[str, str]:
     """Decoded hive partition values: `instrument=FlowCam%20macro` → {"instrument": "FlowCam macro"}."""
     values = {}
     for part in Path(path).relative_to(dataset_dir).parent.parts:
