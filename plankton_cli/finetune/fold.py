@@ -1,0 +1,141 @@
+"""One fold: train, keep the best checkpoint by validation macro-F1, test it, write the fold's files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytorch_lightning as pl
+
+from plankton_cli import metrics as M
+from plankton_cli.data import EvalTransform, StoreDataLoader, TrainTransform
+from plankton_cli.finetune.config import FinetuneConfig
+from plankton_cli.finetune.model import (
+    ClassifierModule,
+    build_classifier,
+    default_resize,
+    precision_thresholds,
+    softmax,
+)
+from plankton_cli.finetune.pool import LabelledPool, store_loader
+from plankton_cli.models import save_model
+from plankton_cli.protocol import Split
+
+log = logging.getLogger("plankton.finetune")
+
+
+def run_fold(
+    config: FinetuneConfig, split: Split, pool: LabelledPool, classes: list[str], dataset_dir: Path,
+    dataset_stats: dict[str, Any], dataset_info: dict[str, Any],
+) -> dict[str, Any] | None:
+    """Train, validate and test one fold; write its files. Returns its result (None on ranks other than 0)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from plankton_cli.training import CHECKPOINT_DIR, last_checkpoint, make_trainer, write_json_atomic
+
+    fold_dir = Path(config.out) / f"fold-{split.fold}"
+    pl.seed_everything(config.seed + split.fold, workers=True)
+    model, inherited = build_classifier(config, len(classes))
+    mean = _scalar(inherited.get("mean", dataset_stats["mean"]))
+    std = _scalar(inherited.get("std", dataset_stats["std"]))
+    img_size = model.arch["img_size"]
+    resize = int(inherited.get("resize") or default_resize(img_size))
+
+    def loader(ids: Sequence[str], train: bool) -> StoreDataLoader:
+        transform = (TrainTransform(resize, img_size, mean, std) if train else EvalTransform(resize, img_size, mean, std))
+        return store_loader(dataset_dir, ids, classes, transform, train=train, batch_size=config.batch_size,
+                            workers=config.workers, seed=config.seed + split.fold)
+
+    train_loader, val_loader, test_loader = loader(split.train, True), loader(split.val, False), loader(split.test, False)
+    module = ClassifierModule(model, lr=config.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay,
+                              warmup_epochs=config.warmup_epochs, label_smoothing=config.label_smoothing)
+    best_callback = ModelCheckpoint(
+        dirpath=str(fold_dir / CHECKPOINT_DIR), filename="best", monitor="val_macro_f1", mode="max", save_top_k=1,
+        enable_version_counter=False,
+    )
+    trainer = make_trainer(
+        fold_dir, max_epochs=config.epochs, max_steps=config.max_steps, accelerator=config.accelerator,
+        devices=config.devices, num_nodes=config.num_nodes, callbacks=[best_callback],
+        # Few labels make short epochs: log every step then, so the loss and lr curves are complete.
+        log_every_n_steps=1 if len(train_loader) < 50 else 50,
+    )
+    resume = last_checkpoint(fold_dir)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume) if resume.exists() else None)
+    # No validation ran (e.g. --max-steps inside the first epoch): test the last weights.
+    best = best_callback.best_model_path or None
+    trainer.validate(module, val_loader, ckpt_path=best, verbose=False)
+    trainer.test(module, test_loader, ckpt_path=best, verbose=False)
+    if not trainer.is_global_zero:
+        return None
+
+    val_ids, val_labels, val_logits = module.outputs["val"]
+    thresholds, unreached = precision_thresholds(softmax(val_logits), val_labels, classes, config.target_precision)
+    info = {
+        **inherited, **dataset_info, **model.arch,  # the fine-tuning data's padding is what predict must match
+        "classes": classes, "mean": [mean], "std": [std], "resize": resize, "crop": img_size,
+        "thresholds": thresholds, "threshold_target_precision": config.target_precision,
+        "thresholds_unreached": unreached,
+        "source": f"{inherited.get('source', '')}; plankton finetune fold {split.fold} of {config.out}".lstrip("; "),
+    }
+    save_model(fold_dir, module.model.state_dict(), info)
+
+    test_ids, test_labels, test_logits = module.outputs["test"]
+    result = _score_fold(split, pool, classes, test_ids, test_labels, test_logits, fold_dir)
+    result["best_checkpoint"] = best
+    result["val_macro_f1"] = (M.classification_metrics(val_labels.tolist(), val_logits.argmax(1).tolist())["macro_f1"]
+                              if len(val_labels) else None)
+    result["thresholds"] = thresholds
+    if (fold_dir / "metrics.csv").exists():
+        try:
+            M.plot_learning_curves(fold_dir / "metrics.csv", fold_dir / "learning_curves.png")
+        except ValueError as error:  # e.g. --max-steps stopped before any epoch ended
+            log.warning("fold %d: no learning curves: %s", split.fold, error)
+    write_json_atomic(fold_dir / "result.json", result)  # last: marks the fold as done
+    shutil.rmtree(fold_dir / CHECKPOINT_DIR, ignore_errors=True)  # model.safetensors holds the best weights
+    return result
+
+
+def _scalar(value: Any) -> float:
+    return float(value[0] if isinstance(value, list | tuple) else value)
+
+
+def _score_fold(
+    split: Split, pool: LabelledPool, classes: list[str], ids: list[str], labels: np.ndarray, logits: np.ndarray,
+    fold_dir: Path,
+) -> dict[str, Any]:
+    """Test metrics of one fold (overall and per instrument), the predictions file and the confusion matrix."""
+    instrument_of = dict(zip(pool.object_ids, pool.instruments))
+    probabilities = softmax(logits)
+    true = [classes[i] for i in labels]
+    pred = [classes[i] for i in probabilities.argmax(axis=1)]
+    instruments = [instrument_of[i] for i in ids]
+    table = pa.table({
+        "object_id": pa.array(ids, pa.string()),
+        "label": pa.array(true, pa.string()),
+        "pred": pa.array(pred, pa.string()),
+        "probabilities": pa.array(probabilities.astype(np.float32).tolist(), pa.list_(pa.float32())),
+        "instrument": pa.array(instruments, pa.string()),
+    }).replace_schema_metadata({"classes": json.dumps(classes), "fold": str(split.fold)})
+    pq.write_table(table, fold_dir / "test_predictions.parquet")
+    M.plot_confusion_matrix(true, pred, classes, fold_dir / "confusion_matrix.png", title=f"fold {split.fold}: test")
+    scores = M.classification_metrics(true, pred, classes)
+    return {
+        "fold": split.fold,
+        "labels": split.label_spec,
+        "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
+        **{name: scores[name] for name in M.HEADLINE_METRICS},
+        "per_class": scores["per_class"],
+        "absent_classes": scores["absent_classes"],
+        "per_instrument": {
+            name: {metric: value[metric] for metric in (*M.HEADLINE_METRICS, "n")}
+            for name, value in M.per_group_metrics(true, pred, instruments, classes).items()
+        },
+        "warnings": split.warnings,
+    }
