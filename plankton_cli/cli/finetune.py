@@ -50,16 +50,18 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
               help="Cross-validation folds (1: a single 80/20 split).")
 @click.option("--fold", type=click.IntRange(min=0), help="Run only this fold (0-based), e.g. one per SLURM job.")
 @click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
-              help="Images per step and device.")
-@click.option("--lr", type=float, default=2e-3, show_default=True,
-              help="Peak learning rate of the head, ABSOLUTE: not scaled by batch size (the paper's 2e-3 is at "
-                   "batch 128 on one GPU; with a larger total batch, scale it yourself).")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Images per step and device [default: the paper's 128, at most an eighth of the fold's "
+                   "labelled images: ≥ 8 steps per epoch].")
+@click.option("--lr", type=float,
+              help="Peak learning rate of the head, absolute when given [default: the paper's 2e-3 at batch 128, "
+                   "scaled by the real total batch].")
 @click.option("--layer-decay", type=float, default=0.75, show_default=True,
               help="Layer-wise lr decay: block i gets lr × decay^(depth − i); patch/pos embeddings the lowest.")
 @click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
-@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="Linear warmup (per step), then cosine decay to 0.")
+@click.option("--warmup-epochs", type=click.FloatRange(min=0),
+              help="Linear warmup (per step), then cosine decay to 0 [default: 10 % of all steps, the paper's 5 of "
+                   "50 epochs].")
 @click.option("--drop-path", type=click.FloatRange(0, 1), default=0.2, show_default=True, help="Stochastic depth.")
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
 @click.option("--target-precision", type=click.FloatRange(0, 1), default=0.9, show_default=True,
@@ -86,8 +88,8 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
 @json_option
 @click.pass_context
 def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labels: str, folds: int,
-             fold: int | None, epochs: int, batch_size: int, lr: float, layer_decay: float, weight_decay: float,
-             warmup_epochs: float, drop_path: float, label_smoothing: float, target_precision: float, seed: int,
+             fold: int | None, epochs: int, batch_size: int | None, lr: float | None, layer_decay: float,
+             weight_decay: float, warmup_epochs: float | None, drop_path: float, label_smoothing: float, target_precision: float, seed: int,
              workers: int, instruments: tuple[str, ...], label_status: tuple[str, ...], max_steps: int | None,
              model_name: str | None, img_size: int | None, patch_size: int | None, depth: int | None,
              embed_dim: int | None, num_heads: int | None, backend_opts, store: Path, as_json: bool) -> None:
@@ -97,7 +99,9 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
     GELU, Linear), and is trained with AdamW, layer-wise lr decay, label smoothing and drop
     path, keeping each fold's best epoch by validation macro-F1. The defaults are the paper's
     (Kareinen et al. 2025): 50 epochs, batch 128, lr 2e-3, weight decay 0.01, layer decay 0.75,
-    5 warmup epochs, bf16 on GPU.
+    5 warmup epochs, bf16 on GPU. With fewer labelled images the batch, lr and warmup are scaled
+    to the data (given flags win); each fold's resolved recipe is printed and written to
+    fold-K/recipe.json.
     """
     from plankton_cli.cli.dispatch import dispatch
     from plankton_cli.protocol import parse_label_fraction

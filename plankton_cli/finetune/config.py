@@ -32,11 +32,12 @@ class FinetuneConfig:
     val_fraction: float = 0.15
     seed: int = 0
     epochs: int = 50
-    batch_size: int = 128  # per device
-    lr: float = 2e-3  # absolute (the paper's value at batch 128), not scaled by batch size
+    # None: resolved per fold by ``recipe.resolve_recipe`` (the paper's values at paper scale, scaled below).
+    batch_size: int | None = None  # per device; None: the paper's 128, at most an eighth of the labelled images
+    lr: float | None = None  # absolute when given; None: the paper's 2e-3 × effective batch / 128
     weight_decay: float = 0.01
     layer_decay: float = 0.75
-    warmup_epochs: float = 5.0
+    warmup_epochs: float | None = None  # None: 10 % of all optimizer steps (the paper's 5 of 50 epochs)
     drop_path: float = 0.2
     label_smoothing: float = 0.1
     target_precision: float = 0.9  # per-class thresholds for predict, chosen on validation data

@@ -27,15 +27,25 @@ from plankton_cli.finetune.model import (
 from plankton_cli.finetune.pool import LabelledPool, store_loader
 from plankton_cli.models import save_model
 from plankton_cli.protocol import Split
+from plankton_cli.recipe import Recipe, resolve_recipe
 
 log = logging.getLogger("plankton.finetune")
 
 
+def fold_recipe(config: FinetuneConfig, split: Split) -> Recipe:
+    """The fine-tuning recipe for this fold's labelled training images (flags in ``config`` win)."""
+    return resolve_recipe(
+        "finetune", len(split.train), config.epochs, world_size=config.devices * config.num_nodes,
+        batch_size=config.batch_size, lr=config.lr, warmup_epochs=config.warmup_epochs, max_steps=config.max_steps,
+    )
+
+
 def run_fold(
     config: FinetuneConfig, split: Split, pool: LabelledPool, classes: list[str], dataset_dir: Path,
-    dataset_stats: dict[str, Any], dataset_info: dict[str, Any],
+    dataset_stats: dict[str, Any], dataset_info: dict[str, Any], recipe: Recipe,
 ) -> dict[str, Any] | None:
-    """Train, validate and test one fold; write its files. Returns its result (None on ranks other than 0)."""
+    """Train, validate and test one fold with ``recipe`` (``fold_recipe``); write its files. Returns its result
+    (None on ranks other than 0)."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from plankton_cli.training import CHECKPOINT_DIR, last_checkpoint, make_trainer, write_json_atomic
@@ -50,12 +60,12 @@ def run_fold(
 
     def loader(ids: Sequence[str], train: bool) -> StoreDataLoader:
         transform = (TrainTransform(resize, img_size, mean, std) if train else EvalTransform(resize, img_size, mean, std))
-        return store_loader(dataset_dir, ids, classes, transform, train=train, batch_size=config.batch_size,
+        return store_loader(dataset_dir, ids, classes, transform, train=train, batch_size=recipe.batch_size,
                             workers=config.workers, seed=config.seed + split.fold)
 
     train_loader, val_loader, test_loader = loader(split.train, True), loader(split.val, False), loader(split.test, False)
-    module = ClassifierModule(model, lr=config.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay,
-                              warmup_epochs=config.warmup_epochs, label_smoothing=config.label_smoothing)
+    module = ClassifierModule(model, lr=recipe.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay,
+                              warmup_steps=recipe.warmup_steps, label_smoothing=config.label_smoothing)
     best_callback = ModelCheckpoint(
         dirpath=str(fold_dir / CHECKPOINT_DIR), filename="best", monitor="val_macro_f1", mode="max", save_top_k=1,
         enable_version_counter=False,
@@ -92,6 +102,7 @@ def run_fold(
     result["val_macro_f1"] = (M.classification_metrics(val_labels.tolist(), val_logits.argmax(1).tolist())["macro_f1"]
                               if len(val_labels) else None)
     result["thresholds"] = thresholds
+    result["recipe"] = recipe.to_dict()
     if (fold_dir / "metrics.csv").exists():
         try:
             M.plot_learning_curves(fold_dir / "metrics.csv", fold_dir / "learning_curves.png")

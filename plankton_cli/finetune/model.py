@@ -4,7 +4,6 @@ LightningModule, and the per-class precision thresholds chosen on validation dat
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -97,7 +96,8 @@ def _export_info(path: Path) -> dict[str, Any] | None:
 
 class ClassifierModule(pl.LightningModule):
     """Fine-tunes a :class:`Classifier`: cross-entropy with label smoothing, AdamW with layer-wise lr decay (each
-    group's own lr, see ``models.layer_decay_param_groups``), per-step warmup + cosine.
+    group's own lr, see ``models.layer_decay_param_groups``), per-step warmup (``warmup_steps``, from the
+    resolved recipe) + cosine.
 
     Logs ``train_loss``, ``lr_block0`` and ``lr_head`` every step (so the decay can be checked in metrics.csv),
     and per epoch ``val_loss``, ``val_macro_f1``, ``val_accuracy``, computed over the whole validation part
@@ -107,7 +107,7 @@ class ClassifierModule(pl.LightningModule):
 
     def __init__(
         self, model: Classifier, *, lr: float = 2e-3, weight_decay: float = 0.01, layer_decay: float = 0.75,
-        warmup_epochs: float = 5.0, label_smoothing: float = 0.1,
+        warmup_steps: int = 0, label_smoothing: float = 0.1,
     ) -> None:
         super().__init__()
         self.model = model
@@ -124,9 +124,7 @@ class ClassifierModule(pl.LightningModule):
         groups = layer_decay_param_groups(self.model, hp.lr, hp.weight_decay, hp.layer_decay)
         optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
-        warmup_steps = round(hp.warmup_epochs * steps_per_epoch)
-        scheduler = warmup_cosine_scheduler(optimizer, total_steps, warmup_steps)
+        scheduler = warmup_cosine_scheduler(optimizer, total_steps, min(hp.warmup_steps, total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:

@@ -11,7 +11,7 @@ from typing import Any
 from plankton_cli import metrics as M
 from plankton_cli.data import load_or_compute_stats
 from plankton_cli.finetune.config import RESULT_KEYS, FinetuneConfig
-from plankton_cli.finetune.fold import run_fold
+from plankton_cli.finetune.fold import fold_recipe, run_fold
 from plankton_cli.finetune.pool import fold_splits, label_count_rows, labelled_pool
 from plankton_cli.finetune.results import summarise_run
 from plankton_cli.padding import padding_rules
@@ -27,7 +27,7 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = log.info) -> 
     (also written to OUT/summary.json).
     """
     from plankton_cli.store import Store
-    from plankton_cli.training import is_rank_zero, resolve_dataset, write_run_config
+    from plankton_cli.training import is_rank_zero, resolve_dataset, write_json_atomic, write_run_config
 
     parse_label_fraction(config.labels)  # fail before any work on a bad spec
     if config.fold is not None and not 0 <= config.fold < config.folds:
@@ -64,7 +64,13 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = log.info) -> 
             log.warning("fold %d: %s", split.fold, warning)
         if is_rank_zero():
             save_split(split, fold_dir / "split.json")
-        result = run_fold(config, split, pool, classes, dataset_dir, stats, dataset_info)
+        recipe = fold_recipe(config, split)
+        echo(f"fold {split.fold}: {recipe.describe()}")
+        for warning in recipe.warnings:
+            log.warning("fold %d: %s", split.fold, warning)
+        if is_rank_zero():
+            write_json_atomic(fold_dir / "recipe.json", recipe.to_dict())
+        result = run_fold(config, split, pool, classes, dataset_dir, stats, dataset_info, recipe)
         if result is not None:
             echo(f"fold {split.fold}: test accuracy {result['accuracy']:.3f}, balanced accuracy "
                  f"{result['balanced_accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")
