@@ -21,6 +21,7 @@ Examples:
       --labels 1% --out runs/imagenet-1       # the paper's ImageNet baseline, from a local file
   plankton finetune --init scratch --model vit_small_patch16_224 --img-size 96 --labels all --out runs/scratch
   plankton finetune --init runs/mae --labels 10/class --instrument IFCB --folds 1 --out runs/ifcb-10
+  plankton finetune --init runs/mae --labels 1% --head auto --out runs/auto-1   # + linear probe, k-NN
   # one SLURM job per fold (each writes fold-K/; the last to finish writes the full summary)
   for k in 0 1 2 3 4; do plankton finetune --init runs/mae --labels 5% --fold $k --out runs/ft-5 \\
       --backend slurm --partition gpu --time 4:00:00; done
@@ -32,8 +33,13 @@ validation; --folds 1 is one such split. Each fold's split is saved (fold-K/spli
 re-run into the same --out reuses it; finished folds (fold-K/result.json) are not trained again.
 
 \b
+Every fold also scores baselines on the same labelled images and test part: a logistic
+regression on 32-px pixels and, when the objects carry EcoTaxa object_* morphometrics, a
+random forest on them; the summary shows them beside the model and says when the model loses.
+
+\b
 Outputs in OUT: config.json, label_counts.csv, summary.md/.csv/.json (test accuracy, balanced
-accuracy, macro-F1 per fold and mean ± std), and per fold fold-K/: model.safetensors + model.json
+accuracy, macro-F1 per fold and mean ± std, heads, baselines), and per fold fold-K/: model.safetensors + model.json
 (for `plankton predict`, with per-class thresholds for --target-precision), metrics.csv,
 learning_curves.png, split.json, test_predictions.parquet, confusion_matrix.png.
 
@@ -75,6 +81,11 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
               help="Label statuses taken as truth (repeatable; 'any' for all). EcoTaxa 'predicted' labels are "
                    "not ground truth.")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop each fold after N optimizer steps (smoke tests).")
+@click.option("--head", type=click.Choice(["finetune", "linear", "knn", "auto"]), default="finetune",
+              show_default=True,
+              help="finetune: train the whole ViT; linear / knn: a logistic regression / cosine k-NN on the frozen "
+                   "encoder's embeddings (seconds; no model file for predict); auto: all three, keeping per fold the "
+                   "best by validation macro-F1 (every candidate's score is in the results).")
 @click.option("--model", "model_name", metavar="NAME",
               help="timm ViT name for --init scratch or a timm checkpoint file, e.g. vit_large_patch16_224.")
 @click.option("--img-size", type=click.IntRange(min=8), metavar="PX",
@@ -91,6 +102,7 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
              fold: int | None, epochs: int, batch_size: int | None, lr: float | None, layer_decay: float,
              weight_decay: float, warmup_epochs: float | None, drop_path: float, label_smoothing: float, target_precision: float, seed: int,
              workers: int, instruments: tuple[str, ...], label_status: tuple[str, ...], max_steps: int | None,
+             head: str,
              model_name: str | None, img_size: int | None, patch_size: int | None, depth: int | None,
              embed_dim: int | None, num_heads: int | None, backend_opts, store: Path, as_json: bool) -> None:
     """Fine-tune a ViT with few labels and test it by cross-validation (the paper's protocol).
@@ -130,7 +142,7 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
         warmup_epochs=warmup_epochs, drop_path=drop_path, label_smoothing=label_smoothing,
         target_precision=target_precision, workers=workers, instruments=list(instruments) or None,
-        label_status=[] if "any" in label_status else list(label_status), max_steps=max_steps,
+        label_status=[] if "any" in label_status else list(label_status), max_steps=max_steps, head=head,
         model=model_name, img_size=img_size, patch_size=patch_size, depth=depth, embed_dim=embed_dim,
         num_heads=num_heads, accelerator=backend_opts.accelerator, devices=backend_opts.devices,
         num_nodes=backend_opts.num_nodes,
@@ -145,7 +157,9 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
         return
     if as_json:
         emit_json({"out": str(out), "folds": summary["folds"], "mean_std": summary["mean_std"],
-                   "per_instrument": summary["per_instrument"], "complete": summary["complete"]})
+                   "per_instrument": summary["per_instrument"], "complete": summary["complete"],
+                   "baselines": summary["baselines"], "heads": summary["heads"],
+                   "loses_to": summary["loses_to"]})
         return
     click.echo((out / "summary.md").read_text(encoding="utf-8"))
     click.echo(f"results in {out}/ (summary.md, fold-*/model.safetensors for `plankton predict`)")

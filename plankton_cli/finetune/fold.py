@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,9 @@ import pytorch_lightning as pl
 
 from plankton_cli import metrics as M
 from plankton_cli.data import EvalTransform, StoreDataLoader, TrainTransform
+from plankton_cli.finetune.baselines import score_baselines
 from plankton_cli.finetune.config import FinetuneConfig
+from plankton_cli.finetune.heads import CHEAP_HEADS, design_matrix, embed, fit_and_predict
 from plankton_cli.finetune.model import (
     ClassifierModule,
     build_classifier,
@@ -44,11 +46,14 @@ def run_fold(
     config: FinetuneConfig, split: Split, pool: LabelledPool, classes: list[str], dataset_dir: Path,
     dataset_stats: dict[str, Any], dataset_info: dict[str, Any], recipe: Recipe,
 ) -> dict[str, Any] | None:
-    """Train, validate and test one fold with ``recipe`` (``fold_recipe``); write its files. Returns its result
-    (None on ranks other than 0)."""
-    from pytorch_lightning.callbacks import ModelCheckpoint
+    """Train, validate and test one fold with ``recipe`` (``fold_recipe``) and ``config.head``; score the
+    baselines on the same split; write the fold's files. Returns its result (None on ranks other than 0).
 
-    from plankton_cli.training import CHECKPOINT_DIR, last_checkpoint, make_trainer, write_json_atomic
+    ``head``: ``finetune`` trains the whole classifier; ``linear``/``knn`` fit a cheap head on the frozen
+    embeddings of the initial encoder instead (no model file: they are an evaluation); ``auto`` does all three and
+    keeps the best by validation macro-F1 (the fine-tuned model is the one saved for predict).
+    """
+    from plankton_cli.training import CHECKPOINT_DIR, write_json_atomic
 
     fold_dir = Path(config.out) / f"fold-{split.fold}"
     pl.seed_everything(config.seed + split.fold, workers=True)
@@ -62,6 +67,69 @@ def run_fold(
         transform = (TrainTransform(resize, img_size, mean, std) if train else EvalTransform(resize, img_size, mean, std))
         return store_loader(dataset_dir, ids, classes, transform, train=train, batch_size=recipe.batch_size,
                             workers=config.workers, seed=config.seed + split.fold)
+
+    # Candidates: name -> (validation labels, validation probabilities, test ids, test labels, test probabilities).
+    candidates: dict[str, tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]] = {}
+    cheap = list(CHEAP_HEADS) if config.head == "auto" else [h for h in CHEAP_HEADS if h == config.head]
+    if cheap:  # before any training: the heads sit on the encoder as it was given
+        (_, y_train, x_train), (_, y_val, x_val), (test_ids, y_test, x_test) = (
+            embed(model, loader(ids, False)) for ids in (split.train, split.val, split.test))
+        for kind in cheap:
+            val_p, test_p = fit_and_predict(kind, design_matrix(x_train), y_train,
+                                            [design_matrix(x_val), design_matrix(x_test)], len(classes), config.seed)
+            candidates[kind] = (y_val, val_p, test_ids, y_test, test_p)
+
+    finetuned = None
+    if config.head in ("finetune", "auto"):
+        finetuned = _train(config, split, model, recipe, fold_dir, loader)
+        if finetuned is None:
+            return None  # a DDP rank other than 0
+        (val_labels, val_logits), (test_ids, test_labels, test_logits), best = finetuned
+        candidates["finetune"] = (val_labels, softmax(val_logits), test_ids, test_labels, softmax(test_logits))
+        thresholds, unreached = precision_thresholds(softmax(val_logits), val_labels, classes,
+                                                     config.target_precision)
+        info = {
+            **inherited, **dataset_info, **model.arch,  # the fine-tuning data's padding is what predict must match
+            "classes": classes, "mean": [mean], "std": [std], "resize": resize, "crop": img_size,
+            "thresholds": thresholds, "threshold_target_precision": config.target_precision,
+            "thresholds_unreached": unreached,
+            "source": f"{inherited.get('source', '')}; plankton finetune fold {split.fold} of {config.out}".lstrip("; "),
+        }
+        save_model(fold_dir, model.state_dict(), info)
+
+    heads = {name: _head_scores(classes, *candidate) for name, candidate in candidates.items()}
+    # Ties go to the cheaper head: it is the simpler explanation of the same score.
+    chosen = max(heads, key=lambda name: (heads[name]["val_macro_f1"], name != "finetune"))
+    _, _, test_ids, test_labels, test_probabilities = candidates[chosen]
+    result = _score_fold(split, pool, classes, test_ids, test_labels, test_probabilities, fold_dir)
+    result["head"] = chosen
+    result["heads"] = heads
+    result["val_macro_f1"] = heads[chosen]["val_macro_f1"]
+    result["model_file"] = str(fold_dir / "model.safetensors") if finetuned else None
+    if finetuned:
+        result["best_checkpoint"] = finetuned[2]
+        result["thresholds"] = thresholds
+    result["recipe"] = recipe.to_dict()
+    result["baselines"] = score_baselines(dataset_dir, split, pool.label_of(), classes, config.seed)
+    if (fold_dir / "metrics.csv").exists():
+        try:
+            M.plot_learning_curves(fold_dir / "metrics.csv", fold_dir / "learning_curves.png")
+        except ValueError as error:  # e.g. --max-steps stopped before any epoch ended
+            log.warning("fold %d: no learning curves: %s", split.fold, error)
+    write_json_atomic(fold_dir / "result.json", result)  # last: marks the fold as done
+    shutil.rmtree(fold_dir / CHECKPOINT_DIR, ignore_errors=True)  # model.safetensors holds the best weights
+    return result
+
+
+def _train(
+    config: FinetuneConfig, split: Split, model: Any, recipe: Recipe, fold_dir: Path,
+    loader: Callable[[Sequence[str], bool], StoreDataLoader],
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[list[str], np.ndarray, np.ndarray], str | None] | None:
+    """Fine-tune ``model`` in place (ending with the best checkpoint's weights); ``((val labels, val logits),
+    (test ids, test labels, test logits), best checkpoint)``, or None on ranks other than 0."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from plankton_cli.training import CHECKPOINT_DIR, last_checkpoint, make_trainer
 
     train_loader, val_loader, test_loader = loader(split.train, True), loader(split.val, False), loader(split.test, False)
     module = ClassifierModule(model, lr=recipe.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay,
@@ -84,33 +152,18 @@ def run_fold(
     trainer.test(module, test_loader, ckpt_path=best, verbose=False)
     if not trainer.is_global_zero:
         return None
+    _, val_labels, val_logits = module.outputs["val"]
+    return (val_labels, val_logits), module.outputs["test"], best
 
-    val_ids, val_labels, val_logits = module.outputs["val"]
-    thresholds, unreached = precision_thresholds(softmax(val_logits), val_labels, classes, config.target_precision)
-    info = {
-        **inherited, **dataset_info, **model.arch,  # the fine-tuning data's padding is what predict must match
-        "classes": classes, "mean": [mean], "std": [std], "resize": resize, "crop": img_size,
-        "thresholds": thresholds, "threshold_target_precision": config.target_precision,
-        "thresholds_unreached": unreached,
-        "source": f"{inherited.get('source', '')}; plankton finetune fold {split.fold} of {config.out}".lstrip("; "),
-    }
-    save_model(fold_dir, module.model.state_dict(), info)
 
-    test_ids, test_labels, test_logits = module.outputs["test"]
-    result = _score_fold(split, pool, classes, test_ids, test_labels, test_logits, fold_dir)
-    result["best_checkpoint"] = best
-    result["val_macro_f1"] = (M.classification_metrics(val_labels.tolist(), val_logits.argmax(1).tolist())["macro_f1"]
-                              if len(val_labels) else None)
-    result["thresholds"] = thresholds
-    result["recipe"] = recipe.to_dict()
-    if (fold_dir / "metrics.csv").exists():
-        try:
-            M.plot_learning_curves(fold_dir / "metrics.csv", fold_dir / "learning_curves.png")
-        except ValueError as error:  # e.g. --max-steps stopped before any epoch ended
-            log.warning("fold %d: no learning curves: %s", split.fold, error)
-    write_json_atomic(fold_dir / "result.json", result)  # last: marks the fold as done
-    shutil.rmtree(fold_dir / CHECKPOINT_DIR, ignore_errors=True)  # model.safetensors holds the best weights
-    return result
+def _head_scores(classes: list[str], val_labels: np.ndarray, val_probabilities: np.ndarray, test_ids: list[str],
+                 test_labels: np.ndarray, test_probabilities: np.ndarray) -> dict[str, Any]:
+    """A candidate head's validation macro-F1 (what ``auto`` chooses by) and its test scores."""
+    val = (M.classification_metrics(val_labels.tolist(), val_probabilities.argmax(1).tolist())["macro_f1"]
+           if len(val_labels) else 0.0)
+    test = M.classification_metrics([classes[i] for i in test_labels],
+                                    [classes[i] for i in test_probabilities.argmax(1)], classes)
+    return {"val_macro_f1": val, **{m: test[m] for m in M.HEADLINE_METRICS}}
 
 
 def _scalar(value: Any) -> float:
@@ -118,12 +171,11 @@ def _scalar(value: Any) -> float:
 
 
 def _score_fold(
-    split: Split, pool: LabelledPool, classes: list[str], ids: list[str], labels: np.ndarray, logits: np.ndarray,
-    fold_dir: Path,
+    split: Split, pool: LabelledPool, classes: list[str], ids: list[str], labels: np.ndarray,
+    probabilities: np.ndarray, fold_dir: Path,
 ) -> dict[str, Any]:
     """Test metrics of one fold (overall and per instrument), the predictions file and the confusion matrix."""
     instrument_of = dict(zip(pool.object_ids, pool.instruments))
-    probabilities = softmax(logits)
     true = [classes[i] for i in labels]
     pred = [classes[i] for i in probabilities.argmax(axis=1)]
     instruments = [instrument_of[i] for i in ids]
