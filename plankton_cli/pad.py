@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from plankton_cli.instruments import canonical_instrument
+
 SCALE_BAR_HEIGHT = 31
 """ZooProcess / UVP vignettes carry a legend (scale bar + text) this many pixels high at the bottom."""
 
@@ -280,8 +282,9 @@ def _longest_true_run(flags: np.ndarray) -> tuple[int, int]:
     return int(starts[longest]), int(stops[longest])
 
 
-UNKNOWN_INSTRUMENTS = ("", "unknown", "other camera", "other microscope", "other scanner", "other flowcytometer")
-"""Instrument names that say nothing about the images: `--preset auto` then looks at the pixels."""
+UNKNOWN_INSTRUMENTS = ("other camera", "other microscope", "other scanner", "other flowcytometer")
+"""EcoTaxa instrument names that say nothing about the images: `--preset auto` then looks at the pixels, as it does
+for names outside EcoTaxa's vocabulary (none, or e.g. "epson", the scanner of a ZooScan export)."""
 
 
 def preset_for(instrument: str | None) -> CropSpec:
@@ -297,7 +300,7 @@ def preset_for(instrument: str | None) -> CropSpec:
         return CropSpec(scale_bar=True)
     if name == "cytosense":
         return CropSpec(top=CYTOSENSE_BANNER_HEIGHT)
-    if name in UNKNOWN_INSTRUMENTS:
+    if name in UNKNOWN_INSTRUMENTS or canonical_instrument(name) is None:
         return CropSpec(scale_bar=True, banner=True)
     return CropSpec()
 

@@ -309,6 +309,7 @@ def test_cytosense_preset_crops_25_px_at_the_top():
         ("unknown", CropSpec(scale_bar=True, banner=True)),  # unknown: look at the pixels
         (None, CropSpec(scale_bar=True, banner=True)),
         ("Other camera", CropSpec(scale_bar=True, banner=True)),
+        ("epson", CropSpec(scale_bar=True, banner=True)),  # the scanner named by EcoTaxa's ZooScan QA export
     ],
 )
 def test_preset_for(instrument, expected):

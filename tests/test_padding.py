@@ -191,6 +191,10 @@ def test_zooscan_scale_bar_is_detected_and_cropped(tmp_path):
     ingest(store, [bundle])
     summary = pad_dataset(store, preset="scale-bar")
     assert summary.crops == {"scale-bar 31px": 8} and summary.scale_bar_checked == 8
+    # Its instrument is "epson" (the scanner), no EcoTaxa instrument name: auto finds the legend in the pixels.
+    auto = pad_dataset(store, target="auto")
+    assert auto.crops == {"scale-bar 31px": 8, "banner 25px": 0} and auto.crops_by_instrument == {
+        "epson": {"scale-bar 31px": 8}}
     objects = rows_by_id(store, "objects")
     for oid, row in rows_by_id(store, "padded").items():
         assert row["crop_bottom"] == 31
