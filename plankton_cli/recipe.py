@@ -143,7 +143,8 @@ def resolve_recipe(
     if warmup_epochs is not None:
         warmup_steps, chosen["warmup"] = round(warmup_epochs * steps_per_epoch), "flag"
     else:
-        warmup_steps, chosen["warmup"] = round(paper["warmup_fraction"] * total_steps), "fraction"
+        # At least one step: the schedule then starts from lr 0, as MAE's does.
+        warmup_steps, chosen["warmup"] = max(1, round(paper["warmup_fraction"] * total_steps)), "fraction"
     warmup_steps = min(warmup_steps, total_steps)
 
     decoder = None
