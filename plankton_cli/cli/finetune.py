@@ -162,4 +162,7 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
                    "loses_to": summary["loses_to"]})
         return
     click.echo((out / "summary.md").read_text(encoding="utf-8"))
-    click.echo(f"results in {out}/ (summary.md, fold-*/model.safetensors for `plankton predict`)")
+    if head in ("linear", "knn"):
+        click.echo(f"results in {out}/ (summary.md; --head {head} writes no model file for `plankton predict`)")
+    else:
+        click.echo(f"results in {out}/ (summary.md, fold-*/model.safetensors for `plankton predict`)")
