@@ -1,4 +1,5 @@
-"""One fold: train, keep the best checkpoint by validation macro-F1, test it, write the fold's files."""
+"""One fold: fine-tune (keeping the best checkpoint by validation macro-F1) and/or fit cheap heads on frozen
+embeddings, test the head chosen, score the baselines on the same split, write the fold's files."""
 
 from __future__ import annotations
 

@@ -19,7 +19,6 @@ import torch
 from plankton_cli.data import StoreDataLoader
 
 CHEAP_HEADS = ("linear", "knn")
-HEADS = ("finetune", *CHEAP_HEADS, "auto")
 KNN_NEIGHBOURS = 10
 
 
