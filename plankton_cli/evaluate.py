@@ -66,6 +66,7 @@ def evaluate_run(run: Path, out_dir: Path) -> dict:
             for group, res in groups.items():
                 per_instrument.setdefault(group, []).append(res)
     name = run.name
+    baselines = _baselines(run)
     metrics.plot_confusion_matrix(y_true_all, y_pred_all, classes or sorted(set(y_true_all)),
                                   out_dir / f"confusion_{name}.png")
     pooled = metrics.classification_metrics(y_true_all, y_pred_all, classes)
@@ -80,7 +81,16 @@ def evaluate_run(run: Path, out_dir: Path) -> dict:
         "summary": metrics.summarise_folds(per_fold),
         "per_instrument": {k: metrics.summarise_folds(v) for k, v in per_instrument.items()},
         "per_class": pooled["per_class"],
+        "baselines": baselines,
     }
+
+
+def _baselines(run: Path) -> dict:
+    """Mean ± std over folds of the baselines that `plankton finetune` scored beside the model (result.json)."""
+    results = [json.loads(p.read_text()) for p in sorted(run.glob("fold-*/result.json"))]
+    names = sorted({name for r in results for name in r.get("baselines", {})})
+    return {name: metrics.summarise_folds([r["baselines"][name] for r in results if name in r.get("baselines", {})])
+            for name in names}
 
 
 def evaluate_predictions(predictions: Path, store: Store, out_dir: Path, *, statuses=("validated",)) -> dict:
@@ -122,6 +132,12 @@ def evaluate(runs: list[Path], out_dir: Path, *, predictions: Path | None = None
         row = {"run": Path(r["run"]).name, "init": r["init"], "labels": r["labels"], "folds": len(r["folds"])}
         for m, s in r["summary"].items():
             row[m] = metrics.format_mean_std(s["mean"], s["std"])
+        if r["baselines"]:
+            # The best baseline by macro-F1 beside the model, and a plain word when the model loses to it.
+            name, best = max(r["baselines"].items(), key=lambda kv: kv[1]["macro_f1"]["mean"])
+            row["best baseline"] = f"{name} {metrics.format_mean_std(best['macro_f1']['mean'], best['macro_f1']['std'])}"
+            model = r["summary"].get("macro_f1", {}).get("mean")
+            row["vs baseline"] = "LOSES" if model is not None and model < best["macro_f1"]["mean"] else "beats"
         rows.append(row)
     if rows:
         (out_dir / "summary.md").write_text(metrics.format_table_markdown(rows) + "\n")

@@ -69,7 +69,9 @@ class PadSummary:
     rejected: Counter = field(default_factory=Counter)  # reason kind -> count
     removed: int = 0  # old padded rows dropped: superseded by a new padding, or their object left `objects`
     crops: Counter = field(default_factory=Counter)  # what was cropped ("scale-bar 31px", "top 25px", "none")
+    crops_by_instrument: dict[str, Counter] = field(default_factory=dict)  # the same, per instrument
     scale_bar_checked: int = 0  # images in which a scale bar was looked for
+    banner_checked: int = 0  # images in which a CytoSense banner was looked for (instrument unknown)
 
     @property
     def n_rejected(self) -> int:
@@ -91,7 +93,9 @@ class PadSummary:
             "rejected_by_reason": dict(self.rejected),
             "removed": self.removed,
             "crops": dict(self.crops),
+            "crops_by_instrument": {name: dict(c) for name, c in sorted(self.crops_by_instrument.items())},
             "scale_bar_checked": self.scale_bar_checked,
+            "banner_checked": self.banner_checked,
         }
 
 
@@ -113,12 +117,12 @@ def crop_for(instrument: str | None, preset: str = "auto", crop: CropSpec | None
     if crop is None:
         return base
     return CropSpec(base.top + crop.top, base.bottom + crop.bottom, base.left + crop.left, base.right + crop.right,
-                    base.scale_bar or crop.scale_bar)
+                    base.scale_bar or crop.scale_bar, base.banner or crop.banner)
 
 
 def settings_key(crop: CropSpec, size: int | None) -> str:
     """What decides a row's padded pixels besides its content; stored per row as `pad_settings`."""
-    bar = "+scale-bar" if crop.scale_bar else ""
+    bar = ("+scale-bar" if crop.scale_bar else "") + ("+banner" if crop.banner else "")
     return (f"pad-v{ALGORITHM_VERSION} crop={crop.top},{crop.bottom},{crop.left},{crop.right}{bar} "
             f"size={size or 'keep'}")
 
@@ -142,20 +146,22 @@ def padding_rules(dataset_dir: Path) -> list[str]:
 
 
 def parse_padding_rule(rule: str) -> tuple[str, CropSpec, int | None]:
-    """`"<instrument>: pad-v1 crop=t,b,l,r[+scale-bar] size=N|keep"` → (instrument, crop, size)."""
+    """`"<instrument>: pad-v1 crop=t,b,l,r[+scale-bar][+banner] size=N|keep"` → (instrument, crop, size)."""
     instrument, _, settings = rule.rpartition(": ")
     fields = dict(part.split("=", 1) for part in settings.split()[1:])
-    crop_text = fields["crop"]
-    scale_bar = crop_text.endswith("+scale-bar")
-    top, bottom, left, right = (int(v) for v in crop_text.removesuffix("+scale-bar").split(","))
+    sides, *detected = fields["crop"].split("+")
+    top, bottom, left, right = (int(v) for v in sides.split(","))
     size = None if fields["size"] == "keep" else int(fields["size"])
-    return instrument, CropSpec(top, bottom, left, right, scale_bar), size
+    return instrument, CropSpec(top, bottom, left, right, "scale-bar" in detected, "banner" in detected), size
 
 
-def crop_label(crop: CropSpec, crop_bottom: int) -> str:
-    """What was cropped from one image, in words; `crop_bottom` is what was cut in the end (detected bar included)."""
+def crop_label(crop: CropSpec, crop_bottom: int, crop_top: int | None = None) -> str:
+    """What was cropped from one image, in words; `crop_bottom`/`crop_top` are what was cut in the end (detected
+    legend or banner included)."""
     parts = [f"{side} {n}px" for side, n in (("top", crop.top), ("bottom", crop.bottom), ("left", crop.left),
                                              ("right", crop.right)) if n]
+    if crop_top is not None and crop_top > crop.top:
+        parts.append(f"banner {crop_top - crop.top}px")
     if crop_bottom > crop.bottom:
         parts.append(f"scale-bar {crop_bottom - crop.bottom}px")
     return ", ".join(parts) or "none"
@@ -290,7 +296,7 @@ def _pad_task(task: _Task, preset: str, crop: CropSpec | None, size: int | None)
             pad_top=result.pad_top, pad_bottom=result.pad_bottom,
             pad_left=result.pad_left, pad_right=result.pad_right,
             pad_fill=[float(v) for v in result.fill], pad_noise_std=list(result.noise_std),
-            pad_preset=crop_label(spec, result.crop_bottom), pad_settings=settings,
+            pad_preset=crop_label(spec, result.crop_bottom, result.crop_top), pad_settings=settings,
         )
         rows.append(row)
     return rows, rejections
@@ -390,10 +396,16 @@ def pad_dataset(
             for rows, rejections in _results(tasks, work, pool):
                 now = datetime.now(UTC)
                 for row in rows:
-                    if crop_for(row["instrument"], preset, crop).scale_bar:
+                    spec = crop_for(row["instrument"], preset, crop)
+                    if spec.scale_bar:
                         summary.scale_bar_checked += 1
                         summary.crops.setdefault(f"scale-bar {SCALE_BAR_HEIGHT}px", 0)
+                    if spec.banner:
+                        summary.banner_checked += 1
+                        summary.crops.setdefault(f"banner {CYTOSENSE_BANNER_HEIGHT}px", 0)
                     summary.crops[row["pad_preset"]] += 1
+                    group = summary.crops_by_instrument.setdefault(row["instrument"] or "unknown", Counter())
+                    group[row["pad_preset"]] += 1
                     summary.padded += 1
                     run.session.add(target, row)
                     if row["object_id"] in replaced:

@@ -4,7 +4,9 @@ Recipe (He et al. 2022; Kareinen et al. 2025): mask 75 % of the patches, decoder
 the per-patch normalised pixels of the masked patches (fp32); AdamW β = (0.9, 0.95), weight decay 0.05 (none
 on norms, biases, position embeddings, class token); lr = 1.5e-4 × effective batch / 256 with linear warmup
 and a per-step cosine decay; effective batch 4096 through gradient accumulation. See
-``shared/reference/method-recipe.md`` §1 and §3.
+``shared/reference/method-recipe.md`` §1 and §3. Batch, warmup, lr and decoder size are scaled to the data
+and the encoder by ``recipe.resolve_recipe`` unless given (paper values at paper scale); the resolved recipe
+is logged at start and written to ``recipe.json``.
 
 The run directory holds ``config.json``, ``metrics.csv``, ``checkpoints/last.ckpt`` (``resume=True``
 continues, also after a kill), ``reconstructions/epoch-NNNN.png`` (masked input | reconstruction | original
@@ -15,7 +17,6 @@ what finetune and predict load) and ``summary.json``.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,10 +35,11 @@ from plankton_cli.data import (
     TrainTransform,
     load_or_compute_stats,
 )
-from plankton_cli.models import MAE, load_vit_weights, param_groups_weight_decay, reconstruction_grid, save_encoder
-from plankton_cli.models.mae import titled_panel
+from plankton_cli.models import MAE, create_vit, load_vit_weights, param_groups_weight_decay, reconstruction_grid, save_encoder
 from plankton_cli.models import warmup_cosine_scheduler
+from plankton_cli.models.mae import titled_panel
 from plankton_cli.pad_store import padding_rules
+from plankton_cli.recipe import resolve_recipe
 from plankton_cli.store import Store
 from plankton_cli.training import (
     is_rank_zero,
@@ -46,6 +48,7 @@ from plankton_cli.training import (
     resolve_accelerator,
     resolve_dataset,
     write_run_config,
+    write_json_atomic,
     write_summary,
 )
 
@@ -65,20 +68,21 @@ class PretrainConfig:
     model: str = "vit_large_patch16_224"
     img_size: int = 224
     resize: int | None = None  # frame the random crop is drawn in; None: img_size × 256/224, as the paper
+    # None: resolved by ``recipe.resolve_recipe`` (the paper's values at paper scale, scaled to the data below).
     epochs: int = 800
-    warmup_epochs: int = 40
-    batch_size: int = 64  # per device
-    effective_batch: int = 4096
-    base_lr: float = 1.5e-4  # lr = base_lr × effective batch / 256
+    warmup_epochs: float | None = None  # None: 5 % of all optimizer steps (the paper's 40 of 800 epochs)
+    batch_size: int | None = None  # per device; None: the paper's 64, less when the data is small
+    effective_batch: int | None = None  # None: the paper's 4096, at most an eighth of the images
+    base_lr: float | None = None  # lr = base_lr × effective batch / 256; None: the paper's 1.5e-4
     weight_decay: float = 0.05
     mask_ratio: float = 0.75
     patch_size: int | None = None  # model overrides (tiny test models); None keeps the timm defaults
     depth: int | None = None
     embed_dim: int | None = None
     num_heads: int | None = None
-    decoder_depth: int = 8
-    decoder_dim: int = 512
-    decoder_heads: int = 16
+    decoder_depth: int | None = None  # None: the paper's 8 × 512 × 16 under ViT-L, sized to a smaller encoder
+    decoder_dim: int | None = None
+    decoder_heads: int | None = None
     init: Path | None = None  # encoder to continue from (local file)
     workers: int = 8
     seed: int = 0
@@ -97,24 +101,6 @@ class PretrainConfig:
 
     def resolved_resize(self) -> int:
         return self.resize or int(round(self.img_size * 256 / 224))
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """How a requested effective batch becomes per-device batches, accumulation and a learning rate."""
-
-    batch_size: int
-    world_size: int
-    accumulate: int
-    effective_batch: int  # the real one: batch × world × accumulate
-    lr: float
-
-    @classmethod
-    def make(cls, batch_size: int, world_size: int, effective_batch: int, base_lr: float) -> BatchPlan:
-        per_step = batch_size * world_size
-        accumulate = max(1, round(effective_batch / per_step))
-        real = per_step * accumulate
-        return cls(batch_size, world_size, accumulate, real, base_lr * real / 256)
 
 
 class MAEPretrainModule(pl.LightningModule):
@@ -230,6 +216,16 @@ def fixed_batch(dataset_dir: Path, img_size: int, resize: int, mean: float, std:
     return torch.stack(images)
 
 
+def encoder_size(config: PretrainConfig) -> tuple[int, int]:
+    """Width and depth of the encoder ``config`` names (built on the meta device: no memory, no time)."""
+    if config.embed_dim is not None and config.depth is not None:
+        return config.embed_dim, config.depth
+    with torch.device("meta"):
+        vit = create_vit(config.model, img_size=config.img_size, patch_size=config.patch_size, depth=config.depth,
+                         embed_dim=config.embed_dim, num_heads=config.num_heads)
+    return vit.embed_dim, len(vit.blocks)
+
+
 def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: bool | None = None) -> dict[str, Any]:
     """Run (or resume) MAE pretraining as ``config`` says; returns the summary (also in ``summary.json``)."""
     started = time.monotonic()
@@ -257,30 +253,27 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
         seed=config.seed,
         world_size=world_size,  # until torch.distributed says otherwise, for the step count below
     )
+    embed_dim, depth = encoder_size(config)
+    recipe = resolve_recipe(
+        "pretrain", len(data) * world_size, config.epochs, world_size=world_size, batch_size=config.batch_size,
+        effective_batch=config.effective_batch, base_lr=config.base_lr, warmup_epochs=config.warmup_epochs,
+        max_steps=config.max_steps, embed_dim=embed_dim, depth=depth, decoder_depth=config.decoder_depth,
+        decoder_dim=config.decoder_dim, decoder_heads=config.decoder_heads,
+    )
     loader = StoreDataLoader(
         data,
-        batch_size=config.batch_size,
+        batch_size=recipe.batch_size,
         num_workers=config.workers,
         pin_memory=accelerator == "gpu",
         persistent_workers=config.workers > 0,
         prefetch_factor=4 if config.workers > 0 else None,
     )
-    plan = BatchPlan.make(config.batch_size, world_size, config.effective_batch, config.base_lr)
-    if plan.effective_batch != config.effective_batch:
-        log.warning("effective batch %d is not a multiple of %d × %d: using %d (lr %.3g)", config.effective_batch,
-                    config.batch_size, world_size, plan.effective_batch, plan.lr)
-    batches_per_epoch = math.ceil(len(data) / config.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / plan.accumulate)
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    warmup_steps = min(config.warmup_epochs * steps_per_epoch, total_steps)
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     mae = MAE(
         config.model, img_size=config.img_size, in_chans=1, patch_size=config.patch_size,
-        mask_ratio=config.mask_ratio, decoder_dim=config.decoder_dim, decoder_depth=config.decoder_depth,
-        decoder_heads=config.decoder_heads, depth=config.depth, embed_dim=config.embed_dim,
+        mask_ratio=config.mask_ratio, **recipe.decoder,  # type: ignore[arg-type]
+        depth=config.depth, embed_dim=config.embed_dim,
         num_heads=config.num_heads,
     )
     if config.init is not None and ckpt_path is None:
@@ -292,7 +285,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
 
     fixed = fixed_batch(dataset_dir, config.img_size, resize, mean, std) if is_rank_zero() else None
     module = MAEPretrainModule(
-        mae, lr=plan.lr, total_steps=total_steps, warmup_steps=warmup_steps, weight_decay=config.weight_decay,
+        mae, lr=recipe.lr, total_steps=recipe.total_steps, warmup_steps=recipe.warmup_steps, weight_decay=config.weight_decay,
         gpu_augment=GpuAugment(config.img_size, mean, std) if config.gpu_augment else None,
         compile=config.compile, fixed_images=fixed, mean=mean, std=std, recon_every=config.recon_every,
         run_dir=run_dir,
@@ -305,7 +298,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
         num_nodes=config.num_nodes,
         accelerator=accelerator,
         precision=config.precision,
-        accumulate_grad_batches=plan.accumulate,
+        accumulate_grad_batches=recipe.accumulate,
         log_every_n_steps=config.log_every,
         checkpoint_every_n_steps=config.checkpoint_every,
         callbacks=[RecordObjectIds(run_dir)] if config.record_ids else [],
@@ -316,15 +309,17 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "store": str(store.root), "out": str(run_dir), "dataset": dataset, "resize": resize,
         "accelerator": accelerator, "precision": str(trainer.precision), "world_size": world_size,
-        "accumulate": plan.accumulate, "effective_batch": plan.effective_batch, "lr": plan.lr,
-        "mean": mean, "std": std, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-        "warmup_steps": warmup_steps, "images_per_epoch": len(data) * world_size,
+        "batch_size": recipe.batch_size, "accumulate": recipe.accumulate, "effective_batch": recipe.effective_batch,
+        "lr": recipe.lr, **recipe.decoder, "mean": mean, "std": std, "steps_per_epoch": recipe.steps_per_epoch,
+        "total_steps": recipe.total_steps, "warmup_steps": recipe.warmup_steps,
+        "images_per_epoch": len(data) * world_size, "recipe": recipe.to_dict(),
     }
     if is_rank_zero():
         write_run_config(run_dir, resolved)
-        log.info("pretraining %s on %s/%s: %d images, %d steps/epoch, effective batch %d (%d × %d × %d), lr %.3g",
-                 config.model, store.root, dataset, len(data) * world_size, steps_per_epoch, plan.effective_batch,
-                 config.batch_size, world_size, plan.accumulate, plan.lr)
+        write_json_atomic(run_dir / "recipe.json", recipe.to_dict())
+        log.info("pretraining %s on %s/%s: %s", config.model, store.root, dataset, recipe.describe())
+        for warning in recipe.warnings:
+            log.warning("%s", warning)
 
     fit_started = time.monotonic()
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
@@ -351,12 +346,13 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
         "final_loss": float(loss) if loss is not None else None,
         "images_trained": images, "fit_seconds": round(fit_seconds, 2),
         "images_per_second": round(images / fit_seconds, 2) if fit_seconds > 0 else None,
-        "effective_batch": plan.effective_batch, "lr": plan.lr, "world_size": world_size,
+        "effective_batch": recipe.effective_batch, "lr": recipe.lr, "world_size": world_size,
+        "recipe_warnings": recipe.warnings,
         "elapsed_seconds": round(time.monotonic() - started, 2),
     }
     write_summary(run_dir, summary)
     return summary
 
 
-__all__ = ["BatchPlan", "MAEPretrainModule", "PretrainConfig", "RecordObjectIds", "fixed_batch",
+__all__ = ["MAEPretrainModule", "PretrainConfig", "RecordObjectIds", "fixed_batch",
            "pretrain"]

@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -133,20 +133,20 @@ def parse_label_fraction(text: str | LabelSpec) -> LabelSpec:
 # --- seeded ranks --------------------------------------------------------------------------------------------------
 
 
-def _rank(item_id: Hashable, seed: int | str, purpose: str) -> int:
+def _rank(item_id: str, seed: int | str, purpose: str) -> int:
     """A pseudo-random 64-bit rank for one item: the same on every machine, run and input order."""
     digest = hashlib.blake2b(f"{purpose}\0{seed}\0{item_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
 
-def _by_class(ids: Sequence[Hashable], labels: Sequence[Hashable]) -> dict[Hashable, list[Hashable]]:
+def _by_class(ids: Sequence[str], labels: Sequence[str]) -> dict[str, list[str]]:
     """Ids grouped by label, each group sorted by id; checks lengths, missing labels and duplicate ids."""
     if len(ids) != len(labels):
         raise ValueError(f"got {len(ids)} ids but {len(labels)} labels")
     if len(set(ids)) != len(ids):
         duplicates = sorted(str(i) for i, n in Counter(ids).items() if n > 1)
         raise ValueError(f"duplicate ids: {', '.join(duplicates[:5])}")
-    groups: dict[Hashable, list[Hashable]] = defaultdict(list)
+    groups: dict[str, list[str]] = defaultdict(list)
     for item_id, label in sorted(zip(ids, labels), key=lambda pair: pair[0]):  # type: ignore[arg-type, return-value]
         if label is None:
             raise ValueError(f"item {item_id!r} has no label: keep only labelled items for the protocol")
@@ -154,7 +154,7 @@ def _by_class(ids: Sequence[Hashable], labels: Sequence[Hashable]) -> dict[Hasha
     return dict(sorted(groups.items(), key=lambda pair: str(pair[0])))
 
 
-def _ranked(members: list[Hashable], seed: int | str, purpose: str) -> list[Hashable]:
+def _ranked(members: list[str], seed: int | str, purpose: str) -> list[str]:
     return sorted(members, key=lambda item_id: (_rank(item_id, seed, purpose), str(item_id)))
 
 
@@ -162,20 +162,20 @@ def _ranked(members: list[Hashable], seed: int | str, purpose: str) -> list[Hash
 
 
 def few_label_subset(
-    ids: Sequence[Hashable], labels: Sequence[Hashable], spec: LabelSpec | str, seed: int | str
-) -> list[Hashable]:
+    ids: Sequence[str], labels: Sequence[str], spec: LabelSpec | str, seed: int | str
+) -> list[str]:
     """The labelled subset fine-tuning may use: per class the `spec.count(N_c)` items with the lowest seeded rank.
 
     Ranks do not depend on the fraction, so subsets for the same ids and seed are nested. Returned sorted by id.
     """
     spec = parse_label_fraction(spec)
-    chosen: list[Hashable] = []
+    chosen: list[str] = []
     for members in _by_class(ids, labels).values():
         chosen.extend(_ranked(members, seed, "labels")[: spec.count(len(members))])
     return sorted(chosen)  # type: ignore[type-var]  # ids are str or int, never mixed
 
 
-def subset_counts(labels_all: Iterable[Hashable], labels_subset: Iterable[Hashable]) -> list[dict[str, Any]]:
+def subset_counts(labels_all: Iterable[str], labels_subset: Iterable[str]) -> list[dict[str, Any]]:
     """Realised per-class counts of a labelled subset, one row per class plus a `total` row (as Table 4)."""
     available = Counter(labels_all)
     selected = Counter(labels_subset)
@@ -210,20 +210,20 @@ class Split:
     n_folds: int
     seed: int
     val_fraction: float
-    train: list[Hashable]
-    val: list[Hashable]
-    test: list[Hashable]
+    train: list[str]
+    val: list[str]
+    test: list[str]
     class_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # part → class → count
     warnings: list[str] = field(default_factory=list)
     label_spec: str = "all"  # set by `restrict_train`
     train_pool: int | None = None  # training images before `restrict_train`
 
 
-def _fold_of_each_item(groups: dict[Hashable, list[Hashable]], n_folds: int, seed: int) -> tuple[dict, list[str]]:
+def _fold_of_each_item(groups: dict[str, list[str]], n_folds: int, seed: int) -> tuple[dict, list[str]]:
     """Assign every item a test fold: StratifiedKFold for classes with ≥ n_folds items, round-robin for the rest."""
     from sklearn.model_selection import StratifiedKFold  # scikit-learn is in the `train` extra only
 
-    fold_of: dict[Hashable, int] = {}
+    fold_of: dict[str, int] = {}
     warnings: list[str] = []
     big = {label: members for label, members in groups.items() if len(members) >= n_folds}
     if big:
@@ -250,7 +250,7 @@ def _fold_of_each_item(groups: dict[Hashable, list[Hashable]], n_folds: int, see
 
 
 def _validation_part(
-    groups: dict[Hashable, list[Hashable]], test: set, val_fraction: float, seed: int | str
+    groups: dict[str, list[str]], test: set, val_fraction: float, seed: int | str
 ) -> tuple[list, list, list[str]]:
     """Split what is not test into train and validation, per class: round(val_fraction · rest), ≥ 1 left to train."""
     fraction = Fraction(val_fraction).limit_denominator(10**6)
@@ -271,14 +271,14 @@ def _validation_part(
     return sorted(train), sorted(val), warnings
 
 
-def _count(part: list[Hashable], label_of: Mapping[Hashable, Hashable]) -> dict[str, int]:
+def _count(part: list[str], label_of: Mapping[str, str]) -> dict[str, int]:
     counts = Counter(str(label_of[item_id]) for item_id in part)
     return dict(sorted(counts.items()))
 
 
 def make_folds(
-    ids: Sequence[Hashable],
-    labels: Sequence[Hashable],
+    ids: Sequence[str],
+    labels: Sequence[str],
     n_folds: int = 5,
     val_fraction: float = 0.15,
     seed: int = 0,
@@ -315,7 +315,7 @@ def make_folds(
     return splits
 
 
-def restrict_train(split: Split, label_of: Mapping[Hashable, Hashable], spec: LabelSpec | str) -> Split:
+def restrict_train(split: Split, label_of: Mapping[str, str], spec: LabelSpec | str) -> Split:
     """The same split with its training part cut to a few-label subset (validation and test are untouched).
 
     The draw is seeded by the split's seed and fold, so each fold draws its own subset, and re-running gives the

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from plankton_cli.instruments import canonical_instrument
+
 SCALE_BAR_HEIGHT = 31
 """ZooProcess / UVP vignettes carry a legend (scale bar + text) this many pixels high at the bottom."""
 
@@ -31,13 +33,15 @@ CLOSEST_FRACTION = 0.2
 
 @dataclass(frozen=True, slots=True)
 class CropSpec:
-    """Pixels to cut from each side before padding; `scale_bar` adds the detected ZooProcess legend to `bottom`."""
+    """Pixels to cut from each side before padding; `scale_bar` adds the detected ZooProcess legend to `bottom`,
+    `banner` the detected CytoSense banner to `top`."""
 
     top: int = 0
     bottom: int = 0
     left: int = 0
     right: int = 0
     scale_bar: bool = False
+    banner: bool = False
 
     def __post_init__(self) -> None:
         if min(self.top, self.bottom, self.left, self.right) < 0:
@@ -89,13 +93,14 @@ def pad_to_square(
     img = _as_uint8(img)
     orig_height, orig_width = img.shape[:2]
     crop = crop or CropSpec()
+    top = crop.top + (detect_banner(img) if crop.banner else 0)
     bottom = crop.bottom + (detect_scale_bar(img) if crop.scale_bar else 0)
-    if crop.top + bottom >= orig_height or crop.left + crop.right >= orig_width:
+    if top + bottom >= orig_height or crop.left + crop.right >= orig_width:
         raise ValueError(
-            f"crop top={crop.top} bottom={bottom} left={crop.left} right={crop.right} leaves no pixels of a "
+            f"crop top={top} bottom={bottom} left={crop.left} right={crop.right} leaves no pixels of a "
             f"{orig_height}x{orig_width} image"
         )
-    img = img[crop.top : orig_height - bottom, crop.left : orig_width - crop.right]
+    img = img[top : orig_height - bottom, crop.left : orig_width - crop.right]
 
     fill, std = edge_background(img)
     height, width = img.shape[:2]
@@ -107,7 +112,7 @@ def pad_to_square(
         img = _resize(img, size)
 
     pads = (before, after, 0, 0) if height < width else (0, 0, before, after)
-    return PadResult(img, orig_height, orig_width, crop.top, bottom, crop.left, crop.right, *pads, fill, std)  # type: ignore[call-arg]
+    return PadResult(img, orig_height, orig_width, top, bottom, crop.left, crop.right, *pads, fill, std)  # type: ignore[call-arg]
 
 
 def _pad(
@@ -235,6 +240,38 @@ def detect_scale_bar(img: np.ndarray) -> int:
     return SCALE_BAR_HEIGHT
 
 
+_BANNER_CONTRAST = 32  # grey levels between the banner and the image right below it
+_BANNER_WIDTH_SHARE = 0.9  # of the columns where the banner's lower edge shows
+_BANNER_BACKGROUND_SHARE = 0.5  # of the row right below the banner that is background (objects may touch it)
+_BANNER_MIN_BELOW = 8  # rows of image the banner must leave
+
+
+def detect_banner(img: np.ndarray) -> int:
+    """Height of a CytoSense banner at the top of `img` (25), or 0 when there is none.
+
+    The banner is a band of another colour than the image's background, cut off straight at row 25: across
+    (nearly) the whole width, row 24 differs sharply from row 25, and the rows right below are background (the
+    mode of the image's edge pixels below the band) for most of the width. An object touching the top edge is never straight across
+    the whole width at exactly that row. Checked on real images without a banner (UVP6, IFCB, ZooScan,
+    FlowCam-like); no real CytoSense image is available here, so the banner itself is only known from the
+    Kareinen group's code (a fixed 25-px crop).
+    """
+    img = _as_uint8(img)
+    gray = (img if img.ndim == 2 else img[:, :, : min(3, img.shape[2])].mean(axis=2)).astype(np.int16)
+    height, width = gray.shape
+    if height < CYTOSENSE_BANNER_HEIGHT + _BANNER_MIN_BELOW or width < 8:
+        return 0
+    below = gray[CYTOSENSE_BANNER_HEIGHT:]
+    background = int(np.bincount(_edge_pixels(below.astype(np.uint8)).ravel(), minlength=256).argmax())
+    edge = np.abs(gray[CYTOSENSE_BANNER_HEIGHT - 1] - gray[CYTOSENSE_BANNER_HEIGHT]) > _BANNER_CONTRAST
+    clean = np.abs(below[0] - background) <= _BANNER_CONTRAST
+    banner_colour = np.abs(gray[CYTOSENSE_BANNER_HEIGHT - 1] - background) > _BANNER_CONTRAST
+    if (edge.mean() >= _BANNER_WIDTH_SHARE and clean.mean() >= _BANNER_BACKGROUND_SHARE
+            and banner_colour.mean() >= _BANNER_WIDTH_SHARE):
+        return CYTOSENSE_BANNER_HEIGHT
+    return 0
+
+
 def _longest_true_run(flags: np.ndarray) -> tuple[int, int]:
     """[start, stop) of the longest run of True in a 1-D bool array; (0, 0) when there is none."""
     if not flags.any():
@@ -245,17 +282,26 @@ def _longest_true_run(flags: np.ndarray) -> tuple[int, int]:
     return int(starts[longest]), int(stops[longest])
 
 
+UNKNOWN_INSTRUMENTS = ("other camera", "other microscope", "other scanner", "other flowcytometer")
+"""EcoTaxa instrument names that say nothing about the images: `--preset auto` then looks at the pixels, as it does
+for names outside EcoTaxa's vocabulary (none, or e.g. "epson", the scanner of a ZooScan export)."""
+
+
 def preset_for(instrument: str | None) -> CropSpec:
     """The crop `--preset auto` applies for an EcoTaxa `acq_instrument` name (case-insensitive).
 
     Zooscan and UVP5*/UVP6 vignettes may carry the 31-px ZooProcess legend (detected per image, since exports
-    differ); CytoSense images a 25-px banner at the top; other instruments need no crop.
+    differ); CytoSense images a 25-px banner at the top; other known instruments need no crop. When the
+    instrument is unknown (image folders ingested without --instrument), both the legend and the banner are
+    looked for in every image, and cut where found.
     """
     name = (instrument or "").strip().lower()
     if name == "zooscan" or name.startswith(("uvp5", "uvp6")):
         return CropSpec(scale_bar=True)
     if name == "cytosense":
         return CropSpec(top=CYTOSENSE_BANNER_HEIGHT)
+    if name in UNKNOWN_INSTRUMENTS or canonical_instrument(name) is None:
+        return CropSpec(scale_bar=True, banner=True)
     return CropSpec()
 
 

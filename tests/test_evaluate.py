@@ -52,3 +52,18 @@ def test_several_runs_draw_the_few_label_curve_via_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert len(report["table"]) == 4 and (tmp_path / "out" / "few_label_curve.png").stat().st_size > 0
+
+
+def test_baselines_scored_by_finetune_are_shown_beside_the_model(tmp_path):
+    run = make_run(tmp_path, "r", "10%", "mae")
+    # What `plankton finetune` writes per fold: the model's scores and its baselines' on the same test part.
+    for fold in CASE:
+        result = {"fold": int(fold[-1]), "baselines": {"pixel_logreg": {"accuracy": 0.9, "balanced_accuracy": 0.9,
+                                                                        "macro_f1": 0.9 - 0.1 * int(fold[-1])}}}
+        (run / fold / "result.json").write_text(json.dumps(result))
+    report = evaluate([run], tmp_path / "out")
+    baseline = report["runs"][0]["baselines"]["pixel_logreg"]["macro_f1"]
+    assert baseline["mean"] == pytest.approx(0.85) and baseline["std"] == pytest.approx(np.std([0.9, 0.8], ddof=1))
+    (row,) = report["table"]
+    assert row["best baseline"].startswith("pixel_logreg 85.00") and row["vs baseline"] == "LOSES"
+    assert "LOSES" in (tmp_path / "out" / "summary.md").read_text()

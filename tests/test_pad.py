@@ -21,6 +21,7 @@ from plankton_cli.square_pad import (
     CropSpec,
     PadResult,
     contact_sheet,
+    detect_banner,
     detect_scale_bar,
     edge_background,
     pad_to_square,
@@ -241,6 +242,44 @@ def test_no_scale_bar_on_images_without_one(ifcb):
     assert found == []
 
 
+def _with_banner(img: np.ndarray, shade: int) -> np.ndarray:
+    """`img` (grey) under a 25-px band of `shade` carrying a line of text, as a CytoSense banner."""
+    from PIL import ImageDraw
+
+    banner = Image.new("L", (img.shape[1], 25), shade)
+    ImageDraw.Draw(banner).text((2, 6), "Part. 1234 FWS", fill=255 - shade)
+    return np.concatenate((np.asarray(banner), img))
+
+
+def test_banner_detected_above_real_images_and_never_without_one(uvp6, ifcb, zooscan):
+    # No real CytoSense image is available: the banner is drawn above real UVP6 (dark) and IFCB (light) images.
+    for object_id, img in uvp6[:10]:
+        with_banner = _with_banner(img, 200)
+        assert detect_banner(with_banner) == 25
+        result = pad_to_square(with_banner, object_id, crop=preset_for(None))
+        check_padding(with_banner, result, crop=(25, 0, 0, 0))
+    for _, img in ifcb:
+        grey = img if img.ndim == 2 else img[:, :, 0]
+        if grey.shape[0] > 12:
+            assert detect_banner(_with_banner(grey, 40)) == 25
+    # Never on images without one, nor on ZooScan's legend turned upside down (text and bar at the top).
+    uvp6_all = sorted(_need(SHARED / "images" / "uvp6-vignettes").glob("*/*.png"))
+    demo = sorted(_need(SHARED / "images/planktonclass-demo/demo-images").glob("*/*.jpg"))
+    found = [p.name for p in uvp6_all + demo if detect_banner(_load(p))]
+    found += [object_id for object_id, img in ifcb + zooscan if detect_banner(img) or detect_banner(img[::-1])]
+    assert found == []
+
+
+def test_unknown_instrument_finds_the_zooscan_legend_from_the_pixels(zooscan, uvp6):
+    crop = preset_for(None)
+    for object_id, img in zooscan:
+        result = pad_to_square(img, object_id, crop=crop)
+        check_padding(img, result, crop=(0, SCALE_BAR_HEIGHT, 0, 0))
+    for object_id, img in uvp6:
+        result = pad_to_square(img, object_id, crop=crop)
+        check_padding(img, result, crop=(0, 0, 0, 0))
+
+
 def test_zooscan_preset_crops_the_legend_before_padding(zooscan):
     crop = preset_for("Zooscan")
     for object_id, img in zooscan:
@@ -267,8 +306,10 @@ def test_cytosense_preset_crops_25_px_at_the_top():
         ("CytoSense", CropSpec(top=25)),
         ("IFCB", CropSpec()),
         ("FlowCam", CropSpec()),
-        ("unknown", CropSpec()),
-        (None, CropSpec()),
+        ("unknown", CropSpec(scale_bar=True, banner=True)),  # unknown: look at the pixels
+        (None, CropSpec(scale_bar=True, banner=True)),
+        ("Other camera", CropSpec(scale_bar=True, banner=True)),
+        ("epson", CropSpec(scale_bar=True, banner=True)),  # the scanner named by EcoTaxa's ZooScan QA export
     ],
 )
 def test_preset_for(instrument, expected):

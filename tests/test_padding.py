@@ -191,10 +191,40 @@ def test_zooscan_scale_bar_is_detected_and_cropped(tmp_path):
     ingest(store, [bundle])
     summary = pad_dataset(store, preset="scale-bar")
     assert summary.crops == {"scale-bar 31px": 8} and summary.scale_bar_checked == 8
+    # Its instrument is "epson" (the scanner), no EcoTaxa instrument name: auto finds the legend in the pixels.
+    auto = pad_dataset(store, target="auto")
+    assert auto.crops == {"scale-bar 31px": 8, "banner 25px": 0} and auto.crops_by_instrument == {
+        "epson": {"scale-bar 31px": 8}}
     objects = rows_by_id(store, "objects")
     for oid, row in rows_by_id(store, "padded").items():
         assert row["crop_bottom"] == 31
         assert_padded_from(row, decode(objects[oid]["image"]["bytes"]))
+
+
+def test_auto_preset_finds_crops_in_the_pixels_when_the_instrument_is_unknown(tmp_path):
+    # The ZooScan vignettes and UVP6 vignettes as plain class folders: no instrument, so auto looks at the pixels.
+    folders = tmp_path / "folders"
+    zooscan = sorted(shared_data("ecotaxa", "ecotaxa-back-qa", "import_test").glob("*/*.jpg"))
+    uvp6 = sorted(shared_data("images", "uvp6-vignettes").glob("*/*.png"))[::50]
+    for name, paths in (("zooscan_things", zooscan), ("uvp6_things", uvp6)):
+        (folders / name).mkdir(parents=True)
+        for path in paths:
+            shutil.copy(path, folders / name / path.name)
+    n_uvp6 = len(list((folders / "uvp6_things").iterdir()))  # vignettes of two classes may share a file name
+    store = Store(tmp_path / "s")
+    ingest(store, [folders])
+    summary = pad_dataset(store)
+    assert summary.crops == {"scale-bar 31px": 8, "banner 25px": 0, "none": n_uvp6}
+    assert summary.scale_bar_checked == summary.banner_checked == 8 + n_uvp6
+    assert summary.crops_by_instrument == {"unknown": {"scale-bar 31px": 8, "none": n_uvp6}}
+    for row in rows_by_id(store, "padded").values():
+        zoo = row["label"] == "zooscan_things"
+        assert (row["crop_bottom"], row["pad_preset"]) == ((31, "scale-bar 31px") if zoo else (0, "none"))
+        assert row["pad_settings"].endswith("+scale-bar+banner size=keep")
+    # Predict re-pads with the rule the model records: the detection flags survive the round trip.
+    from plankton_cli.padding import padding_rules, parse_padding_rule
+    (rule,) = padding_rules(store.root / "padded")
+    assert parse_padding_rule(rule)[1] == CropSpec(scale_bar=True, banner=True)
 
 
 def test_objects_that_left_the_store_leave_padded(tmp_path):

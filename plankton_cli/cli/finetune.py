@@ -21,6 +21,7 @@ Examples:
       --labels 1% --out runs/imagenet-1       # the paper's ImageNet baseline, from a local file
   plankton finetune --init scratch --model vit_small_patch16_224 --img-size 96 --labels all --out runs/scratch
   plankton finetune --init runs/mae --labels 10/class --instrument IFCB --folds 1 --out runs/ifcb-10
+  plankton finetune --init runs/mae --labels 1% --head auto --out runs/auto-1   # + linear probe, k-NN
   # one SLURM job per fold (each writes fold-K/; the last to finish writes the full summary)
   for k in 0 1 2 3 4; do plankton finetune --init runs/mae --labels 5% --fold $k --out runs/ft-5 \\
       --backend slurm --partition gpu --time 4:00:00; done
@@ -32,8 +33,13 @@ validation; --folds 1 is one such split. Each fold's split is saved (fold-K/spli
 re-run into the same --out reuses it; finished folds (fold-K/result.json) are not trained again.
 
 \b
+Every fold also scores baselines on the same labelled images and test part: a logistic
+regression on 32-px pixels and, when the objects carry EcoTaxa object_* morphometrics, a
+random forest on them; the summary shows them beside the model and says when the model loses.
+
+\b
 Outputs in OUT: config.json, label_counts.csv, summary.md/.csv/.json (test accuracy, balanced
-accuracy, macro-F1 per fold and mean ± std), and per fold fold-K/: model.safetensors + model.json
+accuracy, macro-F1 per fold and mean ± std, heads, baselines), and per fold fold-K/: model.safetensors + model.json
 (for `plankton predict`, with per-class thresholds for --target-precision), metrics.csv,
 learning_curves.png, split.json, test_predictions.parquet, confusion_matrix.png.
 
@@ -50,16 +56,18 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
               help="Cross-validation folds (1: a single 80/20 split).")
 @click.option("--fold", type=click.IntRange(min=0), help="Run only this fold (0-based), e.g. one per SLURM job.")
 @click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
-              help="Images per step and device.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
-              help="Peak learning rate of the head, ABSOLUTE: not scaled by batch size (the paper's 2e-3 is at "
-                   "batch 128 on one GPU; with a larger total batch, scale it yourself).")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Images per step and device [default: the paper's 128, at most an eighth of the fold's "
+                   "labelled images: ≥ 8 steps per epoch].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+              help="Peak learning rate of the head, absolute when given [default: the paper's 2e-3 at batch 128, "
+                   "scaled by the real total batch].")
 @click.option("--layer-decay", type=click.FloatRange(0, 1, min_open=True), default=0.75, show_default=True,
               help="Layer-wise lr decay: block i gets lr × decay^(depth − i); patch/pos embeddings the lowest.")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True, help="AdamW weight decay.")
-@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="Linear warmup (per step), then cosine decay to 0.")
+@click.option("--warmup-epochs", type=click.FloatRange(min=0),
+              help="Linear warmup (per step), then cosine decay to 0 [default: 10 % of all steps, the paper's 5 of "
+                   "50 epochs].")
 @click.option("--drop-path", type=click.FloatRange(0, 1), default=0.2, show_default=True, help="Stochastic depth.")
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
 @click.option("--target-precision", type=click.FloatRange(0, 1), default=0.9, show_default=True,
@@ -73,6 +81,11 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
               help="Label statuses taken as truth (repeatable; 'any' for all). EcoTaxa 'predicted' labels are "
                    "not ground truth.")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop each fold after N optimizer steps (smoke tests).")
+@click.option("--head", type=click.Choice(["finetune", "linear", "knn", "auto"]), default="finetune",
+              show_default=True,
+              help="finetune: train the whole ViT; linear / knn: a logistic regression / cosine k-NN on the frozen "
+                   "encoder's embeddings (seconds; no model file for predict); auto: all three, keeping per fold the "
+                   "best by validation macro-F1 (every candidate's score is in the results).")
 @click.option("--model", "model_name", metavar="NAME",
               help="timm ViT name for --init scratch or a timm checkpoint file, e.g. vit_large_patch16_224.")
 @click.option("--img-size", type=click.IntRange(min=8), metavar="PX",
@@ -86,9 +99,10 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
 @json_option
 @click.pass_context
 def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labels: str, folds: int,
-             fold: int | None, epochs: int, batch_size: int, lr: float, layer_decay: float, weight_decay: float,
-             warmup_epochs: float, drop_path: float, label_smoothing: float, target_precision: float, seed: int,
+             fold: int | None, epochs: int, batch_size: int | None, lr: float | None, layer_decay: float,
+             weight_decay: float, warmup_epochs: float | None, drop_path: float, label_smoothing: float, target_precision: float, seed: int,
              workers: int, instruments: tuple[str, ...], label_status: tuple[str, ...], max_steps: int | None,
+             head: str,
              model_name: str | None, img_size: int | None, patch_size: int | None, depth: int | None,
              embed_dim: int | None, num_heads: int | None, backend_opts, store: Path, as_json: bool) -> None:
     """Fine-tune a ViT with few labels and test it by cross-validation (the paper's protocol).
@@ -97,7 +111,9 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
     GELU, Linear), and is trained with AdamW, layer-wise lr decay, label smoothing and drop
     path, keeping each fold's best epoch by validation macro-F1. The defaults are the paper's
     (Kareinen et al. 2025): 50 epochs, batch 128, lr 2e-3, weight decay 0.01, layer decay 0.75,
-    5 warmup epochs, bf16 on GPU.
+    5 warmup epochs, bf16 on GPU. With fewer labelled images the batch, lr and warmup are scaled
+    to the data (given flags win); each fold's resolved recipe is printed and written to
+    fold-K/recipe.json.
     """
     from plankton_cli.cli.dispatch import dispatch
     from plankton_cli.protocol import parse_label_fraction
@@ -126,7 +142,7 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
         warmup_epochs=warmup_epochs, drop_path=drop_path, label_smoothing=label_smoothing,
         target_precision=target_precision, workers=workers, instruments=list(instruments) or None,
-        label_status=[] if "any" in label_status else list(label_status), max_steps=max_steps,
+        label_status=[] if "any" in label_status else list(label_status), max_steps=max_steps, head=head,
         model=model_name, img_size=img_size, patch_size=patch_size, depth=depth, embed_dim=embed_dim,
         num_heads=num_heads, accelerator=backend_opts.accelerator, devices=backend_opts.devices,
         num_nodes=backend_opts.num_nodes,
@@ -141,7 +157,12 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
         return
     if as_json:
         emit_json({"out": str(out), "folds": summary["folds"], "mean_std": summary["mean_std"],
-                   "per_instrument": summary["per_instrument"], "complete": summary["complete"]})
+                   "per_instrument": summary["per_instrument"], "complete": summary["complete"],
+                   "baselines": summary["baselines"], "heads": summary["heads"],
+                   "loses_to": summary["loses_to"]})
         return
     click.echo((out / "summary.md").read_text(encoding="utf-8"))
-    click.echo(f"results in {out}/ (summary.md, fold-*/model.safetensors for `plankton predict`)")
+    if head in ("linear", "knn"):
+        click.echo(f"results in {out}/ (summary.md; --head {head} writes no model file for `plankton predict`)")
+    else:
+        click.echo(f"results in {out}/ (summary.md, fold-*/model.safetensors for `plankton predict`)")

@@ -28,7 +28,10 @@ Examples:
 Presets (--preset auto picks one from the instrument column):
   scale-bar  Zooscan, UVP5*, UVP6: cut the 31-px ZooProcess legend when one is detected
   cytosense  CytoSense: cut the 25-px banner at the top
-  none       crop nothing
+  none       crop nothing (other known instruments)
+With the instrument unknown (image folders ingested without --instrument), auto looks for
+both the legend and a CytoSense banner in every image and cuts what it finds; the summary
+says which crop each instrument group got.
 --crop-top / --crop-bottom add to what the preset crops.
 
 Exit codes: 0 done (rejections are reported, not fatal), 65 something was rejected and
@@ -108,8 +111,13 @@ def pad(source: str, target: str, preset: str, crop_top: int, crop_bottom: int, 
         )
         if data["crops"]:
             crops = ", ".join(f"{name} {n}" for name, n in sorted(data["crops"].items(), key=lambda kv: -kv[1]))
-            checked = data["scale_bar_checked"]
-            click.echo(f"crops: {crops}" + (f" (looked for a scale bar in {checked})" if checked else ""))
+            checked = [f"a scale bar in {data['scale_bar_checked']}"] if data["scale_bar_checked"] else []
+            checked += [f"a CytoSense banner in {data['banner_checked']}"] if data["banner_checked"] else []
+            click.echo(f"crops: {crops}" + (f" (looked for {' and '.join(checked)})" if checked else ""))
+            if len(data["crops_by_instrument"]) > 1:
+                for instrument, counts in data["crops_by_instrument"].items():
+                    click.echo(f"  {instrument}: " + ", ".join(f"{name} {n}" for name, n in
+                                                               sorted(counts.items(), key=lambda kv: -kv[1])))
         for reason, n in sorted(data["rejected_by_reason"].items(), key=lambda kv: -kv[1]):
             click.echo(f"  rejected {n}: {reason}")
         if preview:

@@ -39,12 +39,15 @@ and --resume was not given); with --wait, the job's exit status.""")
 @click.option("--resize", type=click.IntRange(min=8), metavar="PX",
               help="Frame the random crop is drawn in [default: img-size × 256/224].")
 @click.option("--epochs", type=click.IntRange(min=1), default=800, show_default=True)
-@click.option("--warmup-epochs", type=click.IntRange(min=0), default=40, show_default=True)
+@click.option("--warmup-epochs", type=click.FloatRange(min=0),
+              help="Linear warmup [default: 5 % of all optimizer steps, the paper's 40 of 800 epochs].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run directory.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per device.")
-@click.option("--effective-batch", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="Images per optimizer step, reached by gradient accumulation; lr = base-lr × this / 256.")
-@click.option("--base-lr", type=click.FloatRange(min=0, min_open=True), default=1.5e-4, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Images per device and step [default: the paper's 64, less when the effective batch is smaller].")
+@click.option("--effective-batch", type=click.IntRange(min=1),
+              help="Images per optimizer step, reached by gradient accumulation; lr = base-lr × this / 256 "
+                   "[default: the paper's 4096, at most an eighth of the images: ≥ 8 steps per epoch].")
+@click.option("--base-lr", type=click.FloatRange(min=0, min_open=True), help="lr = base-lr × effective batch / 256 [default: the paper's 1.5e-4].")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.05, show_default=True)
 @click.option("--mask-ratio", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.75,
               show_default=True)
@@ -67,26 +70,35 @@ and --resume was not given); with --wait, the job's exit status.""")
 @click.option("--depth", type=click.IntRange(min=1), help="Override the encoder's number of blocks.")
 @click.option("--embed-dim", type=click.IntRange(min=1), help="Override the encoder's width.")
 @click.option("--num-heads", type=click.IntRange(min=1), help="Override the encoder's attention heads.")
-@click.option("--decoder-depth", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--decoder-dim", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--decoder-heads", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--decoder-depth", type=click.IntRange(min=1),
+              help="MAE decoder blocks [default: the paper's 8 under a ViT-L-wide encoder, else a third of the "
+                   "encoder's depth].")
+@click.option("--decoder-dim", type=click.IntRange(min=1),
+              help="MAE decoder width [default: the paper's 512 under ViT-L, else half the encoder's width].")
+@click.option("--decoder-heads", type=click.IntRange(min=1),
+              help="MAE decoder attention heads [default: the paper's 16 under ViT-L, else width / 32].")
 @click.option("--record-ids", is_flag=True, hidden=True, help="Debug: write each rank's object ids to RUN/object_ids/.")
 @backend_options
 @store_option
 @json_option
 @click.pass_context
 def pretrain(ctx: click.Context, dataset: str | None, model: str, img_size: int, resize: int | None, epochs: int,
-             warmup_epochs: int, out: Path, batch_size: int, effective_batch: int, base_lr: float,
+             warmup_epochs: float | None, out: Path, batch_size: int | None, effective_batch: int | None,
+             base_lr: float | None,
              weight_decay: float, mask_ratio: float, init: Path | None, resume: bool, workers: int, seed: int,
              max_steps: int | None, gpu_augment: bool, compile_model: bool, recon_every: int, checkpoint_every: int,
              log_every: int, patch_size: int | None, depth: int | None, embed_dim: int | None, num_heads: int | None,
-             decoder_depth: int, decoder_dim: int, decoder_heads: int, record_ids: bool, backend_opts, store: Path,
+             decoder_depth: int | None, decoder_dim: int | None, decoder_heads: int | None, record_ids: bool, backend_opts, store: Path,
              as_json: bool) -> None:
     """Pretrain a ViT encoder as a masked autoencoder on the store's images.
 
     MAE as in the paper: 75 % of the patches are hidden and the model learns to paint them
     back; no labels are needed. The encoder it exports is what `plankton finetune` starts from.
     Runs here (one or more devices, DDP) or on a cluster with --backend slurm.
+
+    The recipe is the paper's at the paper's scale; on less data the effective batch, warmup,
+    lr and decoder size are scaled to the images and the encoder (given flags always win).
+    The resolved recipe is printed at start and written to OUT/recipe.json.
     """
     if dispatch(ctx, backend_opts.backend, backend_opts.resources(), out, wait=backend_opts.wait,
                 dry_run=backend_opts.dry_run, record_dir=store):

@@ -1,0 +1,216 @@
+"""One fold: fine-tune (keeping the best checkpoint by validation macro-F1) and/or fit cheap heads on frozen
+embeddings, test the head chosen, score the baselines on the same split, write the fold's files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytorch_lightning as pl
+
+from plankton_cli import metrics as M
+from plankton_cli.data import EvalTransform, StoreDataLoader, TrainTransform
+from plankton_cli.finetune.baselines import score_baselines
+from plankton_cli.finetune.config import FinetuneConfig
+from plankton_cli.finetune.heads import CHEAP_HEADS, design_matrix, embed, fit_and_predict
+from plankton_cli.finetune.model import (
+    ClassifierModule,
+    build_classifier,
+    default_resize,
+    precision_thresholds,
+    softmax,
+)
+from plankton_cli.finetune.pool import LabelledPool, store_loader
+from plankton_cli.models import save_model
+from plankton_cli.protocol import Split
+from plankton_cli.recipe import Recipe, resolve_recipe
+
+log = logging.getLogger("plankton.finetune")
+
+
+def fold_recipe(config: FinetuneConfig, split: Split) -> Recipe:
+    """The fine-tuning recipe for this fold's labelled training images (flags in ``config`` win)."""
+    return resolve_recipe(
+        "finetune", len(split.train), config.epochs, world_size=config.devices * config.num_nodes,
+        batch_size=config.batch_size, lr=config.lr, warmup_epochs=config.warmup_epochs, max_steps=config.max_steps,
+    )
+
+
+def run_fold(
+    config: FinetuneConfig, split: Split, pool: LabelledPool, classes: list[str], dataset_dir: Path,
+    dataset_stats: dict[str, Any], dataset_info: dict[str, Any], recipe: Recipe,
+) -> dict[str, Any] | None:
+    """Train, validate and test one fold with ``recipe`` (``fold_recipe``) and ``config.head``; score the
+    baselines on the same split; write the fold's files. Returns its result (None on ranks other than 0).
+
+    ``head``: ``finetune`` trains the whole classifier; ``linear``/``knn`` fit a cheap head on the frozen
+    embeddings of the initial encoder instead (no model file: they are an evaluation); ``auto`` does all three and
+    keeps the best by validation macro-F1 (the fine-tuned model is the one saved for predict).
+    """
+    from plankton_cli.training import CHECKPOINT_DIR, write_json_atomic
+
+    fold_dir = Path(config.out) / f"fold-{split.fold}"
+    pl.seed_everything(config.seed + split.fold, workers=True)
+    model, inherited = build_classifier(config, len(classes))
+    mean = _scalar(inherited.get("mean", dataset_stats["mean"]))
+    std = _scalar(inherited.get("std", dataset_stats["std"]))
+    img_size = model.arch["img_size"]
+    resize = int(inherited.get("resize") or default_resize(img_size))
+
+    def loader(ids: Sequence[str], train: bool) -> StoreDataLoader:
+        transform = (TrainTransform(resize, img_size, mean, std) if train else EvalTransform(resize, img_size, mean, std))
+        return store_loader(dataset_dir, ids, classes, transform, train=train, batch_size=recipe.batch_size,
+                            workers=config.workers, seed=config.seed + split.fold)
+
+    # Candidates: name -> (validation labels, validation probabilities, test ids, test labels, test probabilities).
+    candidates: dict[str, tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]] = {}
+    cheap = list(CHEAP_HEADS) if config.head == "auto" else [h for h in CHEAP_HEADS if h == config.head]
+    if cheap:  # before any training: the heads sit on the encoder as it was given
+        (_, y_train, x_train), (_, y_val, x_val), (test_ids, y_test, x_test) = (
+            embed(model, loader(ids, False)) for ids in (split.train, split.val, split.test))
+        for kind in cheap:
+            val_p, test_p = fit_and_predict(kind, design_matrix(x_train), y_train,
+                                            [design_matrix(x_val), design_matrix(x_test)], len(classes), config.seed)
+            candidates[kind] = (y_val, val_p, test_ids, y_test, test_p)
+
+    finetuned = None
+    if config.head in ("finetune", "auto"):
+        finetuned = _train(config, split, model, recipe, fold_dir, loader)
+        if finetuned is None:
+            return None  # a DDP rank other than 0
+        (val_labels, val_logits), (test_ids, test_labels, test_logits), best = finetuned
+        candidates["finetune"] = (val_labels, softmax(val_logits), test_ids, test_labels, softmax(test_logits))
+        thresholds, unreached = precision_thresholds(softmax(val_logits), val_labels, classes,
+                                                     config.target_precision)
+        info = {
+            **inherited, **dataset_info, **model.arch,  # the fine-tuning data's padding is what predict must match
+            "classes": classes, "mean": [mean], "std": [std], "resize": resize, "crop": img_size,
+            "thresholds": thresholds, "threshold_target_precision": config.target_precision,
+            "thresholds_unreached": unreached,
+            "source": f"{inherited.get('source', '')}; plankton finetune fold {split.fold} of {config.out}".lstrip("; "),
+        }
+        save_model(fold_dir, model.state_dict(), info)
+
+    heads = {name: _head_scores(classes, *candidate) for name, candidate in candidates.items()}
+    # Ties go to the cheaper head: it is the simpler explanation of the same score.
+    chosen = max(heads, key=lambda name: (heads[name]["val_macro_f1"], name != "finetune"))
+    _, _, test_ids, test_labels, test_probabilities = candidates[chosen]
+    result = _score_fold(split, pool, classes, test_ids, test_labels, test_probabilities, fold_dir)
+    result["head"] = chosen
+    result["heads"] = heads
+    result["val_macro_f1"] = heads[chosen]["val_macro_f1"]
+    result["model_file"] = str(fold_dir / "model.safetensors") if finetuned else None
+    if finetuned:
+        result["best_checkpoint"] = finetuned[2]
+        result["thresholds"] = thresholds
+    result["recipe"] = recipe.to_dict()
+    result["baselines"] = score_baselines(dataset_dir, split, pool.label_of(), classes, config.seed)
+    if (fold_dir / "metrics.csv").exists():
+        try:
+            M.plot_learning_curves(fold_dir / "metrics.csv", fold_dir / "learning_curves.png")
+        except ValueError as error:  # e.g. --max-steps stopped before any epoch ended
+            log.warning("fold %d: no learning curves: %s", split.fold, error)
+    write_json_atomic(fold_dir / "result.json", result)  # last: marks the fold as done
+    shutil.rmtree(fold_dir / CHECKPOINT_DIR, ignore_errors=True)  # model.safetensors holds the best weights
+    return result
+
+
+def _train(
+    config: FinetuneConfig, split: Split, model: Any, recipe: Recipe, fold_dir: Path,
+    loader: Callable[[Sequence[str], bool], StoreDataLoader],
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[list[str], np.ndarray, np.ndarray], str | None] | None:
+    """Fine-tune ``model`` in place (ending with the best checkpoint's weights); ``((val labels, val logits),
+    (test ids, test labels, test logits), best checkpoint)``, or None on ranks other than 0."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from plankton_cli.training import CHECKPOINT_DIR, last_checkpoint, make_trainer
+
+    train_loader, val_loader, test_loader = loader(split.train, True), loader(split.val, False), loader(split.test, False)
+    module = ClassifierModule(model, lr=recipe.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay,
+                              warmup_steps=recipe.warmup_steps, label_smoothing=config.label_smoothing)
+    best_callback = ModelCheckpoint(
+        dirpath=str(fold_dir / CHECKPOINT_DIR), filename="best", monitor="val_macro_f1", mode="max", save_top_k=1,
+        enable_version_counter=False,
+    )
+    # Every class too small to spare a validation image (see protocol._validation_part): no best epoch to pick,
+    # so the fold keeps its last weights, and predict gets no precision thresholds.
+    validate = bool(split.val)
+    trainer = make_trainer(
+        fold_dir, max_epochs=config.epochs, max_steps=config.max_steps, accelerator=config.accelerator,
+        devices=config.devices, num_nodes=config.num_nodes, callbacks=[best_callback] if validate else [],
+        # Few labels make short epochs: log every step then, so the loss and lr curves are complete.
+        log_every_n_steps=1 if len(train_loader) < 50 else 50,
+    )
+    resume = last_checkpoint(fold_dir)
+    trainer.fit(module, train_loader, val_loader if validate else None,
+                ckpt_path=str(resume) if resume.exists() else None)
+    # No validation ran (e.g. --max-steps inside the first epoch): test the last weights.
+    best = best_callback.best_model_path or None
+    if validate:
+        trainer.validate(module, val_loader, ckpt_path=best, verbose=False)
+    else:
+        log.warning("fold %d has no validation images (every class is too small to spare one): it keeps the last "
+                    "epoch's weights and sets no precision thresholds", split.fold)
+    trainer.test(module, test_loader, ckpt_path=best, verbose=False)
+    if not validate:
+        n_classes = module.outputs["test"][2].shape[1]
+        module.outputs["val"] = ([], np.zeros(0, np.int64), np.zeros((0, n_classes), np.float32))
+    if not trainer.is_global_zero:
+        return None
+    _, val_labels, val_logits = module.outputs["val"]
+    return (val_labels, val_logits), module.outputs["test"], best
+
+
+def _head_scores(classes: list[str], val_labels: np.ndarray, val_probabilities: np.ndarray, test_ids: list[str],
+                 test_labels: np.ndarray, test_probabilities: np.ndarray) -> dict[str, Any]:
+    """A candidate head's validation macro-F1 (what ``auto`` chooses by) and its test scores."""
+    val = (M.classification_metrics(val_labels.tolist(), val_probabilities.argmax(1).tolist())["macro_f1"]
+           if len(val_labels) else 0.0)
+    test = M.classification_metrics([classes[i] for i in test_labels],
+                                    [classes[i] for i in test_probabilities.argmax(1)], classes)
+    return {"val_macro_f1": val, **{m: test[m] for m in M.HEADLINE_METRICS}}
+
+
+def _scalar(value: Any) -> float:
+    return float(value[0] if isinstance(value, list | tuple) else value)
+
+
+def _score_fold(
+    split: Split, pool: LabelledPool, classes: list[str], ids: list[str], labels: np.ndarray,
+    probabilities: np.ndarray, fold_dir: Path,
+) -> dict[str, Any]:
+    """Test metrics of one fold (overall and per instrument), the predictions file and the confusion matrix."""
+    instrument_of = dict(zip(pool.object_ids, pool.instruments))
+    true = [classes[i] for i in labels]
+    pred = [classes[i] for i in probabilities.argmax(axis=1)]
+    instruments = [instrument_of[i] for i in ids]
+    table = pa.table({
+        "object_id": pa.array(ids, pa.string()),
+        "label": pa.array(true, pa.string()),
+        "pred": pa.array(pred, pa.string()),
+        "probabilities": pa.array(probabilities.astype(np.float32).tolist(), pa.list_(pa.float32())),
+        "instrument": pa.array(instruments, pa.string()),
+    }).replace_schema_metadata({"classes": json.dumps(classes), "fold": str(split.fold)})
+    pq.write_table(table, fold_dir / "test_predictions.parquet")
+    M.plot_confusion_matrix(true, pred, classes, fold_dir / "confusion_matrix.png", title=f"fold {split.fold}: test")
+    scores = M.classification_metrics(true, pred, classes)
+    return {
+        "fold": split.fold,
+        "labels": split.label_spec,
+        "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
+        **{name: scores[name] for name in M.HEADLINE_METRICS},
+        "per_class": scores["per_class"],
+        "absent_classes": scores["absent_classes"],
+        "per_instrument": {
+            name: {metric: value[metric] for metric in (*M.HEADLINE_METRICS, "n")}
+            for name, value in M.per_group_metrics(true, pred, instruments, classes).items()
+        },
+        "warnings": split.warnings,
+    }
