@@ -44,9 +44,10 @@ from torch import Tensor, nn
 from plankton_cli import metrics as M
 from plankton_cli.data import EvalTransform, StoreDataLoader, StoreDataset, TrainTransform, load_or_compute_stats
 from plankton_cli.data.dataset import list_row_groups, partition_values
-from plankton_cli.models import Classifier, layer_decay_param_groups, load_encoder_info, load_vit_weights
+from plankton_cli.features.inputs import FeatureScaling, object_features, select_features
+from plankton_cli.models import Classifier, layer_decay_param_groups, load_vit_weights
 from plankton_cli.models import save_model, warmup_cosine_scheduler
-from plankton_cli.models.checkpoints import ENCODER_FORMAT, MODEL_FORMAT
+from plankton_cli.models.info import MODEL_FORMAT, ModelInfo
 from plankton_cli.padding import padding_rules
 from plankton_cli.protocol import (
     Split,
@@ -72,7 +73,7 @@ MB each is still little memory."""
 RESULT_KEYS = (
     "store", "dataset", "init", "model", "img_size", "patch_size", "depth", "embed_dim", "num_heads", "labels",
     "folds", "val_fraction", "seed", "epochs", "batch_size", "lr", "weight_decay", "layer_decay", "warmup_epochs",
-    "drop_path", "label_smoothing", "instruments", "label_status", "max_steps",
+    "drop_path", "label_smoothing", "instruments", "label_status", "max_steps", "features",
 )
 
 
@@ -102,6 +103,7 @@ class FinetuneConfig:
     instruments: list[str] | None = None
     label_status: list[str] = field(default_factory=lambda: ["validated"])
     max_steps: int | None = None  # smoke tests: stop after this many optimizer steps per fold
+    features: str = "auto"  # per-object features beside the image: auto, none, or NAME/pattern,... (features.inputs)
     # Architecture, for --init scratch and for foreign (timm) checkpoints; overrides for our exports' img_size.
     model: str | None = None
     img_size: int | None = None
@@ -230,6 +232,34 @@ def store_loader(
     )
 
 
+@dataclass
+class PoolFeatures:
+    """The per-object features a run feeds beside the image (``--features``), for the whole labelled pool."""
+
+    names: list[str]
+    values: dict[str, dict[str, float]]  # object_id -> {feature: value}, only the values it has
+
+    @classmethod
+    def resolve(cls, spec: str, store_root: Path, dataset: str, pool: LabelledPool) -> PoolFeatures | None:
+        """The selection ``spec`` makes on the labelled pool (``features.inputs.select_features``); None: none."""
+        if spec.strip() == "none":
+            return None
+        values = object_features(store_root, dataset, pool.object_ids)
+        names = select_features(spec, values)
+        return cls(names, values) if names else None
+
+    def for_fold(self, split: Split) -> tuple[FeatureScaling, dict[str, np.ndarray]]:
+        """The scaling fitted on the fold's labelled training images, and every fold image's feature input."""
+        scaling = FeatureScaling.fit(self.names, [self.values[i] for i in split.train])
+        ids = [*split.train, *split.val, *split.test]
+        return scaling, dict(zip(ids, scaling.transform([self.values[i] for i in ids])))
+
+    def describe(self, spec: str, n_objects: int) -> str:
+        have = sum(all(name in self.values[oid] for name in self.names) for oid in self.values)
+        shown = ", ".join(self.names[:8]) + (f" … ({len(self.names)} in all)" if len(self.names) > 8 else "")
+        return f"features (--features {spec}): {shown}; {have} of {n_objects} labelled images have all of them"
+
+
 # --- the model -----------------------------------------------------------------------------------------------------
 
 
@@ -238,7 +268,7 @@ def default_resize(img_size: int) -> int:
     return round(img_size * 256 / 224)
 
 
-def build_classifier(config: FinetuneConfig, num_classes: int) -> tuple[Classifier, dict[str, Any]]:
+def build_classifier(config: FinetuneConfig, num_classes: int, feature_dim: int = 0) -> tuple[Classifier, dict[str, Any]]:
     """The classifier and what is known about its input: ``mean``/``std``/``resize`` and padding settings of the
     encoder it starts from (empty for scratch and foreign checkpoints, whose inputs use the dataset's statistics).
 
@@ -250,7 +280,7 @@ def build_classifier(config: FinetuneConfig, num_classes: int) -> tuple[Classifi
         if not config.model:
             raise ValueError("--init scratch needs --model NAME (a timm ViT, e.g. vit_base_patch16_224)")
         model = Classifier(config.model, num_classes, img_size=config.img_size or 224, in_chans=1,
-                           drop_path_rate=config.drop_path, **overrides)
+                           drop_path_rate=config.drop_path, feature_dim=feature_dim, **overrides)
         return model, {"source": "scratch"}
 
     path = Path(config.init)
@@ -260,23 +290,24 @@ def build_classifier(config: FinetuneConfig, num_classes: int) -> tuple[Classifi
     if info is not None:  # our encoder (or a fine-tuned model, to fine-tune again)
         if config.model or any(v is not None for v in overrides.values()):
             log.warning("--model and the architecture options are ignored: %s names its own architecture", path)
-        img_size = config.img_size or info["img_size"]
+        img_size = config.img_size or info.img_size
         model = Classifier(
-            info["architecture"], num_classes, img_size=img_size, in_chans=1, patch_size=info["patch_size"],
-            embed_dim=info["embed_dim"], depth=info["depth"], num_heads=info["num_heads"],
-            drop_path_rate=config.drop_path,
+            info.architecture, num_classes, img_size=img_size, in_chans=1, patch_size=info.patch_size,
+            embed_dim=info.embed_dim, depth=info.depth, num_heads=info.num_heads,
+            drop_path_rate=config.drop_path, feature_dim=feature_dim,
         )
         # Only the input conventions carry over; the encoder's own bookkeeping (epochs, run) stays in its file.
-        inherited = {k: v for k, v in info.items() if k in ("mean", "std", "resize") or k.startswith(PREPROCESS_PREFIXES)}
-        inherited["encoder_source"] = info.get("source")
-        if img_size != info["img_size"]:
+        inherited = {k: v for k, v in info.to_dict().items()
+                     if k in ("mean", "std", "resize") or k.startswith(PREPROCESS_PREFIXES)}
+        inherited["encoder_source"] = info.source
+        if img_size != info.img_size:
             inherited.pop("resize", None)  # a resize chosen for another crop size no longer fits
     else:
         if not config.model:
             raise ValueError(f"{path} does not say which architecture it holds: give --model NAME (and the "
                              "--patch-size/--depth/--embed-dim/--num-heads it was trained with, if not the defaults)")
         model = Classifier(config.model, num_classes, img_size=config.img_size or 224, in_chans=1,
-                           drop_path_rate=config.drop_path, **overrides)
+                           drop_path_rate=config.drop_path, feature_dim=feature_dim, **overrides)
         inherited = {}
     report = load_vit_weights(model, path)
     log.info("loaded %s (%d tensors adapted%s)", path, len(report.adapted),
@@ -288,15 +319,14 @@ def build_classifier(config: FinetuneConfig, num_classes: int) -> tuple[Classifi
 PREPROCESS_PREFIXES = ("pad_", "crop_")
 
 
-def _export_info(path: Path) -> dict[str, Any] | None:
+def _export_info(path: Path) -> ModelInfo | None:
     """Our export's info when ``path`` is one (encoder or model), else None (a foreign checkpoint)."""
     if not (path.is_dir() or path.suffix in (".safetensors", ".json")):
         return None
     try:
-        info = load_encoder_info(path)
+        return ModelInfo.load(path)
     except FileNotFoundError:
         return None
-    return info if info.get("format") in (ENCODER_FORMAT, MODEL_FORMAT) else None
 
 
 class ClassifierModule(pl.LightningModule):
@@ -311,17 +341,24 @@ class ClassifierModule(pl.LightningModule):
 
     def __init__(
         self, model: Classifier, *, lr: float = 2e-3, weight_decay: float = 0.01, layer_decay: float = 0.75,
-        warmup_epochs: float = 5.0, label_smoothing: float = 0.1,
+        warmup_epochs: float = 5.0, label_smoothing: float = 0.1, features: dict[str, np.ndarray] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
-        self.save_hyperparameters(ignore=["model"])
+        self.features = features  # object_id -> the model's standardised feature input (None: image only)
+        self.save_hyperparameters(ignore=["model", "features"])
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self._batches: dict[str, list[tuple[list[str], Tensor, Tensor]]] = {"val": [], "test": []}
         self.outputs: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
 
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)
+
+    def _logits(self, batch: dict[str, Any]) -> Tensor:
+        if self.features is None:
+            return self.model(batch["image"])
+        rows = np.stack([self.features[oid] for oid in batch["object_id"]])
+        return self.model(batch["image"], torch.from_numpy(rows).to(batch["image"].device))
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -334,7 +371,7 @@ class ClassifierModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss = self.criterion(self.model(batch["image"]), batch["label"])
+        loss = self.criterion(self._logits(batch), batch["label"])
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
         # The lr this step is taken with (the scheduler steps after the optimizer): the proof that decay applies.
         groups = self.optimizers().param_groups
@@ -351,7 +388,7 @@ class ClassifierModule(pl.LightningModule):
         self._collect("test", batch)
 
     def _collect(self, stage: str, batch: dict[str, Any]) -> None:
-        logits = self.model(batch["image"]).float()
+        logits = self._logits(batch).float()
         self._batches[stage].append((list(batch["object_id"]), batch["label"].cpu(), logits.cpu()))
 
     def on_validation_epoch_end(self) -> None:
@@ -425,7 +462,7 @@ def precision_thresholds(
 
 def run_fold(
     config: FinetuneConfig, split: Split, pool: LabelledPool, classes: list[str], dataset_dir: Path,
-    dataset_stats: dict[str, Any], dataset_info: dict[str, Any],
+    dataset_stats: dict[str, Any], dataset_info: dict[str, Any], pool_features: PoolFeatures | None = None,
 ) -> dict[str, Any] | None:
     """Train, validate and test one fold; write its files. Returns its result (None on ranks other than 0)."""
     from pytorch_lightning.callbacks import ModelCheckpoint
@@ -434,7 +471,8 @@ def run_fold(
 
     fold_dir = Path(config.out) / f"fold-{split.fold}"
     pl.seed_everything(config.seed + split.fold, workers=True)
-    model, inherited = build_classifier(config, len(classes))
+    scaling, feature_inputs = pool_features.for_fold(split) if pool_features else (None, None)
+    model, inherited = build_classifier(config, len(classes), scaling.width if scaling else 0)
     mean = _scalar(inherited.get("mean", dataset_stats["mean"]))
     std = _scalar(inherited.get("std", dataset_stats["std"]))
     img_size = model.arch["img_size"]
@@ -447,7 +485,8 @@ def run_fold(
 
     train_loader, val_loader, test_loader = loader(split.train, True), loader(split.val, False), loader(split.test, False)
     module = ClassifierModule(model, lr=config.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay,
-                              warmup_epochs=config.warmup_epochs, label_smoothing=config.label_smoothing)
+                              warmup_epochs=config.warmup_epochs, label_smoothing=config.label_smoothing,
+                              features=feature_inputs)
     best_callback = ModelCheckpoint(
         dirpath=str(fold_dir / CHECKPOINT_DIR), filename="best", monitor="val_macro_f1", mode="max", save_top_k=1,
         enable_version_counter=False,
@@ -469,13 +508,13 @@ def run_fold(
 
     val_ids, val_labels, val_logits = module.outputs["val"]
     thresholds, unreached = precision_thresholds(softmax(val_logits), val_labels, classes, config.target_precision)
-    info = {
+    info = ModelInfo.from_dict({
         **inherited, **dataset_info, **model.arch,  # the fine-tuning data's padding is what predict must match
-        "classes": classes, "mean": [mean], "std": [std], "resize": resize, "crop": img_size,
+        "format": MODEL_FORMAT, "classes": classes, "mean": [mean], "std": [std], "resize": resize, "crop": img_size,
         "thresholds": thresholds, "threshold_target_precision": config.target_precision,
-        "thresholds_unreached": unreached,
+        "thresholds_unreached": unreached, **(scaling.info_fields() if scaling else {}),
         "source": f"{inherited.get('source', '')}; plankton finetune fold {split.fold} of {config.out}".lstrip("; "),
-    }
+    }, where=str(fold_dir / "model.json"))
     save_model(fold_dir, module.model.state_dict(), info)
 
     test_ids, test_labels, test_logits = module.outputs["test"]
@@ -569,6 +608,9 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = log.info) -> 
 
     stats = load_or_compute_stats(dataset_dir)
     dataset_info = _dataset_info(dataset_dir, dataset_name)
+    pool_features = PoolFeatures.resolve(config.features, store.root, dataset_name, pool)
+    echo(pool_features.describe(config.features, len(pool.object_ids)) if pool_features
+         else f"features: none (--features {config.features})")
     for split in splits:
         if config.fold is not None and split.fold != config.fold:
             continue
@@ -580,7 +622,7 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = log.info) -> 
             log.warning("fold %d: %s", split.fold, warning)
         if is_rank_zero():
             save_split(split, fold_dir / "split.json")
-        result = run_fold(config, split, pool, classes, dataset_dir, stats, dataset_info)
+        result = run_fold(config, split, pool, classes, dataset_dir, stats, dataset_info, pool_features)
         if result is not None:
             echo(f"fold {split.fold}: test accuracy {result['accuracy']:.3f}, balanced accuracy "
                  f"{result['balanced_accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")

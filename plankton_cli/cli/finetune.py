@@ -21,6 +21,7 @@ Examples:
       --labels 1% --out runs/imagenet-1       # the paper's ImageNet baseline, from a local file
   plankton finetune --init scratch --model vit_small_patch16_224 --img-size 96 --labels all --out runs/scratch
   plankton finetune --init runs/mae --labels 10/class --instrument IFCB --folds 1 --out runs/ifcb-10
+  plankton finetune --init runs/mae --features 'object_*' --out runs/ft-eco   # EcoTaxa morphometrics too
   # one SLURM job per fold (each writes fold-K/; the last to finish writes the full summary)
   for k in 0 1 2 3 4; do plankton finetune --init runs/mae --labels 5% --fold $k --out runs/ft-5 \\
       --backend slurm --partition gpu --time 4:00:00; done
@@ -30,6 +31,13 @@ Labels: 1%, 5%, 10% (per class max(1, floor(p * N_c)) of the fold's training par
 seeded), all, or k/class. Folds: stratified k-fold, 20 % test at 5 folds, 15 % of the rest for
 validation; --folds 1 is one such split. Each fold's split is saved (fold-K/split.json) and a
 re-run into the same --out reuses it; finished folds (fold-K/result.json) are not trained again.
+
+\b
+Features (--features): numbers per object fed beside the image, before the bottleneck head:
+EcoTaxa object_* columns, IFCB adc.* columns, and features.* from `plankton features`.
+auto takes every feature that >= 90 % of the labelled images have; none, or NAME/PATTERN,...
+Each is standardised by the fold's training median and IQR (clipped to +-10); a missing value is
+fed as 0 with an indicator. model.json records the list and the scaling; predict feeds the same.
 
 \b
 Outputs in OUT: config.json, label_counts.csv, summary.md/.csv/.json (test accuracy, balanced
@@ -72,6 +80,9 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
 @click.option("--label-status", "label_status", multiple=True, default=["validated"], show_default=True,
               help="Label statuses taken as truth (repeatable; 'any' for all). EcoTaxa 'predicted' labels are "
                    "not ground truth.")
+@click.option("--features", "features", default="auto", show_default=True, metavar="auto|none|NAME,...",
+              help="Per-object features beside the image: auto (those >= 90 % of labelled images have), none, "
+                   "or names/patterns, e.g. 'object_*,features.esd'.")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop each fold after N optimizer steps (smoke tests).")
 @click.option("--model", "model_name", metavar="NAME",
               help="timm ViT name for --init scratch or a timm checkpoint file, e.g. vit_large_patch16_224.")
@@ -88,7 +99,8 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
 def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labels: str, folds: int,
              fold: int | None, epochs: int, batch_size: int, lr: float, layer_decay: float, weight_decay: float,
              warmup_epochs: float, drop_path: float, label_smoothing: float, target_precision: float, seed: int,
-             workers: int, instruments: tuple[str, ...], label_status: tuple[str, ...], max_steps: int | None,
+             workers: int, instruments: tuple[str, ...], label_status: tuple[str, ...], features: str,
+             max_steps: int | None,
              model_name: str | None, img_size: int | None, patch_size: int | None, depth: int | None,
              embed_dim: int | None, num_heads: int | None, backend_opts, store: Path, as_json: bool) -> None:
     """Fine-tune a ViT with few labels and test it by cross-validation (the paper's protocol).
@@ -126,7 +138,7 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
         warmup_epochs=warmup_epochs, drop_path=drop_path, label_smoothing=label_smoothing,
         target_precision=target_precision, workers=workers, instruments=list(instruments) or None,
-        label_status=[] if "any" in label_status else list(label_status), max_steps=max_steps,
+        label_status=[] if "any" in label_status else list(label_status), max_steps=max_steps, features=features,
         model=model_name, img_size=img_size, patch_size=patch_size, depth=depth, embed_dim=embed_dim,
         num_heads=num_heads, accelerator=backend_opts.accelerator, devices=backend_opts.devices,
         num_nodes=backend_opts.num_nodes,
