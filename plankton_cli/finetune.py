@@ -506,7 +506,8 @@ def run_fold(
     if not trainer.is_global_zero:
         return None
 
-    val_ids, val_labels, val_logits = module.outputs["val"]
+    # Lightning skips validation when a fold has no validation images (tiny or singleton classes): none then.
+    val_ids, val_labels, val_logits = module.outputs.get("val") or module._gather("val")
     thresholds, unreached = precision_thresholds(softmax(val_logits), val_labels, classes, config.target_precision)
     info = ModelInfo.from_dict({
         **inherited, **dataset_info, **model.arch,  # the fine-tuning data's padding is what predict must match
