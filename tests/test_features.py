@@ -244,3 +244,16 @@ def test_finetune_features_auto_then_predict_end_to_end(ecotaxa_store, tmp_path,
     assert on_bins["predicted"] > 0
     lacking = on_bins["features_lacking"]
     assert lacking and all(".roi lacks object_" in line and "features." not in line for line in lacking)
+
+
+def test_new_settings_measure_again_and_replace_the_old_rows_in_one_commit(tmp_path, ifcb_bins, monkeypatch):
+    from plankton_cli.features import dataset as features_dataset
+
+    store = Store(tmp_path / "store")
+    invoke("ingest", ifcb_bins, "--store", store.root, "--json")
+    first = features_dataset.compute_features(store)
+    monkeypatch.setattr(features_dataset, "SETTINGS", "features-v999 test")
+    again = features_dataset.compute_features(store)
+    assert again.computed == first.computed and again.removed == first.computed and again.skipped == 0
+    table = store.dataset("features").to_table()
+    assert table.num_rows == first.computed and set(table["features_settings"].to_pylist()) == {"features-v999 test"}
