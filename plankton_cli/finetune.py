@@ -13,7 +13,8 @@ its best checkpoint by validation macro-F1 and is scored on its test part.
     OUT/label_counts.csv             realised labelled images per fold and class (the paper's Table 4)
     OUT/summary.{md,csv,json}        per-fold test scores and mean ± std (Tables 3, 5, 6)
     OUT/fold-<k>/split.json          object ids of train/val/test: a re-run reuses it exactly
-    OUT/fold-<k>/model.safetensors   + model.json: the best checkpoint, with classes, preprocessing, thresholds
+    OUT/fold-<k>/model.safetensors   + model.json: the best checkpoint, with classes, preprocessing, thresholds,
+                                     and the per-object features (--features) with their scaling
     OUT/fold-<k>/metrics.csv         per-step/epoch log (train_loss, val_loss, val_macro_f1, lr_block0, lr_head)
     OUT/fold-<k>/test_predictions.parquet   object_id, label, pred, probabilities, instrument
     OUT/fold-<k>/result.json         the fold's test metrics; its presence marks the fold as done
@@ -268,7 +269,9 @@ def default_resize(img_size: int) -> int:
     return round(img_size * 256 / 224)
 
 
-def build_classifier(config: FinetuneConfig, num_classes: int, feature_dim: int = 0) -> tuple[Classifier, dict[str, Any]]:
+def build_classifier(
+    config: FinetuneConfig, num_classes: int, feature_dim: int = 0
+) -> tuple[Classifier, dict[str, Any]]:
     """The classifier and what is known about its input: ``mean``/``std``/``resize`` and padding settings of the
     encoder it starts from (empty for scratch and foreign checkpoints, whose inputs use the dataset's statistics).
 
@@ -507,7 +510,8 @@ def run_fold(
         return None
 
     # Lightning skips validation when a fold has no validation images (tiny or singleton classes): none then.
-    val_ids, val_labels, val_logits = module.outputs.get("val") or module._gather("val")
+    no_val = ([], np.zeros(0, np.int64), np.zeros((0, len(classes)), np.float32))
+    val_ids, val_labels, val_logits = module.outputs.get("val", no_val)
     thresholds, unreached = precision_thresholds(softmax(val_logits), val_labels, classes, config.target_precision)
     info = ModelInfo.from_dict({
         **inherited, **dataset_info, **model.arch,  # the fine-tuning data's padding is what predict must match

@@ -8,9 +8,9 @@ instrument. The threshold is Li's minimum cross-entropy (``skimage.filters.thres
 EcoTaxa QA ZooScan vignettes against ZooProcess's own ``object_area``: Li's areas are 87–96 % of ZooProcess's
 on 10 of the 11 (the 11th, a faint, large organism inside black corner marks, gets 1526 px where ZooProcess's
 fixed threshold keeps its 516 darkest ones); Otsu's are 64–74 %, and on that 11th it measures a corner mark
-(21 px: Otsu splits the pure-black marks from everything else); the triangle method's are 104–250 %. Of the pixels above the
-threshold, the largest 8-connected component with its holes filled is the object (specks, detritus fragments
-and noise are smaller). Legends are cut first: the crops ``plankton pad`` makes for the instrument
+(21 px: Otsu splits the pure-black marks from everything else); the triangle method's are 104–250 %. Of the
+pixels above the threshold, the largest 8-connected component with its holes filled is the object (specks,
+detritus fragments and noise are smaller). Legends are cut first: the crops ``plankton pad`` makes for the instrument
 (``padding.crop_for``, e.g. the CytoSense banner) and the ZooProcess scale bar wherever it is detected
 (``pad.detect_scale_bar``; ingested as plain folders, ZooScan vignettes have no instrument), so a "1 mm" bar
 is never measured.
