@@ -3,7 +3,11 @@
 Preprocessing is exactly what the model file records (`model.json`): the padding preset and crops, the resize and
 centre crop, mean and std. Padding is redone from the stored original image with the same function and the same
 per-object noise seed as `plankton pad`, so the pixels the model sees at prediction time are the pixels it was
-trained and validated on, bit for bit.
+trained and validated on, bit for bit. A model trained with per-object features (`features` in model.json) gets
+them the same way: the same metadata columns, standardised with the recorded median and IQR, and the `features.*`
+morphometrics measured again from the same stored pixels (`plankton_cli.features.inputs`). A source that lacks
+some of them is named once, with what it lacks; those values are fed as missing (0 plus the indicator), as in
+training.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import pyarrow.dataset as ds
 
 from plankton_cli import __version__, plugins
 from plankton_cli.predictions import pending_ids
+from plankton_cli.features.inputs import PREFIX, FeatureScaling, image_features, metadata_features
+from plankton_cli.model_info import ModelInfo
 from plankton_cli.records import ReadOptions, Record, Rejection
 from plankton_cli.store import Store
 from plankton_cli.store.images import ImageError, check, decode
@@ -30,7 +36,7 @@ from plankton_cli.writers import UNCLASSIFIED, Prediction, PredictionRun
 log = logging.getLogger("plankton.predict")
 
 COLUMNS = ["object_id", "image", "instrument", "sample_id", "source_row", "acquired_at", "lat", "lon", "depth",
-           "metadata"]
+           "source_file", "pixel_size_um", "metadata"]
 
 
 @dataclass
@@ -42,6 +48,7 @@ class PredictSummary:
     rejected: int = 0
     by_label: dict[str, int] = field(default_factory=dict)
     writers: dict[str, dict] = field(default_factory=dict)
+    features_lacking: list[str] = field(default_factory=list)  # one line per source that lacked model features
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -60,7 +67,9 @@ class _Item:
     lat: float | None = None
     lon: float | None = None
     depth: float | None = None
-    metadata: dict[str, str] = field(default_factory=dict)  # for writers (e.g. EcoTaxa's own object_id)
+    source_file: str | None = None
+    pixel_size_um: float | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 def file_hash(path: Path) -> str:
@@ -79,16 +88,15 @@ class Preprocessor:
     model never saw gets the paper's default preset for it (`plankton pad --preset auto`).
     """
 
-    def __init__(self, info: dict):
+    def __init__(self, info: ModelInfo):
         from plankton_cli.data.transforms import EvalTransform
         from plankton_cli.pad_store import parse_padding_rule
 
-        rules = info.get("pad_settings") or []
-        self.pad = bool(rules)
-        self.rules = {instrument: (crop, size) for instrument, crop, size in map(parse_padding_rule, rules)}
-        mean, std = info["mean"], info["std"]
-        self.transform = EvalTransform(resize=int(info.get("resize", info["img_size"])), crop=int(info["img_size"]),
-                                       mean=float(np.mean(mean)), std=float(np.mean(std)))
+        self.pad = bool(info.pad_settings)
+        self.rules = {instrument: (crop, size) for instrument, crop, size in map(parse_padding_rule, info.pad_settings)}
+        config = info.data_config()
+        self.transform = EvalTransform(resize=int(config["resize"]), crop=int(info.img_size),
+                                       mean=float(np.mean(config["mean"])), std=float(np.mean(config["std"])))
 
     def __call__(self, item: _Item):
         from PIL import Image
@@ -101,6 +109,35 @@ class Preprocessor:
         crop, size = self.rules.get(item.instrument) or (crop_for(item.instrument, "auto"), None)
         padded = pad_to_square(decode(item.image), item.object_id, crop=crop, size=size).image
         return self.transform(Image.fromarray(padded))
+
+
+class FeatureInputs:
+    """An object → the feature input a model with ``scaling`` was trained with; notes what each source lacks."""
+
+    def __init__(self, scaling: FeatureScaling):
+        self.scaling = scaling
+        self.measure = any(name.startswith(PREFIX) for name in scaling.names)
+        self.lacking: dict[str, tuple[set[str], int]] = {}  # source -> (features it lacked, objects)
+
+    def values(self, item: _Item) -> dict[str, float]:
+        values = metadata_features(item.metadata)
+        if self.measure:
+            values.update(image_features(item.image, item.instrument, item.pixel_size_um))
+        return values
+
+    def __call__(self, items: list[_Item]) -> np.ndarray:
+        rows = [self.values(item) for item in items]
+        for item, row in zip(items, rows):
+            if missing := self.scaling.missing(row):
+                source = item.source_file or item.sample_id or "unknown source"
+                names, count = self.lacking.get(source, (set(), 0))
+                self.lacking[source] = (names | set(missing), count + 1)
+        return self.scaling.transform(rows)
+
+    def report(self) -> list[str]:
+        """One line per source that lacked features, e.g. for the log and the summary."""
+        return [f"{source} lacks {', '.join(sorted(names))} for {count} object(s): fed as missing"
+                for source, (names, count) in sorted(self.lacking.items())]
 
 
 def _store_items(store: Store, *, instrument: str | None, since: datetime | None,
@@ -137,7 +174,7 @@ def _source_items(paths: list[Path], fmt: str, options: ReadOptions,
                 rejected(Rejection(rec.source_file, rec.source_row, str(exc), rec.object_id))
                 continue
             yield _Item(rec.object_id, image, rec.instrument, rec.sample_id, rec.source_row, rec.acquired_at,
-                        rec.lat, rec.lon, rec.depth, rec.metadata)
+                        rec.lat, rec.lon, rec.depth, str(rec.source_file), rec.pixel_size_um, dict(rec.metadata))
 
 
 def already_predicted(store: Store, model_hash: str) -> set[str]:
@@ -192,12 +229,12 @@ def predict(
     model, info = load_model(weights, device=dev)
     if compile:
         model = torch.compile(model)
-    classes: list[str] = list(info["classes"])
-    thresholds = info.get("thresholds") or None
+    classes: list[str] = list(info.classes)
+    thresholds = info.thresholds or None
     threshold_vec = (np.array([float(thresholds.get(c, np.nan)) for c in classes], dtype=np.float64)
                      if thresholds else None)
     model_hash = file_hash(weights)
-    model_id = info.get("model_id") or f"{weights.parent.parent.name}/{weights.parent.name}"
+    model_id = info.extra.get("model_id") or f"{weights.parent.parent.name}/{weights.parent.name}"
     summary = PredictSummary(model_id=model_id, model_hash=model_hash)
     options: dict[str, Any] = dict(writer_options or {})
     if store is not None:
@@ -205,7 +242,7 @@ def predict(
         options.setdefault("lock_timeout", lock_timeout)
     run = PredictionRun(
         model_id=model_id, model_hash=model_hash, classes=classes, thresholds=threshold_vec,
-        classifier_name=f"plankton-cli {info['architecture']} {model_id}", top_k=top_k,
+        classifier_name=f"plankton-cli {info.architecture} {model_id}", top_k=top_k,
         package_version=__version__, options=options,
     )
 
@@ -225,14 +262,18 @@ def predict(
 
     sessions = {name: plugins.load("writer", name).open(Path(out_dir), run) for name in to}
     preprocess = Preprocessor(info)
+    scaling = FeatureScaling.from_info(info)
+    feature_inputs = FeatureInputs(scaling) if scaling else None
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     counts: dict[str, int] = {}
     with torch.inference_mode():
         for batch in _batches(items, batch_size):
             inputs = torch.stack([preprocess(item) for item in batch]).to(dev, non_blocking=True)
+            extra = (torch.from_numpy(feature_inputs(batch)).to(dev, non_blocking=True) if feature_inputs
+                     else None)
             with autocast:
                 features = model.forward_features(inputs)
-                logits = model.head(features)
+                logits = model.classify(features, extra)
             probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
             feats = features.float().cpu().numpy() if embeddings else None
             preds = []
@@ -263,5 +304,9 @@ def predict(
             failure = failure or exc
     if failure is not None:
         raise failure
+    if feature_inputs:
+        summary.features_lacking = feature_inputs.report()
+        for line in summary.features_lacking:
+            log.warning("features: %s", line)
     summary.by_label = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
     return summary

@@ -36,6 +36,7 @@ from plankton_cli.data import (
     load_or_compute_stats,
 )
 from plankton_cli.models import MAE, create_vit, load_vit_weights, param_groups_weight_decay, reconstruction_grid, save_encoder
+from plankton_cli.model_info import ModelInfo
 from plankton_cli.models import warmup_cosine_scheduler
 from plankton_cli.models.mae import titled_panel
 from plankton_cli.pad_store import padding_rules
@@ -327,15 +328,16 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
     if not trainer.is_global_zero:
         return {}
 
-    encoder = save_encoder(run_dir, mae.encoder_state_dict(), {
-        **mae.encoder_arch,
-        "mean": mean, "std": std, "resize": resize, "crop": config.img_size,
-        "pad_settings": padding_rules(dataset_dir),
-        "source": f"MAE pretraining, {trainer.current_epoch} epochs on {store.root}/{dataset}",
-        "source_store": str(store.root), "source_dataset": dataset, "source_run": str(run_dir),
-        "recipe": "mae", "mask_ratio": config.mask_ratio, "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step, "init": str(config.init) if config.init else None,
-    })
+    encoder = save_encoder(run_dir, mae.encoder_state_dict(), ModelInfo(
+        **mae.encoder_arch, mean=[mean], std=[std], resize=resize, crop=config.img_size,
+        pad_settings=padding_rules(dataset_dir),
+        source=f"MAE pretraining, {trainer.current_epoch} epochs on {store.root}/{dataset}",
+        extra={
+            "source_store": str(store.root), "source_dataset": dataset, "source_run": str(run_dir),
+            "recipe": "mae", "mask_ratio": config.mask_ratio, "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step, "init": str(config.init) if config.init else None,
+        },
+    ))
     module.save_reconstructions(trainer.current_epoch)
     loss = trainer.callback_metrics.get("train/loss_epoch", trainer.callback_metrics.get("train/loss_step"))
     images = module.samples_trained * world_size

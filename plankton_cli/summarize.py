@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from plankton_cli.atomic import atomic_path
+from plankton_cli.model_info import ModelInfo
 from plankton_cli.store import Store
 from plankton_cli.writers import UNCLASSIFIED
 
@@ -55,7 +56,7 @@ _BIN_ID = re.compile(r"D\d{8}T\d{6}_IFCB\d{3}|IFCB\d_\d{4}_\d{3}_\d{6}")  # bins
 
 
 @dataclass
-class ModelInfo:
+class ModelRef:
     model_hash: str
     model_id: str
     classes: list[str]
@@ -78,15 +79,15 @@ class SummarizeResult:
         return dict(self.__dict__)
 
 
-def model_info(model_path: Path) -> ModelInfo:
+def model_info(model_path: Path) -> ModelRef:
     """Hash, id and classes of a fine-tuned model file (or its folder), as predict records them."""
     from plankton_cli.predict import file_hash
 
     model_path = Path(model_path)
     weights = model_path / "model.safetensors" if model_path.is_dir() else model_path.with_suffix(".safetensors")
-    info = json.loads(weights.with_suffix(".json").read_text())
-    model_id = info.get("model_id") or f"{weights.parent.parent.name}/{weights.parent.name}"
-    return ModelInfo(file_hash(weights), model_id, list(info["classes"]))
+    info = ModelInfo.load(weights)
+    model_id = info.extra.get("model_id") or f"{weights.parent.parent.name}/{weights.parent.name}"
+    return ModelRef(file_hash(weights), model_id, list(info.classes))
 
 
 def summarize(store: Store, model_path: Path, by: str, out_dir: Path, *, plots: bool = True,
@@ -148,7 +149,7 @@ def _predictions(store: Store, model_hash: str, by: str, skipped: Counter | dict
     return frame[reasons.isna()].reset_index(drop=True)
 
 
-def _previous(out_dir: Path, model: ModelInfo, by: str, rebuild: bool) -> tuple[pd.DataFrame | None, dict]:
+def _previous(out_dir: Path, model: ModelRef, by: str, rebuild: bool) -> tuple[pd.DataFrame | None, dict]:
     """The summary already in `out_dir` and its sample -> group map (none with `rebuild`)."""
     path = out_dir / COUNTS
     if rebuild or not path.exists():
@@ -239,7 +240,7 @@ def _counts(rows: pd.DataFrame, samples: pd.DataFrame, group_of: dict[str, str],
     return out[COLUMNS]
 
 
-def _write(out_dir: Path, table: pd.DataFrame, model: ModelInfo, by: str, group_of: dict[str, str],
+def _write(out_dir: Path, table: pd.DataFrame, model: ModelRef, by: str, group_of: dict[str, str],
            plots: bool) -> list[str]:
     recorded = {"model_hash": model.model_hash, "model_id": model.model_id, "by": by, "classes": model.classes,
                 "groups": dict(sorted(group_of.items()))}

@@ -188,16 +188,16 @@ def test_fold_outputs_reload_for_predict_and_json_summary(demo_run):
     assert set(summary["mean_std"]) == {"accuracy", "balanced_accuracy", "macro_f1"}
 
     model, info = load_model(out / "fold-0")
-    assert info["classes"] == sorted(p.name for p in DEMO_IMAGES.iterdir() if p.is_dir())
-    assert (info["img_size"], info["in_chans"], info["crop"]) == (32, 1, 32)
-    assert "thresholds" in info and info["threshold_target_precision"] == 0.9
+    assert info.classes == sorted(p.name for p in DEMO_IMAGES.iterdir() if p.is_dir())
+    assert (info.img_size, info.in_chans, info.crop) == (32, 1, 32)
+    assert info.threshold_target_precision == 0.9
     predictions = pq.read_table(out / "fold-0" / "test_predictions.parquet")
-    assert json.loads(predictions.schema.metadata[b"classes"]) == info["classes"]
+    assert json.loads(predictions.schema.metadata[b"classes"]) == info.classes
     probabilities = np.array(predictions.column("probabilities").to_pylist())
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-4)
-    assert predictions.column("pred").to_pylist() == [info["classes"][i] for i in probabilities.argmax(axis=1)]
+    assert predictions.column("pred").to_pylist() == [info.classes[i] for i in probabilities.argmax(axis=1)]
     with torch.no_grad():
-        assert model(torch.zeros(2, 1, 32, 32)).shape == (2, len(info["classes"]))
+        assert model(torch.zeros(2, 1, 32, 32)).shape == (2, len(info.classes))
 
 
 def test_rerun_reuses_the_split_and_finished_folds_and_refuses_other_settings(demo_run):

@@ -63,13 +63,13 @@ def test_predicts_the_store_once_then_only_new_objects(demo_store, model_file, t
 def test_preprocessing_equals_the_padded_training_pixels(demo_store, tmp_path):
     """Predict pads on the fly; it must give exactly the tensor training got from the `padded` dataset."""
     from plankton_cli.data.transforms import EvalTransform
-    from plankton_cli.models.checkpoints import load_encoder_info
+    from plankton_cli.model_info import ModelInfo
     from plankton_cli.pad_store import padding_rules
 
     pad_dataset(demo_store, crop=CropSpec(top=3, left=2))  # some crop, so that forgetting it would show
     rules = padding_rules(demo_store.root / "padded")  # what finetune records in model.json
     assert rules == ["FlowCam: pad-v1 crop=3,0,2,0 size=keep"]
-    pre = Preprocessor(load_encoder_info(tiny_model(tmp_path / "m", CLASSES, {"pad_settings": rules})))
+    pre = Preprocessor(ModelInfo.load(tiny_model(tmp_path / "m", CLASSES, {"pad_settings": rules})))
     train_view = EvalTransform(resize=36, crop=32, mean=0.5, std=0.25)
     objects = {r["object_id"]: r for r in demo_store.dataset("objects").to_table().to_pylist()}
     padded = demo_store.dataset("padded").to_table().to_pylist()

@@ -55,7 +55,7 @@ def test_tiny_pretrain_exports_an_encoder_that_timm_loads(store: Path, tmp_path:
     info = json.loads((run / "encoder.json").read_text())
     assert info["format"] == "plankton-cli/encoder" and info["in_chans"] == 1
     assert info["source_store"] == str(store) and info["source_dataset"] == "objects"
-    assert 0 < info["mean"] < 1 and 0 < info["std"] < 1
+    assert 0 < info["mean"][0] < 1 and 0 < info["std"][0] < 1  # per channel
     model = timm.create_model(info["architecture"], pretrained=False, in_chans=1, num_classes=0,
                               **{k: info[k] for k in TINY_ARCH})
     model.load_state_dict(load_file(run / "encoder.safetensors"), strict=True)

@@ -22,6 +22,7 @@ Examples:
   plankton finetune --init scratch --model vit_small_patch16_224 --img-size 96 --labels all --out runs/scratch
   plankton finetune --init runs/mae --labels 10/class --instrument IFCB --folds 1 --out runs/ifcb-10
   plankton finetune --init runs/mae --labels 1% --head auto --out runs/auto-1   # + linear probe, k-NN
+  plankton finetune --init runs/mae --features 'object_*' --out runs/ft-eco   # EcoTaxa morphometrics too
   # one SLURM job per fold (each writes fold-K/; the last to finish writes the full summary)
   for k in 0 1 2 3 4; do plankton finetune --init runs/mae --labels 5% --fold $k --out runs/ft-5 \\
       --backend slurm --partition gpu --time 4:00:00; done
@@ -36,6 +37,13 @@ re-run into the same --out reuses it; finished folds (fold-K/result.json) are no
 Every fold also scores baselines on the same labelled images and test part: a logistic
 regression on 32-px pixels and, when the objects carry EcoTaxa object_* morphometrics, a
 random forest on them; the summary shows them beside the model and says when the model loses.
+
+\b
+Features (--features): numbers per object fed beside the image, before the bottleneck head:
+EcoTaxa object_* columns, IFCB adc.* columns, and features.* from `plankton features`.
+auto takes every feature that >= 90 % of the labelled images have; none, or NAME/PATTERN,...
+Each is standardised by the fold's training median and IQR (clipped to +-10); a missing value is
+fed as 0 with an indicator. model.json records the list and the scaling; predict feeds the same.
 
 \b
 Outputs in OUT: config.json, label_counts.csv, summary.md/.csv/.json (test accuracy, balanced
@@ -80,6 +88,9 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
 @click.option("--label-status", "label_status", multiple=True, default=["validated"], show_default=True,
               help="Label statuses taken as truth (repeatable; 'any' for all). EcoTaxa 'predicted' labels are "
                    "not ground truth.")
+@click.option("--features", "features", default="auto", show_default=True, metavar="auto|none|NAME,...",
+              help="Per-object features beside the image: auto (those >= 90 % of labelled images have), none, "
+                   "or names/patterns, e.g. 'object_*,features.esd'.")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop each fold after N optimizer steps (smoke tests).")
 @click.option("--head", type=click.Choice(["finetune", "linear", "knn", "auto"]), default="finetune",
               show_default=True,
@@ -100,9 +111,9 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
 @click.pass_context
 def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labels: str, folds: int,
              fold: int | None, epochs: int, batch_size: int | None, lr: float | None, layer_decay: float,
-             weight_decay: float, warmup_epochs: float | None, drop_path: float, label_smoothing: float, target_precision: float, seed: int,
-             workers: int, instruments: tuple[str, ...], label_status: tuple[str, ...], max_steps: int | None,
-             head: str,
+             weight_decay: float, warmup_epochs: float | None, drop_path: float, label_smoothing: float,
+             target_precision: float, seed: int, workers: int, instruments: tuple[str, ...],
+             label_status: tuple[str, ...], features: str, max_steps: int | None, head: str,
              model_name: str | None, img_size: int | None, patch_size: int | None, depth: int | None,
              embed_dim: int | None, num_heads: int | None, backend_opts, store: Path, as_json: bool) -> None:
     """Fine-tune a ViT with few labels and test it by cross-validation (the paper's protocol).
@@ -143,6 +154,7 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
         warmup_epochs=warmup_epochs, drop_path=drop_path, label_smoothing=label_smoothing,
         target_precision=target_precision, workers=workers, instruments=list(instruments) or None,
         label_status=[] if "any" in label_status else list(label_status), max_steps=max_steps, head=head,
+        features=features,
         model=model_name, img_size=img_size, patch_size=patch_size, depth=depth, embed_dim=embed_dim,
         num_heads=num_heads, accelerator=backend_opts.accelerator, devices=backend_opts.devices,
         num_nodes=backend_opts.num_nodes,

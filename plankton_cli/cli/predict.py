@@ -120,15 +120,15 @@ def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force
 
 def _warn_foreign_instruments(model_path: Path, store, instrument: str | None) -> None:
     """Warn before predicting objects of an instrument the model never saw (a UVP6 model on IFCB ROIs)."""
-    import json
     from collections import Counter
 
+    from plankton_cli.errors import PlanktonError
     from plankton_cli.mismatch import instrument_warnings
+    from plankton_cli.model_info import ModelInfo
 
-    weights = model_path / "model.safetensors" if model_path.is_dir() else model_path.with_suffix(".safetensors")
     try:
-        info = json.loads(weights.with_suffix(".json").read_text())
-    except (OSError, ValueError):
+        info = ModelInfo.load(model_path).to_dict()
+    except (OSError, ValueError, PlanktonError):
         return  # predict itself says what is wrong with the model file
     if store is not None and store.files("objects"):
         column = store.dataset("objects").to_table(columns=["instrument"])["instrument"].to_pylist()

@@ -30,12 +30,12 @@ Imports torch and Lightning: keep it out of modules that ``plankton --help`` loa
 from plankton_cli.finetune.config import RESULT_KEYS, SCRATCH, FinetuneConfig
 from plankton_cli.finetune.fold import fold_recipe, run_fold
 from plankton_cli.finetune.model import ClassifierModule, build_classifier, default_resize, precision_thresholds, softmax
-from plankton_cli.finetune.pool import LabelledPool, fold_splits, label_count_rows, labelled_pool, store_loader
+from plankton_cli.finetune.pool import LabelledPool, PoolFeatures, fold_splits, label_count_rows, labelled_pool, store_loader
 from plankton_cli.finetune.results import summarise_run
 from plankton_cli.finetune.run import finetune
 
 __all__ = [
-    "RESULT_KEYS", "SCRATCH", "ClassifierModule", "FinetuneConfig", "LabelledPool", "build_classifier",
+    "RESULT_KEYS", "SCRATCH", "ClassifierModule", "FinetuneConfig", "LabelledPool", "PoolFeatures", "build_classifier",
     "default_resize", "finetune", "fold_recipe", "fold_splits", "label_count_rows", "labelled_pool", "precision_thresholds",
     "run_fold", "softmax", "store_loader", "summarise_run",
 ]

@@ -14,7 +14,7 @@ SCRATCH = "scratch"
 RESULT_KEYS = (
     "store", "dataset", "init", "model", "img_size", "patch_size", "depth", "embed_dim", "num_heads", "labels",
     "folds", "val_fraction", "seed", "epochs", "batch_size", "lr", "weight_decay", "layer_decay", "warmup_epochs",
-    "drop_path", "label_smoothing", "instruments", "label_status", "max_steps", "head",
+    "drop_path", "label_smoothing", "instruments", "label_status", "max_steps", "head", "features",
 )
 
 
@@ -46,6 +46,7 @@ class FinetuneConfig:
     label_status: list[str] = field(default_factory=lambda: ["validated"])
     max_steps: int | None = None  # smoke tests: stop after this many optimizer steps per fold
     head: str = "finetune"  # finetune | linear | knn (on frozen embeddings) | auto (best by validation macro-F1)
+    features: str = "auto"  # per-object features beside the image: auto, none, or NAME/pattern,... (features.inputs)
     # Architecture, for --init scratch and for foreign (timm) checkpoints; overrides for our exports' img_size.
     model: str | None = None
     img_size: int | None = None

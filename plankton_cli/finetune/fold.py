@@ -27,8 +27,9 @@ from plankton_cli.finetune.model import (
     precision_thresholds,
     softmax,
 )
-from plankton_cli.finetune.pool import LabelledPool, store_loader
+from plankton_cli.finetune.pool import LabelledPool, PoolFeatures, store_loader
 from plankton_cli.models import save_model
+from plankton_cli.model_info import MODEL_FORMAT, ModelInfo
 from plankton_cli.protocol import Split
 from plankton_cli.recipe import Recipe, resolve_recipe
 
@@ -46,6 +47,7 @@ def fold_recipe(config: FinetuneConfig, split: Split) -> Recipe:
 def run_fold(
     config: FinetuneConfig, split: Split, pool: LabelledPool, classes: list[str], dataset_dir: Path,
     dataset_stats: dict[str, Any], dataset_info: dict[str, Any], recipe: Recipe,
+    pool_features: PoolFeatures | None = None,
 ) -> dict[str, Any] | None:
     """Train, validate and test one fold with ``recipe`` (``fold_recipe``) and ``config.head``; score the
     baselines on the same split; write the fold's files. Returns its result (None on ranks other than 0).
@@ -58,7 +60,8 @@ def run_fold(
 
     fold_dir = Path(config.out) / f"fold-{split.fold}"
     pl.seed_everything(config.seed + split.fold, workers=True)
-    model, inherited = build_classifier(config, len(classes))
+    scaling, feature_inputs = pool_features.for_fold(split) if pool_features else (None, None)
+    model, inherited = build_classifier(config, len(classes), scaling.width if scaling else 0)
     mean = _scalar(inherited.get("mean", dataset_stats["mean"]))
     std = _scalar(inherited.get("std", dataset_stats["std"]))
     img_size = model.arch["img_size"]
@@ -73,29 +76,37 @@ def run_fold(
     candidates: dict[str, tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]] = {}
     cheap = list(CHEAP_HEADS) if config.head == "auto" else [h for h in CHEAP_HEADS if h == config.head]
     if cheap:  # before any training: the heads sit on the encoder as it was given
-        (_, y_train, x_train), (_, y_val, x_val), (test_ids, y_test, x_test) = (
+        (train_ids, y_train, x_train), (val_ids, y_val, x_val), (test_ids, y_test, x_test) = (
             embed(model, loader(ids, False)) for ids in (split.train, split.val, split.test))
+
+        def inputs(ids: list[str], x: np.ndarray) -> np.ndarray:  # the features the fine-tuned head gets too
+            if scaling is None or feature_inputs is None:
+                return design_matrix(x)
+            rows = [feature_inputs[i] for i in ids]
+            return design_matrix(x, np.stack(rows) if rows else np.zeros((0, scaling.width), np.float32))
+
         for kind in cheap:
-            val_p, test_p = fit_and_predict(kind, design_matrix(x_train), y_train,
-                                            [design_matrix(x_val), design_matrix(x_test)], len(classes), config.seed)
+            val_p, test_p = fit_and_predict(kind, inputs(train_ids, x_train), y_train,
+                                            [inputs(val_ids, x_val), inputs(test_ids, x_test)], len(classes),
+                                            config.seed)
             candidates[kind] = (y_val, val_p, test_ids, y_test, test_p)
 
     finetuned = None
     if config.head in ("finetune", "auto"):
-        finetuned = _train(config, split, model, recipe, fold_dir, loader)
+        finetuned = _train(config, split, model, recipe, fold_dir, loader, feature_inputs)
         if finetuned is None:
             return None  # a DDP rank other than 0
         (val_labels, val_logits), (test_ids, test_labels, test_logits), best = finetuned
         candidates["finetune"] = (val_labels, softmax(val_logits), test_ids, test_labels, softmax(test_logits))
         thresholds, unreached = precision_thresholds(softmax(val_logits), val_labels, classes,
                                                      config.target_precision)
-        info = {
+        info = ModelInfo.from_dict({
             **inherited, **dataset_info, **model.arch,  # the fine-tuning data's padding is what predict must match
-            "classes": classes, "mean": [mean], "std": [std], "resize": resize, "crop": img_size,
-            "thresholds": thresholds, "threshold_target_precision": config.target_precision,
-            "thresholds_unreached": unreached,
+            "format": MODEL_FORMAT, "classes": classes, "mean": [mean], "std": [std], "resize": resize,
+            "crop": img_size, "thresholds": thresholds, "threshold_target_precision": config.target_precision,
+            "thresholds_unreached": unreached, **(scaling.info_fields() if scaling else {}),
             "source": f"{inherited.get('source', '')}; plankton finetune fold {split.fold} of {config.out}".lstrip("; "),
-        }
+        }, where=str(fold_dir / "model.json"))
         save_model(fold_dir, model.state_dict(), info)
 
     heads = {name: _head_scores(classes, *candidate) for name, candidate in candidates.items()}
@@ -124,7 +135,7 @@ def run_fold(
 
 def _train(
     config: FinetuneConfig, split: Split, model: Any, recipe: Recipe, fold_dir: Path,
-    loader: Callable[[Sequence[str], bool], StoreDataLoader],
+    loader: Callable[[Sequence[str], bool], StoreDataLoader], features: dict[str, np.ndarray] | None = None,
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[list[str], np.ndarray, np.ndarray], str | None] | None:
     """Fine-tune ``model`` in place (ending with the best checkpoint's weights); ``((val labels, val logits),
     (test ids, test labels, test logits), best checkpoint)``, or None on ranks other than 0."""
@@ -134,7 +145,8 @@ def _train(
 
     train_loader, val_loader, test_loader = loader(split.train, True), loader(split.val, False), loader(split.test, False)
     module = ClassifierModule(model, lr=recipe.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay,
-                              warmup_steps=recipe.warmup_steps, label_smoothing=config.label_smoothing)
+                              warmup_steps=recipe.warmup_steps, label_smoothing=config.label_smoothing,
+                              features=features)
     best_callback = ModelCheckpoint(
         dirpath=str(fold_dir / CHECKPOINT_DIR), filename="best", monitor="val_macro_f1", mode="max", save_top_k=1,
         enable_version_counter=False,

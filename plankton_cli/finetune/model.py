@@ -16,14 +16,8 @@ from torch import Tensor, nn
 
 from plankton_cli import metrics as M
 from plankton_cli.finetune.config import SCRATCH, FinetuneConfig
-from plankton_cli.models import (
-    Classifier,
-    layer_decay_param_groups,
-    load_encoder_info,
-    load_vit_weights,
-    warmup_cosine_scheduler,
-)
-from plankton_cli.models.checkpoints import ENCODER_FORMAT, MODEL_FORMAT
+from plankton_cli.models import Classifier, layer_decay_param_groups, load_vit_weights, warmup_cosine_scheduler
+from plankton_cli.model_info import ModelInfo
 
 log = logging.getLogger("plankton.finetune")
 
@@ -33,7 +27,9 @@ def default_resize(img_size: int) -> int:
     return round(img_size * 256 / 224)
 
 
-def build_classifier(config: FinetuneConfig, num_classes: int) -> tuple[Classifier, dict[str, Any]]:
+def build_classifier(
+    config: FinetuneConfig, num_classes: int, feature_dim: int = 0
+) -> tuple[Classifier, dict[str, Any]]:
     """The classifier and what is known about its input: ``mean``/``std``/``resize`` and padding settings of the
     encoder it starts from (empty for scratch and foreign checkpoints, whose inputs use the dataset's statistics).
 
@@ -45,7 +41,7 @@ def build_classifier(config: FinetuneConfig, num_classes: int) -> tuple[Classifi
         if not config.model:
             raise ValueError("--init scratch needs --model NAME (a timm ViT, e.g. vit_base_patch16_224)")
         model = Classifier(config.model, num_classes, img_size=config.img_size or 224, in_chans=1,
-                           drop_path_rate=config.drop_path, **overrides)
+                           drop_path_rate=config.drop_path, feature_dim=feature_dim, **overrides)
         return model, {"source": "scratch"}
 
     path = Path(config.init)
@@ -55,23 +51,24 @@ def build_classifier(config: FinetuneConfig, num_classes: int) -> tuple[Classifi
     if info is not None:  # our encoder (or a fine-tuned model, to fine-tune again)
         if config.model or any(v is not None for v in overrides.values()):
             log.warning("--model and the architecture options are ignored: %s names its own architecture", path)
-        img_size = config.img_size or info["img_size"]
+        img_size = config.img_size or info.img_size
         model = Classifier(
-            info["architecture"], num_classes, img_size=img_size, in_chans=1, patch_size=info["patch_size"],
-            embed_dim=info["embed_dim"], depth=info["depth"], num_heads=info["num_heads"],
-            drop_path_rate=config.drop_path,
+            info.architecture, num_classes, img_size=img_size, in_chans=1, patch_size=info.patch_size,
+            embed_dim=info.embed_dim, depth=info.depth, num_heads=info.num_heads,
+            drop_path_rate=config.drop_path, feature_dim=feature_dim,
         )
         # Only the input conventions carry over; the encoder's own bookkeeping (epochs, run) stays in its file.
-        inherited = {k: v for k, v in info.items() if k in ("mean", "std", "resize") or k.startswith(PREPROCESS_PREFIXES)}
-        inherited["encoder_source"] = info.get("source")
-        if img_size != info["img_size"]:
+        inherited = {k: v for k, v in info.to_dict().items()
+                     if k in ("mean", "std", "resize") or k.startswith(PREPROCESS_PREFIXES)}
+        inherited["encoder_source"] = info.source
+        if img_size != info.img_size:
             inherited.pop("resize", None)  # a resize chosen for another crop size no longer fits
     else:
         if not config.model:
             raise ValueError(f"{path} does not say which architecture it holds: give --model NAME (and the "
                              "--patch-size/--depth/--embed-dim/--num-heads it was trained with, if not the defaults)")
         model = Classifier(config.model, num_classes, img_size=config.img_size or 224, in_chans=1,
-                           drop_path_rate=config.drop_path, **overrides)
+                           drop_path_rate=config.drop_path, feature_dim=feature_dim, **overrides)
         inherited = {}
     report = load_vit_weights(model, path)
     log.info("loaded %s (%d tensors adapted%s)", path, len(report.adapted),
@@ -83,15 +80,14 @@ def build_classifier(config: FinetuneConfig, num_classes: int) -> tuple[Classifi
 PREPROCESS_PREFIXES = ("pad_", "crop_")
 
 
-def _export_info(path: Path) -> dict[str, Any] | None:
+def _export_info(path: Path) -> ModelInfo | None:
     """Our export's info when ``path`` is one (encoder or model), else None (a foreign checkpoint)."""
     if not (path.is_dir() or path.suffix in (".safetensors", ".json")):
         return None
     try:
-        info = load_encoder_info(path)
+        return ModelInfo.load(path)
     except FileNotFoundError:
         return None
-    return info if info.get("format") in (ENCODER_FORMAT, MODEL_FORMAT) else None
 
 
 class ClassifierModule(pl.LightningModule):
@@ -107,17 +103,24 @@ class ClassifierModule(pl.LightningModule):
 
     def __init__(
         self, model: Classifier, *, lr: float = 2e-3, weight_decay: float = 0.01, layer_decay: float = 0.75,
-        warmup_steps: int = 0, label_smoothing: float = 0.1,
+        warmup_steps: int = 0, label_smoothing: float = 0.1, features: dict[str, np.ndarray] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
-        self.save_hyperparameters(ignore=["model"])
+        self.features = features  # object_id -> the model's standardised feature input (None: image only)
+        self.save_hyperparameters(ignore=["model", "features"])
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self._batches: dict[str, list[tuple[list[str], Tensor, Tensor]]] = {"val": [], "test": []}
         self.outputs: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
 
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)
+
+    def _logits(self, batch: dict[str, Any]) -> Tensor:
+        if self.features is None:
+            return self.model(batch["image"])
+        rows = np.stack([self.features[oid] for oid in batch["object_id"]])
+        return self.model(batch["image"], torch.from_numpy(rows).to(batch["image"].device))
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -128,7 +131,7 @@ class ClassifierModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss = self.criterion(self.model(batch["image"]), batch["label"])
+        loss = self.criterion(self._logits(batch), batch["label"])
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
         # The lr this step is taken with (the scheduler steps after the optimizer): the proof that decay applies.
         groups = self.optimizers().param_groups
@@ -145,7 +148,7 @@ class ClassifierModule(pl.LightningModule):
         self._collect("test", batch)
 
     def _collect(self, stage: str, batch: dict[str, Any]) -> None:
-        logits = self.model(batch["image"]).float()
+        logits = self._logits(batch).float()
         self._batches[stage].append((list(batch["object_id"]), batch["label"].cpu(), logits.cpu()))
 
     def on_validation_epoch_end(self) -> None:

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 from plankton_cli.data import StoreDataLoader, StoreDataset
 from plankton_cli.data.dataset import list_row_groups, partition_values
+from plankton_cli.features.inputs import FeatureScaling, object_features, select_features
 from plankton_cli.finetune.config import FinetuneConfig
 from plankton_cli.protocol import Split, load_split, make_folds, parse_label_fraction, restrict_train, subset_counts
 
@@ -67,6 +69,34 @@ def labelled_pool(
         )
     ids, labels, insts = (list(column) for column in zip(*rows))
     return LabelledPool(ids, labels, insts)
+
+
+@dataclass
+class PoolFeatures:
+    """The per-object features a run feeds beside the image (``--features``), for the whole labelled pool."""
+
+    names: list[str]
+    values: dict[str, dict[str, float]]  # object_id -> {feature: value}, only the values it has
+
+    @classmethod
+    def resolve(cls, spec: str, store_root: Path, dataset: str, pool: LabelledPool) -> PoolFeatures | None:
+        """The selection ``spec`` makes on the labelled pool (``features.inputs.select_features``); None: none."""
+        if spec.strip() == "none":
+            return None
+        values = object_features(store_root, dataset, pool.object_ids)
+        names = select_features(spec, values)
+        return cls(names, values) if names else None
+
+    def for_fold(self, split: Split) -> tuple[FeatureScaling, dict[str, np.ndarray]]:
+        """The scaling fitted on the fold's labelled training images, and every fold image's feature input."""
+        scaling = FeatureScaling.fit(self.names, [self.values[i] for i in split.train])
+        ids = [*split.train, *split.val, *split.test]
+        return scaling, dict(zip(ids, scaling.transform([self.values[i] for i in ids])))
+
+    def describe(self, spec: str, n_objects: int) -> str:
+        have = sum(all(name in self.values[oid] for name in self.names) for oid in self.values)
+        shown = ", ".join(self.names[:8]) + (f" … ({len(self.names)} in all)" if len(self.names) > 8 else "")
+        return f"features (--features {spec}): {shown}; {have} of {n_objects} labelled images have all of them"
 
 
 def fold_splits(pool: LabelledPool, config: FinetuneConfig) -> list[Split]:

@@ -12,7 +12,7 @@ from plankton_cli import metrics as M
 from plankton_cli.data import load_or_compute_stats
 from plankton_cli.finetune.config import RESULT_KEYS, FinetuneConfig
 from plankton_cli.finetune.fold import fold_recipe, run_fold
-from plankton_cli.finetune.pool import fold_splits, label_count_rows, labelled_pool
+from plankton_cli.finetune.pool import PoolFeatures, fold_splits, label_count_rows, labelled_pool
 from plankton_cli.finetune.results import summarise_run
 from plankton_cli.pad_store import padding_rules
 from plankton_cli.protocol import describe_counts, parse_label_fraction, save_split
@@ -53,6 +53,9 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = log.info) -> 
 
     stats = load_or_compute_stats(dataset_dir)
     dataset_info = _dataset_info(dataset_dir, dataset_name)
+    pool_features = PoolFeatures.resolve(config.features, store.root, dataset_name, pool)
+    echo(pool_features.describe(config.features, len(pool.object_ids)) if pool_features
+         else f"features: none (--features {config.features})")
     for split in splits:
         if config.fold is not None and split.fold != config.fold:
             continue
@@ -70,7 +73,7 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = log.info) -> 
             log.warning("fold %d: %s", split.fold, warning)
         if is_rank_zero():
             write_json_atomic(fold_dir / "recipe.json", recipe.to_dict())
-        result = run_fold(config, split, pool, classes, dataset_dir, stats, dataset_info, recipe)
+        result = run_fold(config, split, pool, classes, dataset_dir, stats, dataset_info, recipe, pool_features)
         if result is not None:
             echo(f"fold {split.fold}: test accuracy {result['accuracy']:.3f}, balanced accuracy "
                  f"{result['balanced_accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")

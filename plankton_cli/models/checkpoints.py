@@ -10,7 +10,8 @@ written atomically (temporary file + ``os.replace``), weights first:
   ``head.*``); ``load_model`` rebuilds and loads it strictly.
 
 The JSON is one flat object (values are scalars or lists of scalars; only ``thresholds``
-may be a mapping). The info also travels inside the safetensors header metadata.
+may be a mapping), typed and validated by :class:`plankton_cli.model_info.ModelInfo`. The info
+also travels inside the safetensors header metadata.
 
 ========================  =========================================================
 key                       meaning
@@ -30,6 +31,9 @@ source                    free-text provenance: run, data set, epochs, ...   (op
 classes                   model only: list of class names, index = logit     (required)
 num_classes, hidden_dim   model only: head shape (``Classifier.arch``)       (required)
 thresholds                model only: null or {class name: min probability}  (optional)
+features                  model only: per-object feature names fed to the head (optional)
+feature_center/_scale     their median and IQR on the training images; feature_clip the clip
+other keys                provenance (source_run, epochs, ...), kept verbatim in ``ModelInfo.extra``
 ========================  =========================================================
 
 ``load_vit_weights`` adapts foreign checkpoints (timm, MAE repository, lightly/Lightning)
@@ -57,16 +61,10 @@ from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from timm.models import adapt_input_conv
 from torch import Tensor, nn
 
-from plankton_cli.atomic import atomic_path, atomic_write_bytes
+from plankton_cli.atomic import atomic_path
 from plankton_cli.errors import UsageError
 from plankton_cli.models.classifier import Classifier, find_vit
-from plankton_cli.models.mae import ARCH_KEYS
-
-FORMAT_VERSION = 1
-ENCODER_FORMAT = "plankton-cli/encoder"
-MODEL_FORMAT = "plankton-cli/model"
-ENCODER_REQUIRED = (*ARCH_KEYS, "mean", "std")
-MODEL_REQUIRED = (*ENCODER_REQUIRED, "classes", "num_classes", "hidden_dim")
+from plankton_cli.model_info import ENCODER_FORMAT, FORMAT_VERSION, MODEL_FORMAT, ModelInfo
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 
 # Checkpoint wrappers seen in the wild: Lightning ("state_dict"), MAE/timm train scripts
@@ -83,48 +81,42 @@ INERT_GLOBALS = [argparse.Namespace, pathlib.PosixPath, pathlib.PurePosixPath, p
 # --------------------------------------------------------------------------- writing
 
 
-def save_encoder(path: Path, state_dict: dict[str, Tensor], info: dict[str, Any]) -> Path:
+def save_encoder(path: Path, state_dict: dict[str, Tensor], info: ModelInfo | dict[str, Any]) -> Path:
     """Write ``encoder.safetensors`` + ``encoder.json``; ``path`` is that file or its folder."""
-    return _save_pair(_weights_path(Path(path), "encoder"), state_dict, info, ENCODER_FORMAT, ENCODER_REQUIRED)
+    return _save_pair(_weights_path(Path(path), "encoder"), state_dict, info, ENCODER_FORMAT)
 
 
-def save_model(path: Path, state_dict: dict[str, Tensor], info: dict[str, Any]) -> Path:
+def save_model(path: Path, state_dict: dict[str, Tensor], info: ModelInfo | dict[str, Any]) -> Path:
     """Write ``model.safetensors`` + ``model.json`` for a fine-tuned :class:`Classifier`.
 
-    ``info`` = ``classifier.arch`` merged with ``classes``, ``mean``, ``std`` and the
-    preprocessing settings.
+    ``info``: a :class:`ModelInfo` (or its flat dict: ``classifier.arch`` merged with ``classes``, ``mean``,
+    ``std`` and the preprocessing settings).
     """
-    if len(info.get("classes", [])) != info.get("num_classes"):
-        raise ValueError("info['classes'] must list exactly info['num_classes'] names")
+    weights = _weights_path(Path(path), "model")
+    info = _as_info(info, MODEL_FORMAT, weights)
     logits = state_dict.get("head.3.weight")  # Classifier's last layer
-    if logits is not None and logits.shape[0] != info["num_classes"]:
-        raise ValueError(f"the head has {logits.shape[0]} outputs but info lists {info['num_classes']} classes")
-    return _save_pair(_weights_path(Path(path), "model"), state_dict, info, MODEL_FORMAT, MODEL_REQUIRED)
+    if logits is not None and logits.shape[0] != info.num_classes:
+        raise ValueError(f"the head has {logits.shape[0]} outputs but info lists {info.num_classes} classes")
+    return _save_pair(weights, state_dict, info, MODEL_FORMAT)
 
 
-def _save_pair(
-    weights: Path, state_dict: dict[str, Tensor], info: dict[str, Any], fmt: str, required: tuple[str, ...]
-) -> Path:
-    missing = [k for k in required if info.get(k) is None]
-    if missing:
-        raise ValueError(f"info lacks required keys: {missing}")
-    for key, value in info.items():
-        if isinstance(value, dict) and key != "thresholds":
-            raise ValueError(f"info must be flat; {key!r} is a mapping")
-    info = {
-        **info,
-        "format": fmt,
-        "format_version": FORMAT_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "plankton_cli_version": _package_version(),
-    }
-    text = json.dumps(info, indent=2, sort_keys=True)  # fails early on values JSON cannot hold
+def _as_info(info: ModelInfo | dict[str, Any], fmt: str, weights: Path) -> ModelInfo:
+    """A validated :class:`ModelInfo` of format ``fmt``, stamped with the time and the package version."""
+    data = info.to_dict() if isinstance(info, ModelInfo) else dict(info)
+    data.update(format=fmt, format_version=FORMAT_VERSION, plankton_cli_version=_package_version(),
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return ModelInfo.from_dict(data, where=f"info for {weights}")
+
+
+def _save_pair(weights: Path, state_dict: dict[str, Tensor], info: ModelInfo | dict[str, Any], fmt: str) -> Path:
+    info = _as_info(info, fmt, weights)
+    text = info.to_json()
     # Cloned and contiguous: safetensors refuses views and tensors sharing storage.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     weights.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(weights) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", "plankton_info": text})
-    atomic_write_bytes(weights.with_suffix(".json"), (text + "\n").encode())
+    info.save(weights.with_suffix(".json"))
     return weights
 
 
@@ -143,8 +135,8 @@ def _package_version() -> str:
 
 
 def load_encoder_info(path: Path) -> dict[str, Any]:
-    """The info of an export: its ``.json``, else the safetensors header; ``path`` may be
-    the folder, the ``.safetensors`` or the ``.json``."""
+    """The raw info of an export: its ``.json``, else the safetensors header; ``path`` may be
+    the folder, the ``.safetensors`` or the ``.json``. ``ModelInfo.load`` validates and types it."""
     path = Path(path)
     if path.is_dir():
         found = [p for p in (path / "encoder.json", path / "model.json") if p.exists()]
@@ -183,14 +175,14 @@ def _model_file(path: Path) -> Iterator[None]:
         raise ModelFileError(f"{path}: not a readable model file ({type(exc).__name__}: {exc})", path=path) from exc
 
 
-def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Classifier, dict[str, Any]]:
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Classifier, ModelInfo]:
     """Rebuild a fine-tuned :class:`Classifier` from ``model.safetensors`` + ``model.json``
     (strict load, eval mode, drop path off)."""
     path = Path(path)
     weights = path / "model.safetensors" if path.is_dir() else path.with_suffix(".safetensors")
-    info = load_encoder_info(weights)
-    if info.get("format") != MODEL_FORMAT:
-        raise ModelFileError(f"{weights} is a {info.get('format')!r} export, not a fine-tuned model", path=weights)
+    info = ModelInfo.load(weights)
+    if not info.is_model:
+        raise ModelFileError(f"{weights} is a {info.format!r} export, not a fine-tuned model", path=weights)
     with _model_file(weights.with_suffix(".json")):
         model = _classifier(info)
     with _model_file(weights):
@@ -198,17 +190,18 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Classifi
     return model.to(device).eval(), info
 
 
-def _classifier(info: dict[str, Any]) -> Classifier:
+def _classifier(info: ModelInfo) -> Classifier:
     return Classifier(
-        info["architecture"],
-        info["num_classes"],
-        img_size=info["img_size"],
-        in_chans=info["in_chans"],
-        patch_size=info["patch_size"],
-        embed_dim=info["embed_dim"],
-        depth=info["depth"],
-        num_heads=info["num_heads"],
-        hidden_dim=info["hidden_dim"],
+        info.architecture,
+        info.num_classes,
+        img_size=info.img_size,
+        in_chans=info.in_chans,
+        patch_size=info.patch_size,
+        embed_dim=info.embed_dim,
+        depth=info.depth,
+        num_heads=info.num_heads,
+        hidden_dim=info.hidden_dim,
+        feature_dim=info.feature_dim,
         drop_path_rate=0.0,
     )
 

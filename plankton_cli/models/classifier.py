@@ -5,6 +5,10 @@ averaged and normalised by ``fc_norm``, and the final ``norm`` is an Identity, e
 MAE fine-tuning does. The head is the bottleneck of Maracani et al. 2023 used by the paper:
 Linear(embed_dim → 512) → LayerNorm → GELU → Linear(512 → classes). The paper does not say
 whether the last layer is wrapped in ``weight_norm`` (Maracani's code does); it is not here.
+
+Per-object features (``feature_dim`` > 0: standardised morphometrics and their missing indicators, see
+``plankton_cli.features.inputs``) are concatenated to the pooled embedding before the bottleneck, so the head
+sees the object's size and shape, which the square-padded, resized image no longer carries.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class Classifier(nn.Module):
         patch_size: int | None = None,
         drop_path_rate: float = 0.2,
         hidden_dim: int = 512,
+        feature_dim: int = 0,
         **vit_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -52,11 +57,12 @@ class Classifier(nn.Module):
             **vit_kwargs,
         )
         self.head = nn.Sequential(
-            nn.Linear(self.encoder.embed_dim, hidden_dim),
+            nn.Linear(self.encoder.embed_dim + feature_dim, hidden_dim),
             nn.LayerNorm(hidden_dim),
             nn.GELU(),
             nn.Linear(hidden_dim, num_classes),
         )
+        self.feature_dim = feature_dim
         self.arch = dict(vit_arch(self.encoder, architecture), num_classes=num_classes, hidden_dim=hidden_dim)
         self._init_head()
 
@@ -72,8 +78,17 @@ class Classifier(nn.Module):
         """Pooled, ``fc_norm``-ed encoder features: (batch, embed_dim)."""
         return self.encoder(images)
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.encoder(images))
+    def classify(self, embedding: Tensor, features: Tensor | None = None) -> Tensor:
+        """Logits from a pooled embedding and, when the model takes them, the object's feature vector."""
+        if self.feature_dim:
+            if features is None or features.shape[-1] != self.feature_dim:
+                got = None if features is None else tuple(features.shape)
+                raise ValueError(f"this model takes {self.feature_dim} feature inputs per image, got {got}")
+            embedding = torch.cat([embedding, features.to(embedding.dtype)], dim=-1)
+        return self.head(embedding)
+
+    def forward(self, images: Tensor, features: Tensor | None = None) -> Tensor:
+        return self.classify(self.encoder(images), features)
 
 
 def find_vit(model: nn.Module) -> tuple[str, VisionTransformer]:

@@ -29,8 +29,6 @@ from lightly.models.modules import MaskedVisionTransformerDecoderTIMM, MaskedVis
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-# Keys of an architecture description, shared by encoder.json and model.json (see checkpoints.py).
-ARCH_KEYS = ("architecture", "img_size", "in_chans", "patch_size", "embed_dim", "depth", "num_heads")
 
 # Parameters that are embeddings rather than weights: no weight decay on them (MAE, timm).
 NO_DECAY_NAMES = frozenset({"pos_embed", "cls_token", "reg_token", "dist_token", "mask_token"})

@@ -16,7 +16,6 @@ its id. Whatever does not resolve is listed with the reason, never guessed.
 from __future__ import annotations
 
 import io
-import json
 import re
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -138,4 +137,6 @@ def class_names(model_path: Path) -> list[str]:
     """The classes a model file (or its folder) predicts, from its `model.json`."""
     model_path = Path(model_path)
     weights = model_path / "model.safetensors" if model_path.is_dir() else model_path
-    return list(json.loads(weights.with_suffix(".json").read_text())["classes"])
+    from plankton_cli.model_info import ModelInfo
+
+    return list(ModelInfo.load(weights).classes)

@@ -179,7 +179,7 @@ def test_save_and_load_fine_tuned_model(tmp_path):
     info = {**model.arch, **PREPROCESS, "classes": ["Copepoda", "detritus", "bubble"], "thresholds": {"Copepoda": 0.6}}
     save_model(tmp_path / "model", model.state_dict(), info)
     loaded, loaded_info = load_model(tmp_path / "model")
-    assert loaded_info["classes"] == ["Copepoda", "detritus", "bubble"] and loaded_info["thresholds"]["Copepoda"] == 0.6
+    assert loaded_info.classes == ["Copepoda", "detritus", "bubble"] and loaded_info.thresholds["Copepoda"] == 0.6
     assert json.loads((tmp_path / "model" / "model.json").read_text())["format"] == "plankton-cli/model"
     images = torch.randn(2, 1, 32, 32)
     torch.testing.assert_close(loaded(images), model(images))
