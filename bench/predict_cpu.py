@@ -131,6 +131,12 @@ def speed(args: argparse.Namespace) -> None:
               f"ROIs/h ≈ x ref × the quiet reference (the issue measured ViT-S/16 fp32 8.4 img/s per core).")
 
 
+def student_arch(text: str | None) -> dict[str, int]:
+    """``depth=2,patch_size=8`` → {"depth": 2, "patch_size": 8}: overrides of the student's timm architecture."""
+    pairs = [item.split("=", 1) for item in (text or "").split(",") if item]
+    return {key: int(value) for key, value in pairs}
+
+
 def quality(args: argparse.Namespace) -> None:
     from plankton_cli.distill import DistillConfig, distill
 
@@ -144,7 +150,7 @@ def quality(args: argparse.Namespace) -> None:
         out = run / f"distill-{name}-{size}" / fold.name
         config = DistillConfig(store=Path(args.store), teacher=fold / "model.safetensors", out=out, student=name,
                                img_size=size, epochs=args.epochs, batch_size=args.distill_batch_size,
-                               workers=args.workers, lr=args.lr)
+                               workers=args.workers, lr=args.lr, **student_arch(args.student_arch))
         summary = distill(config, echo=print)
         teacher = json.loads((fold / "result.json").read_text())
         rows.append((fold.name, teacher["macro_f1"], summary["teacher_test"]["macro_f1"],
@@ -174,6 +180,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="time per forward-pass measurement")
     parser.add_argument("--quality", metavar="RUN2", help="a finetune run: distil each fold, compare macro-F1")
     parser.add_argument("--student", default="vit_tiny_patch16_224:112", metavar="NAME:PX")
+    parser.add_argument("--student-arch", metavar="KEY=N,...",
+                        help="student overrides (--quality): patch_size, depth, embed_dim, num_heads")
     parser.add_argument("--store", help="the store RUN2 was trained on (--quality)")
     parser.add_argument("--epochs", type=int, default=30, help="distillation epochs (--quality)")
     parser.add_argument("--lr", type=float, default=1e-3, help="distillation lr (--quality)")
