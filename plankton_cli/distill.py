@@ -307,7 +307,8 @@ def distill(config: DistillConfig, echo: Callable[[str], None] = log.info) -> di
     teacher_weights = _weights(Path(config.teacher))
     teacher, teacher_info = load_model(teacher_weights, device="cuda" if torch.cuda.is_available() else "cpu")
     store = Store(config.store)
-    wanted = config.dataset or (teacher_info.get("dataset") if teacher_info.get("dataset") in store.datasets() else None)
+    teacher_dataset = teacher_info.get("dataset")
+    wanted = config.dataset or (teacher_dataset if teacher_dataset in store.datasets() else None)
     dataset_name = resolve_dataset(store, wanted)
     dataset_dir = store.root / dataset_name
     classes = list(teacher_info["classes"])
