@@ -161,11 +161,15 @@ def quality(args: argparse.Namespace) -> None:
     def mean_std(values: list[float]) -> str:
         return f"{statistics.mean(values) * 100:.2f} ± {statistics.stdev(values) * 100 if len(values) > 1 else 0:.2f}"
 
-    teacher_cfg = json.loads((run / "config.json").read_text())
+    def describe(model_json: Path) -> str:
+        info = json.loads(model_json.read_text())
+        return (f"{info['architecture']} depth {info['depth']} width {info['embed_dim']} patch {info['patch_size']} "
+                f"{info['img_size']} px")
+
+    student_json = run / f"distill-{name}-{size}" / folds[0].name / "model.json"
     print(f"\n| model | macro-F1 (%) over {len(rows)} fold(s) | top-1 agreement with teacher (%) |\n|---|---|---|")
-    print(f"| teacher {teacher_cfg.get('model') or teacher_cfg.get('init')} {teacher_cfg.get('img_size')} px | "
-          f"{mean_std([r[1] for r in rows])} | |")
-    print(f"| student {name} {size} px | {mean_std([r[3] for r in rows])} | {mean_std([r[4] for r in rows])} |")
+    print(f"| teacher {describe(folds[0] / 'model.json')} | {mean_std([r[1] for r in rows])} | |")
+    print(f"| student {describe(student_json)} | {mean_std([r[3] for r in rows])} | {mean_std([r[4] for r in rows])} |")
 
 
 def main() -> None:
