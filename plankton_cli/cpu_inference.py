@@ -9,11 +9,12 @@ Paths (``--cpu-path``):
   on the fly): a ViT's time is almost all in its Linear layers (qkv, proj, MLP), and int8 GEMMs through FBGEMM
   with VNNI are the fastest CPU path we measured. Patch embedding (a convolution), LayerNorms and the softmax
   stay fp32.
-- ``auto``: ``int8``, the path ``bench/predict_cpu.py`` measured fastest end to end on a 2-core AVX512 station
-  (the README's table), with top-1 agreement with fp32 checked on UVP6 (``tests/test_cpu_inference.py``).
+- ``auto``: ``int8``, the path ``bench/predict_cpu.py`` measured fastest end to end on a 2-core AVX512 machine
+  for both the ViT-Ti student and ViT-S (the README's table), with top-1 agreement with fp32 checked on UVP6
+  (``tests/test_cpu_inference.py``).
 
-``torch.compile`` (Inductor on CPU) was left out: compiling a ViT took minutes of the station's two cores per
-model and run, more than a night's batch gains back. ONNX Runtime / OpenVINO were not measured (not installed).
+Not measured yet, so not offered here: ``torch.compile`` on CPU (``--compile`` stays, for GPU runs), ONNX Runtime
+and OpenVINO (not installed).
 """
 
 from __future__ import annotations
