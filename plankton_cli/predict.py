@@ -43,6 +43,7 @@ COLUMNS = ["object_id", "image", "instrument", "sample_id", "source_row", "acqui
 class PredictSummary:
     model_id: str
     model_hash: str
+    cpu_path: str | None = None  # the CPU arithmetic used (cpu_inference), None on a GPU
     predicted: int = 0
     skipped_already_predicted: int = 0
     rejected: int = 0
@@ -215,18 +216,29 @@ def predict(
     device: str = "auto",
     compile: bool = False,
     lock_timeout: float = 60.0,
+    threads: int | None = None,
+    cpu_path: str = "auto",
     on_batch: Callable[[int], None] | None = None,
 ) -> PredictSummary:
-    """Predict every object of `store` (or of `sources`) with the model at `model_path`, into the `to` writers."""
+    """Predict every object of `store` (or of `sources`) with the model at `model_path`, into the `to` writers.
+
+    On CPU, `threads` sets torch's intra-op threads and `cpu_path` the arithmetic (`cpu_inference.CPU_PATHS`).
+    """
     import torch
 
+    from plankton_cli import cpu_inference
     from plankton_cli.models.checkpoints import load_model
+
+    cpu_inference.set_threads(threads)
 
     model_path = Path(model_path)
     weights = model_path / "model.safetensors" if model_path.is_dir() else model_path.with_suffix(".safetensors")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     model, info = load_model(weights, device=dev)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    if dev.type == "cpu":
+        model, autocast, cpu_path = cpu_inference.prepare(model, cpu_path)
     if compile:
         model = torch.compile(model)
     classes: list[str] = list(info.classes)
@@ -235,7 +247,7 @@ def predict(
                      if thresholds else None)
     model_hash = file_hash(weights)
     model_id = info.extra.get("model_id") or f"{weights.parent.parent.name}/{weights.parent.name}"
-    summary = PredictSummary(model_id=model_id, model_hash=model_hash)
+    summary = PredictSummary(model_id=model_id, model_hash=model_hash, cpu_path=cpu_path if dev.type == "cpu" else None)
     options: dict[str, Any] = dict(writer_options or {})
     if store is not None:
         options.setdefault("store", str(store.root))
@@ -264,7 +276,6 @@ def predict(
     preprocess = Preprocessor(info)
     scaling = FeatureScaling.from_info(info)
     feature_inputs = FeatureInputs(scaling) if scaling else None
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     counts: dict[str, int] = {}
     with torch.inference_mode():
         for batch in _batches(items, batch_size):

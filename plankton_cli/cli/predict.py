@@ -28,6 +28,8 @@ Examples:
   plankton predict --model model.safetensors --to store --lock-timeout 600
   # a station's batch on the lab's GPU cluster (--out on a shared filesystem)
   plankton predict --model m.safetensors new-bins/ --to ifcb-h5 --out /shared/out --backend slurm --wait
+  # a station's 2 CPU cores: a distilled student (`plankton distill`), int8 Linear layers (the default on CPU)
+  plankton predict --model runs/student/model.safetensors --threads 2 --to ifcb-h5 --out classified/
 
 Writers (--to): store, parquet, csv, embeddings, ecotaxa, ifcb-h5, or any installed writer plugin.
 ifcb-h5 writes OUT/ifcb-h5/D<year>/D<yyyymmdd>/<bin>_class.h5 (V1 bins: D<year>/D<year>_<doy>/):
@@ -56,13 +58,20 @@ Exit codes: 0 done, 2 usage error, 75 the store is locked by another writer (pre
               help="Extra option for writer plugins (repeatable).")
 @click.option("--device", default="auto", show_default=True, help="auto (GPU when there is one), cpu, cuda, cuda:1…")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (GPU runs).")
+@click.option("--threads", type=click.IntRange(min=1), metavar="N",
+              help="CPU threads for the model [default: one per core]. A station's nightly job: its core count.")
+@click.option("--cpu-path", type=click.Choice(["auto", "fp32", "bf16", "int8"]), default="auto", show_default=True,
+              help="Arithmetic on CPU: auto = int8 (dynamic int8 Linear layers: the fastest measured, top-1 "
+                   "agreement with fp32 >= 99 % on UVP6); bf16 autocast (CPUs with AVX512-BF16/AMX); fp32 as "
+                   "trained. See bench/predict_cpu.py.")
 @backend_options
 @store_option
 @lock_timeout_option
 @json_option
 @click.pass_context
 def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force, batch_size, top_k, taxon_map,
-            ecotaxa_mode, writer_options, device, compile_model, backend_opts, store, lock_timeout, as_json):
+            ecotaxa_mode, writer_options, device, compile_model, threads, cpu_path, backend_opts, store, lock_timeout,
+            as_json):
     """Classify objects with a fine-tuned model and write the results.
 
     Without SOURCES, predicts the objects of the store that this model has not predicted yet
@@ -102,7 +111,7 @@ def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force
                 instrument=None if sources else instrument,
                 since=since.replace(tzinfo=UTC) if since else None, force=force, batch_size=batch_size,
                 top_k=top_k, embeddings="embeddings" in to, writer_options=options, device=device,
-                compile=compile_model, lock_timeout=lock_timeout, on_batch=advance)
+                compile=compile_model, threads=threads, cpu_path=cpu_path, lock_timeout=lock_timeout, on_batch=advance)
         except plugins.PluginError as exc:
             raise click.UsageError(str(exc)) from exc
     data = summary.to_dict()
