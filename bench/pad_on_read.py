@@ -36,7 +36,7 @@ from torchvision.datasets import ImageFolder
 from loader import DEFAULT_IMAGES, IMAGE_TYPE, time_epoch
 from plankton_cli.data import StoreDataLoader, StoreDataset, TrainTransform
 from plankton_cli.data.transforms import torchvision_train_transform
-from plankton_cli.pad import pad_to_square
+from plankton_cli.square_pad import pad_to_square
 from plankton_cli.store.images import decode, encode_png
 
 

@@ -42,7 +42,7 @@ def parse_model(spec: str) -> tuple[str, int]:
 def make_store(root: Path, images: int) -> tuple[object, list[str]]:
     """A padded store of up to `images` real vignettes (spread over the classes); returns it and the pad rules."""
     from plankton_cli.ingest import ingest
-    from plankton_cli.padding import pad_dataset, padding_rules
+    from plankton_cli.pad_store import pad_dataset, padding_rules
     from plankton_cli.records import ReadOptions
     from plankton_cli.store import Store
 

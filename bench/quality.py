@@ -46,7 +46,7 @@ def echo(text: str) -> None:
 def prepare_store(work: Path) -> Path:
     """UVP6 ingested and padded once into WORK/store."""
     from plankton_cli.ingest import ingest
-    from plankton_cli.padding import pad_dataset
+    from plankton_cli.pad_store import pad_dataset
     from plankton_cli.records import ReadOptions
     from plankton_cli.store import Store
 

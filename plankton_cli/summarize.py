@@ -9,8 +9,8 @@ For one model (its predictions in `STORE/predictions`), per sample or day and pe
 - `per_ml` = count / `ml_analyzed` (and `per_ml_auto`), `ml_analyzed` being the volume the store holds for each
   IFCB bin (objects' metadata key `ml_analyzed`, from the bin's header and ADC file). A day sums its bins' volumes;
   a sample without a volume gets empty concentrations, never a guess.
-- `biovolume_um3_per_ml`: the summed `biovolume` (µm³) of the class's objects / `ml_analyzed`, when the store has a
-  `features` dataset with a `biovolume` column (`object_id`, `biovolume`); absent otherwise.
+- `biovolume_um3_per_ml`: the summed `biovolume_um3` of the class's objects / `ml_analyzed`, when the store has a
+  `features` dataset (`plankton features`; µm³ where the instrument's pixel size is known); absent otherwise.
 
 `--by bin` summarises IFCB bins (other samples are counted and left out), `--by sample` every sample id, `--by day`
 the UTC acquisition day (its `sample_id` is `YYYY-MM-DD`). Outputs in OUT (each written atomically):
@@ -192,16 +192,13 @@ def _day(when) -> str:
 
 
 def _biovolume(store: Store, object_ids: pd.Series) -> dict[str, float] | None:
-    """object_id -> biovolume (µm³) from STORE/features, or None when there is no such column."""
-    files = store.files("features")
-    if not files or "biovolume" not in pq.read_schema(files[0]).names:
+    """object_id -> biovolume (µm³) from STORE/features, or None when the store has no features."""
+    if not store.files("features"):
         return None
-    import pyarrow.dataset as ds
-
-    table = ds.dataset([str(f) for f in files], format="parquet").to_table(
-        columns=["object_id", "biovolume"],
+    table = store.dataset("features").to_table(
+        columns=["object_id", "biovolume_um3"],
         filter=pc.field("object_id").isin(pa.array(object_ids.unique(), pa.string())))
-    return dict(zip(table["object_id"].to_pylist(), table["biovolume"].to_pylist()))
+    return dict(zip(table["object_id"].to_pylist(), table["biovolume_um3"].to_pylist()))
 
 
 def _counts(rows: pd.DataFrame, samples: pd.DataFrame, group_of: dict[str, str], classes: list[str], by: str,

@@ -222,7 +222,7 @@ def test_auto_preset_finds_crops_in_the_pixels_when_the_instrument_is_unknown(tm
         assert (row["crop_bottom"], row["pad_preset"]) == ((31, "scale-bar 31px") if zoo else (0, "none"))
         assert row["pad_settings"].endswith("+scale-bar+banner size=keep")
     # Predict re-pads with the rule the model records: the detection flags survive the round trip.
-    from plankton_cli.padding import padding_rules, parse_padding_rule
+    from plankton_cli.pad_store import padding_rules, parse_padding_rule
     (rule,) = padding_rules(store.root / "padded")
     assert parse_padding_rule(rule)[1] == CropSpec(scale_bar=True, banner=True)
 

@@ -8,11 +8,10 @@ import json
 import h5py
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from conftest import BUNDLED, plankton
+from plankton_cli.features.dataset import compute_features
 from plankton_cli.ingest import ingest
 from plankton_cli.predict import predict
 from plankton_cli.store import Store
@@ -122,17 +121,20 @@ def test_a_nightly_rerun_adds_new_bins_only_and_nothing_when_none_is_new(tmp_pat
 
 def test_by_day_sums_volumes_and_biovolume_comes_from_features(tmp_path, model):
     store = bins_store(tmp_path, model)
-    ids = store.dataset("objects").to_table(columns=["object_id"])["object_id"].to_pylist()
-    features = tmp_path / "store" / "features"
-    features.mkdir()
-    pq.write_table(pa.table({"object_id": ids, "biovolume": [1000.0] * len(ids)}), features / "part-0.parquet")
+    compute_features(store)  # `plankton features`: biovolume in µm³ from the IFCB pixel size
+    biovolume = store.dataset("features").to_table(columns=["object_id", "biovolume_um3"]).to_pandas()
+    predicted = store.dataset("predictions").to_table(columns=["object_id", "label"]).to_pandas()
+    predicted = predicted[predicted["object_id"].str.startswith(V2)]  # the day of the V2 bin
     summarize(store, model, "day", tmp_path / "summary")
     table = pd.read_parquet(tmp_path / "summary" / COUNTS)
     assert sorted(set(table["sample_id"])) == ["2012-01-28", "2013-05-26"]
     ml = volumes(store)
     day = table[table["sample_id"] == "2013-05-26"]
     assert day["ml_analyzed"].iloc[0] == pytest.approx(ml[V2]) and day["samples"].iloc[0] == 1
-    np.testing.assert_allclose(day["biovolume_um3_per_ml"], 1000.0 * day["count"] / ml[V2])
+    per_class = predicted.merge(biovolume, on="object_id").groupby("label")["biovolume_um3"].sum()
+    for cls, value in zip(day["class"], day["biovolume_um3_per_ml"]):
+        assert value == pytest.approx(per_class.get(cls, 0.0) / ml[V2], rel=1e-6)
+    assert day["biovolume_um3_per_ml"].sum() > 0
 
 
 def test_cli_summarize_json_and_objects_without_a_sample_are_left_out_with_a_line(tmp_path, model, demo_images):

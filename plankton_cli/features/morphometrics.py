@@ -43,8 +43,8 @@ from scipy import ndimage
 from skimage.filters import threshold_li
 from skimage.measure import label, regionprops
 
-from plankton_cli.pad import detect_scale_bar, edge_background
-from plankton_cli.padding import crop_for
+from plankton_cli.square_pad import detect_scale_bar, edge_background
+from plankton_cli.pad_store import crop_for
 
 ALGORITHM_VERSION = 1
 SETTINGS = f"features-v{ALGORITHM_VERSION} edge-mode li largest-component"
