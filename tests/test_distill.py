@@ -94,7 +94,7 @@ def test_student_loads_in_predict_and_every_writer(teacher, student, tmp_path):
     out, summary = student
     model, info = load_model(out / "model.safetensors")
     with torch.no_grad():
-        assert model(torch.zeros(2, 1, 24, 24)).shape == (2, len(info["classes"]))
+        assert model(torch.zeros(2, 1, 24, 24)).shape == (2, len(info.classes))
     result = predict(out / "model.safetensors", store=Store(store), to=["store", "parquet", "csv", "embeddings"],
                      out_dir=tmp_path / "files", embeddings=True)
     assert result.predicted == 105 and sum(result.by_label.values()) == 105
@@ -107,7 +107,7 @@ def test_student_loads_in_predict_and_every_writer(teacher, student, tmp_path):
     assert json.loads(proc.stdout)["predicted"] == 19
     (h5,) = (tmp_path / "ifcb").rglob("*_class.h5")
     with h5py.File(h5) as f:
-        assert f["output_scores"].shape == (19, len(info["classes"]))
+        assert f["output_scores"].shape == (19, len(info.classes))
     from plankton_plugins.ecotaxa.checker import check_import_zip
 
     (archive,) = (tmp_path / "ifcb").rglob("*.zip")

@@ -277,7 +277,7 @@ def test_a_fold_without_validation_images_keeps_its_last_weights(tmp_path):
     summary = json.loads(result.stdout)
     assert [(f["fold"], f["n_val"], f["n_test"]) for f in summary["folds"]] == [(0, 0, 4), (1, 0, 4)]
     _, info = load_model(out / "fold-0")
-    assert info["thresholds"] is None and info["thresholds_unreached"] == ["Ciliophora", "Tripos"]
+    assert info.thresholds is None and info.thresholds_unreached == ["Ciliophora", "Tripos"]
 
 
 KILL_AT_EPOCH = """

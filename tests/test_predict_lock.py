@@ -46,7 +46,7 @@ def test_locked_store_exits_75_in_one_line_and_the_next_run_stores_without_recom
         holder.wait()
     assert proc.returncode == 75, proc.stderr
     assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]  # the CLI edge's one line
     assert len(errors) == 1 and "locked by another writer" in errors[0] and "105 predictions" in errors[0]
     assert len(_spools(store)) == 1 and not list(tmp.iterdir())
     assert not store.files("predictions")

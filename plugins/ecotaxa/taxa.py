@@ -72,11 +72,12 @@ def _tsv_sources(export: Path) -> Iterable[tuple[str, object]]:
     """(name, opener) of each EcoTaxa TSV in a zip, folder or TSV path."""
     reader = EcoTaxaReader()
     for source in reader.discover(export, ReadOptions()):
-        if source.extra is None:
+        member, _collection = source.extra  # member: the TSV inside a zip, None for a TSV on disk
+        if member is None:
             path = source.files[0]
             yield source.key, (lambda path=path: open(path, "rb"))
         else:
-            archive_path, member = source.files[0], source.extra
+            archive_path = source.files[0]
             yield source.key, (lambda a=archive_path, m=member: _member_bytes(a, m))
 
 
