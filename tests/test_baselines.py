@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import shared_data
-from plankton_cli.finetune.baselines import feature_names, metadata_features, score_baselines
+from plankton_cli.features.inputs import object_features
+from plankton_cli.finetune.baselines import feature_names, score_baselines
 from plankton_cli.finetune.heads import design_matrix, fit_and_predict
 from plankton_cli.ingest import ingest
 from plankton_cli.protocol import Split
@@ -24,7 +25,7 @@ def zooscan_store(tmp_path_factory) -> Store:
 def test_morphometrics_are_read_from_metadata_without_place_and_time(zooscan_store):
     rows = zooscan_store.dataset("objects").to_table(columns=["object_id"]).to_pylist()
     ids = [r["object_id"] for r in rows]
-    values = metadata_features(zooscan_store.root / "objects", ids)
+    values = object_features(zooscan_store.root, "objects", ids)
     names = feature_names(values, ids)
     assert {"object_area", "object_major", "object_minor", "object_feret", "object_mean"} <= set(names)
     assert not {"object_depth_min", "object_depth_max", "object_by", "object_annotation_date"} & set(names)

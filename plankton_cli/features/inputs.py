@@ -42,6 +42,7 @@ IFCB_MISSING = -999.0
 NOT_FEATURES = (
     "object_id", "object_link", "object_lat*", "object_lon*", "object_date*", "object_time*", "object_depth*",
     "object_annotation_*", "object_temperature*", "object_salinity*", "object_orig_id",
+    "object_x", "object_y", "object_bx", "object_by", "object_xstart", "object_ystart",  # place on the scan
     "adc.TRIGGER", "adc.*TIME*", "adc.ROI_X", "adc.ROI_Y", "adc.START_BYTE", "adc.START_POINT", "adc.STATUS",
     "adc.VALVE_STATUS",
 )
