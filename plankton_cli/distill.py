@@ -296,13 +296,14 @@ def distill(config: DistillConfig, echo: Callable[[str], None] = log.info) -> di
         is_rank_zero,
         last_checkpoint,
         make_trainer,
+        refuse_other_settings,
         resolve_dataset,
         write_run_config,
         write_summary,
     )
 
     out = Path(config.out)
-    _check_config(out, config)
+    refuse_other_settings(out, config.to_dict(), RESULT_KEYS)
     if (out / SUMMARY_FILE).exists():
         echo(f"already done ({out / SUMMARY_FILE}), not trained again")
         return json.loads((out / SUMMARY_FILE).read_text())
@@ -446,13 +447,3 @@ def _weights(path: Path) -> Path:
     return weights
 
 
-def _check_config(out: Path, config: DistillConfig) -> None:
-    """Refuse to continue a run in OUT that was started with other settings."""
-    path = out / "config.json"
-    if not path.exists():
-        return
-    saved, current = json.loads(path.read_text()), config.to_dict()
-    differ = [key for key in RESULT_KEYS if key != "dataset" and saved.get(key) != current.get(key)]
-    if differ:
-        details = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in differ)
-        raise ValueError(f"{out} holds a run with other settings ({details}); use another --out")

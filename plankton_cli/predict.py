@@ -12,7 +12,6 @@ training.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from plankton_cli.features.inputs import PREFIX, FeatureScaling, image_features,
 from plankton_cli.model_info import ModelInfo
 from plankton_cli.records import ReadOptions, Record, Rejection
 from plankton_cli.store import Store
+from plankton_cli.store.layout import checksum as file_hash  # a model file is hashed like a store file
 from plankton_cli.store.images import ImageError, check, decode
 from plankton_cli.writers import UNCLASSIFIED, Prediction, PredictionRun
 
@@ -71,14 +71,6 @@ class _Item:
     source_file: str | None = None
     pixel_size_um: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
-
-
-def file_hash(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Preprocessor:

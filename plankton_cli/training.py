@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import os
 import random
@@ -99,6 +100,19 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
 def write_run_config(run_dir: Path, config: dict[str, Any]) -> Path:
     """``RUN/config.json``: the resolved options of the run."""
     return write_json_atomic(Path(run_dir) / CONFIG_FILE, config)
+
+
+def refuse_other_settings(run_dir: Path, config: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Refuse to continue a run in ``run_dir`` whose saved ``config.json`` differs from ``config`` on ``keys``
+    (``dataset`` excepted: it may be named or resolved)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    differ = [key for key in keys if key != "dataset" and saved.get(key) != config.get(key)]
+    if differ:
+        details = ", ".join(f"{k}: {saved.get(k)!r} → {config.get(k)!r}" for k in differ)
+        raise ValueError(f"{run_dir} holds a run with other settings ({details}); use another --out")
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:

@@ -19,8 +19,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,6 +27,7 @@ import pyarrow.parquet as pq
 from plankton_cli.features.morphometrics import SETTINGS, NoObject, measure
 from plankton_cli.store import Store
 from plankton_cli.store.images import ImageError, decode
+from plankton_cli.store.layout import partition_values
 from plankton_cli.store.schema import load_schema
 from plankton_cli.store.transaction import new_run_id
 from plankton_cli.store.writer import DatasetWriter, stage_rewrite
@@ -82,7 +81,7 @@ def compute_features(store: Store, *, lock_timeout: float = 60.0,
         seen: set[str] = set()
         try:
             for path in store.files("objects"):
-                partition = _partition(path, store.root / "objects")
+                partition = partition_values(path, store.root / "objects")
                 with pq.ParquetFile(path) as file:
                     for group in range(file.num_row_groups):
                         columns = _PLAN_COLUMNS + ([] if "instrument" in partition else ["instrument"])
@@ -178,13 +177,3 @@ def _rejected_before(store: Store) -> dict[str, list[datetime]]:
             if reason.endswith(f"[{SETTINGS}]"):
                 out.setdefault(oid, []).append(at)
     return out
-
-
-def _partition(path: Path, base: Path) -> dict[str, str]:
-    """Hive partition values from a data file's directories (`instrument=UVP6` → {"instrument": "UVP6"})."""
-    values = {}
-    for part in path.relative_to(base).parent.parts:
-        key, sep, value = part.partition("=")
-        if sep:
-            values[key] = unquote(value)
-    return values

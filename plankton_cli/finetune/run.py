@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -27,13 +26,19 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = log.info) -> 
     (also written to OUT/summary.json).
     """
     from plankton_cli.store import Store
-    from plankton_cli.training import is_rank_zero, resolve_dataset, write_json_atomic, write_run_config
+    from plankton_cli.training import (
+        is_rank_zero,
+        refuse_other_settings,
+        resolve_dataset,
+        write_json_atomic,
+        write_run_config,
+    )
 
     parse_label_fraction(config.labels)  # fail before any work on a bad spec
     if config.fold is not None and not 0 <= config.fold < config.folds:
         raise ValueError(f"--fold {config.fold} is outside 0..{config.folds - 1}")
     out = Path(config.out)
-    _check_config(out, config)
+    refuse_other_settings(out, config.to_dict(), RESULT_KEYS)
     store = Store(config.store)
     dataset_name = resolve_dataset(store, config.dataset)
     dataset_dir = store.root / dataset_name
@@ -78,18 +83,6 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = log.info) -> 
             echo(f"fold {split.fold}: test accuracy {result['accuracy']:.3f}, balanced accuracy "
                  f"{result['balanced_accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")
     return summarise_run(out) if is_rank_zero() else {}
-
-
-def _check_config(out: Path, config: FinetuneConfig) -> None:
-    """Refuse to mix folds trained with other settings into one OUT."""
-    path = out / "config.json"
-    if not path.exists():
-        return
-    saved, current = json.loads(path.read_text()), config.to_dict()
-    differ = [key for key in RESULT_KEYS if key != "dataset" and saved.get(key) != current.get(key)]
-    if differ:
-        details = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in differ)
-        raise ValueError(f"{out} holds a run with other settings ({details}); use another --out")
 
 
 def _dataset_info(dataset_dir: Path, name: str) -> dict[str, Any]:
