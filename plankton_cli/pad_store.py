@@ -8,6 +8,13 @@ Guarantees, each tested:
   of `workers` and any re-run write identical rows.
 - Atomic and crash-safe like ingest: committed under the store lock every ~256 MB and at the end.
 
+By default the padded pixels are not stored: a row keeps the crop and padding it got (`crop_*`, `pad_*`, and
+`on-read=<source>` in `pad_settings`) and readers pad the source's pixels again on read (`data/pad_on_read.py`),
+which gives the same pixels because padding is deterministic. `bench/pad_on_read.py` measured the training loader
+padding on read at 2.4-3.9x an ImageFolder of padded PNGs, where stored pixels cost 6.8x the originals' disk
+(issue 10's rule: keep only the parameters when the loader stays >= 1.5x ImageFolder). `store_pixels=True` keeps
+the PNGs too, for reading the padded squares outside plankton (pyarrow, duckdb, Hugging Face `datasets`).
+
 Workers pad whole row groups in forked processes (each opens the Parquet file itself); the parent is the only
 writer. Torch is never imported here, so `plankton pad --help` stays fast.
 """
@@ -120,11 +127,23 @@ def crop_for(instrument: str | None, preset: str = "auto", crop: CropSpec | None
                     base.scale_bar or crop.scale_bar, base.banner or crop.banner)
 
 
-def settings_key(crop: CropSpec, size: int | None) -> str:
-    """What decides a row's padded pixels besides its content; stored per row as `pad_settings`."""
+def settings_key(crop: CropSpec, size: int | None, on_read: str | None = None) -> str:
+    """What decides a row's padded pixels besides its content; stored per row as `pad_settings`.
+
+    `on_read` names the dataset whose pixels readers pad on read (the row stores no pixels of its own)."""
     bar = ("+scale-bar" if crop.scale_bar else "") + ("+banner" if crop.banner else "")
     return (f"pad-v{ALGORITHM_VERSION} crop={crop.top},{crop.bottom},{crop.left},{crop.right}{bar} "
-            f"size={size or 'keep'}")
+            f"size={size or 'keep'}" + (f" on-read={on_read}" if on_read else ""))
+
+
+def parse_settings(settings: str) -> tuple[CropSpec, int | None, str | None]:
+    """`settings_key`'s text → (crop asked for, size, the dataset padded on read or None)."""
+    fields = dict(part.split("=", 1) for part in settings.split()[1:])
+    sides, *detected = fields["crop"].split("+")
+    top, bottom, left, right = (int(v) for v in sides.split(","))
+    size = None if fields["size"] == "keep" else int(fields["size"])
+    crop = CropSpec(top, bottom, left, right, "scale-bar" in detected, "banner" in detected)
+    return crop, size, fields.get("on-read")
 
 
 def padding_rules(dataset_dir: Path) -> list[str]:
@@ -146,13 +165,11 @@ def padding_rules(dataset_dir: Path) -> list[str]:
 
 
 def parse_padding_rule(rule: str) -> tuple[str, CropSpec, int | None]:
-    """`"<instrument>: pad-v1 crop=t,b,l,r[+scale-bar][+banner] size=N|keep"` → (instrument, crop, size)."""
+    """`"<instrument>: pad-v1 crop=t,b,l,r[+scale-bar][+banner] size=N|keep[ on-read=D]"` → (instrument, crop,
+    size)."""
     instrument, _, settings = rule.rpartition(": ")
-    fields = dict(part.split("=", 1) for part in settings.split()[1:])
-    sides, *detected = fields["crop"].split("+")
-    top, bottom, left, right = (int(v) for v in sides.split(","))
-    size = None if fields["size"] == "keep" else int(fields["size"])
-    return instrument, CropSpec(top, bottom, left, right, "scale-bar" in detected, "banner" in detected), size
+    crop, size, _ = parse_settings(settings)
+    return instrument, crop, size
 
 
 def crop_label(crop: CropSpec, crop_bottom: int, crop_top: int | None = None) -> str:
@@ -215,7 +232,7 @@ def _settings_tag(settings: str) -> str:
 
 
 def _plan(store: Store, source: str, target: str, preset: str, crop: CropSpec | None, size: int | None,
-          summary: PadSummary) -> tuple[list[_Task], dict[str, str], set[str], set[str]]:
+          on_read: str | None, summary: PadSummary) -> tuple[list[_Task], dict[str, str], set[str], set[str]]:
     """(tasks, object_id -> target file, ids whose old padded row gets replaced, ids whose object is gone)."""
     padded = _padded_index(store, target)
     rejected = _rejected_before(store)
@@ -223,7 +240,7 @@ def _plan(store: Store, source: str, target: str, preset: str, crop: CropSpec | 
     tasks: list[_Task] = []
     replaced: set[str] = set()
     seen: set[str] = set()
-    settings_of = cache(lambda instrument: settings_key(crop_for(instrument, preset, crop), size))
+    settings_of = cache(lambda instrument: settings_key(crop_for(instrument, preset, crop), size, on_read))
     for path in store.files(source):
         partition = partition_values(path, base)
         with pq.ParquetFile(path) as f:
@@ -264,15 +281,17 @@ def _plan(store: Store, source: str, target: str, preset: str, crop: CropSpec | 
 # --- Padding (runs in the workers) -----------------------------------------------------------------------------
 
 
-def _pad_task(task: _Task, preset: str, crop: CropSpec | None, size: int | None) -> tuple[list[dict], list[dict]]:
-    """Pad one row group's selected rows: (padded rows, rejections without run/time)."""
+def _pad_task(task: _Task, preset: str, crop: CropSpec | None, size: int | None, on_read: str | None
+              ) -> tuple[list[dict], list[dict]]:
+    """Pad one row group's selected rows: (padded rows, rejections without run/time); with `on_read` the rows keep
+    no pixels (padding still runs: it finds the legend to crop, and an image it cannot pad is rejected now)."""
     with pq.ParquetFile(task.path) as f:
         table = f.read_row_group(task.row_group)
     rows, rejections = [], []
     for row in table.take(list(task.rows)).to_pylist():
         row.update(task.partition)
         spec = crop_for(row.get("instrument"), preset, crop)
-        settings = settings_key(spec, size)
+        settings = settings_key(spec, size, on_read)
         try:
             if not row["image"] or not row["image"]["bytes"]:
                 raise ImageError("no image bytes")
@@ -287,7 +306,7 @@ def _pad_task(task: _Task, preset: str, crop: CropSpec | None, size: int | None)
             })
             continue
         image = result.image
-        row["image"] = {"bytes": encode_png(image), "path": row["image"]["path"]}
+        row["image"] = None if on_read else {"bytes": encode_png(image), "path": row["image"]["path"]}
         row["height"], row["width"] = image.shape[:2]
         row.update(
             orig_height=result.orig_height, orig_width=result.orig_width,
@@ -369,6 +388,7 @@ def pad_dataset(
     preset: str = "auto",
     crop: CropSpec | None = None,
     size: int | None = None,
+    store_pixels: bool = False,
     workers: int = 1,
     lock_timeout: float = 60.0,
     on_progress: Callable[[int], None] | None = None,
@@ -376,7 +396,8 @@ def pad_dataset(
     """Crop and pad every image of `source` not yet padded into `target`, in `workers` processes.
 
     `preset` picks the crop per image (see `PRESETS`); `crop` adds fixed crops on top of it; `size` resizes the
-    padded square. `on_progress(n)` is called after each row group with the number of rows it padded or rejected.
+    padded square. `store_pixels` stores the padded PNGs too (else readers pad on read). `on_progress(n)` is called
+    after each row group with the number of rows it padded or rejected. Switching `store_pixels` pads every row again.
     """
     if source == target:
         raise ValueError("the source and target datasets must differ")
@@ -385,13 +406,16 @@ def pad_dataset(
     run_id = new_run_id()
     crop_text = "0,0,0,0" if crop is None else f"{crop.top},{crop.bottom},{crop.left},{crop.right}"
     summary = PadSummary(run=run_id, store=str(store.root), source=source, target=target,
-                         settings=f"preset={preset} crop={crop_text} size={size or 'keep'}")
+                         settings=f"preset={preset} crop={crop_text} size={size or 'keep'} "
+                                  f"pixels={'stored' if store_pixels else 'on-read'}")
+    on_read = None if store_pixels else source
     with _worker_pool(workers) as pool, store.locked(timeout=lock_timeout):
-        tasks, files_by_id, replaced, gone = _plan(store, source, target, preset, crop, size, summary)
+        tasks, files_by_id, replaced, gone = _plan(store, source, target, preset, crop, size, on_read,
+                                                        summary)
         if not store.files(source):
             log.warning("dataset %r of %s is empty: nothing to pad (run `plankton ingest` first)", source, store.root)
         run = _Run(store, run_id, target, files_by_id, gone)
-        work = partial(_pad_task, preset=preset, crop=crop, size=size)
+        work = partial(_pad_task, preset=preset, crop=crop, size=size, on_read=on_read)
         try:
             for rows, rejections in _results(tasks, work, pool):
                 now = datetime.now(UTC)

@@ -14,12 +14,13 @@ import pytest
 from PIL import Image
 
 from conftest import BUNDLED, plankton, shared_data
+from plankton_cli.data.pad_on_read import pad_on_read_plan
 from plankton_cli.ingest import ingest
 from plankton_cli.square_pad import CropSpec, pad_to_square
 from plankton_cli.pad_store import pad_dataset, preview, preview_pairs
 from plankton_cli.records import ReadOptions
 from plankton_cli.store import Store
-from plankton_cli.store.images import decode
+from plankton_cli.store.images import decode, encode_png
 from plankton_cli.store.lock import StoreLock
 
 PAD_COLUMNS = ["orig_height", "orig_width", "crop_top", "crop_bottom", "crop_left", "crop_right",
@@ -42,7 +43,17 @@ def copy_store(store: Store, dest) -> Store:
 
 
 def rows_by_id(store: Store, dataset: str) -> dict[str, dict]:
-    return {r["object_id"]: r for r in store.dataset(dataset).to_table().to_pylist()}
+    """The dataset's rows by id; a padded dataset's images padded on read as every loader does (pad_on_read.py),
+    so the pixel checks below check what training sees."""
+    rows = {r["object_id"]: r for r in store.dataset(dataset).to_table().to_pylist()}
+    plan = pad_on_read_plan(store.root / dataset)
+    if plan is not None:
+        sources = rows_by_id(store, plan.source_dir.name)
+        for oid, row in rows.items():
+            assert row["image"] is None  # only the parameters are stored
+            square = plan.image(oid, sources[oid]["image"]["bytes"])
+            row["image"] = {"bytes": encode_png(np.asarray(square)), "path": sources[oid]["image"]["path"]}
+    return rows
 
 
 def sorted_table(store: Store, dataset: str = "padded"):
@@ -175,7 +186,7 @@ def test_size_resizes_after_padding(demo_images, tmp_path):
     store = Store(tmp_path / "s")
     ingest(store, [demo_images])
     summary = pad_dataset(store, size=48)
-    rows = store.dataset("padded").to_table().to_pylist()
+    rows = list(rows_by_id(store, "padded").values())
     assert summary.padded == len(rows) == 105
     for row in rows:
         assert decode(row["image"]["bytes"]).shape[:2] == (48, 48) == (row["height"], row["width"])
@@ -220,7 +231,7 @@ def test_auto_preset_finds_crops_in_the_pixels_when_the_instrument_is_unknown(tm
     for row in rows_by_id(store, "padded").values():
         zoo = row["label"] == "zooscan_things"
         assert (row["crop_bottom"], row["pad_preset"]) == ((31, "scale-bar 31px") if zoo else (0, "none"))
-        assert row["pad_settings"].endswith("+scale-bar+banner size=keep")
+        assert row["pad_settings"].endswith("+scale-bar+banner size=keep on-read=objects")
     # Predict re-pads with the rule the model records: the detection flags survive the round trip.
     from plankton_cli.pad_store import padding_rules, parse_padding_rule
     (rule,) = padding_rules(store.root / "padded")

@@ -23,6 +23,7 @@ Examples:
   plankton pad --workers 4 --preview 24 pad.png
   plankton pad --dry-run --preview 24 pad.png --preset cytosense   # look first, write nothing
   plankton pad --preset none --crop-bottom 31                      # crop exactly what you say
+  plankton pad --store-pixels        # also store the padded PNGs (for pyarrow/duckdb/HF readers)
 
 \b
 Presets (--preset auto picks one from the instrument column):
@@ -46,6 +47,9 @@ Exit codes: 0 done (rejections are reported, not fatal), 65 something was reject
               help="Also cut this many rows from the bottom of every image.")
 @click.option("--size", type=click.IntRange(min=1), metavar="N",
               help="Resize the padded square to N x N (bicubic) [default: keep; training resizes].")
+@click.option("--store-pixels", is_flag=True,
+              help="Store the padded squares as PNGs too. By default only the crop and pad parameters are stored "
+                   "and training pads the originals on read (same pixels, a fraction of the disk).")
 @click.option("--workers", type=click.IntRange(min=1), default=default_workers(1), show_default=WORKERS_DEFAULT_TEXT,
               metavar="N", help="Pad in N processes.")
 @click.option("--preview", nargs=2, type=(click.IntRange(min=1), click.Path(dir_okay=False, path_type=Path)),
@@ -55,16 +59,18 @@ Exit codes: 0 done (rejections are reported, not fatal), 65 something was reject
 @store_option
 @lock_timeout_option
 @json_option
-def pad(source: str, target: str, preset: str, crop_top: int, crop_bottom: int, size: int | None, workers: int,
+def pad(source: str, target: str, preset: str, crop_top: int, crop_bottom: int, size: int | None, store_pixels: bool,
+        workers: int,
         preview: tuple[int, Path] | None, dry_run: bool, strict: bool, store: Path, lock_timeout: float,
         as_json: bool) -> None:
     """Crop instrument legends and pad every image to a square with its own background.
 
-    Reads a dataset of the store (default `objects`) and writes the padded images, with every
-    other column and the crop and pad offsets per row, to another (default `padded`), which
-    pretrain, finetune and predict use when it exists. The padding is the mode of the edge
-    pixels plus noise seeded from the object id, so re-runs write identical bytes; only objects
-    that are new or changed since the last run are padded.
+    Reads a dataset of the store (default `objects`) and writes, per object, the crop and pad it
+    got with every other column to another dataset (default `padded`), which pretrain and
+    finetune use when it exists. The padding is the mode of the edge pixels plus noise seeded
+    from the object id, so the loaders pad the originals on read to exactly these pixels, as
+    predict does (--store-pixels stores them as well); only objects that are new or changed
+    since the last run are padded.
     """
     from plankton_cli.cli.output import progress
     from plankton_cli.pad_store import pad_dataset
@@ -84,7 +90,7 @@ def pad(source: str, target: str, preset: str, crop_top: int, crop_bottom: int, 
         with progress("pad", unit="objects") as advance:
             try:
                 summary = pad_dataset(the_store, source=source, target=target, preset=preset, crop=crop, size=size,
-                                      workers=workers, lock_timeout=lock_timeout, on_progress=advance)
+                                      store_pixels=store_pixels, workers=workers, lock_timeout=lock_timeout, on_progress=advance)
             except ValueError as exc:
                 raise click.UsageError(str(exc)) from exc
         data = summary.to_dict()

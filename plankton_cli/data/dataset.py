@@ -52,6 +52,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from plankton_cli.data.pad_on_read import PadOnRead, pad_on_read_plan
+from plankton_cli.store.images import encode_png
 from plankton_cli.store.layout import dataset_files
 from plankton_cli.store.layout import partition_values as layout_partition_values
 
@@ -65,6 +67,8 @@ class RowGroup:
     path: str
     index: int
     rows: np.ndarray  # selected row offsets inside the group, ascending
+    dataset_dir: str = ""  # the dataset `path` belongs to (the source of a padded dataset padded on read)
+    pad_on_read: bool = False  # its images are padded on read (`pad_on_read.py`)
 
     @property
     def n_rows(self) -> int:
@@ -105,7 +109,25 @@ def list_row_groups(
     Rows without image bytes are always left out. Without row filters only the footers are read.
     ``labelled_only`` keeps rows with a label, and with ``classes`` only rows whose label is one of
     them. ``instruments`` uses the hive partition when there is one, else the ``instrument`` column.
+    A padded dataset that pads on read lists its source's row groups for those rows (``pad_on_read``):
+    the images, labels and metadata are read from the source.
     """
+    groups = _list_row_groups(dataset_dir, instruments, object_ids, labelled_only, classes)
+    plan = pad_on_read_plan(dataset_dir)
+    if plan is not None:
+        ids = plan.params.keys() if object_ids is None else set(object_ids) & plan.params.keys()
+        groups += [RowGroup(g.path, g.index, g.rows, g.dataset_dir, pad_on_read=True)
+                   for g in _list_row_groups(plan.source_dir, instruments, ids, labelled_only, classes)]
+    return groups
+
+
+def _list_row_groups(
+    dataset_dir: str | Path,
+    instruments: Collection[str] | None,
+    object_ids: Collection[str] | None,
+    labelled_only: bool,
+    classes: Collection[str] | None,
+) -> list[RowGroup]:
     def values(items: Collection[str] | None) -> pa.Array | None:
         return pa.array(sorted(set(items)), pa.string()) if items is not None else None
 
@@ -127,7 +149,7 @@ def list_row_groups(
                 if _image_null_count(file, index):
                     keep = keep & _image_present(file, index)
                 if keep.any():
-                    groups.append(RowGroup(str(path), index, np.flatnonzero(keep)))
+                    groups.append(RowGroup(str(path), index, np.flatnonzero(keep), str(dataset_dir)))
     return groups
 
 
@@ -193,7 +215,8 @@ class StoreDataset(IterableDataset):
 
     Yields dicts ``{"image": transform(bytes), "label": int, "object_id": str}``; ``label`` is the
     index in ``classes`` (-1 when unlabelled or not in ``classes``; always -1 without ``classes``).
-    ``transform=None`` yields the encoded image bytes.
+    ``transform=None`` yields the encoded image bytes (a PNG when padded on read); a transform gets the bytes, or
+    the padded Pillow image when padded on read.
 
     ``batch_size`` must equal the DataLoader's batch size for batches to come out in stream order
     (:class:`StoreDataLoader` sets it). Rank and world size come from ``torch.distributed`` when it is
@@ -230,6 +253,8 @@ class StoreDataset(IterableDataset):
         self.row_groups = list_row_groups(
             dataset_dir, instruments=instruments, object_ids=object_ids, labelled_only=labelled_only, classes=classes
         )
+        self._pad: PadOnRead | None = pad_on_read_plan(dataset_dir) if any(
+            g.pad_on_read for g in self.row_groups) else None
         self._label_index = {name: i for i, name in enumerate(self.classes or [])}
         self._image_column = self._find_image_column()
         # (epoch, first sample) in shared memory, so persistent workers see set_epoch/load_state_dict.
@@ -356,6 +381,10 @@ class StoreDataset(IterableDataset):
         for unit, row in pairs.tolist():
             images, object_ids, labels = tables[unit]
             data = images[row].as_py()
+            if self.row_groups[unit].pad_on_read:
+                assert self._pad is not None
+                square = self._pad.image(object_ids[row], data)
+                data = square if self.transform is not None else encode_png(np.asarray(square))
             label = labels[row] if labels is not None else None
             yield {
                 "image": self.transform(data) if self.transform is not None else data,

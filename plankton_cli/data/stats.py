@@ -20,18 +20,21 @@ import pyarrow.parquet as pq
 
 from plankton_cli.atomic import atomic_write_json
 from plankton_cli.data.dataset import list_data_files, list_row_groups
+from plankton_cli.data.pad_on_read import pad_on_read_plan
 from plankton_cli.data.transforms import resize_to_array
 
 STATS_FILE = "_stats.json"
 
 
 def dataset_fingerprint(dataset_dir: str | Path) -> str:
-    """BLAKE2b-128 over the data files' relative paths, sizes and modification times."""
+    """BLAKE2b-128 over the data files' relative paths, sizes and modification times (those of the source too,
+    for a padded dataset padded on read)."""
     root = Path(dataset_dir)
     digest = hashlib.blake2b(digest_size=16)
-    for path in list_data_files(root):
+    plan = pad_on_read_plan(root)
+    for path in list_data_files(root) + (list_data_files(plan.source_dir) if plan else []):
         stat = path.stat()
-        digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path.relative_to(root.parent).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -40,6 +43,7 @@ def compute_mean_std(
 ) -> dict[str, Any]:
     """Mean and std of pixel values (0–1) over up to ``max_images`` images resized to ``resize``²."""
     groups = list_row_groups(dataset_dir)
+    plan = pad_on_read_plan(dataset_dir) if any(g.pad_on_read for g in groups) else None
     total = sum(g.n_rows for g in groups)
     if total == 0:
         raise ValueError(f"{dataset_dir} holds no images")
@@ -54,12 +58,15 @@ def compute_mean_std(
         if not len(rows):
             continue
         with pq.ParquetFile(group.path, memory_map=True) as file:
-            column = file.read_row_group(group.index, columns=["image"], use_threads=False).column("image")
-        images = column.combine_chunks()
+            table = file.read_row_group(group.index, columns=["image", "object_id"], use_threads=False)
+        images = table.column("image").combine_chunks()
         if pa.types.is_struct(images.type):
             images = images.field("bytes")
-        for row in rows.tolist():
-            pixels = resize_to_array(images[int(row)].as_py(), resize).astype(np.float64) / 255.0
+        for row in group.rows[rows].tolist():  # positions among the group's selected rows -> rows of the group
+            data = images[row].as_py()
+            if plan is not None and group.pad_on_read:
+                data = plan.image(table.column("object_id")[row].as_py(), data)
+            pixels = resize_to_array(data, resize).astype(np.float64) / 255.0
             pixel_sum += pixels.sum()
             pixel_sq_sum += np.square(pixels).sum()
     n_pixels = len(chosen) * resize * resize

@@ -54,7 +54,7 @@ def labelled_pool(
             columns = ["object_id", "label"] + [c for c in ("label_status", "instrument") if c in names]
             table = file.read_row_group(group.index, columns=columns).take(pa.array(group.rows))
         data = {name: table.column(name).cast(pa.string()).to_pylist() for name in table.column_names}
-        partition = partition_values(Path(group.path), dataset_dir).get("instrument", "unknown")
+        partition = partition_values(Path(group.path), group.dataset_dir).get("instrument", "unknown")
         instrument = data.get("instrument", [partition] * table.num_rows)
         status = data.get("label_status", [None] * table.num_rows)
         for object_id, label, inst, stat in zip(data["object_id"], data["label"], instrument, status):
