@@ -2,7 +2,7 @@
 
     STORE/
       objects/instrument=IFCB/part-<run>-0001.parquet   one dataset per folder, hive-partitioned
-      padded/...                                         (written by `plankton pad`)
+      padded/...                                         crop + pad per object (`plankton pad`; padded on read)
       rejections/part-<run>-0001.parquet                 what could not be stored, and why
       manifest.parquet                                   ingested sources, for idempotent re-runs
       committed.json                                     the committed files, their sizes and checksums
