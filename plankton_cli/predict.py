@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
@@ -30,6 +31,7 @@ from plankton_cli.model_info import ModelInfo
 from plankton_cli.records import ReadOptions, Record, Rejection
 from plankton_cli.store import Store
 from plankton_cli.store.layout import checksum as file_hash  # a model file is hashed like a store file
+from plankton_cli.store.layout import iter_listed
 from plankton_cli.store.images import ImageError, check, decode
 from plankton_cli.writers import UNCLASSIFIED, Prediction, PredictionRun
 
@@ -135,17 +137,24 @@ class FeatureInputs:
 
 def _store_items(store: Store, *, instrument: str | None, since: datetime | None,
                  exclude: set[str]) -> Iterator[_Item]:
-    dataset = store.dataset("objects")
     flt = None
     if instrument:
         flt = ds.field("instrument") == instrument
     if since is not None:
         recent = ds.field("acquired_at") >= pc.scalar(since)
         flt = recent if flt is None else flt & recent
-    for batch in dataset.to_batches(columns=COLUMNS, filter=flt, batch_size=256):
+
+    def batches(path: Path) -> Iterator[pa.RecordBatch]:
+        return store.dataset("objects", [path]).to_batches(columns=COLUMNS, filter=flt, batch_size=256)
+
+    # File by file, going on over a fresh list if ingest commits and deletes a file meanwhile (predict does not
+    # hold the store lock while it reads); a file that commit rewrote comes again, so ids already given are skipped.
+    given: set[str] = set()
+    for batch in iter_listed(store.root / "objects", batches):
         for row in batch.to_pylist():
-            if row["object_id"] in exclude:
+            if row["object_id"] in exclude or row["object_id"] in given:
                 continue
+            given.add(row["object_id"])
             row["image"] = row["image"]["bytes"]
             row["metadata"] = {pair["key"]: pair["value"] for pair in row["metadata"] or ()}
             yield _Item(**row)
