@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from functools import partial
+from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from plankton_cli.store import Store
+from plankton_cli.store.layout import read_listed
 from plankton_cli.store.manifest import MANIFEST
 from plankton_cli.store.schema import SCHEMA_METADATA_KEY, load_schema
 
@@ -15,39 +18,41 @@ from plankton_cli.store.schema import SCHEMA_METADATA_KEY, load_schema
 def store_info(store: Store, top: int = 20) -> dict:
     out: dict = {"store": str(store.root), "exists": store.exists, "datasets": {}}
     for name in store.datasets():
-        files = store.files(name)
-        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-        entry: dict = {
-            "rows": rows,
-            "files": len(files),
-            "bytes": sum(f.stat().st_size for f in files),
-            "schema_version": _schema_version(files[0]),
-        }
-        try:
-            schema = load_schema(name)
-        except KeyError:
-            schema = None
-        if schema is not None:
-            wanted = [c for c in ("instrument", "label", "source_key", "command", "reason") if c in schema.arrow.names]
-            counts: dict[str, Counter] = {c: Counter() for c in wanted}
-            table = store.dataset(name).to_table(columns=wanted)
-            for c in wanted:
-                counts[c].update(v if v is not None else "(none)" for v in table[c].to_pylist())
-            if "instrument" in counts:
-                entry["by_instrument"] = dict(counts["instrument"].most_common())
-            if "label" in counts:
-                entry["labels"] = len([k for k in counts["label"] if k != "(none)"])
-                entry["by_label"] = dict(counts["label"].most_common(top))
-            if "source_key" in counts:
-                entry["sources"] = len(counts["source_key"])
-            if "reason" in counts:
-                entry |= _rejections(store.dataset(name).to_table(columns=REJECTION_KEY).to_pylist(), top)
-        out["datasets"][name] = entry
+        # one read of the dataset's listed files, again over a fresh list if a commit deletes one meanwhile
+        out["datasets"][name] = read_listed(store.root / name, partial(_dataset_info, store, name, top=top))
     manifest = store.root / MANIFEST
     if manifest.exists():
         table = pq.read_table(manifest, columns=["reader"])
         out["sources_by_reader"] = dict(Counter(table["reader"].to_pylist()).most_common())
     return out
+
+
+def _dataset_info(store: Store, name: str, files: list[Path], *, top: int) -> dict:
+    entry: dict = {
+        "rows": sum(pq.ParquetFile(f).metadata.num_rows for f in files),
+        "files": len(files),
+        "bytes": sum(f.stat().st_size for f in files),
+        "schema_version": _schema_version(files[0]) if files else None,
+    }
+    try:
+        schema = load_schema(name)
+    except KeyError:
+        return entry
+    wanted = [c for c in ("instrument", "label", "source_key", "command", "reason") if c in schema.arrow.names]
+    counts: dict[str, Counter] = {c: Counter() for c in wanted}
+    table = store.dataset(name, files).to_table(columns=wanted)
+    for c in wanted:
+        counts[c].update(v if v is not None else "(none)" for v in table[c].to_pylist())
+    if "instrument" in counts:
+        entry["by_instrument"] = dict(counts["instrument"].most_common())
+    if "label" in counts:
+        entry["labels"] = len([k for k in counts["label"] if k != "(none)"])
+        entry["by_label"] = dict(counts["label"].most_common(top))
+    if "source_key" in counts:
+        entry["sources"] = len(counts["source_key"])
+    if "reason" in counts:
+        entry |= _rejections(store.dataset(name, files).to_table(columns=REJECTION_KEY).to_pylist(), top)
+    return entry
 
 
 REJECTION_KEY = ["source_key", "source_file", "source_row", "object_id", "reason"]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
@@ -30,6 +31,7 @@ from plankton_cli.model_info import ModelInfo
 from plankton_cli.records import ReadOptions, Record, Rejection
 from plankton_cli.store import Store
 from plankton_cli.store.layout import checksum as file_hash  # a model file is hashed like a store file
+from plankton_cli.store.layout import iter_listed
 from plankton_cli.store.images import ImageError, check, decode
 from plankton_cli.writers import UNCLASSIFIED, Prediction, PredictionRun
 
@@ -135,17 +137,24 @@ class FeatureInputs:
 
 def _store_items(store: Store, *, instrument: str | None, since: datetime | None,
                  exclude: set[str]) -> Iterator[_Item]:
-    dataset = store.dataset("objects")
     flt = None
     if instrument:
         flt = ds.field("instrument") == instrument
     if since is not None:
         recent = ds.field("acquired_at") >= pc.scalar(since)
         flt = recent if flt is None else flt & recent
-    for batch in dataset.to_batches(columns=COLUMNS, filter=flt, batch_size=256):
+
+    def batches(path: Path) -> Iterator[pa.RecordBatch]:
+        return store.dataset("objects", [path]).to_batches(columns=COLUMNS, filter=flt, batch_size=256)
+
+    # File by file, going on over a fresh list if ingest commits and deletes a file meanwhile (predict does not
+    # hold the store lock while it reads); a file that commit rewrote comes again, so ids already given are skipped.
+    given: set[str] = set()
+    for batch in iter_listed(store.root / "objects", batches):
         for row in batch.to_pylist():
-            if row["object_id"] in exclude:
+            if row["object_id"] in exclude or row["object_id"] in given:
                 continue
+            given.add(row["object_id"])
             row["image"] = row["image"]["bytes"]
             row["metadata"] = {pair["key"]: pair["value"] for pair in row["metadata"] or ()}
             yield _Item(**row)
@@ -264,41 +273,51 @@ def predict(
     else:
         raise ValueError("predict needs a store or sources")
 
-    sessions = {name: plugins.load("writer", name).open(Path(out_dir), run) for name in to}
-    preprocess = Preprocessor(info)
-    scaling = FeatureScaling.from_info(info)
-    feature_inputs = FeatureInputs(scaling) if scaling else None
-    counts: dict[str, int] = {}
-    with torch.inference_mode():
-        for batch in _batches(items, batch_size):
-            inputs = torch.stack([preprocess(item) for item in batch]).to(dev, non_blocking=True)
-            extra = (torch.from_numpy(feature_inputs(batch)).to(dev, non_blocking=True) if feature_inputs
-                     else None)
-            with autocast:
-                features = model.forward_features(inputs)
-                logits = model.classify(features, extra)
-            probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
-            feats = features.float().cpu().numpy() if embeddings else None
-            preds = []
-            for i, item in enumerate(batch):
-                p = probs[i]
-                best = int(p.argmax())
-                label = classes[best]
-                if threshold_vec is not None and p[best] < threshold_vec[best]:
-                    label = UNCLASSIFIED
-                counts[label] = counts.get(label, 0) + 1
-                preds.append(Prediction(
-                    object_id=item.object_id, probabilities=p.astype(np.float32), label=label,
-                    label_auto=classes[best], sample_id=item.sample_id, source_row=item.source_row,
-                    instrument=item.instrument, acquired_at=item.acquired_at, lat=item.lat, lon=item.lon,
-                    depth=item.depth, image=item.image, image_name=None,
-                    embedding=None if feats is None else feats[i], metadata=item.metadata,
-                ))
-            for session in sessions.values():
-                session.write(preds)
-            summary.predicted += len(preds)
-            if on_batch:
-                on_batch(len(preds))
+    sessions: dict[str, Any] = {}
+    try:
+        for name in to:
+            sessions[name] = plugins.load("writer", name).open(Path(out_dir), run)
+        preprocess = Preprocessor(info)
+        scaling = FeatureScaling.from_info(info)
+        feature_inputs = FeatureInputs(scaling) if scaling else None
+        counts: dict[str, int] = {}
+        with torch.inference_mode():
+            for batch in _batches(items, batch_size):
+                inputs = torch.stack([preprocess(item) for item in batch]).to(dev, non_blocking=True)
+                extra = (torch.from_numpy(feature_inputs(batch)).to(dev, non_blocking=True) if feature_inputs
+                         else None)
+                with autocast:
+                    features = model.forward_features(inputs)
+                    logits = model.classify(features, extra)
+                probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+                feats = features.float().cpu().numpy() if embeddings else None
+                preds = []
+                for i, item in enumerate(batch):
+                    p = probs[i]
+                    best = int(p.argmax())
+                    label = classes[best]
+                    if threshold_vec is not None and p[best] < threshold_vec[best]:
+                        label = UNCLASSIFIED
+                    counts[label] = counts.get(label, 0) + 1
+                    preds.append(Prediction(
+                        object_id=item.object_id, probabilities=p.astype(np.float32), label=label,
+                        label_auto=classes[best], sample_id=item.sample_id, source_row=item.source_row,
+                        instrument=item.instrument, acquired_at=item.acquired_at, lat=item.lat, lon=item.lon,
+                        depth=item.depth, image=item.image, image_name=None,
+                        embedding=None if feats is None else feats[i], metadata=item.metadata,
+                    ))
+                for session in sessions.values():
+                    session.write(preds)
+                summary.predicted += len(preds)
+                if on_batch:
+                    on_batch(len(preds))
+    except BaseException:
+        # Writers spool until close(); a failed run drops what they spooled (a killed one: see plankton_cli.spool).
+        for session in sessions.values():
+            abort = getattr(session, "abort", None)  # optional: writers without a spool have nothing to drop
+            if abort is not None:
+                abort()
+        raise
     failure: BaseException | None = None
     for name, session in sessions.items():  # every writer finishes its files even when one of them fails
         try:

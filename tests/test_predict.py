@@ -99,6 +99,22 @@ def test_ifcb_bin_from_disk_to_dashboard_h5_and_ecotaxa_zip(model_file, tmp_path
     assert check_import_zip(zipfile) == []
 
 
+def test_a_failed_predict_leaves_no_writer_spool(model_file, tmp_path):
+    """Writers spool in OUT until close(); a run that fails after spooling drops its spools (issue 10)."""
+    bins = BUNDLED / "ifcb/pyifcb-testdata/white"
+
+    def fail(n: int) -> None:
+        raise RuntimeError("stopped after the first batch")
+
+    with pytest.raises(RuntimeError, match="first batch"):
+        predict(model_file, sources=[bins], to=["ifcb-h5", "ecotaxa"], out_dir=tmp_path / "out", batch_size=4,
+                on_batch=fail)
+    assert not list((tmp_path / "out").glob(".spool-*"))
+    predict(model_file, sources=[bins], to=["ifcb-h5", "ecotaxa"], out_dir=tmp_path / "out", batch_size=4)
+    assert not list((tmp_path / "out").glob(".spool-*"))
+    assert len(list((tmp_path / "out").rglob("*_class.h5"))) == len(list((tmp_path / "out").rglob("*.zip"))) == 1
+
+
 def test_cli_from_store_with_json(demo_store, model_file, tmp_path):
     proc = plankton("predict", "--model", str(model_file), "--store", str(demo_store.root), "--to", "parquet",
                     "--out", str(tmp_path / "out"), "--json")

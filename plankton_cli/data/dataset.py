@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from plankton_cli.data.pad_on_read import PadOnRead, pad_on_read_plan
 from plankton_cli.store.images import encode_png
-from plankton_cli.store.layout import dataset_files
+from plankton_cli.store.layout import dataset_files, read_listed
 from plankton_cli.store.layout import partition_values as layout_partition_values
 
 UNLABELLED = -1
@@ -87,13 +87,16 @@ def partition_values(path: Path, dataset_dir: str | Path) -> dict[str, str]:
 
 def list_classes(dataset_dir: str | Path) -> list[str]:
     """Sorted distinct non-null labels of a store dataset."""
-    labels: set[str] = set()
-    for path in list_data_files(dataset_dir):
-        with pq.ParquetFile(path) as file:
-            if "label" in file.schema_arrow.names:
-                column = file.read(columns=["label"]).column("label").cast(pa.string())
-                labels.update(v for v in pc.unique(column).to_pylist() if v is not None)
-    return sorted(labels)
+    def read(files: list[Path]) -> list[str]:
+        labels: set[str] = set()
+        for path in files:
+            with pq.ParquetFile(path) as file:
+                if "label" in file.schema_arrow.names:
+                    column = file.read(columns=["label"]).column("label").cast(pa.string())
+                    labels.update(v for v in pc.unique(column).to_pylist() if v is not None)
+        return sorted(labels)
+
+    return read_listed(dataset_dir, read)  # again over a fresh list if a commit deletes a file meanwhile
 
 
 def list_row_groups(
@@ -133,24 +136,28 @@ def _list_row_groups(
 
     wanted_instruments = set(instruments) if instruments is not None else None
     id_values, class_values = values(object_ids), values(classes) if labelled_only else None
-    groups: list[RowGroup] = []
-    for path in list_data_files(dataset_dir):
-        instrument = partition_values(path, dataset_dir).get("instrument")
-        if wanted_instruments is not None and instrument is not None and instrument not in wanted_instruments:
-            continue
-        with pq.ParquetFile(path) as file:
-            sizes = [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)]
-            row_instruments = values(instruments) if instrument is None else None  # no partition folder
-            mask = _row_mask(path, file, row_instruments, id_values, labelled_only, class_values)
-            start = 0
-            for index, size in enumerate(sizes):
-                keep = np.ones(size, dtype=bool) if mask is None else mask[start : start + size]
-                start += size
-                if _image_null_count(file, index):
-                    keep = keep & _image_present(file, index)
-                if keep.any():
-                    groups.append(RowGroup(str(path), index, np.flatnonzero(keep), str(dataset_dir)))
-    return groups
+
+    def read(files: list[Path]) -> list[RowGroup]:
+        groups: list[RowGroup] = []
+        for path in files:
+            instrument = partition_values(path, dataset_dir).get("instrument")
+            if wanted_instruments is not None and instrument is not None and instrument not in wanted_instruments:
+                continue
+            with pq.ParquetFile(path) as file:
+                sizes = [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)]
+                row_instruments = values(instruments) if instrument is None else None  # no partition folder
+                mask = _row_mask(path, file, row_instruments, id_values, labelled_only, class_values)
+                start = 0
+                for index, size in enumerate(sizes):
+                    keep = np.ones(size, dtype=bool) if mask is None else mask[start : start + size]
+                    start += size
+                    if _image_null_count(file, index):
+                        keep = keep & _image_present(file, index)
+                    if keep.any():
+                        groups.append(RowGroup(str(path), index, np.flatnonzero(keep), str(dataset_dir)))
+        return groups
+
+    return read_listed(dataset_dir, read)  # again over a fresh list if a commit deletes a file meanwhile
 
 
 def _image_null_count(file: pq.ParquetFile, index: int) -> int:

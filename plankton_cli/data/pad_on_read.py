@@ -21,7 +21,7 @@ from PIL import Image
 from plankton_cli.pad_store import parse_settings
 from plankton_cli.square_pad import CropSpec, pad_to_square
 from plankton_cli.store.images import decode
-from plankton_cli.store.layout import dataset_files
+from plankton_cli.store.layout import dataset_files, read_listed
 
 log = logging.getLogger("plankton.data")
 
@@ -48,34 +48,47 @@ def pad_on_read_plan(dataset_dir: str | Path) -> PadOnRead | None:
     files = dataset_files(dataset_dir)
     if not files or "pad_settings" not in pq.read_schema(files[0]).names:
         return None
-    params: dict[str, tuple[CropSpec, int | None]] = {}
-    padded_from: dict[str, str] = {}  # object_id -> content_hash it was padded from
-    sources: set[str] = set()
-    for path in files:
-        table = pq.read_table(path, columns=_COLUMNS)
-        columns = [table[c].to_pylist() for c in _COLUMNS]
-        for object_id, content_hash, top, bottom, left, right, settings in zip(*columns):
-            _, size, source = parse_settings(settings)
-            if source is None:  # stored pixels
-                continue
-            sources.add(source)
-            params[object_id] = (CropSpec(top, bottom, left, right), size)
-            padded_from[object_id] = content_hash
+    params, padded_from, sources = read_listed(dataset_dir, _read_params)
     if not sources:
         return None
     if len(sources) > 1:  # `plankton pad` replaces a target's rows when its source changes: never expected
         raise ValueError(f"{dataset_dir} pads on read from several datasets ({', '.join(sorted(sources))})")
     source_dir = dataset_dir.parent / sources.pop()
     changed = 0
-    for path in dataset_files(source_dir):
-        table = pq.read_table(path, columns=["object_id", "content_hash"])
-        for object_id, content_hash in zip(table["object_id"].to_pylist(), table["content_hash"].to_pylist()):
-            if object_id in padded_from and padded_from.pop(object_id) != content_hash:
-                del params[object_id]
-                changed += 1
+    for object_id, content_hash in read_listed(source_dir, _read_hashes):
+        if object_id in padded_from and padded_from.pop(object_id) != content_hash:
+            del params[object_id]
+            changed += 1
     for object_id in padded_from:  # padded, but no longer in the source
         del params[object_id]
     if changed or padded_from:
         log.warning("%d object(s) of %s changed or left %s since they were padded: left out until "
                     "`plankton pad` runs again", changed + len(padded_from), dataset_dir.name, source_dir.name)
     return PadOnRead(source_dir, params)
+
+
+def _read_params(files: list[Path]) -> tuple[dict[str, tuple[CropSpec, int | None]], dict[str, str], set[str]]:
+    """(object_id -> (crop, size), object_id -> content_hash padded from, source datasets) of the rows padded on
+    read."""
+    params: dict[str, tuple[CropSpec, int | None]] = {}
+    padded_from: dict[str, str] = {}
+    sources: set[str] = set()
+    for path in files:
+        table = pq.read_table(path, columns=_COLUMNS)
+        for object_id, content_hash, top, bottom, left, right, settings in zip(*(table[c].to_pylist()
+                                                                                  for c in _COLUMNS)):
+            _, size, source = parse_settings(settings)
+            if source is None:  # stored pixels
+                continue
+            sources.add(source)
+            params[object_id] = (CropSpec(top, bottom, left, right), size)
+            padded_from[object_id] = content_hash
+    return params, padded_from, sources
+
+
+def _read_hashes(files: list[Path]) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    for path in files:
+        table = pq.read_table(path, columns=["object_id", "content_hash"])
+        pairs += zip(table["object_id"].to_pylist(), table["content_hash"].to_pylist())
+    return pairs

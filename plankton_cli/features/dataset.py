@@ -6,7 +6,7 @@ The same guarantees as `plankton pad`, each tested:
 - Incremental and idempotent: an object is measured again only when its `content_hash` or the feature settings
   (`morphometrics.SETTINGS`) changed; its old row is then dropped in the same commit, as are the rows of objects
   that left `objects`.
-- Atomic: one transaction under the store's writer lock; a crash leaves the store as before (or, once the
+- Atomic: one commit of a `WriteSession` under the store's writer lock; a crash leaves the store as before (or, once the
   journal is written, as after). Rows are written in `objects` order, so a re-run writes identical values.
 
 Torch-free: `plankton features --help` and a station box without the `train` extra can run it.
@@ -29,8 +29,8 @@ from plankton_cli.store import Store
 from plankton_cli.store.images import ImageError, decode
 from plankton_cli.store.layout import partition_values
 from plankton_cli.store.schema import load_schema
+from plankton_cli.store.session import WriteSession
 from plankton_cli.store.transaction import new_run_id
-from plankton_cli.store.writer import DatasetWriter, stage_rewrite
 
 log = logging.getLogger("plankton.features")
 
@@ -70,14 +70,10 @@ def compute_features(store: Store, *, lock_timeout: float = 60.0,
     """Measure every object of `objects` not yet measured with these settings into the `features` dataset."""
     run_id = new_run_id()
     summary = FeaturesSummary(run=run_id, store=str(store.root), settings=SETTINGS)
-    schema = load_schema(DATASET)
     with store.locked(timeout=lock_timeout):
         done = _measured(store)
         rejected_before = _rejected_before(store)
-        txn = store.transaction(run_id)
-        rows_out = DatasetWriter(txn, DATASET, schema)
-        rejections = DatasetWriter(txn, "rejections", load_schema("rejections"), row_group_rows=4096)
-        drop: set[str] = set()  # ids whose stored row goes
+        run = _Run(store, run_id, done)
         seen: set[str] = set()
         try:
             for path in store.files("objects"):
@@ -99,7 +95,7 @@ def compute_features(store: Store, *, lock_timeout: float = 60.0,
                             else:
                                 todo.append(offset)
                                 if stored is not None:
-                                    drop.add(row["object_id"])
+                                    run.to_drop.add(row["object_id"])
                         if not todo:
                             continue
                         images = file.read_row_group(group, columns=["image"]).take(todo)["image"].to_pylist()
@@ -115,14 +111,14 @@ def compute_features(store: Store, *, lock_timeout: float = 60.0,
                                 summary.rejected[type(exc).__name__] += 1
                                 log.warning("rejected %s (%s, row %s): %s", row["object_id"], row["source_file"],
                                             row["source_row"], exc)
-                                rejections.add({
-                                    "run": run_id, "command": COMMAND, "source_key": row["source_key"],
-                                    "source_file": row["source_file"], "object_id": row["object_id"],
+                                run.session.reject({
+                                    "source_key": row["source_key"], "source_file": row["source_file"],
+                                    "object_id": row["object_id"],
                                     "source_row": None if row["source_row"] is None else str(row["source_row"]),
                                     "reason": reason, "rejected_at": now,
                                 })
                                 continue
-                            rows_out.add({
+                            run.session.add(DATASET, {
                                 "object_id": row["object_id"], "instrument": row["instrument"],
                                 "content_hash": row["content_hash"], "features_settings": SETTINGS,
                                 "pixel_size_um": row["pixel_size_um"], "run": run_id, "computed_at": now,
@@ -131,29 +127,44 @@ def compute_features(store: Store, *, lock_timeout: float = 60.0,
                             summary.computed += 1
                         if on_progress:
                             on_progress(len(todo))
-            drop |= set(done) - seen  # objects that left `objects`
-            rows_out.close()
-            rejections.close()
-            summary.removed = _drop_rows(store, txn, done, drop, schema)
-            txn.commit()
+            run.to_drop |= set(done) - seen  # objects that left `objects`
+            # One commit for the whole run (unlike pad's commit every ~256 MB): feature rows are small, and a
+            # run that fails part-way then leaves the store exactly as before.
+            summary.removed = run.commit()
         except BaseException:
-            rows_out.close()
-            rejections.close()
-            txn.abort()
+            run.session.abort()
             raise
     return summary
 
 
-def _drop_rows(store: Store, txn, done: dict[str, tuple[str, str, str]], drop: set[str], schema) -> int:
-    """Stage the rewrite of every `features` file holding a row in `drop`, without it; returns the rows dropped."""
-    dropped = 0
-    ids = pa.array(sorted(drop), pa.string())
-    for rel in sorted({done[oid][2] for oid in drop}):
-        table = pq.read_table(store.root / rel, schema=schema.file_schema)
-        gone = pc.is_in(table["object_id"], ids)
-        dropped += pc.sum(gone).as_py() or 0
-        stage_rewrite(txn, rel, table, gone, schema)
-    return dropped
+class _Run:
+    """One features run's session and the old rows its commit drops (as `pad_store._Run`)."""
+
+    def __init__(self, store: Store, run_id: str, done: dict[str, tuple[str, str, str]]):
+        self.store = store
+        self.schema = load_schema(DATASET)
+        self.session = WriteSession(store.root, run_id, COMMAND)
+        self.session.writer(DATASET, self.schema)
+        self.done = done  # object_id -> (content_hash, features_settings, store-relative file) of stored rows
+        self.to_drop: set[str] = set()  # ids whose stored row goes in the commit
+
+    def commit(self) -> int:
+        """Commit what is staged, dropping the old rows it replaces; returns how many old rows were dropped."""
+        dropped = self._drop_old_rows()
+        self.session.commit()
+        return dropped
+
+    def _drop_old_rows(self) -> int:
+        """Rewrite every `features` file holding a row in `to_drop` without it (new name; the old one is deleted)."""
+        drop, self.to_drop = self.to_drop, set()
+        ids = pa.array(sorted(drop), pa.string())
+        dropped = 0
+        for rel in sorted({self.done[oid][2] for oid in drop}):
+            table = pq.read_table(self.store.root / rel, schema=self.schema.file_schema)
+            gone = pc.is_in(table["object_id"], ids)
+            dropped += pc.sum(gone).as_py() or 0
+            self.session.remove_rows(rel, table, gone, self.schema)
+        return dropped
 
 
 def _measured(store: Store) -> dict[str, tuple[str, str, str]]:

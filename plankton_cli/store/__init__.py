@@ -15,9 +15,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -31,6 +32,7 @@ from plankton_cli.store.transaction import Transaction, recover
 __all__ = ["Store", "LockTimeout", "load_schema", "DatasetSchema"]
 
 FORMAT_VERSION = 1
+T = TypeVar("T")
 
 
 class Store:
@@ -51,21 +53,27 @@ class Store:
         """The committed data files of `dataset`, sorted (see `layout.py`)."""
         return layout.data_files(self.root, dataset)
 
-    def dataset(self, name: str) -> ds.Dataset:
-        """A pyarrow dataset over `name`, with the schema from `schemas/` when there is one (so an empty dataset
-        still has its columns); a dataset without a schema file (e.g. `plankton pad --target other`) is read
-        with the schema of its files."""
-        files = [str(f) for f in self.files(name)]
+    def dataset(self, name: str, files: list[Path] | None = None) -> ds.Dataset:
+        """A pyarrow dataset over `name` (or over `files` of it), with the schema from `schemas/` when there is one
+        (so an empty dataset still has its columns); a dataset without a schema file (e.g. `plankton pad --target
+        other`) is read with the schema of its files. Files are opened when it is read: `read()` rides out a commit
+        that deletes one meanwhile."""
+        paths = [str(f) for f in (self.files(name) if files is None else files)]
         try:
             described = load_schema(name)
         except KeyError:
-            return ds.dataset(files, format="parquet", partitioning="hive", partition_base_dir=str(self.root / name))
+            return ds.dataset(paths, format="parquet", partitioning="hive", partition_base_dir=str(self.root / name))
         schema = described.arrow
-        if not files:
+        if not paths:
             return ds.dataset(pa.Table.from_batches([], schema=schema))
         partitioning = ds.partitioning(pa.schema([schema.field(k) for k in described.partitioning]), flavor="hive")
-        return ds.dataset(files, schema=schema, format="parquet", partitioning=partitioning,
+        return ds.dataset(paths, schema=schema, format="parquet", partitioning=partitioning,
                           partition_base_dir=str(self.root / name))
+
+    def read(self, name: str, read: Callable[[ds.Dataset], T]) -> T:
+        """`read(self.dataset(name))`, again over a fresh file list when a commit deleted a listed file meanwhile
+        (`layout.read_listed`)."""
+        return layout.read_listed(self.root / name, lambda files: read(self.dataset(name, files)))
 
     @contextmanager
     def locked(self, timeout: float = 60.0) -> Iterator[Store]:

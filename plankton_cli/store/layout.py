@@ -7,14 +7,23 @@ while a commit is being applied or after a crash in the middle of one. Plain Par
 HF datasets) list the folders instead; they see the same files except during those few milliseconds.
 
 A store written before `committed.json` existed is read by listing its folders; its first commit writes the list.
+
+A reader that took the list just before a commit may find a file of it deleted (a rewritten or superseded file):
+`read_listed` / `iter_listed` take the list again and retry, the one place readers handle that.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote, unquote
+
+from plankton_cli.errors import StoreIOError
+
+T = TypeVar("T")
 
 COMMITTED = "committed.json"
 MANIFEST = "manifest.parquet"
@@ -99,3 +108,56 @@ def dataset_files(dataset_dir: str | Path) -> list[Path]:
         return []
     return sorted((p for p in given.rglob("*.parquet") if not any(hidden(part) for part in p.relative_to(given).parts)),
                   key=lambda p: p.relative_to(given).as_posix())
+
+
+RELIST_ATTEMPTS = 3
+"""How many commits a reader rides out in one read before it gives up."""
+
+
+def read_listed(dataset_dir: str | Path, read: Callable[[list[Path]], T]) -> T:
+    """`read(files)` over the data files of a dataset (`dataset_files`), safe against commits meanwhile: when a
+    listed file is gone because a writer committed between listing and opening, the listing is taken again and
+    `read` called again with it. A file that the listing still names but that is gone is a StoreIOError naming it."""
+    files = dataset_files(dataset_dir)
+    for attempt in range(1, RELIST_ATTEMPTS + 1):
+        try:
+            return read(files)
+        except FileNotFoundError as exc:
+            files = _relisted(dataset_dir, files, exc, give_up=attempt == RELIST_ATTEMPTS)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def iter_listed(dataset_dir: str | Path, read_file: Callable[[Path], Iterable[T]]) -> Iterator[T]:
+    """The items of `read_file(path)` for each data file of a dataset, in order, safe against commits meanwhile
+    (for reads too long to repeat, e.g. predict's): when a listed file is gone, reading goes on with the files of
+    a fresh listing not read yet. Rows of a file that a commit rewrote under a new name come again; callers whose
+    output keeps one row per key (every prediction writer) need not mind."""
+    files = dataset_files(dataset_dir)
+    done: set[Path] = set()
+    failures = 0
+    while True:
+        try:
+            for path in files:
+                if path not in done:
+                    yield from read_file(path)
+                    done.add(path)
+            return
+        except FileNotFoundError as exc:
+            failures += 1
+            files = _relisted(dataset_dir, files, exc, give_up=failures == RELIST_ATTEMPTS)
+
+
+def _relisted(dataset_dir: str | Path, files: list[Path], exc: FileNotFoundError, *, give_up: bool) -> list[Path]:
+    """The dataset's files listed again after `exc`, or the error to raise instead."""
+    now = dataset_files(dataset_dir)
+    missing = [f for f in now if not f.exists()]
+    if missing:  # not a commit in between: the store lost a file its list names
+        raise StoreIOError(f"{missing[0]} is in the store's committed file list but missing"
+                           f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; run "
+                           f"`plankton check --repair` on {Path(dataset_dir).absolute().parent}", path=missing[0]) from exc
+    if now == files:  # the listing did not change: the missing file is not one of it
+        raise exc
+    if give_up:
+        raise StoreIOError(f"{dataset_dir} changed {RELIST_ATTEMPTS} times while being read (writers committing); "
+                           "run the command again") from exc
+    return now

@@ -32,10 +32,11 @@ folder, so EcoTaxa never invents `__DUMMY_ID__` parents. EcoTaxa's own `object_i
 `ecotaxa_object_id()` (one place to change when store ids stop being EcoTaxa's).
 
 A batch may hold several samples and a sample may span batches, so rows and images are spooled per sample to a
-temporary folder and each zip is built at `close()`: rows sorted by object_id (an object predicted twice keeps its
-last prediction), members in fixed order with fixed timestamps, so the same predictions give the same bytes. Each
-zip is written under a temporary name, checked with `checker.check_import_zip` (a problem raises
-`EcoTaxaExportError`), then renamed into place.
+hidden folder in OUT (`plankton_cli.spool`, removed at `close()` or `abort()`, or by the next run after a kill) and
+each zip is built at `close()`: rows sorted by object_id (an object predicted twice keeps its last prediction),
+members in fixed order with fixed timestamps, so the same predictions give the same bytes. Each zip is written under a
+temporary name, checked with `checker.check_import_zip` (a problem raises `EcoTaxaExportError`), then renamed into
+place.
 """
 
 from __future__ import annotations
@@ -46,8 +47,6 @@ import hashlib
 import io
 import json
 import re
-import shutil
-import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
@@ -61,6 +60,7 @@ from PIL import Image
 import plankton_cli
 from plankton_cli.atomic import atomic_path
 from plankton_cli.predictions import probability_matrix, top_k
+from plankton_cli.spool import Spool
 from plankton_cli.writers import UNCLASSIFIED, Prediction, PredictionRun
 from plankton_cli.instruments import canonical_instrument
 from plankton_plugins.ecotaxa.checker import check_import_zip
@@ -232,7 +232,8 @@ class EcoTaxaSession:
         self.folder = out_dir / ("ecotaxa" if self.mode == "new" else "ecotaxa-update")
         self.k = max(1, min(run.top_k, MAX_TOP_K, len(run.classes)))
         self.version = run.package_version or plankton_cli.__version__
-        self._spool = Path(tempfile.mkdtemp(prefix="plankton-ecotaxa-"))
+        self._spooled = Spool(out_dir, EcoTaxaWriter.name)  # beside the output, not in /tmp: see plankton_cli.spool
+        self._spool = self._spooled.path
         self._samples: dict[str, Path] = {}  # sample name -> its spool folder
         self._seq = 0
 
@@ -353,8 +354,12 @@ class EcoTaxaSession:
                 if path is not None:
                     files.append(str(path))
         finally:
-            shutil.rmtree(self._spool, ignore_errors=True)
+            self._spooled.remove()
         return self._summary(files, counts, unmapped)
+
+    def abort(self) -> None:
+        """Forget the spooled predictions (predict failed before `close()`)."""
+        self._spooled.remove()
 
     def _write_sample(self, sample: str, spool: Path, counts: Counter, unmapped: Counter) -> Path | None:
         lines = (spool / "rows.jsonl").read_text(encoding="utf-8").splitlines()

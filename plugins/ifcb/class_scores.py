@@ -23,9 +23,9 @@ Strings are ASCII byte strings as in the real files (iRfcb and ClassiPyR read th
 transliterated (`µm` -> `um`), a warning names it, and the original labels are kept in the `class_labels`
 dataset's `original_labels` attribute (JSON). Arrays are gzip-compressed in chunks, like the reference files.
 Root attributes `model_id`, `model_hash` and `software` record provenance. Predictions whose sample is not an IFCB
-bin are counted and skipped. A bin may span batches, so each bin's scores are spooled to a temporary folder and
-its file is written at `close()` (to a temporary name, then renamed), sorted by ROI number; a ROI predicted twice
-keeps its last prediction.
+bin are counted and skipped. A bin may span batches, so each bin's scores are spooled to a hidden folder in OUT
+(`plankton_cli.spool`) and its file is written at `close()` (to a temporary name, then renamed), sorted by ROI
+number; a ROI predicted twice keeps its last prediction.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
-import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
@@ -44,6 +42,7 @@ import h5py
 import numpy as np
 
 from plankton_cli.atomic import atomic_path
+from plankton_cli.spool import Spool
 from plankton_cli.writers import Prediction, PredictionRun
 from plankton_plugins.ifcb.bins import BinId, parse_bin_id
 
@@ -116,7 +115,8 @@ class IFCBClassScoresSession:
         self.out_dir = out_dir
         self.run = run
         self.n_classes = len(run.classes)
-        self._spool = Path(tempfile.mkdtemp(prefix="plankton-ifcb-h5-"))
+        self._spooled = Spool(out_dir, IFCBClassScoresWriter.name)  # beside the output, not in /tmp
+        self._spool = self._spooled.path
         self._bins: dict[str, BinId] = {}
         self.skipped: Counter = Counter()
         for label in run.classes:
@@ -168,6 +168,10 @@ class IFCBClassScoresSession:
                 files.append(str(path))
                 rois += len(order)
         finally:
-            shutil.rmtree(self._spool, ignore_errors=True)
+            self._spooled.remove()
         return {"writer": IFCBClassScoresWriter.name, "files": files, "bins": len(files), "rois": rois,
                 "duplicates": duplicates, "skipped": dict(self.skipped)}
+
+    def abort(self) -> None:
+        """Forget the spooled scores (predict failed before `close()`)."""
+        self._spooled.remove()

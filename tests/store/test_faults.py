@@ -1,4 +1,4 @@
-"""SQLite-style fault injection: ingest, pad and `predict --to store` with the k-th store operation failing.
+"""SQLite-style fault injection: ingest, pad, features and `predict --to store` with the k-th store operation failing.
 
 For every k, the k-th write / fsync / rename / unlink of a run fails with EIO, ENOSPC or EPERM, or the process
 "dies" there (that operation and every later one fails, so no cleanup reaches the disk: what a kill -9 leaves).
@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from conftest import BUNDLED
+from plankton_cli.features.dataset import compute_features
 from plankton_cli.ingest import ingest
 from plankton_cli.pad_store import pad_dataset
 from plankton_cli.predict import predict
@@ -98,6 +99,10 @@ def _pad(store: Store, folder: Path) -> None:
     pad_dataset(store, size=32, lock_timeout=5)
 
 
+def _features(store: Store, folder: Path) -> None:
+    compute_features(store, lock_timeout=5)
+
+
 def _predict(store: Store, folder: Path, model: Path) -> None:
     predict(model, store=store, to=["store"], force=True, batch_size=4, lock_timeout=5)
 
@@ -113,6 +118,7 @@ def content(root: Path) -> dict:
     out = {}
     keys = {"objects": ["object_id", "content_hash", "label", "instrument", "source_key"],
             "padded": ["object_id", "content_hash", "pad_settings", "height"],
+            "features": ["object_id", "content_hash", "features_settings", "area", "perimeter"],
             "predictions": ["object_id", "model_hash", "label", "instrument"]}
     for name, columns in keys.items():
         rows = store.dataset(name).to_table(columns=columns).to_pylist() if store.files(name) else []
@@ -133,7 +139,7 @@ def assert_consistent(root: Path) -> None:
     for rel, entry in files.items():
         if rel != MANIFEST:  # the one file replaced under its own name; only writers read it, after recover()
             assert (root / rel).stat().st_size == entry["size"], rel
-    for name, key in (("objects", ["object_id"]), ("padded", ["object_id"]),
+    for name, key in (("objects", ["object_id"]), ("padded", ["object_id"]), ("features", ["object_id"]),
                       ("predictions", ["object_id", "model_hash"])):
         if store.files(name):
             rows = store.dataset(name).to_table(columns=key).to_pylist()
@@ -181,10 +187,12 @@ def _scenario(command: str, model: Path):
         return [_ingest], _ingest
     if command == "pad":
         return [_ingest, _pad, lambda store, folder: _ingest(store, _images(folder.parent, True))], _pad
+    if command == "features":  # the changed image's old row is dropped, the added image's row is new
+        return [_ingest, _features, lambda store, folder: _ingest(store, _images(folder.parent, True))], _features
     return [_ingest, predict_step], predict_step
 
 
-@pytest.mark.parametrize("command", ["ingest", "pad", "predict"])
+@pytest.mark.parametrize("command", ["ingest", "pad", "features", "predict"])
 def test_every_fault_at_every_operation_then_a_clean_run_equals_a_clean_store(tmp_path, monkeypatch, model,
                                                                                command):
     setup, step = _scenario(command, model)
@@ -196,7 +204,7 @@ def test_every_fault_at_every_operation_then_a_clean_run_equals_a_clean_store(tm
     reference = Store(shutil.copytree(template.root, tmp_path / "reference"))
     step(reference, folder)
     expected = content(reference.root)
-    assert expected[{"ingest": "objects", "pad": "padded", "predict": "predictions"}[command]]
+    assert expected[{"ingest": "objects", "pad": "padded", "features": "features", "predict": "predictions"}[command]]
 
     for mode in (*ERRNOS, "kill"):
         k = 0
