@@ -160,7 +160,9 @@ def padding_rules(dataset_dir: Path) -> list[str]:
         return []
     table = ds.dataset([str(f) for f in files], format="parquet", partitioning="hive",
                        partition_base_dir=str(dataset_dir)).to_table(columns=["instrument", "pad_settings"])
-    pairs = {(str(i), s) for i, s in zip(table["instrument"].to_pylist(), table["pad_settings"].to_pylist()) if s}
+    # Where the pixels live (stored, or padded on read) does not change them: models record the padding alone.
+    pairs = {(str(i), s.partition(" on-read=")[0])
+             for i, s in zip(table["instrument"].to_pylist(), table["pad_settings"].to_pylist()) if s}
     return sorted(f"{instrument}: {settings}" for instrument, settings in pairs)
 
 

@@ -62,6 +62,7 @@ def test_predicts_the_store_once_then_only_new_objects(demo_store, model_file, t
 
 def test_preprocessing_equals_the_padded_training_pixels(demo_store, tmp_path):
     """Predict pads on the fly; it must give exactly the tensor training got from the `padded` dataset."""
+    from plankton_cli.data import StoreDataset
     from plankton_cli.data.transforms import EvalTransform
     from plankton_cli.model_info import ModelInfo
     from plankton_cli.pad_store import padding_rules
@@ -72,11 +73,11 @@ def test_preprocessing_equals_the_padded_training_pixels(demo_store, tmp_path):
     pre = Preprocessor(ModelInfo.load(tiny_model(tmp_path / "m", CLASSES, {"pad_settings": rules})))
     train_view = EvalTransform(resize=36, crop=32, mean=0.5, std=0.25)
     objects = {r["object_id"]: r for r in demo_store.dataset("objects").to_table().to_pylist()}
-    padded = demo_store.dataset("padded").to_table().to_pylist()
-    for row in padded[:20]:
-        obj = objects[row["object_id"]]
+    trained_on = StoreDataset(demo_store.root / "padded", train_view, shuffle=False)  # padded on read
+    for sample in list(trained_on)[:20]:
+        obj = objects[sample["object_id"]]
         item = _Item(obj["object_id"], obj["image"]["bytes"], obj["instrument"])
-        assert torch.equal(pre(item), train_view(row["image"]["bytes"]))
+        assert torch.equal(pre(item), sample["image"])
 
 
 def test_ifcb_bin_from_disk_to_dashboard_h5_and_ecotaxa_zip(model_file, tmp_path):
