@@ -16,6 +16,12 @@ it), they are that fold's validation and test images, so the student's test scor
 on the same images, without the student ever seeing a test label; otherwise a seeded ``held_out`` fraction.
 ``model.json`` records the teacher's hash and the top-1 agreement with the teacher measured on them.
 
+A teacher that reads per-object features beside the image (``finetune --features``) answers with its own feature
+inputs: the names and median/IQR scaling its model.json records, read from the store by the same
+``features.inputs.feature_matrix`` finetune's inputs come from. The student gets exactly the same inputs (it is
+not refitted: a refit on other images would give other medians), so its model.json records the teacher's
+``features``/scaling and ``plankton predict`` feeds it as it feeds the teacher.
+
     OUT/config.json              the settings (a re-run with other settings is refused)
     OUT/teacher_logits.parquet   object_id, logits: the teacher's answers (reused on resume)
     OUT/model.safetensors        + model.json: the student, with teacher_hash and teacher_agreement
@@ -44,8 +50,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from plankton_cli.errors import UsageError
 from plankton_cli import metrics as M
+from plankton_cli.errors import UsageError
 from plankton_cli.data import EvalTransform, StoreDataLoader, StoreDataset, TrainTransform, list_row_groups
 from plankton_cli.finetune import (
     ClassifierModule,
@@ -54,7 +60,9 @@ from plankton_cli.finetune import (
     precision_thresholds,
     softmax,
 )
+from plankton_cli.features.inputs import PREFIX, FeatureScaling, feature_matrix
 from plankton_cli.finetune.model import PREPROCESS_PREFIXES
+from plankton_cli.model_info import ModelInfo
 from plankton_cli.models import Classifier, load_model, save_model
 
 log = logging.getLogger("plankton.distill")
@@ -173,14 +181,50 @@ def accepted_labels(dataset_dir: Path, instruments: Sequence[str] | None, label_
         return set()
 
 
+# --- the teacher's feature inputs ----------------------------------------------------------------------------------
+
+
+def feature_inputs(
+    described: ModelInfo, store_root: Path, dataset: str, ids: Sequence[str], where: Path,
+) -> tuple[FeatureScaling | None, dict[str, np.ndarray] | None]:
+    """The teacher's feature scaling and every image's feature input under it (None, None: image only).
+
+    The rows come from ``feature_matrix``, the reader finetune's inputs come from, scaled with the teacher's own
+    recorded median/IQR; teacher and student both train on these rows. A feature the store holds for none of the
+    images is a UsageError: the teacher's answers would then rest on inputs it never saw at training time.
+    """
+    scaling = FeatureScaling.from_info(described)
+    if scaling is None:
+        return None, None
+    from plankton_cli.store import Store
+
+    store = Store(store_root)
+    measured = [name for name in scaling.names if name.startswith(PREFIX)]
+    if measured and not store.files("features"):
+        raise UsageError(f"{where} reads {', '.join(measured)}, which this store lacks: "
+                         f"run `plankton features --store {store_root}` first")
+    matrix = feature_matrix(store_root, ids, scaling, dataset)
+    # The missing indicators are the right half of each row (FeatureScaling.transform): all 1 = no image has it.
+    absent = [name for name, column in zip(scaling.names, matrix[:, len(scaling.names):].T) if column.all()]
+    if absent and len(ids):
+        raise UsageError(f"{where} reads {', '.join(absent)}, which no image of {dataset} in {store_root} has: "
+                         "distil on the store the teacher was fine-tuned on")
+    return scaling, dict(zip(ids, matrix))
+
+
+def _rows(features: dict[str, np.ndarray], ids: Sequence[str]) -> Tensor:
+    return torch.from_numpy(np.stack([features[i] for i in ids]))
+
+
 # --- the teacher's answers -----------------------------------------------------------------------------------------
 
 
 def teacher_logits(
     teacher: Classifier, info: dict[str, Any], dataset_dir: Path, ids: Sequence[str], path: Path, *,
-    batch_size: int, workers: int,
+    batch_size: int, workers: int, features: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The teacher's logits on its own eval view of each image, cached in ``path`` (atomic write)."""
+    """The teacher's logits on its own eval view of each image (and its feature input, when it reads
+    ``features``: object_id → row of ``feature_inputs``), cached in ``path`` (atomic write)."""
     from plankton_cli.atomic import atomic_path
 
     if path.exists():
@@ -200,8 +244,10 @@ def teacher_logits(
     started = time.monotonic()
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         for batch in loader:
-            out_ids += list(batch["object_id"])
-            out_logits.append(teacher(batch["image"].to(device)).float().cpu().numpy())
+            batch_ids = list(batch["object_id"])
+            extra = None if features is None else _rows(features, batch_ids).to(device)
+            out_ids += batch_ids
+            out_logits.append(teacher(batch["image"].to(device), extra).float().cpu().numpy())
     logits = np.concatenate(out_logits) if out_logits else np.zeros((0, info["num_classes"]), np.float32)
     log.info("teacher answered %d images in %.0f s", len(out_ids), time.monotonic() - started)
     table = pa.table({"object_id": pa.array(out_ids, pa.string()),
@@ -232,13 +278,15 @@ class DistillModule(ClassifierModule):
     """Trains the student: per image (1 − alpha)·T²·KL(teacher_T ‖ student_T), plus alpha·cross-entropy on images
     with an accepted label. Optimiser and schedule are finetune's (AdamW, warmup + cosine per step) with layer
     decay 1: a student starts from scratch. Validation logs ``val_agreement``: top-1 agreement with the teacher
-    on the held-out images."""
+    on the held-out images. ``features`` (object_id → the teacher's feature input) feed a student that reads
+    features, through finetune's ``_logits``."""
 
     def __init__(self, model: Classifier, targets: dict[str, np.ndarray], labelled: set[str], *, lr: float,
-                 weight_decay: float, warmup_steps: int, temperature: float, alpha: float) -> None:
+                 weight_decay: float, warmup_steps: int, temperature: float, alpha: float,
+                 features: dict[str, np.ndarray] | None = None) -> None:
         super().__init__(model, lr=lr, weight_decay=weight_decay, layer_decay=1.0, warmup_steps=warmup_steps,
-                         label_smoothing=0.0)
-        self.save_hyperparameters(ignore=["model", "targets", "labelled"])
+                         label_smoothing=0.0, features=features)
+        self.save_hyperparameters(ignore=["model", "targets", "labelled", "features"])
         self.targets, self.labelled = targets, labelled
 
     def _teacher(self, ids: Sequence[str]) -> Tensor:
@@ -246,7 +294,7 @@ class DistillModule(ClassifierModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         hp = self.hparams
-        logits = self.model(batch["image"])
+        logits = self._logits(batch)
         ids = list(batch["object_id"])
         t = hp.temperature
         kd = nn.functional.kl_div(
@@ -275,11 +323,12 @@ def agreement(student_logits: np.ndarray, teacher_logits: np.ndarray) -> float:
     return float(np.mean(student_logits.argmax(1) == teacher_logits.argmax(1)))
 
 
-def build_student(config: DistillConfig, num_classes: int) -> Classifier:
+def build_student(config: DistillConfig, num_classes: int, feature_dim: int = 0) -> Classifier:
+    """The student; ``feature_dim`` > 0 gives its head the teacher's feature input beside the image."""
     overrides = {k: v for k, v in dict(patch_size=config.patch_size, depth=config.depth, embed_dim=config.embed_dim,
                                        num_heads=config.num_heads).items() if v is not None}
     return Classifier(config.student, num_classes, img_size=config.img_size, in_chans=1,
-                      drop_path_rate=config.drop_path, **overrides)
+                      drop_path_rate=config.drop_path, feature_dim=feature_dim, **overrides)
 
 
 # --- the run -------------------------------------------------------------------------------------------------------
@@ -309,9 +358,6 @@ def distill(config: DistillConfig, echo: Callable[[str], None] = log.info) -> di
         return json.loads((out / SUMMARY_FILE).read_text())
     teacher_weights = _weights(Path(config.teacher))
     teacher, described = load_model(teacher_weights, device="cuda" if torch.cuda.is_available() else "cpu")
-    if described.feature_dim:
-        raise UsageError(f"{teacher_weights}: the teacher also reads per-object features ({', '.join(described.features)}); "
-                         "distilling such a model is not supported yet: fine-tune the teacher with --features none")
     teacher_info = described.to_dict()
     store = Store(config.store)
     teacher_dataset = teacher_info.get("dataset")
@@ -322,6 +368,8 @@ def distill(config: DistillConfig, echo: Callable[[str], None] = log.info) -> di
     ids = dataset_ids(dataset_dir, config.instruments)
     if not ids:
         raise ValueError(f"{dataset_dir} has no images to distil on")
+    # Before anything is written: a store that cannot supply the teacher's features is refused right away.
+    scaling, features = feature_inputs(described, store.root, dataset_name, ids, teacher_weights)
     parts = split_images(ids, teacher_weights, config.held_out, config.seed)
     if not parts.train:
         raise ValueError("every image is held out: nothing left to distil on")
@@ -338,11 +386,11 @@ def distill(config: DistillConfig, echo: Callable[[str], None] = log.info) -> di
     if not is_rank_zero():
         _wait_for(cache)  # rank 0 computes the answers once; the others read them
     targets = teacher_logits(teacher, teacher_info, dataset_dir, ids, cache, batch_size=config.batch_size,
-                             workers=config.workers)
+                             workers=config.workers, features=features)
     del teacher  # the cached answers are all the student needs
 
     pl.seed_everything(config.seed, workers=True)
-    student = build_student(config, len(classes))
+    student = build_student(config, len(classes), scaling.width if scaling else 0)
     mean, std = _scalar(teacher_info["mean"]), _scalar(teacher_info["std"])
     resize = default_resize(config.img_size)
 
@@ -357,7 +405,8 @@ def distill(config: DistillConfig, echo: Callable[[str], None] = log.info) -> di
     # Per-step warmup, as finetune's module takes it (the loader's length is this rank's batches per epoch).
     warmup_steps = round(config.warmup_epochs * len(train_loader))
     module = DistillModule(student, targets, labelled, lr=config.lr, weight_decay=config.weight_decay,
-                           warmup_steps=warmup_steps, temperature=config.temperature, alpha=config.alpha)
+                           warmup_steps=warmup_steps, temperature=config.temperature, alpha=config.alpha,
+                           features=features)
     held_loader = loader(parts.held_out, False) if parts.held_out else None
     trainer = make_trainer(out, max_epochs=config.epochs, max_steps=config.max_steps,
                            accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
@@ -372,7 +421,7 @@ def distill(config: DistillConfig, echo: Callable[[str], None] = log.info) -> di
         return {}
 
     info, scores = _student_info(config, module, teacher_info, teacher_weights, teacher_hash, targets, parts,
-                                 dataset_dir, dataset_name, resize)
+                                 dataset_dir, dataset_name, resize, scaling)
     weights = save_model(out, module.model.state_dict(), info)
     summary = {
         "out": str(out), "model": str(weights), "teacher": str(teacher_weights), "teacher_hash": teacher_hash,
@@ -389,9 +438,10 @@ def distill(config: DistillConfig, echo: Callable[[str], None] = log.info) -> di
 def _student_info(
     config: DistillConfig, module: DistillModule, teacher_info: dict[str, Any], teacher_weights: Path,
     teacher_hash: str, targets: dict[str, np.ndarray], parts: Parts, dataset_dir: Path, dataset_name: str,
-    resize: int,
+    resize: int, scaling: FeatureScaling | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """model.json of the student (the teacher's preprocessing at the student's size) and its held-out scores."""
+    """model.json of the student (the teacher's preprocessing at the student's size, and its feature inputs and
+    scaling when it reads features) and its held-out scores."""
     ids, labels, logits = module.outputs.get("val", ([], np.zeros(0, np.int64), np.zeros((0, 0), np.float32)))
     classes = list(teacher_info["classes"])
     row = {object_id: k for k, object_id in enumerate(ids)}
@@ -420,7 +470,7 @@ def _student_info(
     inherited = {k: v for k, v in teacher_info.items()
                  if k in ("mean", "std", "pad_settings", "dataset") or k.startswith(PREPROCESS_PREFIXES)}
     info = {
-        **inherited, **module.model.arch, "dataset": dataset_name,
+        **inherited, **module.model.arch, "dataset": dataset_name, **(scaling.info_fields() if scaling else {}),
         "classes": classes, "resize": resize, "crop": config.img_size,
         "thresholds": thresholds, "threshold_target_precision": config.target_precision,
         "thresholds_unreached": unreached,

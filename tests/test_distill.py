@@ -1,5 +1,5 @@
 """`plankton distill`: a tiny fine-tuned teacher into a tinier student on real images, the student in predict and
-every writer, held-out bookkeeping, and resuming after SIGKILL."""
+every writer, held-out bookkeeping, resuming after SIGKILL, and teachers that read per-object features."""
 
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import BUNDLED, plankton
+from conftest import BUNDLED, plankton, shared_data
 from plankton_cli.cli import cli
+from plankton_cli.features.inputs import FeatureScaling, feature_matrix
+from plankton_cli.model_info import ModelInfo
 from plankton_cli.models import load_model
-from plankton_cli.predict import file_hash, predict
+from plankton_cli.predict import FeatureInputs, _store_items, file_hash, predict
 from plankton_cli.protocol import load_split
 from plankton_cli.store import Store
 
@@ -158,3 +160,95 @@ def test_killed_run_resumes_to_the_same_step_count(teacher, tmp_path):
     with (run / "metrics.csv").open(newline="") as f:
         steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("train_kd")]
     assert sorted(steps) == sorted(set(steps)) and len(steps) == whole["global_step"]
+
+
+# --- a teacher that reads per-object features ---------------------------------------------------------------------
+
+FEATURE_FIELDS = ("features", "feature_center", "feature_scale", "feature_clip")
+
+
+@pytest.fixture(scope="module")
+def feature_teacher(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """The EcoTaxa QA ZooScan bundle (object_* in every row) with `plankton features` run, and a tiny teacher
+    fine-tuned on it with ``--features auto`` (as tests/test_features.py's end-to-end test does)."""
+    bundle = shared_data("ecotaxa", "ecotaxa-back-qa", "import_test")
+    work = tmp_path_factory.mktemp("features")
+    store = work / "store"
+    invoke("ingest", bundle, "--store", store, "--json")
+    invoke("features", "--store", store, "--json")
+    invoke("finetune", "--store", store, *TEACHER, "--label-status", "any", "--folds", "1", "--epochs", "2",
+           "--batch-size", "4", "--warmup-epochs", "0", "--workers", "0", "--features", "auto",
+           "--out", work / "ft", "--json")
+    return bundle, store, work / "ft" / "fold-0" / "model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def feature_student(feature_teacher, tmp_path_factory) -> tuple[Path, dict]:
+    _, store, model = feature_teacher
+    out = tmp_path_factory.mktemp("feature-student") / "run"
+    summary = json.loads(invoke("distill", "--teacher", model, "--store", store, *STUDENT, "--batch-size", "4",
+                                "--epochs", "2", "--warmup-epochs", "0", "--label-status", "any", "--out", out,
+                                "--json"))
+    return out, summary
+
+
+def test_student_of_a_feature_teacher_reads_the_same_features_scaled_the_same(feature_teacher, feature_student):
+    _, store, model = feature_teacher
+    out, summary = feature_student
+    teacher, student = ModelInfo.load(model), ModelInfo.load(out / "model.safetensors")
+    assert "object_area" in teacher.features and "features.esd" in teacher.features  # both kinds of feature
+    for name in FEATURE_FIELDS:  # names, median, IQR and clip: the teacher's, not refitted
+        assert getattr(student, name) == getattr(teacher, name), name
+    assert student.feature_dim == teacher.feature_dim > 0
+    loaded, _ = load_model(out / "model.safetensors")
+    assert loaded.feature_dim == teacher.feature_dim  # the head really takes them
+    # Agreement and provenance as for an image-only teacher.
+    assert student.extra["teacher_hash"] == file_hash(model) == summary["teacher_hash"]
+    assert student.extra["teacher_agreement"] == summary["teacher_agreement"] is not None
+
+
+def test_teacher_answers_are_what_predict_gives_the_teacher_with_its_features(feature_teacher, feature_student,
+                                                                             tmp_path):
+    """The cached teacher logits were computed with the teacher's feature inputs: predict (fp32, which feeds a
+    feature model its features) gives the teacher the same probabilities on every image."""
+    _, store, model = feature_teacher
+    out, _ = feature_student
+    predict(model, store=Store(store), to=["parquet"], out_dir=tmp_path, cpu_path="fp32", force=True)
+    predicted = pq.read_table(tmp_path / "predictions.parquet").to_pydict()
+    by_id = dict(zip(predicted["object_id"], np.array(predicted["probabilities"])))
+    cached = pq.read_table(out / "teacher_logits.parquet").to_pydict()
+    assert sorted(cached["object_id"]) == sorted(by_id) and len(by_id) == 11
+    logits = np.array(cached["logits"], np.float64)
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    expected = np.stack([by_id[i] for i in cached["object_id"]])
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+
+
+def test_predict_feeds_the_student_exactly_what_it_feeds_the_teacher(feature_teacher, feature_student, tmp_path):
+    bundle, store, model = feature_teacher
+    out, _ = feature_student
+    teacher, student = ModelInfo.load(model), ModelInfo.load(out / "model.safetensors")
+    items = sorted(_store_items(Store(store), instrument=None, since=None, exclude=set()), key=lambda i: i.object_id)
+    student_inputs = FeatureInputs(FeatureScaling.from_info(student))(items)
+    np.testing.assert_array_equal(student_inputs, FeatureInputs(FeatureScaling.from_info(teacher))(items))
+    # ... and what distill trained the student on (the store's rows under the teacher's scaling), bit for bit.
+    ids = [item.object_id for item in items]
+    trained = feature_matrix(store, ids, FeatureScaling.from_info(teacher), student.extra["dataset"])
+    np.testing.assert_array_equal(student_inputs, trained)
+    summary = json.loads(invoke("predict", "--store", store, "--model", out / "model.safetensors", "--to", "csv",
+                                "--out", tmp_path, "--json"))
+    assert summary["predicted"] == 11 and summary["features_lacking"] == []
+
+
+def test_feature_teacher_on_a_store_without_its_features_is_refused_in_one_line(feature_teacher, tmp_path):
+    """`features.*` needed but `plankton features` never ran here: exit 2, saying what to run, nothing written."""
+    bundle, _, model = feature_teacher
+    store = tmp_path / "store"
+    invoke("ingest", bundle, "--store", store, "--json")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, [str(a) for a in ("distill", "--teacher", model, "--store", store, *STUDENT,
+                                                       "--out", out)])
+    assert result.exit_code == 2, result.output
+    assert f"plankton features --store {store}" in result.output and "features.esd" in result.output
+    assert not (out / "config.json").exists() and not (out / "teacher_logits.parquet").exists()

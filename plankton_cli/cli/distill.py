@@ -33,7 +33,9 @@ store, and on images with a validated label the label too (--alpha). The teacher
 computed once and cached (OUT/teacher_logits.parquet). Images the teacher's fold held out (its
 split.json: validation and test), or else a --held-out fraction, are never trained on; the
 student's top-1 agreement with the teacher on them is written to model.json (teacher_agreement,
-with teacher_hash), and its test scores beside the teacher's to summary.json.
+with teacher_hash), and its test scores beside the teacher's to summary.json. A teacher
+fine-tuned with --features reads its per-object features from the store (run `plankton
+features` first when it uses features.*); the student gets the same ones, scaled the same.
 
 \b
 Outputs in OUT: model.safetensors + model.json (an ordinary model file for predict, evaluate and
