@@ -252,3 +252,18 @@ def test_feature_teacher_on_a_store_without_its_features_is_refused_in_one_line(
     assert result.exit_code == 2, result.output
     assert f"plankton features --store {store}" in result.output and "features.esd" in result.output
     assert not (out / "config.json").exists() and not (out / "teacher_logits.parquet").exists()
+
+
+def test_feature_no_image_of_the_store_has_is_refused_by_name(feature_teacher):
+    from plankton_cli.distill import feature_inputs
+    from plankton_cli.errors import UsageError
+
+    _, store, model = feature_teacher
+    info = ModelInfo.load(model)
+    info.features, info.feature_center, info.feature_scale = ["object_area", "object_nothing"], [0.0, 0.0], [1.0, 1.0]
+    ids = sorted(Store(store).dataset("objects").to_table(columns=["object_id"])["object_id"].to_pylist())
+    with pytest.raises(UsageError, match="reads object_nothing, which no image of objects"):
+        feature_inputs(info, store, "objects", ids, model)
+    info.features, info.feature_center, info.feature_scale = ["object_area"], [0.0], [1.0]
+    scaling, rows = feature_inputs(info, store, "objects", ids, model)
+    assert scaling is not None and rows is not None and set(rows) == set(ids)
