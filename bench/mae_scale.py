@@ -160,10 +160,17 @@ def main() -> None:
                         help="Pretraining epochs (the recipe's schedule for them); 40 is bench/quality.py's run, "
                              "which then reuses this one's encoder.")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default). On a shared 2-core machine 1 is several times faster: "
+                             "two threads per process oversubscribe the cores.")
     args = parser.parse_args()
     if not UVP6.is_dir():
         sys.exit(f"needs the UVP6 vignettes at {UVP6}")
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     started = time.monotonic()
     args.work.mkdir(parents=True, exist_ok=True)
     store = prepare_store(args.work)

@@ -146,6 +146,9 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=30, help="Fine-tuning epochs.")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default). On a shared 2-core machine 1 is several times faster: "
+                             "two threads per process oversubscribe the cores.")
     parser.add_argument("--scratch-feat", action="store_true", help="Also scratch with --features auto.")
     parser.add_argument("--quick", action="store_true", help="10 %% labels, 2 folds, 10 + 10 epochs.")
     args = parser.parse_args()
@@ -154,6 +157,10 @@ def main() -> None:
     if not UVP6.is_dir():
         sys.exit(f"needs the UVP6 vignettes at {UVP6}")
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     started = time.monotonic()
     args.work.mkdir(parents=True, exist_ok=True)
     store = prepare_store(args.work, features=True)
