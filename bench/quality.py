@@ -196,12 +196,14 @@ def main() -> None:
             "n_features": [r["baselines"].get("features_rf", {}).get("n_features") for r in results["mae-feat"]],
         }
         echo(f"{labels}: " + ", ".join(f"{k} {v}" for k, v in rows[-1].items() if k != "labels"))
-        write_table(args, rows, columns, document, mae_summary, time.monotonic() - started)  # after each fraction
+        # After each fraction, so that a stopped run leaves the rows it finished; printed once, at the end.
+        table = write_table(args, rows, columns, document, mae_summary, time.monotonic() - started)
+    print(table, flush=True)
 
 
 def write_table(args: argparse.Namespace, rows: list[dict], columns: list[str], document: dict, mae_summary: dict,
-                seconds: float) -> None:
-    """The table so far: printed, and WORK/quality.{md,json}."""
+                seconds: float) -> str:
+    """The table so far with its header, written to WORK/quality.{md,json}."""
     from plankton_cli.metrics import format_table_markdown
 
     table = format_table_markdown(rows, ["labels", "n_train", *columns, "gap img", "gap feat", "auto chose",
@@ -210,9 +212,9 @@ def write_table(args: argparse.Namespace, rows: list[dict], columns: list[str], 
               f"epochs (final loss {mae_summary.get('final_loss') or float('nan'):.3f}), fine-tune {args.epochs} "
               f"epochs; image-only columns use --features none; gap img = auto − pixel logreg, gap feat = MAE+feat "
               f"− best baseline; {seconds:.0f} s")
-    print(header + "\n\n" + table, flush=True)
     (args.work / "quality.md").write_text(header + "\n\n" + table + "\n")
     (args.work / "quality.json").write_text(json.dumps(document, indent=2))
+    return header + "\n\n" + table
 
 
 if __name__ == "__main__":
