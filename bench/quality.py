@@ -8,7 +8,15 @@ labelled subsets (the finetune protocol):
     scratch        the same ViT fine-tuned from random weights (`--init scratch`)
     MAE            fine-tuned from the MAE encoder pretrained here on all 1,250 images, labels unused
     auto           `--head auto`: per fold the best of MAE / kNN / linear by validation macro-F1
-    gap            auto − pixel logreg: the reference measured in the same run
+    features RF    random forest on the objects' morphometrics (the `features` baseline finetune scores when the
+                   store has features; here from `plankton features`, run on the store first)
+    scratch+feat   (--scratch-feat) scratch, with the features joined to the image (`--features auto`)
+    MAE+feat       `--features auto --head auto` from the MAE encoder: features joined to the image embedding
+    gap img        auto − pixel logreg: the reference measured in the same run
+    gap feat       MAE+feat − the best baseline (pixel logreg or features RF)
+
+The image-only columns (kNN, linear, scratch, MAE, auto) pass `--features none`: the store has features, and the
+finetune default `auto` would use them.
 
 The ViT is the demo's CPU size (48 px, patch 8, 4 blocks × 96); every recipe value other than the epochs comes
 from `plankton_cli.recipe` (nothing tuned here). Pretraining with labels unused on the images that are later
@@ -16,9 +24,10 @@ test images is the paper's "with target data" setting.
 
     .venv/bin/python bench/quality.py --quick          # 10 % labels, 2 folds, short runs: a few minutes
     .venv/bin/python bench/quality.py                  # 5, 10, 25 %, all; 5 folds
-    .venv/bin/python bench/quality.py --labels 10% --folds 2 --pretrain-epochs 40 --epochs 40   # "numbers to reach"
+    .venv/bin/python bench/quality.py --labels 5% 10% --folds 2 --pretrain-epochs 40 --epochs 40   # "numbers to reach"
 
-The store, the encoder and finished folds are kept in --work, so a re-run only does what is missing.
+The store (with its `features` dataset), the encoder and finished folds are kept in --work, so a re-run only does
+what is missing (each variant has its own run folder: image-only `mae-`/`scratch-`, with features `*-feat-`).
 """
 
 from __future__ import annotations
@@ -36,15 +45,34 @@ import numpy as np
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 UVP6 = SHARED_DATA / "images" / "uvp6-vignettes"
 DEMO_VIT = dict(model="vit_tiny_patch16_224", img_size=48, patch_size=8, depth=4, embed_dim=96, num_heads=3)
-COLUMNS = ("pixel logreg", "kNN", "linear", "scratch", "MAE", "auto")
+# Fine-tuning runs per labelled fraction: folder prefix -> (init, --head, --features).
+VARIANTS = {
+    "mae": ("mae", "auto", "none"),
+    "scratch": ("scratch", "finetune", "none"),
+    "mae-feat": ("mae", "auto", "auto"),
+    "scratch-feat": ("scratch", "finetune", "auto"),
+}
+# Table column -> (variant, what of its fold results): "macro_f1" (the chosen head), "heads.NAME", "baselines.NAME".
+COLUMNS = {
+    "pixel logreg": ("mae", "baselines.pixel_logreg"),
+    "features RF": ("mae-feat", "baselines.features_rf"),
+    "kNN": ("mae", "heads.knn"),
+    "linear": ("mae", "heads.linear"),
+    "scratch": ("scratch", "macro_f1"),
+    "MAE": ("mae", "heads.finetune"),
+    "auto": ("mae", "macro_f1"),
+    "scratch+feat": ("scratch-feat", "macro_f1"),
+    "MAE+feat": ("mae-feat", "macro_f1"),
+}
 
 
 def echo(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def prepare_store(work: Path) -> Path:
-    """UVP6 ingested and padded once into WORK/store."""
+def prepare_store(work: Path, features: bool = False) -> Path:
+    """UVP6 ingested and padded once into WORK/store; with ``features``, `plankton features` run on it too
+    (incremental: objects already measured are skipped)."""
     from plankton_cli.ingest import ingest
     from plankton_cli.pad_store import pad_dataset
     from plankton_cli.records import ReadOptions
@@ -53,31 +81,55 @@ def prepare_store(work: Path) -> Path:
     store = Store(work / "store")
     ingest(store, [UVP6], options=ReadOptions(instrument="UVP6"))
     pad_dataset(store)
+    if features:
+        from plankton_cli.features.dataset import compute_features
+
+        summary = compute_features(store)
+        echo(f"features: {summary.computed} computed, {summary.skipped} already there, {summary.n_rejected} rejected")
     return store.root
+
+
+def pretrain_config(store: Path, work: Path, epochs: int, workers: int):
+    """The one pretraining run of this bench per epoch count (bench/mae_scale.py trains the same one, with
+    snapshots, into the same folder): the demo ViT, every recipe value from ``plankton_cli.recipe``."""
+    from plankton_cli.pretrain import PretrainConfig
+
+    return PretrainConfig(store=store, out=work / f"mae-{epochs}ep", epochs=epochs, workers=workers, recon_every=0,
+                          **DEMO_VIT)
 
 
 def pretrain_encoder(store: Path, work: Path, epochs: int, workers: int) -> tuple[Path, dict]:
     """The MAE encoder (recipe-scaled), trained once per epoch count."""
-    from plankton_cli.pretrain import PretrainConfig, pretrain
+    from plankton_cli.pretrain import pretrain
 
-    out = work / f"mae-{epochs}ep"
+    config = pretrain_config(store, work, epochs, workers)
+    out = config.out
     if not (out / "summary.json").exists():
         started = time.monotonic()
-        pretrain(PretrainConfig(store=store, out=out, epochs=epochs, workers=workers, recon_every=0,
-                                **DEMO_VIT), enable_progress=False)
+        pretrain(config, enable_progress=False)
         echo(f"pretrained {epochs} epochs in {time.monotonic() - started:.0f} s")
     return out / "encoder.safetensors", json.loads((out / "summary.json").read_text())
 
 
 def finetune_run(store: Path, out: Path, init: str, labels: str, folds: int, epochs: int, head: str,
-                 workers: int) -> list[dict]:
+                 features: str, workers: int) -> list[dict]:
     """Every fold's result.json of one finetune run (finished folds are not trained again)."""
     from plankton_cli.finetune import FinetuneConfig, finetune
 
     arch = DEMO_VIT if init == "scratch" else {}
+    started = time.monotonic()
     finetune(FinetuneConfig(store=store, init=init, out=out, labels=labels, folds=folds, epochs=epochs, head=head,
-                            workers=workers, **arch), echo=lambda text: None)
+                            features=features, workers=workers, **arch), echo=lambda text: None)
+    echo(f"{out.name}: {time.monotonic() - started:.0f} s")
     return [json.loads((out / f"fold-{k}" / "result.json").read_text()) for k in range(folds)]
+
+
+def fold_values(results: list[dict], what: str) -> list[float]:
+    """Per fold test macro-F1 of ``what`` (see COLUMNS)."""
+    if what == "macro_f1":
+        return [r["macro_f1"] for r in results]
+    key, name = what.split(".")
+    return [r[key][name]["macro_f1"] for r in results]
 
 
 def macro_f1(values: list[float]) -> tuple[float, float]:
@@ -94,6 +146,10 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=30, help="Fine-tuning epochs.")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default). On a shared 2-core machine 1 is several times faster: "
+                             "two threads per process oversubscribe the cores.")
+    parser.add_argument("--scratch-feat", action="store_true", help="Also scratch with --features auto.")
     parser.add_argument("--quick", action="store_true", help="10 %% labels, 2 folds, 10 + 10 epochs.")
     args = parser.parse_args()
     if args.quick:
@@ -101,47 +157,64 @@ def main() -> None:
     if not UVP6.is_dir():
         sys.exit(f"needs the UVP6 vignettes at {UVP6}")
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     started = time.monotonic()
     args.work.mkdir(parents=True, exist_ok=True)
-    store = prepare_store(args.work)
+    store = prepare_store(args.work, features=True)
     encoder, mae_summary = pretrain_encoder(store, args.work, args.pretrain_epochs, args.workers)
+    variants = {name: v for name, v in VARIANTS.items() if args.scratch_feat or name != "scratch-feat"}
+    columns = [c for c, (variant, _) in COLUMNS.items() if variant in variants]
 
     rows, document = [], {"settings": {k: str(v) for k, v in vars(args).items()}, "pretrain": mae_summary,
                           "labels": {}}
+    runs = args.work / f"runs-ft{args.epochs}-pt{args.pretrain_epochs}-{args.folds}f"
     for labels in args.labels:
         tag = labels.replace("%", "pc").replace("/", "-")
-        runs = args.work / f"runs-ft{args.epochs}-pt{args.pretrain_epochs}-{args.folds}f"
-        mae = finetune_run(store, runs / f"mae-{tag}", str(encoder), labels, args.folds, args.epochs, "auto",
-                           args.workers)
-        scratch = finetune_run(store, runs / f"scratch-{tag}", "scratch", labels, args.folds, args.epochs,
-                               "finetune", args.workers)
-        per_fold = {
-            "pixel logreg": [r["baselines"]["pixel_logreg"]["macro_f1"] for r in mae],
-            "kNN": [r["heads"]["knn"]["macro_f1"] for r in mae],
-            "linear": [r["heads"]["linear"]["macro_f1"] for r in mae],
-            "scratch": [r["macro_f1"] for r in scratch],
-            "MAE": [r["heads"]["finetune"]["macro_f1"] for r in mae],
-            "auto": [r["macro_f1"] for r in mae],
-        }
+        results = {name: finetune_run(store, runs / f"{name}-{tag}", str(encoder) if init == "mae" else init, labels,
+                                      args.folds, args.epochs, head, features, args.workers)
+                   for name, (init, head, features) in variants.items()}
+        per_fold = {column: fold_values(results[variant], what) for column, (variant, what) in COLUMNS.items()
+                    if variant in variants}
         means = {name: macro_f1(values) for name, values in per_fold.items()}
-        gap = means["auto"][0] - means["pixel logreg"][0]
-        rows.append({"labels": labels, "n_train": int(np.mean([r["n_train"] for r in mae])),
+        best_baseline = max(("pixel logreg", "features RF"), key=lambda name: means[name][0])
+        gap_img = means["auto"][0] - means["pixel logreg"][0]
+        gap_feat = means["MAE+feat"][0] - means[best_baseline][0]
+        rows.append({"labels": labels, "n_train": int(np.mean([r["n_train"] for r in results["mae"]])),
                      **{name: f"{100 * m:.1f} ± {100 * s:.1f}" for name, (m, s) in means.items()},
-                     "gap": f"{100 * gap:+.1f}",
-                     "auto chose": ", ".join(sorted({r["head"] for r in mae}))})
-        document["labels"][labels] = {"per_fold": per_fold, "mean_std": means, "gap_auto_vs_pixel_logreg": gap,
-                                      "mae_minus_scratch": means["MAE"][0] - means["scratch"][0]}
+                     "gap img": f"{100 * gap_img:+.1f}", "gap feat": f"{100 * gap_feat:+.1f} ({best_baseline})",
+                     "auto chose": ", ".join(r["head"] for r in results["mae"]),
+                     "MAE+feat chose": ", ".join(r["head"] for r in results["mae-feat"])})
+        document["labels"][labels] = {
+            "per_fold": per_fold, "mean_std": means, "gap_auto_vs_pixel_logreg": gap_img,
+            "gap_mae_feat_vs_best_baseline": gap_feat, "best_baseline": best_baseline,
+            "mae_minus_scratch": means["MAE"][0] - means["scratch"][0],
+            "mae_feat_heads": {name: [r["heads"][name]["macro_f1"] for r in results["mae-feat"]]
+                               for name in results["mae-feat"][0]["heads"]},
+            "n_features": [r["baselines"].get("features_rf", {}).get("n_features") for r in results["mae-feat"]],
+        }
         echo(f"{labels}: " + ", ".join(f"{k} {v}" for k, v in rows[-1].items() if k != "labels"))
+        # After each fraction, so that a stopped run leaves the rows it finished; printed once, at the end.
+        table = write_table(args, rows, columns, document, mae_summary, time.monotonic() - started)
+    print(table, flush=True)
 
+
+def write_table(args: argparse.Namespace, rows: list[dict], columns: list[str], document: dict, mae_summary: dict,
+                seconds: float) -> str:
+    """The table so far with its header, written to WORK/quality.{md,json}."""
     from plankton_cli.metrics import format_table_markdown
 
-    table = format_table_markdown(rows, ["labels", "n_train", *COLUMNS, "gap", "auto chose"])
+    table = format_table_markdown(rows, ["labels", "n_train", *columns, "gap img", "gap feat", "auto chose",
+                                         "MAE+feat chose"])
     header = (f"UVP6, {args.folds} folds, macro-F1 % (mean ± std); ViT 48 px / 4 × 96, MAE {args.pretrain_epochs} "
               f"epochs (final loss {mae_summary.get('final_loss') or float('nan'):.3f}), fine-tune {args.epochs} "
-              f"epochs; gap = auto − pixel logreg; {time.monotonic() - started:.0f} s")
-    print(header + "\n\n" + table)
+              f"epochs; image-only columns use --features none; gap img = auto − pixel logreg, gap feat = MAE+feat "
+              f"− best baseline; {seconds:.0f} s")
     (args.work / "quality.md").write_text(header + "\n\n" + table + "\n")
     (args.work / "quality.json").write_text(json.dumps(document, indent=2))
+    return header + "\n\n" + table
 
 
 if __name__ == "__main__":

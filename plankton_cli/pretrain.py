@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,8 +228,12 @@ def encoder_size(config: PretrainConfig) -> tuple[int, int]:
     return vit.embed_dim, len(vit.blocks)
 
 
-def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: bool | None = None) -> dict[str, Any]:
-    """Run (or resume) MAE pretraining as ``config`` says; returns the summary (also in ``summary.json``)."""
+def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: bool | None = None,
+             callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Run (or resume) MAE pretraining as ``config`` says; returns the summary (also in ``summary.json``).
+
+    ``callbacks``: extra Lightning callbacks for the trainer (e.g. encoder snapshots at chosen epochs: the
+    module's ``mae.encoder_state_dict()``); they are not part of the run's settings."""
     started = time.monotonic()
     store = Store(config.store)
     dataset = resolve_dataset(store, config.dataset)
@@ -302,7 +307,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
         accumulate_grad_batches=recipe.accumulate,
         log_every_n_steps=config.log_every,
         checkpoint_every_n_steps=config.checkpoint_every,
-        callbacks=[RecordObjectIds(run_dir)] if config.record_ids else [],
+        callbacks=[*([RecordObjectIds(run_dir)] if config.record_ids else []), *callbacks],
         enable_progress=enable_progress,
         num_sanity_val_steps=0,
     )

@@ -122,6 +122,37 @@ def test_init_from_an_rgb_timm_checkpoint_of_another_size(store: Path, tmp_path:
     assert json.loads((run / "encoder.json").read_text())["init"] == str(checkpoint)
 
 
+def test_extra_callbacks_see_the_encoder_at_each_epoch(store: Path, tmp_path: Path) -> None:
+    """``pretrain(callbacks=...)``: a callback can snapshot the encoder before training and at each epoch end
+    (what bench/mae_scale.py does); the last snapshot is the exported encoder."""
+    from pytorch_lightning.callbacks import Callback
+
+    from plankton_cli.pretrain import PretrainConfig, pretrain
+
+    class Snapshots(Callback):
+        def __init__(self) -> None:
+            self.states: dict[int, dict[str, torch.Tensor]] = {}
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self.states[0] = pl_module.mae.encoder_state_dict()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self.states[trainer.current_epoch + 1] = pl_module.mae.encoder_state_dict()
+
+    snapshots = Snapshots()
+    run = tmp_path / "run"
+    summary = pretrain(PretrainConfig(
+        store=store, out=run, **TINY_ARCH, model="vit_tiny_patch16_224", decoder_depth=1, decoder_dim=32,
+        decoder_heads=2, batch_size=32, effective_batch=32, warmup_epochs=0, epochs=2, workers=0, recon_every=0,
+    ), enable_progress=False, callbacks=[snapshots])
+    assert summary["epochs"] == 2 and sorted(snapshots.states) == [0, 1, 2]
+    exported = load_file(run / "encoder.safetensors")
+    for name, value in exported.items():
+        torch.testing.assert_close(snapshots.states[2][name], value)
+    assert not torch.equal(snapshots.states[0]["blocks.0.attn.qkv.weight"], exported["blocks.0.attn.qkv.weight"])
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2  # callbacks are not settings
+
+
 def _checkpoint_step(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
 
