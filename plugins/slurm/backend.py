@@ -103,6 +103,12 @@ class SlurmJobHandle:
         while not self._all_results() and state not in FINISHED_STATES:
             time.sleep(poll_s)
             state = slurm_state(self.job_id)
+        # The results are written before SLURM ends the job (epilogue, accounting): give it a moment to say so, so
+        # that `state()` after `wait()` is final. Bounded: a cluster whose tools know no finished job never would.
+        deadline = time.monotonic() + 60
+        while state not in FINISHED_STATES and time.monotonic() < deadline:
+            time.sleep(min(poll_s, 1.0))
+            state = slurm_state(self.job_id)
         # Tasks that exited by themselves wrote a result, which a slow shared file system may show late.
         # Cancelled or killed ones never will.
         if state in ("COMPLETED", "FAILED"):
