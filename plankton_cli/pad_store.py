@@ -11,8 +11,8 @@ Guarantees, each tested:
 By default the padded pixels are not stored: a row keeps the crop and padding it got (`crop_*`, `pad_*`, and
 `on-read=<source>` in `pad_settings`) and readers pad the source's pixels again on read (`data/pad_on_read.py`),
 which gives the same pixels because padding is deterministic. `bench/pad_on_read.py` measured the training loader
-padding on read at 2.4-3.9x an ImageFolder of padded PNGs, where stored pixels cost 6.8x the originals' disk
-(issue 10's rule: keep only the parameters when the loader stays >= 1.5x ImageFolder). `store_pixels=True` keeps
+padding on read at 1.7-2.0x an ImageFolder of padded PNGs (stored pixels: 2.7-3.2x), where stored pixels cost 6.7x
+the originals' disk (issue 10's rule: keep only the parameters when the loader stays >= 1.5x ImageFolder). `store_pixels=True` keeps
 the PNGs too, for reading the padded squares outside plankton (pyarrow, duckdb, Hugging Face `datasets`).
 
 Workers pad whole row groups in forked processes (each opens the Parquet file itself); the parent is the only
