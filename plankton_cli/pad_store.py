@@ -33,7 +33,6 @@ from multiprocessing.pool import Pool
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -366,19 +365,16 @@ class _Run:
     def _drop_old_rows(self) -> int:
         """Rewrite every target file holding a row in `to_drop` without it (new name; the old file is deleted)."""
         drop, self.to_drop = self.to_drop, set()
-        files = sorted({self.files_by_id[oid] for oid in drop if oid in self.files_by_id})
-        dropped = 0
-        for rel in files:
-            table = pq.read_table(self.store.root / rel, schema=self.schema.file_schema)
-            gone = pc.is_in(table["object_id"], pa.array(sorted(drop), pa.string()))
-            dropped += pc.sum(gone).as_py() or 0
-            new_rel = self.session.remove_rows(rel, table, gone, self.schema)
-            for oid in table["object_id"].to_pylist():
-                if self.files_by_id.get(oid) == rel:
-                    if new_rel is None or oid in drop:
-                        del self.files_by_id[oid]
-                    else:
-                        self.files_by_id[oid] = new_rel
+        files = {self.files_by_id[oid] for oid in drop if oid in self.files_by_id}
+        dropped, replaced = self.session.remove_ids(files, drop, self.schema)
+        for oid, rel in list(self.files_by_id.items()):
+            if rel not in replaced:
+                continue
+            new_rel = replaced[rel]
+            if new_rel is None or oid in drop:
+                del self.files_by_id[oid]
+            else:
+                self.files_by_id[oid] = new_rel
         return dropped
 
 

@@ -115,13 +115,27 @@ def list_row_groups(
     A padded dataset that pads on read lists its source's row groups for those rows (``pad_on_read``):
     the images, labels and metadata are read from the source.
     """
+    return image_row_groups(dataset_dir, instruments=instruments, object_ids=object_ids,
+                            labelled_only=labelled_only, classes=classes)[0]
+
+
+def image_row_groups(
+    dataset_dir: str | Path,
+    *,
+    instruments: Collection[str] | None = None,
+    object_ids: Collection[str] | None = None,
+    labelled_only: bool = False,
+    classes: Collection[str] | None = None,
+) -> tuple[list[RowGroup], PadOnRead | None]:
+    """``list_row_groups`` and, for a dataset that pads on read, how to pad its ``pad_on_read`` groups' images
+    (read once, for readers of the pixels)."""
     groups = _list_row_groups(dataset_dir, instruments, object_ids, labelled_only, classes)
     plan = pad_on_read_plan(dataset_dir)
     if plan is not None:
         ids = plan.params.keys() if object_ids is None else set(object_ids) & plan.params.keys()
         groups += [RowGroup(g.path, g.index, g.rows, g.dataset_dir, pad_on_read=True)
                    for g in _list_row_groups(plan.source_dir, instruments, ids, labelled_only, classes)]
-    return groups
+    return groups, plan
 
 
 def _list_row_groups(
@@ -257,11 +271,9 @@ class StoreDataset(IterableDataset):
         self.shuffle_window = max(1, shuffle_window) if shuffle else 1
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
-        self.row_groups = list_row_groups(
+        self.row_groups, self._pad = image_row_groups(
             dataset_dir, instruments=instruments, object_ids=object_ids, labelled_only=labelled_only, classes=classes
         )
-        self._pad: PadOnRead | None = pad_on_read_plan(dataset_dir) if any(
-            g.pad_on_read for g in self.row_groups) else None
         self._label_index = {name: i for i, name in enumerate(self.classes or [])}
         self._image_column = self._find_image_column()
         # (epoch, first sample) in shared memory, so persistent workers see set_epoch/load_state_dict.

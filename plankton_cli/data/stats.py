@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from plankton_cli.atomic import atomic_write_json
-from plankton_cli.data.dataset import list_data_files, list_row_groups
+from plankton_cli.data.dataset import image_row_groups, list_data_files
 from plankton_cli.data.pad_on_read import pad_on_read_plan
 from plankton_cli.data.transforms import resize_to_array
 
@@ -42,8 +42,7 @@ def compute_mean_std(
     dataset_dir: str | Path, *, resize: int = 256, max_images: int | None = 10_000, seed: int = 0
 ) -> dict[str, Any]:
     """Mean and std of pixel values (0–1) over up to ``max_images`` images resized to ``resize``²."""
-    groups = list_row_groups(dataset_dir)
-    plan = pad_on_read_plan(dataset_dir) if any(g.pad_on_read for g in groups) else None
+    groups, plan = image_row_groups(dataset_dir)
     total = sum(g.n_rows for g in groups)
     if total == 0:
         raise ValueError(f"{dataset_dir} holds no images")

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -73,7 +72,10 @@ def compute_features(store: Store, *, lock_timeout: float = 60.0,
     with store.locked(timeout=lock_timeout):
         done = _measured(store)
         rejected_before = _rejected_before(store)
-        run = _Run(store, run_id, done)
+        schema = load_schema(DATASET)
+        session = WriteSession(store.root, run_id, COMMAND)
+        session.writer(DATASET, schema)
+        to_drop: set[str] = set()  # ids whose stored row goes in the commit
         seen: set[str] = set()
         try:
             for path in store.files("objects"):
@@ -95,7 +97,7 @@ def compute_features(store: Store, *, lock_timeout: float = 60.0,
                             else:
                                 todo.append(offset)
                                 if stored is not None:
-                                    run.to_drop.add(row["object_id"])
+                                    to_drop.add(row["object_id"])
                         if not todo:
                             continue
                         images = file.read_row_group(group, columns=["image"]).take(todo)["image"].to_pylist()
@@ -111,14 +113,14 @@ def compute_features(store: Store, *, lock_timeout: float = 60.0,
                                 summary.rejected[type(exc).__name__] += 1
                                 log.warning("rejected %s (%s, row %s): %s", row["object_id"], row["source_file"],
                                             row["source_row"], exc)
-                                run.session.reject({
+                                session.reject({
                                     "source_key": row["source_key"], "source_file": row["source_file"],
                                     "object_id": row["object_id"],
                                     "source_row": None if row["source_row"] is None else str(row["source_row"]),
                                     "reason": reason, "rejected_at": now,
                                 })
                                 continue
-                            run.session.add(DATASET, {
+                            session.add(DATASET, {
                                 "object_id": row["object_id"], "instrument": row["instrument"],
                                 "content_hash": row["content_hash"], "features_settings": SETTINGS,
                                 "pixel_size_um": row["pixel_size_um"], "run": run_id, "computed_at": now,
@@ -127,44 +129,15 @@ def compute_features(store: Store, *, lock_timeout: float = 60.0,
                             summary.computed += 1
                         if on_progress:
                             on_progress(len(todo))
-            run.to_drop |= set(done) - seen  # objects that left `objects`
+            to_drop |= set(done) - seen  # objects that left `objects`
+            summary.removed, _ = session.remove_ids({done[oid][2] for oid in to_drop}, to_drop, schema)
             # One commit for the whole run (unlike pad's commit every ~256 MB): feature rows are small, and a
             # run that fails part-way then leaves the store exactly as before.
-            summary.removed = run.commit()
+            session.commit()
         except BaseException:
-            run.session.abort()
+            session.abort()
             raise
     return summary
-
-
-class _Run:
-    """One features run's session and the old rows its commit drops (as `pad_store._Run`)."""
-
-    def __init__(self, store: Store, run_id: str, done: dict[str, tuple[str, str, str]]):
-        self.store = store
-        self.schema = load_schema(DATASET)
-        self.session = WriteSession(store.root, run_id, COMMAND)
-        self.session.writer(DATASET, self.schema)
-        self.done = done  # object_id -> (content_hash, features_settings, store-relative file) of stored rows
-        self.to_drop: set[str] = set()  # ids whose stored row goes in the commit
-
-    def commit(self) -> int:
-        """Commit what is staged, dropping the old rows it replaces; returns how many old rows were dropped."""
-        dropped = self._drop_old_rows()
-        self.session.commit()
-        return dropped
-
-    def _drop_old_rows(self) -> int:
-        """Rewrite every `features` file holding a row in `to_drop` without it (new name; the old one is deleted)."""
-        drop, self.to_drop = self.to_drop, set()
-        ids = pa.array(sorted(drop), pa.string())
-        dropped = 0
-        for rel in sorted({self.done[oid][2] for oid in drop}):
-            table = pq.read_table(self.store.root / rel, schema=self.schema.file_schema)
-            gone = pc.is_in(table["object_id"], ids)
-            dropped += pc.sum(gone).as_py() or 0
-            self.session.remove_rows(rel, table, gone, self.schema)
-        return dropped
 
 
 def _measured(store: Store) -> dict[str, tuple[str, str, str]]:

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from collections.abc import Collection, Iterable
+
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from plankton_cli.store.schema import DatasetSchema, load_schema
 from plankton_cli.store.transaction import Transaction
@@ -56,6 +60,20 @@ class WriteSession:
     def remove_rows(self, rel: str, table: pa.Table, drop, schema: DatasetSchema) -> str | None:
         """Replace the committed file `rel` (holding `table`) by one without the rows where `drop` is true."""
         return stage_rewrite(self.txn, rel, table, drop, schema)
+
+    def remove_ids(self, files: Iterable[str], ids: Collection[str], schema: DatasetSchema
+                   ) -> tuple[int, dict[str, str | None]]:
+        """Replace each committed file of `files` by one without the rows whose `object_id` is in `ids`.
+
+        Returns (rows removed, old file -> its replacement, None when no row was left)."""
+        values = pa.array(sorted(ids), pa.string())
+        removed, replaced = 0, {}
+        for rel in sorted(set(files)):
+            table = pq.read_table(self.root / rel, schema=schema.file_schema)
+            gone = pc.is_in(table["object_id"], values)
+            removed += pc.sum(gone).as_py() or 0
+            replaced[rel] = self.remove_rows(rel, table, gone, schema)
+        return removed, replaced
 
     def stage(self, final: str) -> Path:
         """A path for a whole file (e.g. the manifest) that replaces `final` on commit."""
