@@ -118,15 +118,15 @@ def knn_scores(vectors: dict[str, np.ndarray], splits: list, label_of: dict[str,
                classes: list[str]) -> dict[str, list[float]]:
     """Per fold: macro-F1 and accuracy of the cosine kNN head fitted on the fold's training ids."""
     from plankton_cli import metrics as M
-    from plankton_cli.finetune.heads import fit_and_predict
+    from plankton_cli.finetune.heads import fit_head, head_probabilities
 
     index = {name: i for i, name in enumerate(classes)}
     scores: dict[str, list[float]] = {"macro_f1": [], "accuracy": []}
     for split in splits:
         x_train = np.stack([vectors[i] for i in split.train])
         y_train = np.array([index[label_of[i]] for i in split.train])
-        (probabilities,) = fit_and_predict("knn", x_train, y_train, [np.stack([vectors[i] for i in split.test])],
-                                           len(classes))
+        head = fit_head("knn", x_train, y_train, len(classes))
+        probabilities = head_probabilities(head, np.stack([vectors[i] for i in split.test]))
         result = M.classification_metrics([label_of[i] for i in split.test],
                                           [classes[p] for p in probabilities.argmax(1)], classes)
         for metric in scores:

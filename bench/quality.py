@@ -11,7 +11,9 @@ labelled subsets (the finetune protocol):
     features RF    random forest on the objects' morphometrics (the `features` baseline finetune scores when the
                    store has features; here from `plankton features`, run on the store first)
     scratch+feat   (--scratch-feat) scratch, with the features joined to the image (`--features auto`)
-    MAE+feat       `--features auto --head auto` from the MAE encoder: features joined to the image embedding
+    MAE+feat       `--features auto --head auto` from the MAE encoder: per fold the best by validation macro-F1 of
+                   fine-tuning with the features joined to the image embedding, linear / kNN on embedding +
+                   features, and a random forest on the features alone (`--head forest`)
     gap img        auto − pixel logreg: the reference measured in the same run
     gap feat       MAE+feat − the best baseline (pixel logreg or features RF)
 

@@ -28,6 +28,7 @@ from plankton_cli.errors import UsageError
 FORMAT_VERSION = 1
 ENCODER_FORMAT = "plankton-cli/encoder"
 MODEL_FORMAT = "plankton-cli/model"
+HEADS = ("finetune", "linear", "knn", "forest")
 ARCH_KEYS = ("architecture", "img_size", "in_chans", "patch_size", "embed_dim", "depth", "num_heads")
 
 
@@ -56,7 +57,8 @@ class ModelInfo:
     # model only: the head and what its outputs mean
     classes: list[str] = field(default_factory=list)
     num_classes: int | None = None
-    hidden_dim: int | None = None
+    head: str | None = None  # finetune (also None): the bottleneck; linear | knn | forest: fitted_heads
+    hidden_dim: int | None = None  # the bottleneck's width
     thresholds: dict[str, float] | None = None  # class -> lowest top probability that keeps target precision
     threshold_target_precision: float | None = None
     thresholds_unreached: list[str] = field(default_factory=list)
@@ -82,6 +84,12 @@ class ModelInfo:
     @property
     def is_model(self) -> bool:
         return self.format == MODEL_FORMAT
+
+    @property
+    def head_kind(self) -> str:
+        """The model's head: ``finetune`` (the bottleneck; files written before heads were stored say nothing)
+        or a fitted ``linear``/``knn``/``forest`` head."""
+        return self.head or "finetune"
 
     @property
     def feature_dim(self) -> int:
@@ -145,7 +153,9 @@ class ModelInfo:
         if not all(isinstance(r, str) for r in self.pad_settings):
             fail("pad_settings", "must be a list of '<instrument>: <settings>' lines")
         if self.is_model:
-            for key in ("num_classes", "hidden_dim"):
+            if self.head_kind not in HEADS:
+                fail("head", f"is {self.head!r}, expected one of {', '.join(HEADS)}")
+            for key in ("num_classes", *(("hidden_dim",) if self.head_kind == "finetune" else ())):
                 if getattr(self, key) is None:
                     fail(key, "is required in a model file")
             if len(self.classes) != self.num_classes or not all(isinstance(c, str) for c in self.classes):

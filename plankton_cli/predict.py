@@ -286,11 +286,11 @@ def predict(
                 inputs = torch.stack([preprocess(item) for item in batch]).to(dev, non_blocking=True)
                 extra = (torch.from_numpy(feature_inputs(batch)).to(dev, non_blocking=True) if feature_inputs
                          else None)
-                with autocast:
-                    features = model.forward_features(inputs)
+                with autocast:  # a forest head reads the features only: no ViT to run unless embeddings are kept
+                    features = model.forward_features(inputs) if model.reads_image or embeddings else None
                     logits = model.classify(features, extra)
                 probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
-                feats = features.float().cpu().numpy() if embeddings else None
+                feats = features.float().cpu().numpy() if embeddings and features is not None else None
                 preds = []
                 for i, item in enumerate(batch):
                     p = probs[i]

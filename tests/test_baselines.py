@@ -8,7 +8,7 @@ import pytest
 from conftest import shared_data
 from plankton_cli.features.inputs import object_features
 from plankton_cli.finetune.baselines import feature_names, score_baselines
-from plankton_cli.finetune.heads import design_matrix, fit_and_predict
+from plankton_cli.finetune.heads import design_matrix, fit_head, head_probabilities
 from plankton_cli.ingest import ingest
 from plankton_cli.protocol import Split
 from plankton_cli.store import Store
@@ -58,7 +58,7 @@ def test_design_matrix_takes_extra_columns_and_heads_use_them():
     with pytest.raises(ValueError, match="rows"):
         design_matrix(embeddings, extra[:10])
     train, test = np.arange(40) % 2 == 0, np.arange(40) % 2 == 1
-    for kind in ("linear", "knn"):
-        (probabilities,) = fit_and_predict(kind, x[train], labels[train], [x[test]], n_classes=3)
+    for kind in ("linear", "knn", "forest"):
+        probabilities = head_probabilities(fit_head(kind, x[train], labels[train], n_classes=3), x[test])
         assert probabilities.shape == (20, 3) and np.allclose(probabilities.sum(axis=1), 1)
         assert (probabilities.argmax(axis=1) == labels[test]).mean() == 1.0

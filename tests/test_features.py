@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
@@ -245,6 +246,37 @@ def test_finetune_features_auto_then_predict_end_to_end(ecotaxa_store, tmp_path,
     assert on_bins["predicted"] > 0
     lacking = on_bins["features_lacking"]
     assert lacking and all(".roi lacks object_" in line and "features." not in line for line in lacking)
+
+
+def test_forest_head_is_the_model_file_and_predict_gives_its_test_probabilities(ecotaxa_store, tmp_path):
+    """`--head forest`: no training; the fold's model file carries the forest, and predict's probabilities on the
+    fold's test objects are the ones the fold was scored with."""
+    _, store = ecotaxa_store
+    out = tmp_path / "forest"
+    summary = invoke("finetune", "--store", store.root, "--init", "scratch", *TINY, "--label-status", "any",
+                     "--folds", "1", "--workers", "0", "--features", "auto", "--head", "forest", "--out", out,
+                     "--json")
+    assert summary["complete"] and set(summary["heads"]) == {"forest"}
+    info = ModelInfo.load(out / "fold-0" / "model.json")
+    assert info.head_kind == "forest" and info.hidden_dim is None and info.feature_dim > 0
+    assert not (out / "fold-0" / "metrics.csv").exists()  # nothing was trained
+
+    invoke("predict", "--store", store.root, "--model", out / "fold-0" / "model.safetensors", "--to", "parquet",
+           "--out", tmp_path / "p", "--json")
+    predicted = pq.read_table(tmp_path / "p", columns=["object_id", "probabilities"]).to_pylist()
+    by_id = {row["object_id"]: row["probabilities"] for row in predicted}
+    scored = pq.read_table(out / "fold-0" / "test_predictions.parquet").to_pylist()
+    assert scored
+    for row in scored:
+        np.testing.assert_allclose(by_id[row["object_id"]], row["probabilities"], atol=1e-6)
+
+
+def test_forest_head_without_features_is_refused_in_one_line(ecotaxa_store, tmp_path):
+    _, store = ecotaxa_store
+    result = CliRunner().invoke(cli, [str(a) for a in (
+        "finetune", "--store", store.root, "--init", "scratch", *TINY, "--label-status", "any", "--folds", "1",
+        "--workers", "0", "--features", "none", "--head", "forest", "--out", tmp_path / "f")])
+    assert result.exit_code == 2 and "--head forest reads the objects' features" in result.output
 
 
 def test_new_settings_measure_again_and_replace_the_old_rows_in_one_commit(tmp_path, ifcb_bins, monkeypatch):

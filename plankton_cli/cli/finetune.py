@@ -21,7 +21,7 @@ Examples:
       --labels 1% --out runs/imagenet-1       # the paper's ImageNet baseline, from a local file
   plankton finetune --init scratch --model vit_small_patch16_224 --img-size 96 --labels all --out runs/scratch
   plankton finetune --init runs/mae --labels 10/class --instrument IFCB --folds 1 --out runs/ifcb-10
-  plankton finetune --init runs/mae --labels 1% --head auto --out runs/auto-1   # + linear probe, k-NN
+  plankton finetune --init runs/mae --labels 1% --head auto --out runs/auto-1   # + linear, k-NN, forest
   plankton finetune --init runs/mae --features 'object_*' --out runs/ft-eco   # EcoTaxa morphometrics too
   # one SLURM job per fold (each writes fold-K/; the last to finish writes the full summary)
   for k in 0 1 2 3 4; do plankton finetune --init runs/mae --labels 5% --fold $k --out runs/ft-5 \\
@@ -92,11 +92,12 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
               help="Per-object features beside the image: auto (those >= 90 % of labelled images have), none, "
                    "or names/patterns, e.g. 'object_*,features.esd'.")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop each fold after N optimizer steps (smoke tests).")
-@click.option("--head", type=click.Choice(["finetune", "linear", "knn", "auto"]), default="finetune",
+@click.option("--head", type=click.Choice(["finetune", "linear", "knn", "forest", "auto"]), default="finetune",
               show_default=True,
               help="finetune: train the whole ViT; linear / knn: a logistic regression / cosine k-NN on the frozen "
-                   "encoder's embeddings (seconds; no model file for predict); auto: all three, keeping per fold the "
-                   "best by validation macro-F1 (every candidate's score is in the results).")
+                   "encoder's embeddings (+ features); forest: a random forest on the features alone (seconds each); "
+                   "auto: all of them, keeping per fold the best by validation macro-F1 (every candidate's score is "
+                   "in the results). The head kept is the fold's model file for predict.")
 @click.option("--model", "model_name", metavar="NAME",
               help="timm ViT name for --init scratch or a timm checkpoint file, e.g. vit_large_patch16_224.")
 @click.option("--img-size", type=click.IntRange(min=8), metavar="PX",
@@ -174,7 +175,4 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
                    "loses_to": summary["loses_to"]})
         return
     click.echo((out / "summary.md").read_text(encoding="utf-8"))
-    if head in ("linear", "knn"):
-        click.echo(f"results in {out}/ (summary.md; --head {head} writes no model file for `plankton predict`)")
-    else:
-        click.echo(f"results in {out}/ (summary.md, fold-*/model.safetensors for `plankton predict`)")
+    click.echo(f"results in {out}/ (summary.md, fold-*/model.safetensors for `plankton predict`)")

@@ -19,7 +19,14 @@ from plankton_cli import metrics as M
 from plankton_cli.data import EvalTransform, StoreDataLoader, TrainTransform
 from plankton_cli.finetune.baselines import score_baselines
 from plankton_cli.finetune.config import FinetuneConfig
-from plankton_cli.finetune.heads import CHEAP_HEADS, design_matrix, embed, fit_and_predict
+from plankton_cli.finetune.heads import (
+    CHEAP_HEADS,
+    FEATURE_ONLY_HEADS,
+    design_matrix,
+    embed,
+    fit_head,
+    head_probabilities,
+)
 from plankton_cli.finetune.model import (
     ClassifierModule,
     build_classifier,
@@ -29,6 +36,7 @@ from plankton_cli.finetune.model import (
 )
 from plankton_cli.finetune.pool import LabelledPool, PoolFeatures, store_loader
 from plankton_cli.models import save_model
+from plankton_cli.models.fitted_heads import FittedHead
 from plankton_cli.model_info import MODEL_FORMAT, ModelInfo
 from plankton_cli.protocol import Split
 from plankton_cli.recipe import Recipe, resolve_recipe
@@ -53,8 +61,9 @@ def run_fold(
     baselines on the same split; write the fold's files. Returns its result (None on ranks other than 0).
 
     ``head``: ``finetune`` trains the whole classifier; ``linear``/``knn`` fit a cheap head on the frozen
-    embeddings of the initial encoder instead (no model file: they are an evaluation); ``auto`` does all three and
-    keeps the best by validation macro-F1 (the fine-tuned model is the one saved for predict).
+    embeddings of the initial encoder instead, ``forest`` on the feature input alone; ``auto`` does all of them
+    (the forest when there are features) and keeps the best by validation macro-F1. The head kept is the fold's
+    model file, with precision thresholds from its own validation probabilities.
     """
     from plankton_cli.training import CHECKPOINT_DIR, write_json_atomic
 
@@ -74,53 +83,66 @@ def run_fold(
 
     # Candidates: name -> (validation labels, validation probabilities, test ids, test labels, test probabilities).
     candidates: dict[str, tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]] = {}
-    cheap = list(CHEAP_HEADS) if config.head == "auto" else [h for h in CHEAP_HEADS if h == config.head]
+    fitted: dict[str, FittedHead] = {}
+    cheap = [h for h in CHEAP_HEADS if config.head in (h, "auto")]
+    if scaling is None:  # a forest reads the features only; without them it is not a candidate
+        cheap = [h for h in cheap if h not in FEATURE_ONLY_HEADS]
     if cheap:  # before any training: the heads sit on the encoder as it was given
+        initial_encoder = {k: v.detach().clone() for k, v in model.encoder.state_dict().items()}
         (train_ids, y_train, x_train), (val_ids, y_val, x_val), (test_ids, y_test, x_test) = (
             embed(model, loader(ids, False)) for ids in (split.train, split.val, split.test))
 
-        def inputs(ids: list[str], x: np.ndarray) -> np.ndarray:  # the features the fine-tuned head gets too
+        def inputs(kind: str, ids: list[str], x: np.ndarray) -> np.ndarray:  # what the head reads
             if scaling is None or feature_inputs is None:
                 return design_matrix(x)
             rows = [feature_inputs[i] for i in ids]
-            return design_matrix(x, np.stack(rows) if rows else np.zeros((0, scaling.width), np.float32))
+            extra = np.stack(rows) if rows else np.zeros((0, scaling.width), np.float32)
+            if kind in FEATURE_ONLY_HEADS:
+                # The values only: a forest draws √(columns) candidates per split, and the missing indicators
+                # (constant when every object has every feature) would crowd them out (−1 to −3 points on UVP6).
+                # Missing values are 0, the training median: the baseline's median imputation. The head still
+                # reads the whole input: the values come first in it, so the trees' column numbers are the same.
+                return extra[:, :len(scaling.names)]
+            return design_matrix(x, extra)
 
         for kind in cheap:
-            val_p, test_p = fit_and_predict(kind, inputs(train_ids, x_train), y_train,
-                                            [inputs(val_ids, x_val), inputs(test_ids, x_test)], len(classes),
-                                            config.seed)
-            candidates[kind] = (y_val, val_p, test_ids, y_test, test_p)
+            fitted[kind] = fit_head(kind, inputs(kind, train_ids, x_train), y_train, len(classes), config.seed)
+            candidates[kind] = (y_val, head_probabilities(fitted[kind], inputs(kind, val_ids, x_val)), test_ids, y_test,
+                                head_probabilities(fitted[kind], inputs(kind, test_ids, x_test)))
 
     finetuned = None
     if config.head in ("finetune", "auto"):
         finetuned = _train(config, split, model, recipe, fold_dir, loader, feature_inputs)
         if finetuned is None:
             return None  # a DDP rank other than 0
-        (val_labels, val_logits), (test_ids, test_labels, test_logits), best = finetuned
+        (val_labels, val_logits), (test_ids, test_labels, test_logits), _ = finetuned
         candidates["finetune"] = (val_labels, softmax(val_logits), test_ids, test_labels, softmax(test_logits))
-        thresholds, unreached = precision_thresholds(softmax(val_logits), val_labels, classes,
-                                                     config.target_precision)
-        info = ModelInfo.from_dict({
-            **inherited, **dataset_info, **model.arch,  # the fine-tuning data's padding is what predict must match
-            "format": MODEL_FORMAT, "classes": classes, "mean": [mean], "std": [std], "resize": resize,
-            "crop": img_size, "thresholds": thresholds, "threshold_target_precision": config.target_precision,
-            "thresholds_unreached": unreached, **(scaling.info_fields() if scaling else {}),
-            "source": f"{inherited.get('source', '')}; plankton finetune fold {split.fold} of {config.out}".lstrip("; "),
-        }, where=str(fold_dir / "model.json"))
-        save_model(fold_dir, model.state_dict(), info)
 
     heads = {name: _head_scores(classes, *candidate) for name, candidate in candidates.items()}
     # Ties go to the cheaper head: it is the simpler explanation of the same score.
     chosen = max(heads, key=lambda name: (heads[name]["val_macro_f1"], name != "finetune"))
-    _, _, test_ids, test_labels, test_probabilities = candidates[chosen]
+    val_labels, val_probabilities, test_ids, test_labels, test_probabilities = candidates[chosen]
+    if chosen != "finetune":  # the fitted head on the encoder as it was given, whatever fine-tuning did to it
+        model.encoder.load_state_dict(initial_encoder)
+        model.use_fitted_head(fitted[chosen])
+    # The model file is the chosen head's, so predict gives what the fold was scored with.
+    thresholds, unreached = precision_thresholds(val_probabilities, val_labels, classes, config.target_precision)
+    info = ModelInfo.from_dict({
+        **inherited, **dataset_info, **model.arch,  # the fine-tuning data's padding is what predict must match
+        "format": MODEL_FORMAT, "classes": classes, "mean": [mean], "std": [std], "resize": resize,
+        "crop": img_size, "thresholds": thresholds, "threshold_target_precision": config.target_precision,
+        "thresholds_unreached": unreached, **(scaling.info_fields() if scaling else {}),
+        "source": f"{inherited.get('source', '')}; plankton finetune fold {split.fold} of {config.out}".lstrip("; "),
+    }, where=str(fold_dir / "model.json"))
+    save_model(fold_dir, model.state_dict(), info)
     result = _score_fold(split, pool, classes, test_ids, test_labels, test_probabilities, fold_dir)
     result["head"] = chosen
     result["heads"] = heads
     result["val_macro_f1"] = heads[chosen]["val_macro_f1"]
-    result["model_file"] = str(fold_dir / "model.safetensors") if finetuned else None
-    if finetuned:
+    result["model_file"] = str(fold_dir / "model.safetensors")
+    result["thresholds"] = thresholds
+    if finetuned and chosen == "finetune":
         result["best_checkpoint"] = finetuned[2]
-        result["thresholds"] = thresholds
     result["recipe"] = recipe.to_dict()
     result["baselines"] = score_baselines(dataset_dir, split, pool.label_of(), classes, config.seed)
     if (fold_dir / "metrics.csv").exists():

@@ -1,25 +1,33 @@
-"""Cheap heads on frozen embeddings: a linear probe and a k-nearest-neighbour classifier (scikit-learn).
+"""Cheap heads fitted with scikit-learn: a linear probe and a k-nearest-neighbour classifier on frozen embeddings,
+and a random forest on the objects' features.
 
-These are the standard evaluations of a self-supervised encoder and take seconds; with 1-5 % labels they often
-beat fine-tuning, which has too few images to move a ViT well. ``--head auto`` fits both beside fine-tuning and
-keeps, per fold, whichever scores the best validation macro-F1.
+The first two are the standard evaluations of a self-supervised encoder and take seconds; with 1-5 % labels they
+often beat fine-tuning, which has too few images to move a ViT well. The forest is what EcoTaxa's classifier does
+with morphometrics, and with a few dozen labels it is hard to beat. ``--head auto`` fits them beside fine-tuning
+and keeps, per fold, whichever scores the best validation macro-F1; the one kept becomes the fold's model file
+(``models.fitted_heads`` turns the fitted estimator into tensors).
 
-The classifiers see a *design matrix*: the pooled encoder embedding, to which ``design_matrix`` concatenates any
-extra per-object columns (standardised numeric features, for instance) given as a second matrix.
+Linear and kNN see a *design matrix*: the pooled encoder embedding, to which ``design_matrix`` concatenates any
+extra per-object columns (standardised numeric features, for instance) given as a second matrix; the forest sees
+the feature columns only (the same standardised input the fine-tuned head gets).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from plankton_cli.data import StoreDataLoader
 
-CHEAP_HEADS = ("linear", "knn")
+if TYPE_CHECKING:
+    from plankton_cli.models.fitted_heads import FittedHead
+
+CHEAP_HEADS = ("linear", "knn", "forest")
+FEATURE_ONLY_HEADS = ("forest",)
 KNN_NEIGHBOURS = 10
+FOREST_TREES = 300  # as the features baseline (finetune.baselines.features_rf)
 
 
 @torch.no_grad()
@@ -52,8 +60,9 @@ def design_matrix(embeddings: np.ndarray, extra: np.ndarray | None = None) -> np
 
 
 def make_head(kind: str, n_train: int, seed: int = 0) -> Any:
-    """An unfitted scikit-learn classifier: ``linear`` (standardised, L2 logistic regression) or ``knn``
-    (cosine distance, distance-weighted, k = min(10, training images))."""
+    """An unfitted scikit-learn classifier: ``linear`` (standardised, L2 logistic regression), ``knn`` (cosine
+    distance, distance-weighted, k = min(10, training images)) or ``forest`` (300 trees)."""
+    from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
@@ -64,19 +73,19 @@ def make_head(kind: str, n_train: int, seed: int = 0) -> Any:
     if kind == "knn":
         return KNeighborsClassifier(n_neighbors=max(1, min(KNN_NEIGHBOURS, n_train)), metric="cosine",
                                     weights="distance")
+    if kind == "forest":
+        return RandomForestClassifier(n_estimators=FOREST_TREES, random_state=seed, n_jobs=1)
     raise ValueError(f"unknown head {kind!r}; expected one of {', '.join(CHEAP_HEADS)}")
 
 
-def probabilities(estimator: Any, x: np.ndarray, n_classes: int) -> np.ndarray:
-    """``predict_proba`` over all ``n_classes`` (columns of classes absent from training stay 0)."""
-    full = np.zeros((len(x), n_classes), np.float32)
-    if len(x):
-        full[:, estimator.classes_] = estimator.predict_proba(x)
-    return full
+def fit_head(kind: str, x_train: np.ndarray, y_train: np.ndarray, n_classes: int, seed: int = 0) -> FittedHead:
+    """Fit a ``kind`` head on the training rows, as the torch module a model file carries."""
+    from plankton_cli.models.fitted_heads import fitted_head
+
+    return fitted_head(make_head(kind, len(y_train), seed).fit(x_train, y_train), kind, n_classes)
 
 
-def fit_and_predict(kind: str, x_train: np.ndarray, y_train: np.ndarray, others: Sequence[np.ndarray],
-                    n_classes: int, seed: int = 0) -> list[np.ndarray]:
-    """Fit a ``kind`` head on the training rows; class probabilities for each matrix of ``others``."""
-    estimator = make_head(kind, len(y_train), seed).fit(x_train, y_train)
-    return [probabilities(estimator, x, n_classes) for x in others]
+@torch.no_grad()
+def head_probabilities(head: FittedHead, x: np.ndarray) -> np.ndarray:
+    """Class probabilities of a fitted head for the rows of ``x`` (float32)."""
+    return torch.softmax(head(torch.from_numpy(np.ascontiguousarray(x))), dim=1).float().numpy()

@@ -9,6 +9,7 @@ from typing import Any
 
 from plankton_cli import metrics as M
 from plankton_cli.data import load_or_compute_stats
+from plankton_cli.errors import UsageError
 from plankton_cli.finetune.config import RESULT_KEYS, FinetuneConfig
 from plankton_cli.finetune.fold import fold_recipe, run_fold
 from plankton_cli.finetune.pool import PoolFeatures, fold_splits, label_count_rows, labelled_pool
@@ -61,6 +62,10 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = log.info) -> 
     pool_features = PoolFeatures.resolve(config.features, store.root, dataset_name, pool)
     echo(pool_features.describe(config.features, len(pool.object_ids)) if pool_features
          else f"features: none (--features {config.features})")
+    if config.head == "forest" and pool_features is None:
+        raise UsageError(f"--head forest reads the objects' features, and the labelled images of {dataset_dir} have "
+                         f"none (--features {config.features}): run `plankton features --store {store.root}` first, "
+                         "or choose another --head")
     for split in splits:
         if config.fold is not None and split.fold != config.fold:
             continue

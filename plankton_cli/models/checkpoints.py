@@ -29,7 +29,10 @@ mean, std                 per-channel normalisation of the input tensors     (re
 pad_*, resize, crop_*     preprocessing settings, as the data module names them (optional)
 source                    free-text provenance: run, data set, epochs, ...   (optional)
 classes                   model only: list of class names, index = logit     (required)
-num_classes, hidden_dim   model only: head shape (``Classifier.arch``)       (required)
+num_classes               model only: number of classes                      (required)
+head                      model only: finetune (bottleneck, default), linear, knn or forest
+                          (``fitted_heads``: their tensors are the model's ``head.*``)
+hidden_dim                model only: the bottleneck's width                 (required for finetune)
 thresholds                model only: null or {class name: min probability}  (optional)
 features                  model only: per-object feature names fed to the head (optional)
 feature_center/_scale     their median and IQR on the training images; feature_clip the clip
@@ -64,6 +67,7 @@ from torch import Tensor, nn
 from plankton_cli.atomic import atomic_path
 from plankton_cli.errors import UsageError
 from plankton_cli.models.classifier import Classifier, find_vit
+from plankton_cli.models.fitted_heads import head_from_state
 from plankton_cli.model_info import ENCODER_FORMAT, FORMAT_VERSION, MODEL_FORMAT, ModelInfo
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 
@@ -183,15 +187,17 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Classifi
     info = ModelInfo.load(weights)
     if not info.is_model:
         raise ModelFileError(f"{weights} is a {info.format!r} export, not a fine-tuned model", path=weights)
-    with _model_file(weights.with_suffix(".json")):
-        model = _classifier(info)
     with _model_file(weights):
-        model.load_state_dict(load_file(str(weights)), strict=True)
+        state = load_file(str(weights))
+    with _model_file(weights.with_suffix(".json")):
+        model = _classifier(info, state)
+    with _model_file(weights):
+        model.load_state_dict(state, strict=True)
     return model.to(device).eval(), info
 
 
-def _classifier(info: ModelInfo) -> Classifier:
-    return Classifier(
+def _classifier(info: ModelInfo, state: dict[str, Tensor]) -> Classifier:
+    model = Classifier(
         info.architecture,
         info.num_classes,
         img_size=info.img_size,
@@ -200,10 +206,14 @@ def _classifier(info: ModelInfo) -> Classifier:
         embed_dim=info.embed_dim,
         depth=info.depth,
         num_heads=info.num_heads,
-        hidden_dim=info.hidden_dim,
+        hidden_dim=info.hidden_dim or 512,
         feature_dim=info.feature_dim,
         drop_path_rate=0.0,
     )
+    if info.head_kind != "finetune":  # a fitted head's shapes (training images, tree sizes) are its tensors'
+        model.use_fitted_head(head_from_state(info.head_kind, {k.removeprefix("head."): v for k, v in state.items()
+                                                               if k.startswith("head.")}))
+    return model
 
 
 @dataclass

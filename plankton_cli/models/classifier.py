@@ -9,6 +9,9 @@ whether the last layer is wrapped in ``weight_norm`` (Maracani's code does); it 
 Per-object features (``feature_dim`` > 0: standardised morphometrics and their missing indicators, see
 ``plankton_cli.features.inputs``) are concatenated to the pooled embedding before the bottleneck, so the head
 sees the object's size and shape, which the square-padded, resized image no longer carries.
+
+``--head linear|knn|forest`` replaces the bottleneck by a head fitted with scikit-learn (``fitted_heads``); a
+forest reads the feature input only, and the encoder is then not run at all.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from plankton_cli.models.fitted_heads import FittedHead
 from plankton_cli.models.mae import NO_DECAY_NAMES, create_vit, vit_arch
 
 
@@ -56,15 +60,26 @@ class Classifier(nn.Module):
             drop_path_rate=drop_path_rate,
             **vit_kwargs,
         )
-        self.head = nn.Sequential(
+        self.head: nn.Module = nn.Sequential(
             nn.Linear(self.encoder.embed_dim + feature_dim, hidden_dim),
             nn.LayerNorm(hidden_dim),
             nn.GELU(),
             nn.Linear(hidden_dim, num_classes),
         )
         self.feature_dim = feature_dim
-        self.arch = dict(vit_arch(self.encoder, architecture), num_classes=num_classes, hidden_dim=hidden_dim)
+        self.arch = dict(vit_arch(self.encoder, architecture), num_classes=num_classes, head="finetune",
+                         hidden_dim=hidden_dim)
         self._init_head()
+
+    def use_fitted_head(self, head: FittedHead) -> None:
+        """Replace the bottleneck head by a fitted one (``--head linear|knn|forest``, see ``fitted_heads``)."""
+        self.head = head
+        self.arch = {**{k: v for k, v in self.arch.items() if k != "hidden_dim"}, "head": head.kind}
+
+    @property
+    def reads_image(self) -> bool:
+        """False for a head that reads only the feature input (a forest): the encoder is then not run."""
+        return getattr(self.head, "reads_embedding", True)
 
     def _init_head(self) -> None:
         hidden, last = self.head[0], self.head[3]
@@ -78,17 +93,20 @@ class Classifier(nn.Module):
         """Pooled, ``fc_norm``-ed encoder features: (batch, embed_dim)."""
         return self.encoder(images)
 
-    def classify(self, embedding: Tensor, features: Tensor | None = None) -> Tensor:
+    def classify(self, embedding: Tensor | None, features: Tensor | None = None) -> Tensor:
         """Logits from a pooled embedding and, when the model takes them, the object's feature vector."""
         if self.feature_dim:
             if features is None or features.shape[-1] != self.feature_dim:
                 got = None if features is None else tuple(features.shape)
                 raise ValueError(f"this model takes {self.feature_dim} feature inputs per image, got {got}")
+            if not self.reads_image:
+                return self.head(features)
+            assert embedding is not None
             embedding = torch.cat([embedding, features.to(embedding.dtype)], dim=-1)
         return self.head(embedding)
 
     def forward(self, images: Tensor, features: Tensor | None = None) -> Tensor:
-        return self.classify(self.encoder(images), features)
+        return self.classify(self.encoder(images) if self.reads_image else None, features)
 
 
 def find_vit(model: nn.Module) -> tuple[str, VisionTransformer]:

@@ -28,7 +28,7 @@ def test_mae_style_pooling_and_bottleneck_head():
     assert logits.shape == (3, 5)
     assert model.arch == dict(
         architecture="vit_base_patch16_224", img_size=32, in_chans=1, patch_size=8,
-        embed_dim=64, depth=2, num_heads=2, num_classes=5, hidden_dim=512,
+        embed_dim=64, depth=2, num_heads=2, num_classes=5, head="finetune", hidden_dim=512,
     )
 
 
