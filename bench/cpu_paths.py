@@ -264,7 +264,7 @@ def main() -> None:
             model = timm.create_model(name, pretrained=False, in_chans=1, num_classes=10).eval()
             subjects.append(Subject(f"{name} {args.cnn_px}px", model, args.cnn_px, None, 0, args, work))
         runs = {(s.label, path): (run, s.example) for s in subjects for path, run in s.runs.items()}
-        speeds = rates(runs, args.seconds * len(runs))
+        speeds = rates(runs, args.seconds)
         rows = [row for s in subjects for row in s.rows(speeds)]
 
     print("\n| model | path | forward img/s | × fp32 | top-1 agreement with fp32 (%) | prep s |\n|---|---|---|---|---|---|")

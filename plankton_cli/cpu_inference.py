@@ -20,7 +20,7 @@ beats ``int8`` by the 15 % that would pay for a second runtime and an export ste
   10-40 s of compiling per process. ``--compile`` stays, for GPU runs.
 - ONNX Runtime fp32 (``torch.onnx.export``, 100 % agreement): ViT-S/16 0.95 × int8; ViT-Ti/16 1.15 × int8 on 2
   threads in the least busy run and 1.09 × on 1 thread, forward only: end to end (not measured) decoding and
-  resizing on the same cores can only shrink that. It wins big only on 2 threads of a busy machine (1.36 × int8),
+  resizing on the same cores can only shrink that. It wins clearly only on 2 threads of a busy machine (1.2-1.4 × int8),
   where torch's many small ops wait for a thread another process holds: not a station running its night alone.
 - ONNX Runtime int8 (``quantize_dynamic``): no faster than its fp32, and it agreed with fp32 on only 89.4 % of the
   vignettes with a trained model where torch's int8 agreed on 99.1 %.
