@@ -4,16 +4,16 @@ Paths: `fp32` and `int8` (predict's own, `plankton_cli.cpu_inference.prepare`), 
 `compile` (`torch.compile` of the fp32 model, mode default; its compile time is timed apart and left out of the
 rate), `ort` (the model exported with `torch.onnx.export` and run by ONNX Runtime fp32 on `--threads` intra-op
 threads) and `ort-int8` (that graph through `onnxruntime.quantization.quantize_dynamic`). Each rate is the best of
-5 slices of `--seconds / 5` on one synthetic batch, the paths taking turns slice by slice; "x fp32" divides it by
-the fp32 rate of the same model measured in this run (every model and path takes turns), so a busy machine still gives comparable ratios. Agreement:
-top-1 of each path vs the torch fp32 model on `--images` real UVP6 vignettes (preprocessed by predict's own
-`Preprocessor`), or the bundled demo images.
+5 slices of `--seconds / 5` on one synthetic batch, every model and path of the run taking turns slice by slice;
+"x fp32" divides it by the same model's torch fp32 rate, so a busy machine still gives comparable ratios.
+Agreement: top-1 of each path vs the torch fp32 model on `--images` real UVP6 vignettes (preprocessed by predict's
+own `Preprocessor`), or the bundled demo images.
 
 Speed rows (`--models`, `--cnn`) have random weights: speed does not depend on them, and a random head answers
 one class for every image, so their agreement would say nothing; it is measured on trained model files
-(`--model PATH`, each with its own preprocessing and, when it has one, its feature input: synthetic features, whose
-values only matter alike to every path). `--cnn NAME` adds a timm CNN (1 channel, 10 classes, `--cnn-px`) to
-compare with the ViT student.
+(`--model PATH`, each with its own preprocessing and, when it has one, its feature input, fed synthetic values
+that every path gets alike). `--cnn NAME` adds a timm CNN (1 channel, 10 classes, `--cnn-px`) to compare with the
+ViT student.
 
 The ort paths need `onnxruntime`, `onnx` and `onnxscript` (`.venv/bin/python -m pip install ...`; not project
 dependencies, since predict does not use them); without them those rows say "failed" and the rest runs.
