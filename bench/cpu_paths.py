@@ -267,7 +267,8 @@ def main() -> None:
         speeds = rates(runs, args.seconds)
         rows = [row for s in subjects for row in s.rows(speeds)]
 
-    print("\n| model | path | forward img/s | × fp32 | top-1 agreement with fp32 (%) | prep s |\n|---|---|---|---|---|---|")
+    print("\n| model | path | forward img/s | × fp32 | top-1 agreement with fp32 (%) | prep s |\n"
+          "|---|---|---|---|---|---|")
     for label, path, speed, ratio, agree, prep_s in rows:
         print(f"| {label} | {path} | {speed:.1f} | {ratio:.2f} | {percent(agree)} | {prep_s:.1f} |")
     print("\nx fp32: the rate over the same model's torch fp32 rate in this run. prep s: preparing the path "

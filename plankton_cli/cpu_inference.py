@@ -18,18 +18,19 @@ beats ``int8`` by the 15 % that would pay for a second runtime and an export ste
 
 - ``torch.compile`` (mode default): 0.89-0.98 × fp32 for ViT-Ti/16 112 px and ViT-S/16 224 px on 2 threads, plus
   10-40 s of compiling per process. ``--compile`` stays, for GPU runs.
-- ONNX Runtime fp32 (``torch.onnx.export``, 100 % agreement): ViT-S/16 0.95 × int8; ViT-Ti/16 1.15 × int8 on 2
-  threads in the least busy run and 1.09 × on 1 thread, forward only: end to end (not measured) decoding and
-  resizing on the same cores can only shrink that. It wins clearly only on 2 threads of a busy machine (1.2-1.4 × int8),
-  where torch's many small ops wait for a thread another process holds: not a station running its night alone.
-- ONNX Runtime int8 (``quantize_dynamic``): no faster than its fp32, and it agreed with fp32 on only 89.4 % of the
-  vignettes with a trained model where torch's int8 agreed on 99.1 %.
+- ONNX Runtime fp32 (``torch.onnx.export``, 100 % agreement): ViT-S/16 0.95 × int8; ViT-Ti/16 1.06-1.15 × int8
+  on 2 threads in the less busy runs and 1.09 × on 1 thread, forward only: end to end (not measured) decoding and
+  resizing on the same cores can only shrink that. It wins clearly only on 2 threads of a busy machine (1.2-1.4 ×
+  int8), where torch's many small ops wait for a thread another process holds: not a station running its night
+  alone.
+- ONNX Runtime int8 (``quantize_dynamic``): no faster than its fp32, and its agreement with fp32 was 96.1 % on a
+  trained ViT-Ti/16 112 px (torch's int8: 99.8 %) and 89.4 % on a trained 48 px ViT (torch's int8: 99.1 %).
 - OpenVINO: not installed.
 
 On an AVX2 CPU without VNNI (the shared development VM) int8 runs at fp32's speed (0.96-1.02 ×): it pays on
-AVX512 CPUs, where the README's end-to-end table was measured. Its agreement with fp32 was 99.1 % on a trained
-48 px ViT and 98.1 % on the same shape with feature inputs (``bench/cpu_paths.py``): near the 99 % line, so a
-station's own model is worth checking against ``--cpu-path fp32``.
+AVX512 CPUs, where the README's end-to-end table was measured. Its agreement with fp32 was 99.8 % on a trained
+ViT-Ti/16 112 px, 99.1 % on a trained 48 px ViT and 98.1 % on the same shape with feature inputs
+(``bench/cpu_paths.py``): near the 99 % line, so a station's own model is worth checking against ``--cpu-path fp32``.
 """
 
 from __future__ import annotations
