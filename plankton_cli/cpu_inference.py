@@ -13,8 +13,24 @@ Paths (``--cpu-path``):
   for both the ViT-Ti student and ViT-S (the README's table), with top-1 agreement with fp32 checked on UVP6
   (``tests/test_cpu_inference.py``).
 
-Not measured yet, so not offered here: ``torch.compile`` on CPU (``--compile`` stays, for GPU runs), ONNX Runtime
-and OpenVINO (not installed).
+Measured and not offered (``bench/cpu_paths.py``, forward pass, top-1 agreement on UVP6; the README's table): none
+beats ``int8`` by the 15 % that would pay for a second runtime and an export step in the nightly job.
+
+- ``torch.compile`` (mode default): 0.89-0.98 × fp32 for ViT-Ti/16 112 px and ViT-S/16 224 px on 2 threads, plus
+  10-40 s of compiling per process. ``--compile`` stays, for GPU runs.
+- ONNX Runtime fp32 (``torch.onnx.export``, 100 % agreement): ViT-S/16 0.95 × int8; ViT-Ti/16 1.06-1.15 × int8
+  on 2 threads in the less busy runs and 1.09 × on 1 thread, forward only: end to end (not measured) decoding and
+  resizing on the same cores can only shrink that. It wins clearly only on 2 threads of a busy machine (1.2-1.4 ×
+  int8), where torch's many small ops wait for a thread another process holds: not a station running its night
+  alone.
+- ONNX Runtime int8 (``quantize_dynamic``): no faster than its fp32, and its agreement with fp32 was 96.1 % on a
+  trained ViT-Ti/16 112 px (torch's int8: 99.8 %) and 89.4 % on a trained 48 px ViT (torch's int8: 99.1 %).
+- OpenVINO: not installed.
+
+On an AVX2 CPU without VNNI (the shared development VM) int8 runs at fp32's speed (0.96-1.02 ×): it pays on
+AVX512 CPUs, where the README's end-to-end table was measured. Its agreement with fp32 was 99.8 % on a trained
+ViT-Ti/16 112 px, 99.1 % on a trained 48 px ViT and 98.1 % on the same shape with feature inputs
+(``bench/cpu_paths.py``): near the 99 % line, so a station's own model is worth checking against ``--cpu-path fp32``.
 """
 
 from __future__ import annotations
