@@ -9,9 +9,11 @@ Paths (``--cpu-path``):
   on the fly): a ViT's time is almost all in its Linear layers (qkv, proj, MLP), and int8 GEMMs through FBGEMM
   with VNNI are the fastest CPU path we measured. Patch embedding (a convolution), LayerNorms and the softmax
   stay fp32.
-- ``auto``: ``int8``, the path ``bench/predict_cpu.py`` measured fastest end to end on a 2-core AVX512 machine
-  for both the ViT-Ti student and ViT-S (the README's table), with top-1 agreement with fp32 checked on UVP6
-  (``tests/test_cpu_inference.py``).
+- ``auto``: ``int8`` where the CPU has VNNI (AVX512-VNNI, AVX-VNNI or AMX) or, when its flags cannot be read,
+  reports AVX512: there ``bench/predict_cpu.py`` measured it fastest end to end for both the ViT-Ti student and
+  ViT-S (the README's table), with top-1 agreement with fp32 checked on UVP6 (``tests/test_cpu_inference.py``).
+  Elsewhere ``fp32``: without VNNI, FBGEMM's int8 products run at fp32's speed (0.96-1.04 × on an AVX2 EPYC,
+  ``bench/cpu_paths.py``) and only cost agreement.
 
 Measured and not offered (``bench/cpu_paths.py``, forward pass, top-1 agreement on UVP6; the README's table): none
 beats ``int8`` by the 15 % that would pay for a second runtime and an export step in the nightly job.
@@ -37,12 +39,23 @@ from __future__ import annotations
 
 import warnings
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 
 import torch
 from torch import nn
 
 CPU_PATHS = ("auto", "fp32", "bf16", "int8")
-AUTO_PATH = "int8"
+INT8_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # /proc/cpuinfo names of the instructions int8 GEMMs use
+
+
+def auto_path() -> str:
+    """``int8`` where this CPU has int8 dot-product instructions, else ``fp32`` (see the module doc)."""
+    try:
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):  # not Linux: torch's own (coarser) reading
+        return "int8" if torch.backends.cpu.get_cpu_capability() == "AVX512" else "fp32"
+    return "int8" if flags & INT8_FLAGS else "fp32"
 
 
 def bf16_supported() -> bool:
@@ -63,7 +76,7 @@ def prepare(model: nn.Module, path: str) -> tuple[nn.Module, AbstractContextMana
     if path not in CPU_PATHS:
         raise ValueError(f"unknown CPU path {path!r}; choose from {', '.join(CPU_PATHS)}")
     if path == "auto":
-        path = AUTO_PATH
+        path = auto_path()
     if path == "bf16":
         if not bf16_supported():
             raise ValueError("this CPU has no native bf16 (AVX512-BF16 or AMX): use --cpu-path int8 or fp32")

@@ -60,10 +60,20 @@ def test_fast_paths_agree_with_fp32_on_uvp6(uvp6_model, cpu_path, tmp_path):
     assert len(set(runs["fp32"].values())) > 1  # a trained model, not one constant answer
 
 
-def test_auto_quantises_every_linear_layer_and_keeps_the_rest():
+def test_auto_is_int8_exactly_where_the_cpu_has_vnni(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(cpu_inference, "Path", lambda _: cpuinfo)
+    for flags, expected in (("fpu avx2 fma", "fp32"), ("avx2 avx512f avx512_vnni", "int8"), ("avx2 avx_vnni", "int8")):
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert cpu_inference.auto_path() == expected
     model = Classifier("vit_tiny_patch16_224", 3, img_size=32, drop_path_rate=0.0, **TINY).eval()
-    fast, autocast, path = cpu_inference.prepare(model, "auto")
-    assert path == cpu_inference.AUTO_PATH == "int8"
+    assert cpu_inference.prepare(model, "auto")[2] == "int8"
+
+
+def test_int8_quantises_every_linear_layer_and_keeps_the_rest():
+    model = Classifier("vit_tiny_patch16_224", 3, img_size=32, drop_path_rate=0.0, **TINY).eval()
+    fast, autocast, path = cpu_inference.prepare(model, "int8")
+    assert path == "int8"
     assert not any(type(m) is nn.Linear for m in fast.modules())
     assert isinstance(fast.encoder.patch_embed.proj, nn.Conv2d)  # the convolution stays fp32
     x = torch.randn(4, 1, 32, 32)

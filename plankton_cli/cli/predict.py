@@ -61,9 +61,9 @@ Exit codes: 0 done, 2 usage error, 75 the store is locked by another writer (pre
 @click.option("--threads", type=click.IntRange(min=1), metavar="N",
               help="CPU threads for the model [default: one per core]. A station's nightly job: its core count.")
 @click.option("--cpu-path", type=click.Choice(["auto", "fp32", "bf16", "int8"]), default="auto", show_default=True,
-              help="Arithmetic on CPU: auto = int8 (dynamic int8 Linear layers: the fastest measured, top-1 "
-                   "agreement with fp32 >= 99 % on UVP6); bf16 autocast (CPUs with AVX512-BF16/AMX); fp32 as "
-                   "trained. See bench/predict_cpu.py.")
+              help="Arithmetic on CPU: int8 (dynamic int8 Linear layers: the fastest measured where the CPU has "
+                   "VNNI, top-1 agreement with fp32 >= 99 % on UVP6); bf16 autocast (CPUs with AVX512-BF16/AMX); "
+                   "fp32 as trained; auto = int8 on CPUs with VNNI, else fp32. See bench/predict_cpu.py.")
 @backend_options
 @store_option
 @lock_timeout_option
