@@ -9,7 +9,7 @@ and keeps, per fold, whichever scores the best validation macro-F1; the one kept
 
 Linear and kNN see a *design matrix*: the pooled encoder embedding, to which ``design_matrix`` concatenates any
 extra per-object columns (standardised numeric features, for instance) given as a second matrix; the forest sees
-the feature columns only (the same standardised input the fine-tuned head gets).
+only the standardised feature values the fine-tuned head gets (not their missing indicators: see ``fold``).
 """
 
 from __future__ import annotations
