@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import UVP6, echo, macro_f1, prepare_store, pretrain_config  # noqa: E402
+from quality import echo, macro_f1, prepare_store, pretrain_config, start  # noqa: E402
 
 SNAPSHOTS = (0, 5, 10, 20, 40, 80)
 FOLDS = 5
@@ -164,15 +163,7 @@ def main() -> None:
                         help="torch threads (0: torch's default). On a shared 2-core machine 1 is several times faster: "
                              "two threads per process oversubscribe the cores.")
     args = parser.parse_args()
-    if not UVP6.is_dir():
-        sys.exit(f"needs the UVP6 vignettes at {UVP6}")
-    logging.basicConfig(level=logging.WARNING)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    started = time.monotonic()
-    args.work.mkdir(parents=True, exist_ok=True)
+    started = start(args)
     store = prepare_store(args.work)
 
     from plankton_cli import metrics as M

@@ -72,6 +72,20 @@ def echo(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def start(args: argparse.Namespace) -> float:
+    """What both UVP6 benches do first: check the data is there, quiet logging, ``--threads``, the work folder.
+    Returns the start time."""
+    if not UVP6.is_dir():
+        sys.exit(f"needs the UVP6 vignettes at {UVP6}")
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    return time.monotonic()
+
+
 def prepare_store(work: Path, features: bool = False) -> Path:
     """UVP6 ingested and padded once into WORK/store; with ``features``, `plankton features` run on it too
     (incremental: objects already measured are skipped)."""
@@ -156,15 +170,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.labels, args.folds, args.pretrain_epochs, args.epochs = ["10%"], 2, 10, 10
-    if not UVP6.is_dir():
-        sys.exit(f"needs the UVP6 vignettes at {UVP6}")
-    logging.basicConfig(level=logging.WARNING)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    started = time.monotonic()
-    args.work.mkdir(parents=True, exist_ok=True)
+    started = start(args)
     store = prepare_store(args.work, features=True)
     encoder, mae_summary = pretrain_encoder(store, args.work, args.pretrain_epochs, args.workers)
     variants = {name: v for name, v in VARIANTS.items() if args.scratch_feat or name != "scratch-feat"}

@@ -20,6 +20,7 @@ import numpy as np
 from plankton_cli import metrics as M
 from plankton_cli.data import EvalTransform
 from plankton_cli.features.inputs import COVERAGE, object_features
+from plankton_cli.finetune.heads import make_head
 from plankton_cli.protocol import Split
 
 PIXEL_SIZE = 32
@@ -81,17 +82,12 @@ def _scores(label_of: dict[str, str], ids: Sequence[str], predicted: np.ndarray,
 
 
 def pixel_logreg(x_train: np.ndarray, y_train: np.ndarray, seed: int = 0):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed)).fit(x_train, y_train)
+    return make_head("linear", len(y_train), seed).fit(x_train, y_train)
 
 
 def features_rf(x_train: np.ndarray, y_train: np.ndarray, seed: int = 0):
-    from sklearn.ensemble import RandomForestClassifier
+    """The forest of ``--head forest`` on the raw features, missing values imputed by the training median."""
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import make_pipeline
 
-    forest = RandomForestClassifier(n_estimators=300, random_state=seed, n_jobs=1)
-    return make_pipeline(SimpleImputer(strategy="median"), forest).fit(x_train, y_train)
+    return make_pipeline(SimpleImputer(strategy="median"), make_head("forest", len(y_train), seed)).fit(x_train, y_train)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 CHEAP_HEADS = ("linear", "knn", "forest")
 FEATURE_ONLY_HEADS = ("forest",)
 KNN_NEIGHBOURS = 10
-FOREST_TREES = 300  # as the features baseline (finetune.baselines.features_rf)
+FOREST_TREES = 300
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from plankton_cli.features.inputs import FeatureScaling
 from plankton_cli.finetune.heads import fit_head, head_probabilities, make_head
 from plankton_cli.models import load_model, save_model
 from plankton_cli.models.classifier import Classifier
-from plankton_cli.models.fitted_heads import FITTED_HEADS, ForestHead, KNNHead, LinearHead, fitted_head
+from plankton_cli.models.fitted_heads import FITTED_HEADS, ForestHead, LinearHead, fitted_head
 
 N_CLASSES = 5  # class 3 never appears in training: its probability must stay 0
 
@@ -89,4 +89,4 @@ def test_a_forest_model_never_runs_the_encoder():
     model.encoder.forward = None  # calling it would fail
     with torch.no_grad():
         assert model(torch.rand(10, 1, 32, 32), torch.from_numpy(x)).shape == (10, 2)
-    assert not model.reads_image and isinstance(KNNHead.kind, str)
+    assert not model.reads_image and model.arch["head"] == "forest"
