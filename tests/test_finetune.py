@@ -17,6 +17,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from plankton_cli.model_info import ModelInfo
 from plankton_cli.cli import COMMANDS, cli
 from plankton_cli.finetune import precision_thresholds
 from plankton_cli.models import load_model
@@ -175,7 +176,8 @@ def test_auto_head_scores_every_candidate_and_the_baselines(demo_run):
         assert heads[chosen]["val_macro_f1"] == max(h["val_macro_f1"] for h in heads.values())
         assert fold_result["macro_f1"] == heads[chosen]["macro_f1"]  # the test scores are the chosen head's
         assert 0 <= fold_result["baselines"]["pixel_logreg"]["macro_f1"] <= 1
-        assert (out / f"fold-{fold}" / "model.safetensors").exists()  # the fine-tuned model, for predict
+        assert (out / f"fold-{fold}" / "model.safetensors").exists()  # the chosen head's model, for predict
+        assert ModelInfo.load(out / f"fold-{fold}" / "model.json").head_kind == chosen
     markdown = (out / "summary.md").read_text()
     assert "Beside the baselines" in markdown and "baseline pixel_logreg" in markdown
     assert ("The model loses to a baseline" in markdown) == bool(summary["loses_to"])
