@@ -163,8 +163,8 @@ def quality(args: argparse.Namespace) -> None:
 
     def describe(model_json: Path) -> str:
         info = json.loads(model_json.read_text())
-        return (f"{info['architecture']} depth {info['depth']} width {info['embed_dim']} patch {info['patch_size']} "
-                f"{info['img_size']} px")
+        shape = f" depth {info['depth']} patch {info['patch_size']}" if info.get("patch_size") else ""  # a CNN: none
+        return f"{info['architecture']}{shape} width {info['embed_dim']} {info['img_size']} px"
 
     student_json = run / f"distill-{name}-{size}" / folds[0].name / "model.json"
     print(f"\n| model | macro-F1 (%) over {len(rows)} fold(s) | top-1 agreement with teacher (%) |\n|---|---|---|")

@@ -8,7 +8,9 @@ Paths (``--cpu-path``):
 - ``int8``: dynamic int8 quantisation of every ``nn.Linear`` (weights int8 per tensor, activations quantised
   on the fly): a ViT's time is almost all in its Linear layers (qkv, proj, MLP), and int8 GEMMs through FBGEMM
   with VNNI are the fastest CPU path we measured. Patch embedding (a convolution), LayerNorms and the softmax
-  stay fp32.
+  stay fp32. On a timm CNN student (``distill --student mobilenetv3_small_100``) only the bottleneck head's two
+  Linear layers are quantised (its blocks, squeeze-excitation included, are convolutions): every convolution
+  stays fp32, so int8 changes little there.
 - ``auto``: ``int8`` where the CPU has VNNI (AVX512-VNNI, AVX-VNNI or AMX) or, when its flags cannot be read,
   reports AVX512: there ``bench/predict_cpu.py`` measured it fastest end to end for both the ViT-Ti student and
   ViT-S (the README's table), with top-1 agreement with fp32 checked on UVP6 (``tests/test_cpu_inference.py``).

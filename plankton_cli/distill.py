@@ -1,7 +1,7 @@
 """`plankton distill` as a library function: a fine-tuned teacher's knowledge into a small, fast student.
 
 Stations classify on CPU; the models worth deploying are trained on a GPU. Distillation (Hinton et al. 2015)
-trains a small timm ViT on the store's images to match the teacher's softened class probabilities (temperature
+trains a small timm ViT (or CNN) on the store's images to match the teacher's softened class probabilities (temperature
 T, loss KL·T²), and on the images that carry a validated label, on the label too (cross-entropy, weight
 ``alpha``). The student is an ordinary model file: ``plankton predict``, the thresholds, ``evaluate`` and every
 writer use it unchanged.
@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from plankton_cli import metrics as M
@@ -63,7 +64,7 @@ from plankton_cli.finetune import (
 from plankton_cli.features.inputs import PREFIX, FeatureScaling, feature_matrix
 from plankton_cli.finetune.model import PREPROCESS_PREFIXES
 from plankton_cli.model_info import ModelInfo
-from plankton_cli.models import Classifier, load_model, save_model
+from plankton_cli.models import Classifier, is_vit, load_model, param_groups_weight_decay, save_model
 
 log = logging.getLogger("plankton.distill")
 
@@ -88,7 +89,7 @@ class DistillConfig:
     store: Path
     teacher: Path  # a fine-tuned model: model.safetensors (model.json beside it) or its folder
     out: Path
-    student: str = DEFAULT_STUDENT  # a timm ViT name
+    student: str = DEFAULT_STUDENT  # a timm ViT or CNN name, e.g. mobilenetv3_small_100
     img_size: int = DEFAULT_IMG_SIZE
     dataset: str | None = None  # None: the teacher's dataset when the store has it, else padded, else objects
     epochs: int = 30
@@ -107,7 +108,7 @@ class DistillConfig:
     label_status: list[str] = field(default_factory=lambda: ["validated"])
     max_steps: int | None = None
     checkpoint_every: int = 100
-    # Architecture overrides of the student (small test models).
+    # Architecture overrides of a ViT student (small test models); refused for a CNN.
     patch_size: int | None = None
     depth: int | None = None
     embed_dim: int | None = None
@@ -277,7 +278,7 @@ def _wait_for(path: Path, timeout_s: float = 24 * 3600) -> None:
 class DistillModule(ClassifierModule):
     """Trains the student: per image (1 − alpha)·T²·KL(teacher_T ‖ student_T), plus alpha·cross-entropy on images
     with an accepted label. Optimiser and schedule are finetune's (AdamW, warmup + cosine per step) with layer
-    decay 1: a student starts from scratch. Validation logs ``val_agreement``: top-1 agreement with the teacher
+    decay 1 (a CNN student: plain weight-decay groups, ``param_groups``): a student starts from scratch. Validation logs ``val_agreement``: top-1 agreement with the teacher
     on the held-out images. ``features`` (object_id → the teacher's feature input) feed a student that reads
     features, through finetune's ``_logits``."""
 
@@ -288,6 +289,13 @@ class DistillModule(ClassifierModule):
                          label_smoothing=0.0, features=features)
         self.save_hyperparameters(ignore=["model", "targets", "labelled", "features"])
         self.targets, self.labelled = targets, labelled
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """finetune's groups (layer decay 1) for a ViT student, so its checkpoints resume as before; a CNN student
+        (no ViT layers to decay over): weight decay on weight matrices and kernels, none on norms and biases."""
+        if any(isinstance(m, VisionTransformer) for m in self.model.modules()):
+            return super().param_groups()
+        return param_groups_weight_decay(self.model, self.hparams.weight_decay)
 
     def _teacher(self, ids: Sequence[str]) -> Tensor:
         return torch.from_numpy(np.stack([self.targets[i] for i in ids])).to(self.device)
@@ -323,10 +331,20 @@ def agreement(student_logits: np.ndarray, teacher_logits: np.ndarray) -> float:
     return float(np.mean(student_logits.argmax(1) == teacher_logits.argmax(1)))
 
 
-def build_student(config: DistillConfig, num_classes: int, feature_dim: int = 0) -> Classifier:
-    """The student; ``feature_dim`` > 0 gives its head the teacher's feature input beside the image."""
+def student_overrides(config: DistillConfig) -> dict[str, int]:
+    """The ViT overrides given for the student; refused in one line for a timm CNN (which has no such shape)."""
     overrides = {k: v for k, v in dict(patch_size=config.patch_size, depth=config.depth, embed_dim=config.embed_dim,
                                        num_heads=config.num_heads).items() if v is not None}
+    if overrides and not is_vit(config.student):
+        options = ", ".join(f"--{key.replace('_', '-')}" for key in overrides)
+        raise UsageError(f"--student {config.student} is not a timm ViT: {options} shape a ViT student only")
+    return overrides
+
+
+def build_student(config: DistillConfig, num_classes: int, feature_dim: int = 0) -> Classifier:
+    """The student (a timm ViT or CNN); ``feature_dim`` > 0 gives its head the teacher's feature input beside the
+    image."""
+    overrides = student_overrides(config)
     return Classifier(config.student, num_classes, img_size=config.img_size, in_chans=1,
                       drop_path_rate=config.drop_path, feature_dim=feature_dim, **overrides)
 
@@ -351,6 +369,7 @@ def distill(config: DistillConfig, echo: Callable[[str], None] = log.info) -> di
         write_summary,
     )
 
+    student_overrides(config)  # a bad --student or ViT options on a CNN fail before any work
     out = Path(config.out)
     refuse_other_settings(out, config.to_dict(), RESULT_KEYS)
     if (out / SUMMARY_FILE).exists():

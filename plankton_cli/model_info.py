@@ -30,6 +30,7 @@ ENCODER_FORMAT = "plankton-cli/encoder"
 MODEL_FORMAT = "plankton-cli/model"
 HEADS = ("finetune", "linear", "knn", "forest")
 ARCH_KEYS = ("architecture", "img_size", "in_chans", "patch_size", "embed_dim", "depth", "num_heads")
+VIT_KEYS = ("patch_size", "depth", "num_heads")  # a ViT's shape; None (absent) for a CNN
 
 
 class ModelInfoError(UsageError, ValueError):
@@ -40,17 +41,18 @@ class ModelInfoError(UsageError, ValueError):
 class ModelInfo:
     """One encoder or model description; ``format`` says which (``ENCODER_FORMAT`` or ``MODEL_FORMAT``)."""
 
-    # architecture: create_vit(**arch) rebuilds the encoder
+    # architecture: Classifier / create_vit(**arch) rebuilds the encoder
     architecture: str
     img_size: int
     in_chans: int
-    patch_size: int
-    embed_dim: int
-    depth: int
-    num_heads: int
+    embed_dim: int  # a ViT's width; a CNN's embedding width (timm's head_hidden_size)
     # input
     mean: list[float]  # per channel (one value for grey inputs)
     std: list[float]
+    # a ViT's shape (VIT_KEYS): all three or, for a timm CNN (a distilled student), none
+    patch_size: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
     resize: int | None = None  # short side before the centre crop; None: img_size
     crop: int | None = None
     pad_settings: list[str] = field(default_factory=list)  # "<instrument>: <pad settings>", see padding_rules
@@ -109,7 +111,10 @@ class ModelInfo:
         if not isinstance(data, dict):
             raise ModelInfoError(f"{where}: expected a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)} - {"extra"}
-        missing = [key for key in (*ARCH_KEYS, "mean", "std") if data.get(key) is None]
+        required = [key for key in ARCH_KEYS if key not in VIT_KEYS]
+        if data.get("format", ENCODER_FORMAT) == ENCODER_FORMAT or any(data.get(k) is not None for k in VIT_KEYS):
+            required += VIT_KEYS  # an encoder is an MAE ViT; a model file gives a ViT's shape whole or not at all
+        missing = [key for key in (*required, "mean", "std") if data.get(key) is None]
         if missing:
             raise ModelInfoError(f"{where}: lacks required key(s) {', '.join(missing)}")
         values = {key: data[key] for key in known if data.get(key) is not None}
@@ -142,6 +147,10 @@ class ModelInfo:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 fail(key, f"must be a positive integer, got {value!r}")
+        if not self.is_model or any(getattr(self, key) is not None for key in VIT_KEYS):
+            for key in VIT_KEYS:  # an encoder is an MAE ViT; a model's ViT shape is whole or absent (a CNN)
+                if getattr(self, key) is None:
+                    fail(key, "is required for a ViT (patch_size, depth and num_heads go together)")
         for key in ("mean", "std", "feature_center", "feature_scale"):
             values = getattr(self, key)
             if not all(_finite(v) for v in values):

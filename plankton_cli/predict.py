@@ -286,7 +286,7 @@ def predict(
                 inputs = torch.stack([preprocess(item) for item in batch]).to(dev, non_blocking=True)
                 extra = (torch.from_numpy(feature_inputs(batch)).to(dev, non_blocking=True) if feature_inputs
                          else None)
-                with autocast:  # a forest head reads the features only: no ViT to run unless embeddings are kept
+                with autocast:  # a forest head reads the features only: no encoder to run unless embeddings are kept
                     features = model.forward_features(inputs) if model.reads_image or embeddings else None
                     logits = model.classify(features, extra)
                 probs = torch.softmax(logits.float(), dim=1).cpu().numpy()

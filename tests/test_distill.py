@@ -267,3 +267,43 @@ def test_feature_no_image_of_the_store_has_is_refused_by_name(feature_teacher):
     info.features, info.feature_center, info.feature_scale = ["object_area"], [0.0], [1.0]
     scaling, rows = feature_inputs(info, store, "objects", ids, model)
     assert scaling is not None and rows is not None and set(rows) == set(ids)
+
+
+# --- a timm CNN student -------------------------------------------------------------------------------------------
+
+CNN_STUDENT = ["--student", "mobilenetv3_small_050", "--img-size", "32", "--workers", "0", "--batch-size", "16"]
+
+
+def test_cnn_student_is_an_ordinary_model_file_for_predict(teacher, tmp_path):
+    store, model = teacher
+    out = tmp_path / "cnn"
+    summary = json.loads(invoke("distill", "--teacher", model, "--store", store, *CNN_STUDENT, "--epochs", "1",
+                                "--max-steps", "2", "--warmup-epochs", "0", "--out", out, "--json"))
+    assert summary["global_step"] == 2
+    info = json.loads((out / "model.json").read_text())
+    assert info["architecture"] == "mobilenetv3_small_050" and (info["img_size"], info["crop"]) == (32, 32)
+    assert all(info.get(key) is None for key in ("patch_size", "depth", "num_heads")) and info["embed_dim"] > 0
+    assert 0 <= info["teacher_agreement"] <= 1
+    student, _ = load_model(out / "model.safetensors")
+    assert student.arch["embed_dim"] == info["embed_dim"]
+    result = predict(out / "model.safetensors", store=Store(store), to=["csv", "embeddings"], out_dir=tmp_path / "p",
+                     embeddings=True, cpu_path="int8")  # int8: the head's Linears only, the convolutions stay fp32
+    assert result.predicted == 105 and set(result.writers) == {"csv", "embeddings"}
+    # finetune takes ViTs only: the CNN student as --init (or a CNN --model) is refused in one line.
+    for init in (["--init", out / "model.safetensors"], ["--init", "scratch", "--model", "mobilenetv3_small_050"]):
+        refused = CliRunner().invoke(cli, [str(a) for a in ("finetune", "--store", store, *init, "--labels", "all",
+                                                            "--out", tmp_path / "ft")])
+        assert refused.exit_code == 2, refused.output
+        assert "mobilenetv3_small_050 is not a timm ViT: finetune takes ViTs only" in refused.output
+        assert len(refused.output.strip().splitlines()) == 1 and "Traceback" not in refused.output
+
+
+def test_vit_options_for_a_cnn_student_are_refused_in_one_line(teacher, tmp_path):
+    store, model = teacher
+    out = tmp_path / "refused"
+    result = CliRunner().invoke(cli, [str(a) for a in ("distill", "--teacher", model, "--store", store, *CNN_STUDENT,
+                                                       "--depth", "2", "--num-heads", "2", "--out", out)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == ("Error: --student mobilenetv3_small_050 is not a timm ViT: --depth, --num-heads "
+                                     "shape a ViT student only")
+    assert not out.exists()

@@ -48,7 +48,7 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --teacher, other setti
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run directory of the student.")
 @click.option("--student", default=DEFAULT_STUDENT, show_default=True, metavar="NAME",
-              help="timm ViT of the student (trained from scratch).")
+              help="timm ViT or CNN of the student, e.g. mobilenetv3_small_100 (trained from scratch).")
 @click.option("--img-size", type=click.IntRange(min=8), default=DEFAULT_IMG_SIZE, show_default=True, metavar="PX",
               help="The student's input size (the teacher keeps its own).")
 @click.option("--dataset", help="Dataset of the store [default: the teacher's, else padded, else objects].")
@@ -76,10 +76,10 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --teacher, other setti
               help="Label statuses taken as truth (repeatable; 'any' for all).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=100, show_default=True,
               help="Rewrite OUT/checkpoints/last.ckpt every N optimizer steps (and at each epoch end).")
-@click.option("--patch-size", type=click.IntRange(min=1), help="Override the student's patch size.")
-@click.option("--depth", type=click.IntRange(min=1), help="Override the student's number of blocks.")
-@click.option("--embed-dim", type=click.IntRange(min=8), help="Override the student's width.")
-@click.option("--num-heads", type=click.IntRange(min=1), help="Override the student's attention heads.")
+@click.option("--patch-size", type=click.IntRange(min=1), help="Override the ViT student's patch size.")
+@click.option("--depth", type=click.IntRange(min=1), help="Override the ViT student's number of blocks.")
+@click.option("--embed-dim", type=click.IntRange(min=8), help="Override the ViT student's width.")
+@click.option("--num-heads", type=click.IntRange(min=1), help="Override the ViT student's attention heads.")
 @backend_options
 @store_option
 @json_option

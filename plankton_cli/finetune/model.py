@@ -15,8 +15,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from plankton_cli import metrics as M
+from plankton_cli.errors import UsageError
 from plankton_cli.finetune.config import SCRATCH, FinetuneConfig
-from plankton_cli.models import Classifier, layer_decay_param_groups, load_vit_weights, warmup_cosine_scheduler
+from plankton_cli.models import Classifier, is_vit, layer_decay_param_groups, load_vit_weights, warmup_cosine_scheduler
 from plankton_cli.model_info import ModelInfo
 
 log = logging.getLogger("plankton.finetune")
@@ -35,6 +36,7 @@ def build_classifier(
 
     Inputs are always 1-channel: an RGB checkpoint has its patch kernel summed (``load_vit_weights``).
     """
+    require_vit(config)
     overrides = dict(patch_size=config.patch_size, depth=config.depth, embed_dim=config.embed_dim,
                      num_heads=config.num_heads)
     if config.init == SCRATCH:
@@ -80,6 +82,17 @@ def build_classifier(
 PREPROCESS_PREFIXES = ("pad_", "crop_")
 
 
+def require_vit(config: FinetuneConfig) -> None:
+    """Fine-tuning starts from MAE encoders with layer decay, both ViT-only: a timm CNN (``--model``, or the
+    architecture of an ``--init`` model file such as a distilled CNN student) is refused in one line."""
+    path = Path(config.init)
+    info = _export_info(path) if config.init != SCRATCH and path.exists() else None
+    architecture = info.architecture if info is not None else config.model
+    if architecture and not is_vit(architecture):
+        raise UsageError(f"{architecture} is not a timm ViT: finetune takes ViTs only (MAE encoders, layer decay); "
+                         "a timm CNN can be a `plankton distill --student`")
+
+
 def _export_info(path: Path) -> ModelInfo | None:
     """Our export's info when ``path`` is one (encoder or model), else None (a foreign checkpoint)."""
     if not (path.is_dir() or path.suffix in (".safetensors", ".json")):
@@ -122,10 +135,14 @@ class ClassifierModule(pl.LightningModule):
         rows = np.stack([self.features[oid] for oid in batch["object_id"]])
         return self.model(batch["image"], torch.from_numpy(rows).to(batch["image"].device))
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """AdamW's parameter groups: layer-wise lr decay over the ViT."""
+        hp = self.hparams
+        return layer_decay_param_groups(self.model, hp.lr, hp.weight_decay, hp.layer_decay)
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        groups = layer_decay_param_groups(self.model, hp.lr, hp.weight_decay, hp.layer_decay)
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        optimizer = torch.optim.AdamW(self.param_groups(), lr=hp.lr)
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = warmup_cosine_scheduler(optimizer, total_steps, min(hp.warmup_steps, total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

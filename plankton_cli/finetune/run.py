@@ -12,6 +12,7 @@ from plankton_cli.data import load_or_compute_stats
 from plankton_cli.errors import UsageError
 from plankton_cli.finetune.config import RESULT_KEYS, FinetuneConfig
 from plankton_cli.finetune.fold import fold_recipe, run_fold
+from plankton_cli.finetune.model import require_vit
 from plankton_cli.finetune.pool import PoolFeatures, fold_splits, label_count_rows, labelled_pool
 from plankton_cli.finetune.results import summarise_run
 from plankton_cli.pad_store import padding_rules
@@ -36,6 +37,7 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = log.info) -> 
     )
 
     parse_label_fraction(config.labels)  # fail before any work on a bad spec
+    require_vit(config)
     if config.fold is not None and not 0 <= config.fold < config.folds:
         raise ValueError(f"--fold {config.fold} is outside 0..{config.folds - 1}")
     out = Path(config.out)

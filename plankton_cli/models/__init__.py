@@ -12,7 +12,7 @@ from plankton_cli.models.checkpoints import (
     save_encoder,
     save_model,
 )
-from plankton_cli.models.classifier import Classifier, layer_decay_param_groups
+from plankton_cli.models.classifier import Classifier, is_vit, layer_decay_param_groups
 from plankton_cli.model_info import ModelInfo, ModelInfoError
 from plankton_cli.models.mae import MAE, MAEOutput, create_vit, param_groups_weight_decay, reconstruction_grid
 from plankton_cli.models.schedules import warmup_cosine, warmup_cosine_scheduler
@@ -25,6 +25,7 @@ __all__ = [
     "ModelInfo",
     "ModelInfoError",
     "create_vit",
+    "is_vit",
     "layer_decay_param_groups",
     "load_encoder_info",
     "load_model",

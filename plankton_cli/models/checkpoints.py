@@ -7,7 +7,8 @@ written atomically (temporary file + ``os.replace``), weights first:
 - ``encoder.safetensors`` + ``encoder.json``: a plain timm ViT state dict (MAE encoder);
   loads strictly into ``create_vit(**arch, num_classes=0)``.
 - ``model.safetensors`` + ``model.json``: a fine-tuned :class:`Classifier` (``encoder.*``,
-  ``head.*``); ``load_model`` rebuilds and loads it strictly.
+  ``head.*``; the encoder a timm ViT or, for a distilled student, a timm CNN); ``load_model`` rebuilds and
+  loads it strictly.
 
 The JSON is one flat object (values are scalars or lists of scalars; only ``thresholds``
 may be a mapping), typed and validated by :class:`plankton_cli.model_info.ModelInfo`. The info
@@ -23,8 +24,9 @@ plankton_cli_version      package version that wrote it (set here)
 architecture              timm model name, e.g. "vit_large_patch16_224"   (required)
 img_size                  square input side in pixels                        (required)
 in_chans                  input channels, 1 for grayscale                    (required)
-patch_size, embed_dim,    resolved ViT shape, override the timm defaults     (required)
-depth, num_heads
+embed_dim                 a ViT's width; a CNN's embedding width             (required)
+patch_size, depth,        resolved ViT shape, override the timm defaults     (required for a ViT;
+num_heads                 absent for a timm CNN, e.g. "mobilenetv3_small_100")
 mean, std                 per-channel normalisation of the input tensors     (required)
 pad_*, resize, crop_*     preprocessing settings, as the data module names them (optional)
 source                    free-text provenance: run, data set, epochs, ...   (optional)
@@ -66,7 +68,7 @@ from torch import Tensor, nn
 
 from plankton_cli.atomic import atomic_path
 from plankton_cli.errors import UsageError
-from plankton_cli.models.classifier import Classifier, find_vit
+from plankton_cli.models.classifier import Classifier, find_vit, is_vit
 from plankton_cli.models.fitted_heads import head_from_state
 from plankton_cli.model_info import ENCODER_FORMAT, FORMAT_VERSION, MODEL_FORMAT, ModelInfo
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
@@ -197,15 +199,18 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Classifi
 
 
 def _classifier(info: ModelInfo, state: dict[str, Tensor]) -> Classifier:
+    # A ViT is rebuilt with its recorded shape; a CNN (no ViT keys) from its timm name alone.
+    vit_shape = info.patch_size is not None
+    if not vit_shape and is_vit(info.architecture):
+        raise ModelFileError(f"{info.architecture} is a ViT: the model file lacks patch_size, depth and num_heads")
+    shape = dict(patch_size=info.patch_size, embed_dim=info.embed_dim, depth=info.depth,
+                 num_heads=info.num_heads) if vit_shape else {}
     model = Classifier(
         info.architecture,
         info.num_classes,
         img_size=info.img_size,
         in_chans=info.in_chans,
-        patch_size=info.patch_size,
-        embed_dim=info.embed_dim,
-        depth=info.depth,
-        num_heads=info.num_heads,
+        **shape,
         hidden_dim=info.hidden_dim or 512,
         feature_dim=info.feature_dim,
         drop_path_rate=0.0,

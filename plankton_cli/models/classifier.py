@@ -2,7 +2,9 @@
 
 The encoder is built with ``global_pool='avg'``: patch tokens (class token excluded) are
 averaged and normalised by ``fc_norm``, and the final ``norm`` is an Identity, exactly as
-MAE fine-tuning does. The head is the bottleneck of Maracani et al. 2023 used by the paper:
+MAE fine-tuning does. Any other timm model (a CNN such as ``mobilenetv3_small_100``, a distillation student)
+is built by ``timm.create_model(num_classes=0)``: its own global pooling (and, for MobileNetV3, its ``conv_head``)
+gives the embedding, ``head_hidden_size`` wide. The head is the bottleneck of Maracani et al. 2023 used by the paper:
 Linear(embed_dim → 512) → LayerNorm → GELU → Linear(512 → classes). The paper does not say
 whether the last layer is wrapped in ``weight_norm`` (Maracani's code does); it is not here.
 
@@ -19,8 +21,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import timm
 import torch
 from timm.layers import trunc_normal_
+from timm.models import is_model, model_entrypoint
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -28,8 +32,51 @@ from plankton_cli.models.fitted_heads import FittedHead
 from plankton_cli.models.mae import NO_DECAY_NAMES, create_vit, vit_arch
 
 
+# timm modules whose models are ``VisionTransformer``s (judged without building one).
+VIT_MODULES = ("timm.models.vision_transformer", "timm.models.deit")
+
+
+def is_vit(architecture: str) -> bool:
+    """True when timm builds ``architecture`` as a ``VisionTransformer`` (from its registry: nothing is built)."""
+    if not is_model(architecture):
+        raise ValueError(f"{architecture!r} is not a timm model name")
+    return model_entrypoint(architecture).__module__ in VIT_MODULES
+
+
+def create_encoder(
+    architecture: str, *, img_size: int, in_chans: int, drop_path_rate: float, **vit_kwargs: Any
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``(encoder, arch)``: the headless timm model whose forward gives the pooled embedding, and the flat
+    architecture that rebuilds it (for a CNN the ViT keys are None and ``embed_dim`` is the embedding width).
+
+    A ViT: ``create_vit`` with average pooling + ``fc_norm`` and the ``vit_kwargs`` overrides. Any other timm
+    model: ``timm.create_model(num_classes=0)``; it takes no ViT overrides and no ``img_size`` (most CNNs do not
+    accept one; they take any input size).
+    """
+    if is_vit(architecture):
+        vit = create_vit(architecture, img_size=img_size, in_chans=in_chans, num_classes=0, global_pool="avg",
+                         drop_path_rate=drop_path_rate, **vit_kwargs)
+        return vit, vit_arch(vit, architecture)
+    if vit_kwargs.pop("pretrained", False):
+        raise ValueError("pretrained=True would download weights from the hub; this project never downloads")
+    if given := [key for key, value in vit_kwargs.items() if value is not None]:
+        options = ", ".join(f"--{key.replace('_', '-')}" for key in given)
+        raise ValueError(f"{architecture} is not a timm ViT: {options} appl{'ies' if len(given) == 1 else 'y'} "
+                         "to ViTs only")
+    # drop_path_rate only when asked for: a few timm CNNs (VGG, ...) take none.
+    extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+    cnn = timm.create_model(architecture, pretrained=False, num_classes=0, in_chans=in_chans, **extra)
+    if isinstance(cnn, VisionTransformer):
+        raise ValueError(f"{architecture} is a timm ViT of a module this project does not build "
+                         f"({model_entrypoint(architecture).__module__})")
+    width = getattr(cnn, "head_hidden_size", None) or cnn.num_features  # MobileNetV3: conv_head after the pool
+    arch = {"architecture": architecture, "img_size": img_size, "in_chans": in_chans, "patch_size": None,
+            "embed_dim": int(width), "depth": None, "num_heads": None}
+    return cnn, arch
+
+
 class Classifier(nn.Module):
-    """``encoder`` (timm ViT, no head) + ``head`` (bottleneck); ``forward`` returns logits.
+    """``encoder`` (timm ViT or CNN, no head) + ``head`` (bottleneck); ``forward`` returns logits.
 
     ``arch`` holds the flat architecture (see ``checkpoints``) that rebuilds the model.
     """
@@ -50,25 +97,16 @@ class Classifier(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError("num_classes must be at least 1")
-        self.encoder = create_vit(
-            architecture,
-            img_size=img_size,
-            in_chans=in_chans,
-            patch_size=patch_size,
-            num_classes=0,
-            global_pool="avg",
-            drop_path_rate=drop_path_rate,
-            **vit_kwargs,
-        )
+        self.encoder, arch = create_encoder(architecture, img_size=img_size, in_chans=in_chans,
+                                            drop_path_rate=drop_path_rate, patch_size=patch_size, **vit_kwargs)
         self.head: nn.Module = nn.Sequential(
-            nn.Linear(self.encoder.embed_dim + feature_dim, hidden_dim),
+            nn.Linear(arch["embed_dim"] + feature_dim, hidden_dim),
             nn.LayerNorm(hidden_dim),
             nn.GELU(),
             nn.Linear(hidden_dim, num_classes),
         )
         self.feature_dim = feature_dim
-        self.arch = dict(vit_arch(self.encoder, architecture), num_classes=num_classes, head="finetune",
-                         hidden_dim=hidden_dim)
+        self.arch = dict(arch, num_classes=num_classes, head="finetune", hidden_dim=hidden_dim)
         self._init_head()
 
     def use_fitted_head(self, head: FittedHead) -> None:
@@ -90,7 +128,7 @@ class Classifier(nn.Module):
         nn.init.zeros_(last.bias)
 
     def forward_features(self, images: Tensor) -> Tensor:
-        """Pooled, ``fc_norm``-ed encoder features: (batch, embed_dim)."""
+        """Pooled encoder features (a ViT's ``fc_norm``-ed): (batch, embed_dim)."""
         return self.encoder(images)
 
     def classify(self, embedding: Tensor | None, features: Tensor | None = None) -> Tensor:

@@ -1,9 +1,11 @@
 """Fine-tuning classifier, layer-wise lr decay and the per-group warmup-cosine schedule."""
 
+import json
 import math
 
 import pytest
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from plankton_cli.models.classifier import Classifier, group_of, layer_decay_param_groups
@@ -99,3 +101,72 @@ def test_scheduler_refuses_lr_scale_that_was_not_applied():
     optimizer = torch.optim.AdamW(groups)
     with pytest.raises(ValueError, match="lr_scale"):
         warmup_cosine_scheduler(optimizer, total_steps=10, warmup_steps=2)
+
+
+# --- a timm CNN encoder (a distillation student) ------------------------------------------------------------------
+
+CNN = "mobilenetv3_small_050"
+
+
+def test_cnn_classifier_gives_logits_with_and_without_feature_inputs():
+    torch.manual_seed(0)
+    model = Classifier(CNN, 4, img_size=32, in_chans=1).eval()
+    assert not isinstance(model.encoder, VisionTransformer)
+    width = model.arch["embed_dim"]
+    assert model.forward_features(torch.zeros(2, 1, 32, 32)).shape == (2, width)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 4)
+    assert model.head[0].in_features == width
+    assert {k: model.arch[k] for k in ("architecture", "img_size", "in_chans", "patch_size", "depth", "num_heads")} \
+        == dict(architecture=CNN, img_size=32, in_chans=1, patch_size=None, depth=None, num_heads=None)
+    with_features = Classifier(CNN, 4, img_size=32, in_chans=1, feature_dim=6).eval()
+    assert with_features.head[0].in_features == width + 6
+    assert with_features(torch.randn(3, 1, 32, 32), torch.randn(3, 6)).shape == (3, 4)
+    with pytest.raises(ValueError, match="feature inputs"):
+        with_features(torch.randn(3, 1, 32, 32))
+
+
+def test_cnn_refuses_vit_options_and_unknown_names():
+    with pytest.raises(ValueError, match="not a timm ViT: --patch-size, --depth apply to ViTs only"):
+        Classifier(CNN, 4, img_size=32, patch_size=8, depth=2)
+    with pytest.raises(ValueError, match="never downloads"):
+        Classifier(CNN, 4, img_size=32, pretrained=True)
+    with pytest.raises(ValueError, match="not a timm model name"):
+        Classifier("no_such_net", 4, img_size=32)
+
+
+def test_cnn_model_file_round_trip_gives_identical_logits_and_no_vit_keys(tmp_path):
+    import json
+
+    from plankton_cli.models.checkpoints import load_model, save_model
+
+    torch.manual_seed(0)
+    model = Classifier(CNN, 3, img_size=32, in_chans=1, drop_path_rate=0.0).eval()
+    info = {**model.arch, "classes": ["a", "b", "c"], "mean": [0.5], "std": [0.25]}
+    weights = save_model(tmp_path / "cnn", model.state_dict(), info)
+    written = json.loads(weights.with_suffix(".json").read_text())
+    assert all(written.get(key) is None for key in ("patch_size", "depth", "num_heads"))
+    assert written["architecture"] == CNN and written["embed_dim"] == model.arch["embed_dim"]
+    loaded, loaded_info = load_model(weights)
+    assert loaded.arch == model.arch and loaded_info.patch_size is None
+    images = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), model(images), rtol=0, atol=0)
+
+
+def test_model_file_of_a_vit_without_its_shape_is_refused(tmp_path):
+    from plankton_cli.model_info import ModelInfo, ModelInfoError
+    from plankton_cli.models.checkpoints import ModelFileError, load_model, save_model
+
+    model = tiny_classifier(num_classes=2)
+    weights = save_model(tmp_path / "vit", model.state_dict(), {**model.arch, "classes": ["a", "b"], "mean": [0.5],
+                                                                "std": [0.25]})
+    data = json.loads(weights.with_suffix(".json").read_text())
+    with pytest.raises(ModelInfoError, match="lacks required key"):  # a ViT shape is whole or absent
+        ModelInfo.from_dict({**data, "depth": None})
+    with pytest.raises(ModelInfoError, match="lacks required key"):  # an encoder is always an MAE ViT
+        ModelInfo.from_dict({**data, "format": "plankton-cli/encoder", "patch_size": None, "depth": None,
+                             "num_heads": None})
+    weights.with_suffix(".json").write_text(json.dumps({k: v for k, v in data.items()
+                                                        if k not in ("patch_size", "depth", "num_heads")}))
+    with pytest.raises(ModelFileError, match="is a ViT: the model file lacks patch_size"):
+        load_model(weights)
