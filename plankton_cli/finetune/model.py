@@ -36,7 +36,6 @@ def build_classifier(
 
     Inputs are always 1-channel: an RGB checkpoint has its patch kernel summed (``load_vit_weights``).
     """
-    require_vit(config)
     overrides = dict(patch_size=config.patch_size, depth=config.depth, embed_dim=config.embed_dim,
                      num_heads=config.num_heads)
     if config.init == SCRATCH:

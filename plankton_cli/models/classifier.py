@@ -57,8 +57,6 @@ def create_encoder(
         vit = create_vit(architecture, img_size=img_size, in_chans=in_chans, num_classes=0, global_pool="avg",
                          drop_path_rate=drop_path_rate, **vit_kwargs)
         return vit, vit_arch(vit, architecture)
-    if vit_kwargs.pop("pretrained", False):
-        raise ValueError("pretrained=True would download weights from the hub; this project never downloads")
     if given := [key for key, value in vit_kwargs.items() if value is not None]:
         options = ", ".join(f"--{key.replace('_', '-')}" for key in given)
         raise ValueError(f"{architecture} is not a timm ViT: {options} appl{'ies' if len(given) == 1 else 'y'} "

@@ -128,15 +128,11 @@ def test_cnn_classifier_gives_logits_with_and_without_feature_inputs():
 def test_cnn_refuses_vit_options_and_unknown_names():
     with pytest.raises(ValueError, match="not a timm ViT: --patch-size, --depth apply to ViTs only"):
         Classifier(CNN, 4, img_size=32, patch_size=8, depth=2)
-    with pytest.raises(ValueError, match="never downloads"):
-        Classifier(CNN, 4, img_size=32, pretrained=True)
     with pytest.raises(ValueError, match="not a timm model name"):
         Classifier("no_such_net", 4, img_size=32)
 
 
 def test_cnn_model_file_round_trip_gives_identical_logits_and_no_vit_keys(tmp_path):
-    import json
-
     from plankton_cli.models.checkpoints import load_model, save_model
 
     torch.manual_seed(0)
