@@ -11,11 +11,11 @@ Paths (``--cpu-path``):
   stay fp32. On a timm CNN student (``distill --student mobilenetv3_small_100``) only the bottleneck head's two
   Linear layers are quantised (its blocks, squeeze-excitation included, are convolutions): every convolution
   stays fp32, so int8 changes little there.
-- ``auto``: ``int8`` where the CPU has VNNI (AVX512-VNNI, AVX-VNNI or AMX) or, when its flags cannot be read,
+- ``auto``: for a ViT, ``int8`` where the CPU has VNNI (AVX512-VNNI, AVX-VNNI or AMX) or, when its flags cannot be read,
   reports AVX512: there ``bench/predict_cpu.py`` measured it fastest end to end for both the ViT-Ti student and
   ViT-S (the README's table), with top-1 agreement with fp32 checked on UVP6 (``tests/test_cpu_inference.py``).
   Elsewhere ``fp32``: without VNNI, FBGEMM's int8 products run at fp32's speed (0.96-1.04 × on an AVX2 EPYC,
-  ``bench/cpu_paths.py``) and only cost agreement.
+  ``bench/cpu_paths.py``) and only cost agreement. A CNN always runs ``fp32``: int8 would reach only its head.
 
 Measured and not offered (``bench/cpu_paths.py``, forward pass, top-1 agreement on UVP6; the README's table): none
 beats ``int8`` by the 15 % that would pay for a second runtime and an export step in the nightly job.
@@ -44,6 +44,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 CPU_PATHS = ("auto", "fp32", "bf16", "int8")
@@ -78,7 +79,7 @@ def prepare(model: nn.Module, path: str) -> tuple[nn.Module, AbstractContextMana
     if path not in CPU_PATHS:
         raise ValueError(f"unknown CPU path {path!r}; choose from {', '.join(CPU_PATHS)}")
     if path == "auto":
-        path = auto_path()
+        path = auto_path() if any(isinstance(m, VisionTransformer) for m in model.modules()) else "fp32"
     if path == "bf16":
         if not bf16_supported():
             raise ValueError("this CPU has no native bf16 (AVX512-BF16 or AMX): use --cpu-path int8 or fp32")

@@ -68,6 +68,8 @@ def test_auto_is_int8_exactly_where_the_cpu_has_vnni(monkeypatch, tmp_path):
         assert cpu_inference.auto_path() == expected
     model = Classifier("vit_tiny_patch16_224", 3, img_size=32, drop_path_rate=0.0, **TINY).eval()
     assert cpu_inference.prepare(model, "auto")[2] == "int8"
+    cnn = Classifier("mobilenetv3_small_050", 3, img_size=32).eval()  # int8 would reach only its head
+    assert cpu_inference.prepare(cnn, "auto")[2] == "fp32"
 
 
 def test_int8_quantises_every_linear_layer_and_keeps_the_rest():
