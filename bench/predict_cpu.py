@@ -13,9 +13,10 @@ speed does not depend on them (int8 quantises whatever weights there are).
 
 Quality: `--quality RUN2` reads a `plankton finetune` run (teacher per fold), distils every fold's teacher into
 the student (`plankton distill`, into RUN2/distill-<student>-<px>/fold-k; resumable, finished folds are reused)
-and prints both models' test scores on each fold's test images, mean ± std over the folds.
+and prints both models' test scores on each fold's test images, mean ± std over the folds, beside their ROIs per
+hour end to end from that store (fold 0's models, `--cpu-path auto`, `--threads` threads).
 
-    .venv/bin/python bench/predict_cpu.py --quality runs/ft --student vit_tiny_patch16_224:112 --store STORE
+    .venv/bin/python bench/predict_cpu.py --quality runs/ft --student mobilenetv3_small_100:112 --store STORE
 """
 
 from __future__ import annotations
@@ -166,16 +167,28 @@ def quality(args: argparse.Namespace) -> None:
         shape = f" depth {info['depth']} patch {info['patch_size']}" if info.get("patch_size") else ""  # a CNN: none
         return f"{info['architecture']}{shape} width {info['embed_dim']} {info['img_size']} px"
 
-    student_json = run / f"distill-{name}-{size}" / folds[0].name / "model.json"
-    print(f"\n| model | macro-F1 (%) over {len(rows)} fold(s) | top-1 agreement with teacher (%) |\n|---|---|---|")
-    print(f"| teacher {describe(folds[0] / 'model.json')} | {mean_std([r[1] for r in rows])} | |")
-    print(f"| student {describe(student_json)} | {mean_std([r[3] for r in rows])} | {mean_std([r[4] for r in rows])} |")
+    from plankton_cli.cpu_inference import set_threads
+    from plankton_cli.predict import predict
+    from plankton_cli.store import Store
+
+    set_threads(args.threads)
+    teacher_json, student_json = folds[0] / "model.json", run / f"distill-{name}-{size}" / folds[0].name / "model.json"
+    with tempfile.TemporaryDirectory() as tmp:
+        rates = [end_to_end_rate(predict, path.with_suffix(".safetensors"), Store(Path(args.store)), Path(tmp),
+                                 "auto", args) for path in (teacher_json, student_json)]
+    print(f"\n| model | macro-F1 (%) over {len(rows)} fold(s) | top-1 agreement with teacher (%) | "
+          f"end to end img/s | ROIs/h |\n|---|---|---|---|---|")
+    print(f"| teacher {describe(teacher_json)} | {mean_std([r[1] for r in rows])} | | {rates[0]:.1f} | "
+          f"{rates[0] * 3600:,.0f} |")
+    print(f"| student {describe(student_json)} | {mean_std([r[3] for r in rows])} | {mean_std([r[4] for r in rows])} "
+          f"| {rates[1]:.1f} | {rates[1] * 3600:,.0f} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", metavar="NAME:PX",
-                        default=["vit_base_patch16_224:224", "vit_small_patch16_224:224", "vit_tiny_patch16_224:112"])
+                        default=["vit_base_patch16_224:224", "vit_small_patch16_224:224", "vit_tiny_patch16_224:112",
+                                 "mobilenetv3_small_100:112"])
     parser.add_argument("--paths", nargs="+", default=["fp32", "bf16", "int8"], help="CPU paths to time")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--images", type=int, default=200, help="vignettes in the store (spread over classes)")
@@ -183,7 +196,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0, help="time per forward-pass measurement")
     parser.add_argument("--quality", metavar="RUN2", help="a finetune run: distil each fold, compare macro-F1")
-    parser.add_argument("--student", default="vit_tiny_patch16_224:112", metavar="NAME:PX")
+    parser.add_argument("--student", default="mobilenetv3_small_100:112", metavar="NAME:PX")
     parser.add_argument("--student-arch", metavar="KEY=N,...",
                         help="student overrides (--quality): patch_size, depth, embed_dim, num_heads")
     parser.add_argument("--store", help="the store RUN2 was trained on (--quality)")

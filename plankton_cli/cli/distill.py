@@ -14,14 +14,14 @@ from plankton_cli.cli.output import emit_json
 log = logging.getLogger("plankton.distill")
 
 # Spelled out here (not imported from plankton_cli.distill) so that --help does not import torch.
-DEFAULT_STUDENT = "vit_tiny_patch16_224"
+DEFAULT_STUDENT = "mobilenetv3_small_100"
 DEFAULT_IMG_SIZE = 112
 
 
 @click.command(epilog="""\b
 Examples:
   plankton distill --teacher runs/ft-5/fold-0/model.safetensors --out runs/student
-  plankton distill --teacher runs/ft-5/fold-0 --student vit_small_patch16_224 --img-size 96 --out runs/s96
+  plankton distill --teacher runs/ft-5/fold-0 --student vit_tiny_patch16_224 --img-size 112 --out runs/vit-ti
   # on the lab's GPU cluster; a killed or requeued job resumes from its last checkpoint
   plankton distill --teacher runs/ft-5/fold-0 --out runs/student --backend slurm --partition gpu --time 2:00:00
   # then, on the station
