@@ -48,7 +48,7 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --teacher, other setti
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run directory of the student.")
 @click.option("--student", default=DEFAULT_STUDENT, show_default=True, metavar="NAME",
-              help="timm ViT or CNN of the student, e.g. mobilenetv3_small_100 (trained from scratch).")
+              help="timm CNN or ViT of the student, e.g. vit_tiny_patch16_224 (trained from scratch).")
 @click.option("--img-size", type=click.IntRange(min=8), default=DEFAULT_IMG_SIZE, show_default=True, metavar="PX",
               help="The student's input size (the teacher keeps its own).")
 @click.option("--dataset", help="Dataset of the store [default: the teacher's, else padded, else objects].")
