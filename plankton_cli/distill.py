@@ -336,7 +336,8 @@ def student_overrides(config: DistillConfig) -> dict[str, int]:
     """The ViT overrides given for the student; refused in one line for a timm CNN (which has no such shape)."""
     overrides = {k: v for k, v in dict(patch_size=config.patch_size, depth=config.depth, embed_dim=config.embed_dim,
                                        num_heads=config.num_heads).items() if v is not None}
-    if overrides and not is_vit(config.student):
+    vit = is_vit(config.student)  # an unknown name fails here, before the teacher answers
+    if overrides and not vit:
         options = ", ".join(f"--{key.replace('_', '-')}" for key in overrides)
         raise UsageError(f"--student {config.student} is not a timm ViT: {options} shape a ViT student only")
     return overrides

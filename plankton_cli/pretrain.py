@@ -36,7 +36,8 @@ from plankton_cli.data import (
     TrainTransform,
     load_or_compute_stats,
 )
-from plankton_cli.models import MAE, create_vit, load_vit_weights, param_groups_weight_decay, reconstruction_grid, save_encoder
+from plankton_cli.models import MAE, create_vit, is_vit, load_vit_weights, param_groups_weight_decay, reconstruction_grid, save_encoder
+from plankton_cli.errors import UsageError
 from plankton_cli.model_info import ModelInfo
 from plankton_cli.models import warmup_cosine_scheduler
 from plankton_cli.models.mae import titled_panel
@@ -234,6 +235,9 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
 
     ``callbacks``: extra Lightning callbacks for the trainer (e.g. encoder snapshots at chosen epochs: the
     module's ``mae.encoder_state_dict()``); they are not part of the run's settings."""
+    if not is_vit(config.model):
+        raise UsageError(f"{config.model} is not a timm ViT: MAE pretraining takes ViTs only "
+                         "(a timm CNN can be a `plankton distill --student`)")
     started = time.monotonic()
     store = Store(config.store)
     dataset = resolve_dataset(store, config.dataset)

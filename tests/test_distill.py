@@ -307,3 +307,7 @@ def test_vit_options_for_a_cnn_student_are_refused_in_one_line(teacher, tmp_path
     assert result.output.strip() == ("Error: --student mobilenetv3_small_050 is not a timm ViT: --depth, --num-heads "
                                      "shape a ViT student only")
     assert not out.exists()
+    unknown = CliRunner().invoke(cli, [str(a) for a in ("distill", "--teacher", model, "--store", store, "--student",
+                                                        "no_such_net", "--out", out)])
+    assert unknown.exit_code == 2 and "'no_such_net' is not a timm model name" in unknown.output
+    assert not out.exists()  # refused before the teacher answered a single image

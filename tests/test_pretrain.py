@@ -70,6 +70,10 @@ def test_tiny_pretrain_exports_an_encoder_that_timm_loads(store: Path, tmp_path:
 
     again = plankton("pretrain", "--store", str(store), *TINY, "--max-steps", "1", "--out", str(run))
     assert again.returncode == 2 and "--resume" in again.stderr  # never overwrite a run silently
+    cnn = plankton("pretrain", "--store", str(store), "--model", "mobilenetv3_small_050", "--out", str(tmp_path / "c"))
+    assert cnn.returncode == 2 and cnn.stderr.strip().splitlines() == [
+        "Error: mobilenetv3_small_050 is not a timm ViT: MAE pretraining takes ViTs only (a timm CNN can be a "
+        "`plankton distill --student`)"]
 
 
 def test_loss_falls_when_overfitting_a_fixed_batch(store: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from plankton_cli.cli.dispatch import backend_options
-from plankton_cli.cli.options import json_option, store_option
+from plankton_cli.cli.options import WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 log = logging.getLogger("plankton.distill")
@@ -69,7 +69,7 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --teacher, other setti
 @click.option("--target-precision", type=click.FloatRange(0, 1), default=0.9, show_default=True,
               help="Per-class thresholds in model.json reach this precision on held-out labelled images.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True,
+@click.option("--workers", type=click.IntRange(min=0), default=default_workers(), show_default=WORKERS_DEFAULT_TEXT,
               help="DataLoader worker processes per device.")
 @click.option("--instrument", "instruments", multiple=True, help="Use only images of this instrument (repeatable).")
 @click.option("--label-status", "label_status", multiple=True, default=["validated"], show_default=True,
