@@ -279,8 +279,8 @@ def _wait_for(path: Path, timeout_s: float = 24 * 3600) -> None:
 class DistillModule(ClassifierModule):
     """Trains the student: per image (1 − alpha)·T²·KL(teacher_T ‖ student_T), plus alpha·cross-entropy on images
     with an accepted label. Optimiser and schedule are finetune's (AdamW, warmup + cosine per step) with layer
-    decay 1 (a CNN student: plain weight-decay groups, ``param_groups``): a student starts from scratch. Validation logs ``val_agreement``: top-1 agreement with the teacher
-    on the held-out images. ``features`` (object_id → the teacher's feature input) feed a student that reads
+    decay 1, a student starting from scratch (a CNN student: plain weight-decay groups, ``param_groups``).
+    Validation logs ``val_agreement``: top-1 agreement with the teacher on the held-out images. ``features`` (object_id → the teacher's feature input) feed a student that reads
     features, through finetune's ``_logits``."""
 
     def __init__(self, model: Classifier, targets: dict[str, np.ndarray], labelled: set[str], *, lr: float,
