@@ -44,8 +44,9 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+from plankton_cli.models.classifier import contains_vit
 
 CPU_PATHS = ("auto", "fp32", "bf16", "int8")
 INT8_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # /proc/cpuinfo names of the instructions int8 GEMMs use
@@ -79,7 +80,7 @@ def prepare(model: nn.Module, path: str) -> tuple[nn.Module, AbstractContextMana
     if path not in CPU_PATHS:
         raise ValueError(f"unknown CPU path {path!r}; choose from {', '.join(CPU_PATHS)}")
     if path == "auto":
-        path = auto_path() if any(isinstance(m, VisionTransformer) for m in model.modules()) else "fp32"
+        path = auto_path() if contains_vit(model) else "fp32"
     if path == "bf16":
         if not bf16_supported():
             raise ValueError("this CPU has no native bf16 (AVX512-BF16 or AMX): use --cpu-path int8 or fp32")

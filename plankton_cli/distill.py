@@ -48,7 +48,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from plankton_cli import metrics as M
@@ -65,6 +64,7 @@ from plankton_cli.features.inputs import PREFIX, FeatureScaling, feature_matrix
 from plankton_cli.finetune.model import PREPROCESS_PREFIXES
 from plankton_cli.model_info import ModelInfo
 from plankton_cli.models import Classifier, is_vit, load_model, param_groups_weight_decay, save_model
+from plankton_cli.models.classifier import contains_vit
 
 log = logging.getLogger("plankton.distill")
 
@@ -294,7 +294,7 @@ class DistillModule(ClassifierModule):
     def param_groups(self) -> list[dict[str, Any]]:
         """finetune's groups (layer decay 1) for a ViT student, so its checkpoints resume as before; a CNN student
         (no ViT layers to decay over): weight decay on weight matrices and kernels, none on norms and biases."""
-        if any(isinstance(m, VisionTransformer) for m in self.model.modules()):
+        if contains_vit(self.model):
             return super().param_groups()
         return param_groups_weight_decay(self.model, self.hparams.weight_decay)
 

@@ -145,6 +145,11 @@ class Classifier(nn.Module):
         return self.classify(self.encoder(images) if self.reads_image else None, features)
 
 
+def contains_vit(model: nn.Module) -> bool:
+    """True when a timm ViT is inside ``model`` (a Classifier, a quantised copy of one or a bare timm model)."""
+    return any(isinstance(module, VisionTransformer) for module in model.modules())
+
+
 def find_vit(model: nn.Module) -> tuple[str, VisionTransformer]:
     """``(prefix, vit)`` of the first timm ViT inside ``model`` (prefix '' when it is one)."""
     for name, module in model.named_modules():
