@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import errno
 import logging
-import tempfile
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -192,13 +192,15 @@ def _prediction(item: _Item, probabilities: np.ndarray, label: str, label_auto: 
 
 def _check_out(out_dir: Path) -> None:
     """Refuse an OUT that cannot take files before predicting anything: one line naming the folder (exit 73),
-    not a writer's temporary file name at the end of the run."""
+    not a writer's temporary file name at the end of the run. `os.access` also answers for root, who writes
+    through permission bits but not into an immutable folder or a read-only file system; no probe file is made,
+    so a run killed here leaves nothing behind."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(prefix=".plankton-probe-", dir=out_dir):
-            pass
     except OSError as exc:
         raise CantCreate(f"{out_dir}: cannot write outputs there ({exc.strerror or exc})", path=out_dir) from exc
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise CantCreate(f"{out_dir}: cannot write outputs there (not writable)", path=out_dir)
 
 
 # A writer's file or folder that cannot be made (a file where its folder goes, a read-only or immutable folder)
