@@ -217,13 +217,13 @@ def _output_failure(exc: Exception, *, kept: bool) -> Exception:
 
 
 def _finish_outputs(store: Store, spool: IO[bytes], run: PredictionRun, sessions: dict[tuple[str, str], Any],
-                    batch_size: int) -> None:
-    """Write an ended run's stored-but-unfinished predictions (its finished spool) to this run's file writers and
-    to the outputs that run asked for, from the spooled scores and the stored objects: nothing is predicted again.
-    """
+                    own: list[tuple[str, str]], batch_size: int) -> None:
+    """Write an ended run's stored-but-unfinished predictions (its finished spool) to this run's own file writers
+    (`own`: this run commits them, so it owes their outputs) and to the outputs that run asked for, from the
+    spooled scores and the stored objects: nothing is predicted again."""
     outputs, options = spool_outputs(spool)
-    owed = [(name, out) for name, out in outputs.items()]
-    for name, out in owed:  # an output the earlier run asked for and this run does not write: opened for it
+    targets = dict.fromkeys([*own, *outputs.items()])
+    for name, out in targets:  # an output the earlier run asked for and this run does not write: opened for it
         if (name, out) not in sessions:
             sessions[(name, out)] = plugins.load("writer", name).open(Path(out), replace(run, options=options))
     table = pq.read_table(spool, columns=["object_id", "label", "label_auto", "probabilities", "embedding"])
@@ -239,8 +239,8 @@ def _finish_outputs(store: Store, spool: IO[bytes], run: PredictionRun, sessions
             i = rows[item.object_id]
             embedding = None if embeddings[i] is None else np.asarray(embeddings[i], np.float32)
             preds.append(_prediction(item, np.asarray(scores[i], np.float32), labels[i], autos[i], embedding))
-        for session in sessions.values():
-            session.write(preds)
+        for key in targets:
+            sessions[key].write(preds)
     if found < len(rows):
         log.warning("%d predictions of an earlier run are stored without file outputs: their objects left the "
                     "store meanwhile", len(rows) - found)
@@ -372,16 +372,15 @@ def predict(
                 store_session = session
             else:
                 sessions[(name, str(out_dir))] = session
+        own_files = [*sessions]  # this run's file writers, not outputs only owed to earlier runs (opened below)
+        own = [*sessions.values(), *([store_session] if store_session else [])]
         if store_session is not None and store is not None:
             for spool in store_session.earlier.values():  # finish what ended runs left: their outputs first
-                _finish_outputs(store, spool, run, sessions, batch_size)
+                _finish_outputs(store, spool, run, sessions, own_files, batch_size)
         preprocess = Preprocessor(info)
         scaling = FeatureScaling.from_info(info)
         feature_inputs = FeatureInputs(scaling) if scaling else None
         counts: dict[str, int] = {}
-        own = [*sessions.values()]  # the sessions of this run's own writers (not outputs owed by earlier runs)
-        if store_session is not None:
-            own.append(store_session)
         with torch.inference_mode():
             for batch in _batches(items, batch_size):
                 inputs = torch.stack([preprocess(item) for item in batch]).to(dev, non_blocking=True)

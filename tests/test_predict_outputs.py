@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BUNDLED
+from plankton_cli.errors import CantCreate
 from plankton_cli.ingest import ingest
 from plankton_cli.predict import predict
 from plankton_cli.store import Store
@@ -86,3 +87,24 @@ def test_killed_at_every_operation_then_a_clean_run_writes_every_output_once(tmp
         if not fault.fired:
             break
     assert k > 10, f"predict made only {k - 1} operations: is the fault injection still installed?"
+
+
+def test_the_outputs_a_failed_run_asked_for_are_written_by_the_next_run_whatever_it_asks(tmp_path, model):
+    """The store spool records the outputs its run owes: a later run with other writers and another OUT still
+    writes them (and its own, for the predictions it commits), without predicting again."""
+    store = Store(tmp_path / "store")
+    ingest(store, [BUNDLED / "ifcb" / "pyifcb-testdata" / "white"])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ecotaxa").write_text("a file where the zips go\n")
+    with pytest.raises(CantCreate, match="predictions are kept"):
+        predict(model, store=store, to=["store", "ecotaxa"], out_dir=out)
+    assert not store.files("predictions")
+    (out / "ecotaxa").unlink()
+
+    later = predict(model, store=store, to=["store", "csv"], out_dir=tmp_path / "elsewhere")
+    assert later.predicted == 0 and later.writers["store"]["from_earlier_runs"] == 19
+    assert later.writers[f"ecotaxa ({out})"]["objects"] == 19  # owed to the failed run
+    assert [p.name for p in (out / "ecotaxa").iterdir()] == ["D20130526T095207_IFCB013.zip"]
+    assert later.writers["csv"]["rows"] == 19  # this run's own writer gets what it commits
+    assert store.dataset("predictions").count_rows() == 19
