@@ -316,8 +316,6 @@ def predict(
     from plankton_cli import cpu_inference
     from plankton_cli.models.checkpoints import load_model
 
-    if any(name != StoreWriter.name for name in to):
-        _check_out(Path(out_dir))  # before loading anything: an OUT that cannot take files fails in one line
     cpu_inference.set_threads(threads)
 
     model_path = Path(model_path)
@@ -362,6 +360,8 @@ def predict(
         raise ValueError("predict needs a store or sources")
 
     files = [name for name in to if name != StoreWriter.name]
+    if files:
+        _check_out(Path(out_dir))  # before any prediction: an OUT that cannot take files fails in one line
     options["outputs"] = {name: str(out_dir) for name in files}  # what the store's spool says this run owes
     sessions: dict[tuple[str, str], Any] = {}  # (writer, OUT) -> session; the store's is closed apart, last
     store_session: StoreSession | None = None

@@ -25,9 +25,9 @@ import fcntl
 import json
 import os
 from collections.abc import Sequence
-from typing import IO
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pyarrow as pa
