@@ -20,13 +20,18 @@ def test_backup_export_gives_category_ids_and_tsv_export_gives_name_parent(tmp_p
     assert ("detritus", "detritus<not-living", None) in by_acquisition.entries
 
 
-def test_model_classes_folder_labels_resolve_by_id_and_the_rest_is_listed(tmp_path):
+def test_model_classes_folder_labels_resolve_by_the_export_s_ids_only(tmp_path):
     export = shared_data(*EXPORTS, "bak_all_images")
-    result = build_taxon_map([export], ["detritus", "Copepoda__25828", "Oncaeidae__78418", "Noctiluca"])
-    assert ("detritus", "detritus", "84963") in result.entries
-    assert ("Oncaeidae__78418", "Oncaeidae", "78418") in result.entries  # found in the export by its id
-    assert ("Copepoda__25828", "Copepoda", "25828") in result.entries  # not in it: the folder name says the id
-    assert result.unresolved == [("Noctiluca", "not a category of the export")]
+    result = build_taxon_map([export], ["detritus", "Copepoda__25828", "Oncaeidae__78418", "detritus__8888",
+                                        "Noctiluca"])
+    assert result.entries == [("detritus", "detritus", "84963"),
+                              ("Oncaeidae__78418", "Oncaeidae", "78418")]  # found in the export by its id
+    reasons = dict(result.unresolved)
+    assert list(reasons) == ["Copepoda__25828", "detritus__8888", "Noctiluca"]
+    # the folder's id is never taken on trust; where the export knows the name, the reason gives its id
+    assert reasons["Copepoda__25828"] == "category id 25828 (from the folder name) is not in the export"
+    assert "the export has 'detritus' as id 84963" in reasons["detritus__8888"]
+    assert reasons["Noctiluca"] == "not a category of the export"
 
 
 def test_cli_writes_a_map_the_ecotaxa_writer_reads(tmp_path):

@@ -15,14 +15,17 @@ from plankton_cli.cli.output import emit_json
 Examples:
   # every category of an EcoTaxa export, as a taxon map for `predict --to ecotaxa --taxon-map`
   plankton taxa --from export_TSV_1234.zip --out taxa.tsv
-  # only the classes a model predicts (folder labels like detritus__8888 resolve by their id)
+  # only the classes a model predicts (a folder label like detritus__84963 resolves when the
+  # export has category id 84963)
   plankton taxa --from export/ --model runs/ft/fold-0/model.safetensors --out taxa.tsv
 
 \b
-Writes label<TAB>ecotaxa_name<TAB>category_id lines. EcoTaxa resolves the category id first,
-so objects import without manual mapping; names are written as name<parent when the export
-holds the lineage. Labels that cannot be resolved are listed (stderr, and in --json) and left
-out of the map: add them by hand, or predict leaves those objects without a category.""")
+Writes label<TAB>ecotaxa_name<TAB>category_id lines. Names and ids come from the export only:
+EcoTaxa resolves the category id first (and keeps no name when it has one), so an id that
+the export does not confirm is never written, not even one taken from a Name__id folder.
+Names are written as name<parent when the export holds the lineage. Labels that cannot be
+resolved are listed with the reason (stderr, and in --json) and left out of the map: add them
+by hand, or predict leaves those objects unclassified (--strict: refuses to run).""")
 @click.option("--from", "exports", required=True, multiple=True, type=click.Path(exists=True, path_type=Path),
               help="EcoTaxa export: zip, folder or TSV (repeatable).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),

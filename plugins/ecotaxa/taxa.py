@@ -10,7 +10,9 @@ display name or `name<parent` (`reference/ecotaxa-format.md` §5). An export tel
 Each label becomes one line `label<TAB>ecotaxa_name<TAB>category_id`. A label resolves when its id is known
 (EcoTaxa needs nothing else) or when the name can be written as `name<parent`. Labels are the export's categories,
 or a model's classes (`classes`): a class matches a category by its name, or as a `Name__12345` folder label by
-its id. Whatever does not resolve is listed with the reason, never guessed.
+its id *when the export has that id*. Names and ids come from the export only: the id in a folder name is never
+trusted on its own (a folder `detritus__8888` next to an export where detritus is 84963 would send the objects
+to whatever taxon 8888 is in the real database). Whatever does not resolve is listed with the reason.
 """
 
 from __future__ import annotations
@@ -122,7 +124,10 @@ def build_taxon_map(exports: Sequence[Path], classes: Sequence[str] | None = Non
         category = categories.get(normalize_category(label))
         folder = _FOLDER_LABEL.fullmatch(label)
         if category is None and folder:
-            category = by_id.get(folder["id"]) or Category(folder["name"], {folder["id"]})
+            category = by_id.get(folder["id"])
+            if category is None:
+                unresolved.append((label, _folder_reason(folder["name"], folder["id"], categories)))
+                continue
         if category is None:
             unresolved.append((label, "not a category of the export"))
             continue
@@ -132,6 +137,17 @@ def build_taxon_map(exports: Sequence[Path], classes: Sequence[str] | None = Non
         else:
             entries.append((label, *outcome))
     return TaxonMap(entries, unresolved, len(categories), rows)
+
+
+def _folder_reason(name: str, folder_id: str, categories: dict[str, Category]) -> str:
+    """Why a `Name__id` label did not resolve, with the export's own id for that name when it has one."""
+    reason = f"category id {folder_id} (from the folder name) is not in the export"
+    same_name = categories.get(normalize_category(name))
+    if same_name is not None and same_name.ids:
+        ids = ", ".join(sorted(same_name.ids))
+        reason += (f"; the export has {name!r} as id {ids}: if that is the same taxon, add "
+                   f"'{name}__{folder_id}<TAB>{name}<TAB>{ids}' to the map")
+    return reason
 
 
 def class_names(model_path: Path) -> list[str]:
