@@ -87,7 +87,7 @@ _EXTENSIONS = {"png": {".png"}, "jpg": {".jpg", ".jpeg"}, "gif": {".gif"}}
 
 _ID_LABEL = re.compile(r"id:(\d+)")  # the reader's label for a row with a category id and no name
 _FOLDER_LABEL = re.compile(r"(?P<name>.+)__(?P<id>\d+)")  # uvpec / EcoTaxa DOI class folders: DisplayName__id
-ECOTAXA_COLUMN = re.compile(r"(?:object|sample|acq|process)_.+|img_rank|complement_info")
+ECOTAXA_COLUMN = re.compile(r"(?:object|sample|acq|process)_.+|complement_info")
 """Metadata keys that are columns of the EcoTaxa TSV an object was read from (written back in new mode)."""
 PREDICTION_COLUMNS = re.compile(r"object_annotation_.*|object_score|object_label_auto|object_top\d+_(?:label|score)")
 """Columns the prediction fills: an export's own values there are replaced, never written back."""
@@ -180,6 +180,15 @@ def ecotaxa_object_id(p: Prediction) -> str:
     """The `object_id` EcoTaxa knows the object by (update mode matches on it): objects read from EcoTaxa keep
     their native id in metadata, while the store's id is qualified by the bundle."""
     return (p.metadata or {}).get(NATIVE_ID) or p.object_id
+
+
+def image_rank(p: Prediction) -> int:
+    """Which image of its object a prediction is: the reader stores an EcoTaxa object's further images as
+    `<object_id>#<rank>` (rank 1, 2... from `img_rank`, or the next free one when the TSV gave none); 0 otherwise."""
+    if NATIVE_ID not in (p.metadata or {}):
+        return 0
+    match = re.fullmatch(r".*#(\d+)", p.object_id)
+    return int(match[1]) if match else 0
 
 
 def sample_name(p: Prediction) -> str:
@@ -328,8 +337,8 @@ class EcoTaxaSession:
     def _row(self, p: Prediction, mode: str, top_labels: list[str], top_scores: np.ndarray) -> dict:
         kind, taxon = self._category(p.label)
         metadata = p.metadata or {}
-        rank = _category_number(metadata.get("img_rank")) or "0"  # further images of an object read from EcoTaxa
-        row: dict = {"_kind": kind, "_label": p.label, "_record": p.object_id, "_rank": int(rank),
+        rank = image_rank(p)
+        row: dict = {"_kind": kind, "_label": p.label, "_record": p.object_id, "_rank": rank,
                      "object_id": ecotaxa_object_id(p)}
         if taxon is not None:
             row["object_annotation_status"] = "predicted"
@@ -343,8 +352,11 @@ class EcoTaxaSession:
         if when is not None:
             when = when.astimezone(UTC) if when.tzinfo else when  # naive times are taken as UTC
         instrument = canonical_instrument(p.instrument) if p.instrument else None
+        raw_rank = metadata.get("img_rank", "").strip() or "0"
         row |= {
-            "img_rank": rank,
+            # the export's own text when it says the same rank (`0`, `0.0`), else the rank the reader gave the image
+            "img_rank": raw_rank if _category_number(raw_rank) == str(rank) or (raw_rank == "0" and not rank)
+            else str(rank),
             "object_lat": "" if p.lat is None else repr(float(p.lat)),
             "object_lon": "" if p.lon is None else repr(float(p.lon)),
             "object_date": "" if when is None else when.strftime("%Y%m%d"),
