@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared_data
+from conftest import plankton, shared_data
 from plankton_cli.ingest import ingest
 from plankton_cli.predict import predict
 from plankton_cli.records import ReadOptions
@@ -77,6 +77,22 @@ def zip_rows(files: list[str], mode: str) -> dict[tuple[str, float], tuple[dict[
     return rows
 
 
+def favouring(model: Path, index: int) -> Path:
+    """The model file with its last layer's bias set so that it predicts class `index` for every image."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(model), "pt") as weights:
+        metadata = weights.metadata()
+    tensors = load_file(str(model))
+    bias = torch.zeros_like(tensors["head.3.bias"])
+    bias[index] = 100.0
+    tensors["head.3.bias"] = bias
+    save_file(tensors, str(model), metadata=metadata)
+    return model
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     # classes the exports use, so some predictions are confirmed by EcoTaxa's own labels in the store
@@ -123,3 +139,29 @@ def test_what_goes_back_is_what_came_out_plus_the_prediction(tmp_path, model, la
     assert {object_id for object_id, _ in rows} <= {object_id for object_id, _ in expected}
     assert all(row["object_annotation_status"] == "predicted" for row, _ in rows.values())
     assert any("'Cla'" in note or '"Cla"' in note for note in update["notes"]) == bool(update["files"])
+
+
+def test_labels_no_export_confirms_are_counted_and_strict_refuses_them(tmp_path):
+    """detritus is EcoTaxa's (id 84963 in the backup export); darksphere__7777 is only a folder name."""
+    store = Store(tmp_path / "store")
+    ingest(store, [shared_data(*QA, "ref_exports", "bak_all_images")], fmt="ecotaxa")
+    classes = ["detritus", "darksphere__7777"]
+    for favoured in classes:  # an untrained model gives every object one class: bias it to each in turn
+        model = favouring(tiny_model(tmp_path / favoured / "fold-0", classes, {}), classes.index(favoured))
+        ecotaxa = predict(model, store=store, to=["ecotaxa"], out_dir=tmp_path / favoured).writers["ecotaxa"]
+        if favoured == "detritus":  # EcoTaxa's own category, with the export's id, in update zips
+            assert ecotaxa["classified"] == ecotaxa["with_category_id"] == ecotaxa["update_objects"] == 11
+            rows = zip_rows(ecotaxa["files"], "update")
+            assert len(rows) == 11 and {(row["object_annotation_category"], row["object_annotation_category_id"])
+                                        for row, _ in rows.values()} == {("detritus", "84963")}
+        else:  # never 7777: counted, and left out of the update (which would otherwise unclassify nothing)
+            assert ecotaxa["unmapped"] == {"darksphere__7777": 11} and ecotaxa["files"] == []
+            assert ecotaxa["left_out"] == {"unmapped (update mode)": 11}
+            assert any("darksphere__7777 11" in note and "--taxon-map" in note for note in ecotaxa["notes"])
+
+    proc = plankton("predict", "--store", str(store.root), "--model", str(model), "--to", "ecotaxa", "--strict",
+                    "--force", "--out", str(tmp_path / "strict"))
+    assert proc.returncode == 65
+    (line,) = proc.stderr.strip().splitlines()
+    assert "darksphere__7777" in line and "plankton taxa --from EXPORT" in line
+    assert not (tmp_path / "strict" / "ecotaxa-update").exists()
