@@ -224,6 +224,9 @@ def _folder_reason(name: str, folder_id: str, categories: dict[str, Category]) -
         ids = ", ".join(sorted(same_name.ids))
         reason += (f"; the export has {name!r} as id {ids}: if that is the same taxon, add "
                    f"'{name}__{folder_id}<TAB>{name}<TAB>{ids}' to the map")
+    elif same_name is not None:  # a TSV export: names and lineages, no ids
+        reason += (f"; the export has {name!r} without an id: a backup export or --taxonomy can confirm "
+                   f"{folder_id}")
     return reason
 
 

@@ -318,7 +318,8 @@ class EcoTaxaSession:
         mapped = (self.taxon_map or {}).get(label)
         if mapped is not None:
             # the store's id is the label's own category: it holds only when the map keeps that category's name
-            same = stored is not None and mapped.name in (label, stored.name)
+            # (`detritus<not-living` is EcoTaxa's `detritus` with its parent spelled out)
+            same = stored is not None and mapped.name.split("<")[0] in (label, stored.name.split("<")[0])
             return Taxon(mapped.name, mapped.category_id or (stored.category_id if same and stored else None))
         return stored
 
