@@ -550,13 +550,15 @@ class EcoTaxaSession:
             notes.append("EcoTaxa shows every imported prediction with score 1.0; the model's score is in the "
                          "custom column object_score (the next classes in object_top<i>_label/_score)")
         if unmapped:
-            left_out = self.unmapped_policy == "skip" or (files["update"] and not files["new"])
-            fate = {"skip": "left out", "name": "written by name only, without a category id",
-                    "omit": "left unclassified (update zips: left out)"}[self.unmapped_policy]
+            total = sum(unmapped.values())
+            left = counts["left out: unmapped label"] + counts["left out: unmapped (update mode)"]
+            kept = "written by name only, without a category id" if self.unmapped_policy == "name" else \
+                "written unclassified"
+            fate = ", ".join(part for part in (f"{total - left} {kept}" if total > left else "",
+                                               f"{left} left out" if left else "") if part)
             labels = ", ".join(f"{label} {n}" for label, n in unmapped.most_common(10))
-            notes.append(f"{sum(unmapped.values())} objects have labels with no EcoTaxa category confirmed by a "
-                         f"taxon map or by labels read from EcoTaxa ({labels}): {'left out' if left_out else fate}; "
-                         f"{FIX_HINT}")
+            notes.append(f"{total} objects have labels with no EcoTaxa category confirmed by a taxon map or by "
+                         f"labels read from EcoTaxa ({labels}): {fate}; {FIX_HINT}")
         all_files = files["new"] + files["update"]
         return {
             "writer": EcoTaxaWriter.name,

@@ -202,7 +202,7 @@ def test_without_a_map_no_label_is_confirmed_so_every_object_stays_unclassified(
     assert summary["unmapped"] == dict(labelled)  # counted per label
     assert summary["unclassified"] + sum(labelled.values()) == summary["objects"] == len(predictions)
     (note,) = [n for n in summary["notes"] if "no EcoTaxa category confirmed" in n]
-    assert "left unclassified" in note and "plankton taxa --from EXPORT --model MODEL" in note
+    assert f"{sum(labelled.values())} written unclassified" in note and "plankton taxa --from EXPORT --model MODEL" in note
     for z in summary["files"]:
         header, _, *rows = tsv_lines(Path(z))
         assert all(dict(zip(header, cells))["object_annotation_category"] == "" for cells in rows)
@@ -457,7 +457,7 @@ def test_taxon_map_ids_and_update_mode_summary_says_unmapped_objects_were_left_o
     unmapped = sum(p.label in ("Mesodinium_rubrum", "detritus") for p in predictions)
     assert sum(summary["unmapped"].values()) == unmapped
     assert summary["left_out"]["unmapped (update mode)"] == unmapped
-    assert any(f"{unmapped} objects" in note and "left out" in note for note in summary["notes"])
+    assert any(f"{unmapped} objects" in note and f"{unmapped} left out" in note for note in summary["notes"])
     for z in (tmp_path / "ecotaxa-update").glob("*.zip"):
         header, _, *rows = tsv_lines(z)
         assert header[-1] == "object_annotation_category_id"
