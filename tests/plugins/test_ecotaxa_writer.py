@@ -566,3 +566,24 @@ def test_checker_holds_categories_to_the_confirmed_taxa(tmp_path):
     assert any("in two samples" in p for p in check_import_zip(two_samples))
     assert any("empty acq_id" in p for p in check_import_zip(rewrite(source, tmp_path / "e.zip",
                                                                      edit_cell("acq_id", ""))))
+
+
+def test_one_run_sends_objects_from_ecotaxa_to_update_zips_and_the_others_to_new_zips(tmp_path):
+    jpg = sorted(DEMO.rglob("*.jpg"))[0]
+    bundle = tmp_path / "cruise-a"
+    bundle.mkdir()
+    (bundle / "a.jpg").write_bytes(jpg.read_bytes())
+    (bundle / "ecotaxa_s1.tsv").write_text("object_id\timg_file_name\tsample_id\nobj_1\ta.jpg\ts1\n")
+    (record,) = read_back(bundle).values()
+    from_ecotaxa = Prediction(record.object_id, np.eye(len(CLASSES), dtype=np.float32)[0], CLASSES[0], CLASSES[0],
+                              sample_id=record.sample_id, metadata=record.metadata, image=record.image)
+    predictions = ifcb_predictions()
+    summary = write(tmp_path / "out", predictions + [from_ecotaxa])  # ecotaxa_mode: auto, the default
+    assert (summary["mode"], summary["update_objects"], summary["new_objects"]) == ("auto", 1, len(predictions))
+    (update,) = (tmp_path / "out" / "ecotaxa-update").glob("*.zip")
+    assert check_import_zip(update, mode="update") == []
+    assert [row[:3] for row in tsv_lines(update)[2:]] == [["obj_1", "predicted", CLASSES[0]]]
+    assert sorted(p.stem for p in (tmp_path / "out" / "ecotaxa").glob("*.zip")) == sorted(BINS)
+    notes = " ".join(summary["notes"])
+    assert "'Update data including classification' (\"Cla\")" in notes and "score 1.0" in notes
+    assert "object_score" in notes
