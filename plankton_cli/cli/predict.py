@@ -21,7 +21,8 @@ Examples:
   plankton predict --model runs/ft/fold-0/model.safetensors --to store --to ecotaxa --out preds/
   # a night's IFCB bins straight from disk, into IFCB Dashboard class files (v3 h5)
   plankton predict --model model.safetensors /data/ifcb/D20240101 --to ifcb-h5 --out /data/classified
-  # EcoTaxa taxon names through a mapping file (label<TAB>EcoTaxa name); unmapped labels are reported
+  # EcoTaxa categories through a taxon map (`plankton taxa` builds it from an export); labels it does
+  # not confirm are left unclassified and reported (--strict: refused)
   plankton predict --model model.safetensors --to ecotaxa --taxon-map taxa.tsv --out preds/
   # nightly, from cron: exit 75 if another writer holds the store past 10 minutes; the predictions made
   # are kept in the store and the next run stores them without computing them again
@@ -35,9 +36,10 @@ Writers (--to): store, parquet, csv, embeddings, ecotaxa, ifcb-h5, or any instal
 ifcb-h5 writes OUT/ifcb-h5/D<year>/D<yyyymmdd>/<bin>_class.h5 (V1 bins: D<year>/D<year>_<doy>/):
 point IFCB Dashboard's class_scores data directory (version 3) at OUT/ifcb-h5.
 
-Exit codes: 0 done, 2 usage error, 73 OUT or an output in it cannot be created, 75 the store is
-locked by another writer. With --to store, predictions are kept on 73 and 75: the next run writes
-the outputs and stores them without predicting again.""")
+Exit codes: 0 done, 2 usage error, 65 --strict and a label without a confirmed EcoTaxa category,
+73 OUT or an output in it cannot be created, 75 the store is locked by another writer. With
+--to store, predictions are kept on 73 and 75: the next run writes the outputs and stores them
+without predicting again.""")
 @click.argument("sources", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True, path_type=Path),
               help="A fine-tuned model: model.safetensors (with model.json beside it) or its folder.")
@@ -54,8 +56,12 @@ the outputs and stores them without predicting again.""")
 @click.option("--taxon-map", type=click.Path(exists=True, dir_okay=False),
               help="EcoTaxa writer: TSV/CSV mapping our labels to EcoTaxa taxon names [and category ids] "
                    "(`plankton taxa` builds one).")
-@click.option("--ecotaxa-mode", type=click.Choice(["new", "update"]), default="new", show_default=True,
-              help="EcoTaxa writer: zips of new objects with images, or update TSVs for objects already there.")
+@click.option("--ecotaxa-mode", type=click.Choice(["auto", "new", "update"]), default="auto", show_default=True,
+              help="EcoTaxa writer: auto = objects read from EcoTaxa to update zips (import with the update option "
+                   "\"Cla\"), the others to zips of new objects with images; new or update: all one way.")
+@click.option("--strict", is_flag=True,
+              help="EcoTaxa writer: refuse to run (exit 65) when a model label has no EcoTaxa category confirmed by "
+                   "--taxon-map or by labels read from EcoTaxa, instead of leaving those objects unclassified.")
 @click.option("-w", "--writer-option", "writer_options", multiple=True, metavar="KEY=VALUE",
               help="Extra option for writer plugins (repeatable).")
 @click.option("--device", default="auto", show_default=True, help="auto (GPU when there is one), cpu, cuda, cuda:1…")
@@ -72,7 +78,7 @@ the outputs and stores them without predicting again.""")
 @json_option
 @click.pass_context
 def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force, batch_size, top_k, taxon_map,
-            ecotaxa_mode, writer_options, device, compile_model, threads, cpu_path, backend_opts, store, lock_timeout,
+            ecotaxa_mode, strict, writer_options, device, compile_model, threads, cpu_path, backend_opts, store, lock_timeout,
             as_json):
     """Classify objects with a fine-tuned model and write the results.
 
@@ -90,6 +96,8 @@ def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force
     from plankton_cli.store import Store
 
     options = {"ecotaxa_mode": ecotaxa_mode}
+    if strict:
+        options["strict"] = "1"
     if taxon_map:
         options["taxon_map"] = str(taxon_map)
     for item in writer_options:

@@ -55,12 +55,14 @@ STATUSES = {"predicted", "validated", "dubious", "discarded"}
 MODES = ("new", "update")
 
 
-def check_import_zip(path: str | Path, *, mode: str = "new") -> list[str]:
+def check_import_zip(path: str | Path, *, mode: str = "new", taxa: dict[str, str | None] | None = None) -> list[str]:
     """Problems that would make EcoTaxa reject `path` or import it wrongly; empty when it is a valid import.
 
     `mode="new"` checks a bundle of new objects (every row needs an image in the zip); `mode="update"` checks the
     update form for objects already in EcoTaxa (`update_mode="Cla"`): `object_id`, status and category, images
-    optional.
+    optional. `taxa` (EcoTaxa name -> category id or None, as a taxon map or an export confirms them) makes every
+    category a row names one of them, with that id or none: EcoTaxa keeps the id and drops the name, so an id
+    nobody confirmed lands the object on whatever taxon has it.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -83,7 +85,8 @@ def check_import_zip(path: str | Path, *, mode: str = "new") -> list[str]:
             problems.append(f"{len(tsvs)} TSV files; EcoTaxa imports at most {MAX_TSV_FILES}")
         images = _ImageChecker(archive)
         for tsv in tsvs:
-            problems += [f"{tsv}: {p}" for p in _check_tsv(archive.read(members[tsv]), tsv, members, images, mode)]
+            problems += [f"{tsv}: {p}" for p in _check_tsv(archive.read(members[tsv]), tsv, members, images, mode,
+                                                           taxa)]
     return problems
 
 
@@ -176,7 +179,7 @@ def _read_rows(data: bytes) -> tuple[list[list[str]] | None, list[str]]:
 
 
 def _check_tsv(data: bytes, tsv: str, members: dict[str, zipfile.ZipInfo], images: _ImageChecker,
-               mode: str) -> list[str]:
+               mode: str, taxa: dict[str, str | None] | None = None) -> list[str]:
     rows, problems = _read_rows(data)
     if rows is None:
         return problems
@@ -200,6 +203,7 @@ def _check_tsv(data: bytes, tsv: str, members: dict[str, zipfile.ZipInfo], image
     row_problems: list[str] = []
     seen_ids: set[str] = set()
     seen_keys: set[tuple[str, str, str]] = set()
+    sample_of: dict[str, str] = {}  # acq_id -> the sample it was first seen in
     folder = posixpath.dirname(tsv)
     first_data_line = 3 if has_types_row else 2
     for line, cells in enumerate(rows[first_data_line - 1:], start=first_data_line):
@@ -211,6 +215,9 @@ def _check_tsv(data: bytes, tsv: str, members: dict[str, zipfile.ZipInfo], image
         values = {name: cell.strip() for name, cell in zip(header, cells)}
         row_problems += [f"line {line}: {p}" for p in _check_row(values, numeric, mode, folder, members, images,
                                                                   seen_ids, seen_keys)]
+        row_problems += [f"line {line}: {p}" for p in _check_parents(values, mode, sample_of)]
+        if taxa is not None:
+            row_problems += [f"line {line}: {p}" for p in _check_taxon(values, taxa)]
     if len(row_problems) > MAX_ROW_PROBLEMS:
         more = len(row_problems) - MAX_ROW_PROBLEMS
         row_problems = row_problems[:MAX_ROW_PROBLEMS] + [f"... and {more} more row problems"]
@@ -260,6 +267,34 @@ def _check_row(values: dict[str, str], numeric: list[str], mode: str, folder: st
     if values.get("object_time") and parse_time(values["object_time"]) is None:
         problems.append(f"object_time {values['object_time']!r} is not a time (HHMMSS)")
     return problems
+
+
+def _check_parents(values: dict[str, str], mode: str, sample_of: dict[str, str]) -> list[str]:
+    """A new object's sample and acquisition: named (EcoTaxa would file an empty one under `__DUMMY_ID__`), and
+    one acquisition in one sample only (EcoTaxa's acquisitions belong to one sample)."""
+    if mode != "new":
+        return []
+    problems = [f"empty {column}" for column in ("sample_id", "acq_id") if column in values and not values[column]]
+    acq, sample = values.get("acq_id", ""), values.get("sample_id", "")
+    if acq and sample:
+        first = sample_of.setdefault(acq, sample)
+        if first != sample:
+            problems.append(f"acq_id {acq!r} in two samples ({first!r} and {sample!r})")
+    return problems
+
+
+def _check_taxon(values: dict[str, str], taxa: dict[str, str | None]) -> list[str]:
+    """The row's category against the confirmed taxa: a known name, with its own id or none."""
+    name = values.get("object_annotation_category", "")
+    category_id = values.get("object_annotation_category_id", "")
+    if not name and not category_id:
+        return []
+    if name not in taxa:
+        return [f"category {name or category_id!r} is not a confirmed EcoTaxa taxon (taxon map or export)"]
+    if category_id and category_id != taxa[name]:
+        expected = f"id {taxa[name]}" if taxa[name] else "no id"
+        return [f"category {name!r} with id {category_id}, but the taxon map or export gives it {expected}"]
+    return []
 
 
 def _image_problems(name: str, folder: str, members: dict[str, zipfile.ZipInfo], images: _ImageChecker) -> list[str]:

@@ -139,8 +139,8 @@ def row_to_record(values: dict[str, str], options: ReadOptions) -> Record:
     """The `Record` fields of one TSV row (everything but `object_id`, `image` and where it came from).
 
     Columns carried by a record field are consumed; every other non-empty column goes into `metadata` as text
-    under its lower-cased header name, including those a field only summarises (depth min/max, category id,
-    image name and rank), so an export back to EcoTaxa loses nothing.
+    under its lower-cased header name, including those a field only summarises or normalises (depth min/max,
+    `acq_instrument`, category id, image name and rank), so an export back to EcoTaxa loses nothing.
     """
 
     def get(column: str) -> str:
@@ -181,8 +181,9 @@ def row_to_record(values: dict[str, str], options: ReadOptions) -> Record:
 
     instrument = get("acq_instrument")
     if instrument:
+        # The store keeps the canonical name; the raw text stays in metadata (not consumed) so that a write back
+        # to EcoTaxa gives the export's own value (`epson`, `zooscan`), which EcoTaxa already accepted.
         record.instrument = canonical_instrument(instrument) or instrument
-        consumed.add("acq_instrument")
     elif options.instrument:
         record.instrument = canonical_instrument(options.instrument) or options.instrument
     if get("sample_id"):

@@ -10,7 +10,9 @@ display name or `name<parent` (`reference/ecotaxa-format.md` §5). An export tel
 Each label becomes one line `label<TAB>ecotaxa_name<TAB>category_id`. A label resolves when its id is known
 (EcoTaxa needs nothing else) or when the name can be written as `name<parent`. Labels are the export's categories,
 or a model's classes (`classes`): a class matches a category by its name, or as a `Name__12345` folder label by
-its id. Whatever does not resolve is listed with the reason, never guessed.
+its id *when the export has that id*. Names and ids come from the export only: the id in a folder name is never
+trusted on its own (a folder `detritus__8888` next to an export where detritus is 84963 would send the objects
+to whatever taxon 8888 is in the real database). Whatever does not resolve is listed with the reason.
 """
 
 from __future__ import annotations
@@ -113,25 +115,119 @@ def read_categories(exports: Sequence[Path]) -> tuple[dict[str, Category], int]:
     return categories, rows
 
 
-def build_taxon_map(exports: Sequence[Path], classes: Sequence[str] | None = None) -> TaxonMap:
-    """The taxon map of `classes` (default: every category of the exports)."""
+def build_taxon_map(exports: Sequence[Path], classes: Sequence[str] | None = None,
+                    taxonomy: Path | None = None) -> TaxonMap:
+    """The taxon map of `classes` (default: every category of the exports), from the exports and/or an EcoTaxa
+    taxonomy TSV; the taxonomy is asked when the exports do not resolve a label, or give it no id."""
     categories, rows = read_categories(exports)
     by_id = {i: c for c in categories.values() for i in c.ids}
+    tree = read_taxonomy(taxonomy) if taxonomy is not None else None
     entries, unresolved = [], []
     for label in classes if classes is not None else sorted(categories):
-        category = categories.get(normalize_category(label))
-        folder = _FOLDER_LABEL.fullmatch(label)
-        if category is None and folder:
-            category = by_id.get(folder["id"]) or Category(folder["name"], {folder["id"]})
-        if category is None:
-            unresolved.append((label, "not a category of the export"))
-            continue
-        outcome = category.resolved()
+        outcome = _from_exports(label, categories, by_id) if exports else None
+        if tree is not None and (outcome is None or isinstance(outcome, str) or outcome[1] is None):
+            found = tree.resolve(label)
+            if not isinstance(found, str):
+                outcome = found
+            elif outcome is None or isinstance(outcome, str):
+                outcome = found if outcome is None else f"{outcome}; {found}"
         if isinstance(outcome, str):
             unresolved.append((label, outcome))
-        else:
+        elif outcome is not None:
             entries.append((label, *outcome))
-    return TaxonMap(entries, unresolved, len(categories), rows)
+    return TaxonMap(entries, unresolved, len(categories) or (len(tree.by_id) if tree else 0), rows)
+
+
+def _from_exports(label: str, categories: dict[str, Category],
+                  by_id: dict[str, Category]) -> tuple[str, str | None] | str:
+    category = categories.get(normalize_category(label))
+    folder = _FOLDER_LABEL.fullmatch(label)
+    if category is None and folder:
+        category = by_id.get(folder["id"])
+        if category is None:
+            return _folder_reason(folder["name"], folder["id"], categories)
+    if category is None:
+        return "not a category of the export"
+    return category.resolved()
+
+
+@dataclass(frozen=True)
+class TaxonomyEntry:
+    id: str
+    name: str
+    display_name: str
+    parent: str  # the parent's name, "" for a root
+
+
+@dataclass
+class Taxonomy:
+    """EcoTaxa's taxonomy (or the part of it a TSV lists): ids, names, display names and parents."""
+
+    by_id: dict[str, TaxonomyEntry]
+
+    def named(self, name: str) -> list[TaxonomyEntry]:
+        name = name.strip().lower()
+        return [e for e in self.by_id.values() if name in (e.name.lower(), e.display_name.lower())]
+
+    def resolve(self, label: str) -> tuple[str, str] | str:
+        """(EcoTaxa name, id) of a label, or why not. A `Name__id` folder label resolves only when the taxonomy has
+        that id *under that name*: the id alone could be any taxon."""
+        folder = _FOLDER_LABEL.fullmatch(label)
+        if folder:
+            entry = self.by_id.get(folder["id"])
+            if entry is None:
+                return f"category id {folder['id']} (from the folder name) is not in the taxonomy"
+            if folder["name"].lower() not in (entry.name.lower(), entry.display_name.lower()):
+                return f"category id {folder['id']} is {entry.display_name or entry.name!r} in the taxonomy, " \
+                       f"not {folder['name']!r}"
+            return entry.name, entry.id
+        name, _, parent = normalize_category(label).partition("<")
+        found = [e for e in self.named(name) if not parent or e.parent.lower() == parent.strip().lower()]
+        if len(found) == 1:
+            return found[0].name, found[0].id
+        if not found:
+            return f"no taxon named {label!r} in the taxonomy"
+        ids = ", ".join(sorted(e.id for e in found))
+        return f"{len(found)} taxa named {label!r} in the taxonomy (ids {ids}): map it as name<parent"
+
+
+_ID_COLUMNS = ("id", "taxon_id", "category_id")
+
+
+def read_taxonomy(path: Path) -> Taxonomy:
+    """An EcoTaxa taxonomy TSV: a header with an id column (`id`, `taxon_id` or `category_id`) and `name`, and
+    optionally `display_name` and the parent as `parent_id`, `parent_name` or a `>`-joined `lineage`."""
+    with TsvReader(lambda: open(path, "rb")) as tsv:
+        id_column = next((c for c in _ID_COLUMNS if c in tsv.header), None)
+        if id_column is None or "name" not in tsv.header:
+            raise ValueError(f"{path}: not a taxonomy TSV: the header needs an id column ({', '.join(_ID_COLUMNS)}) "
+                             f"and name, it has {', '.join(tsv.header[:8])}")
+        rows = [row.values for row in tsv if row.values]
+    names = {_category_id(r[id_column].strip()): r["name"].strip() for r in rows}
+    entries = {}
+    for r in rows:
+        taxon_id = _category_id(r[id_column].strip())
+        if not taxon_id.isdigit() or not r["name"].strip():
+            continue
+        lineage = [step.strip() for step in r.get("lineage", "").split(">") if step.strip()]
+        parent = (names.get(_category_id(r.get("parent_id", "").strip()), "") or r.get("parent_name", "").strip()
+                  or (lineage[-2] if len(lineage) >= 2 else ""))
+        entries[taxon_id] = TaxonomyEntry(taxon_id, r["name"].strip(), r.get("display_name", "").strip(), parent)
+    return Taxonomy(entries)
+
+
+def _folder_reason(name: str, folder_id: str, categories: dict[str, Category]) -> str:
+    """Why a `Name__id` label did not resolve, with the export's own id for that name when it has one."""
+    reason = f"category id {folder_id} (from the folder name) is not in the export"
+    same_name = categories.get(normalize_category(name))
+    if same_name is not None and same_name.ids:
+        ids = ", ".join(sorted(same_name.ids))
+        reason += (f"; the export has {name!r} as id {ids}: if that is the same taxon, add "
+                   f"'{name}__{folder_id}<TAB>{name}<TAB>{ids}' to the map")
+    elif same_name is not None:  # a TSV export: names and lineages, no ids
+        reason += (f"; the export has {name!r} without an id: a backup export or --taxonomy can confirm "
+                   f"{folder_id}")
+    return reason
 
 
 def class_names(model_path: Path) -> list[str]:

@@ -9,6 +9,7 @@ import codecs
 import io
 import shutil
 import zipfile
+from collections import Counter
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -74,7 +75,19 @@ def demo_predictions(n: int = 6, seed: int = 1) -> list[Prediction]:
     return out
 
 
+def identity_map(folder: Path) -> Path:
+    """A taxon map confirming each class as the EcoTaxa name it already is (no id): what `plankton taxa` gives
+    for categories of a TSV export."""
+    path = folder / "classes.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{c}\t{c}\n" for c in CLASSES), encoding="utf-8")
+    return path
+
+
 def write(out: Path, predictions: list[Prediction], batch: int = 7, **options: str) -> dict:
+    """The writer's summary; the classes are confirmed by `identity_map` unless a test gives `taxon_map`."""
+    if "taxon_map" not in options:
+        options["taxon_map"] = str(identity_map(out.parent))
     session = EcoTaxaWriter().open(out, make_run(**options))
     for start in range(0, len(predictions), batch):
         session.write(predictions[start : start + batch])
@@ -181,10 +194,18 @@ def test_taxon_map_names_and_unmapped_labels_reported_never_guessed(tmp_path):
     assert skipped["left_out"] == {"unmapped label": n_detritus}
 
 
-def test_without_a_map_labels_are_used_as_they_are_and_the_summary_says_so(tmp_path):
-    summary = write(tmp_path, ifcb_predictions())
-    assert summary["taxon_map"] is None and "no taxon map" in summary["notes"][0]
-    assert summary["unclassified"] == sum(p.label == UNCLASSIFIED for p in ifcb_predictions())
+def test_without_a_map_no_label_is_confirmed_so_every_object_stays_unclassified(tmp_path):
+    predictions = ifcb_predictions()
+    summary = write(tmp_path, predictions, taxon_map="")
+    labelled = Counter(p.label for p in predictions if p.label != UNCLASSIFIED)
+    assert summary["taxon_map"] is None and summary["classified"] == 0
+    assert summary["unmapped"] == dict(labelled)  # counted per label
+    assert summary["unclassified"] + sum(labelled.values()) == summary["objects"] == len(predictions)
+    (note,) = [n for n in summary["notes"] if "no EcoTaxa category confirmed" in n]
+    assert f"{sum(labelled.values())} written unclassified" in note and "plankton taxa --from EXPORT --model MODEL" in note
+    for z in summary["files"]:
+        header, _, *rows = tsv_lines(Path(z))
+        assert all(dict(zip(header, cells))["object_annotation_category"] == "" for cells in rows)
 
 
 def test_same_predictions_give_identical_bytes_whatever_the_batching(tmp_path):
@@ -436,26 +457,46 @@ def test_taxon_map_ids_and_update_mode_summary_says_unmapped_objects_were_left_o
     unmapped = sum(p.label in ("Mesodinium_rubrum", "detritus") for p in predictions)
     assert sum(summary["unmapped"].values()) == unmapped
     assert summary["left_out"]["unmapped (update mode)"] == unmapped
-    assert any(f"{unmapped} objects" in note and "left out" in note for note in summary["notes"])
+    assert any(f"{unmapped} objects" in note and f"{unmapped} left out" in note for note in summary["notes"])
     for z in (tmp_path / "ecotaxa-update").glob("*.zip"):
         header, _, *rows = tsv_lines(z)
         assert header[-1] == "object_annotation_category_id"
         assert all(cells[-1] == "11514" and cells[2] == "Ciliophora" for cells in rows)
 
 
-def test_folder_labels_are_written_as_display_name_and_id(tmp_path):
+def test_a_folder_label_s_id_is_never_written(tmp_path):
+    """`Copepoda__6666` says nothing EcoTaxa confirmed: unclassified by default, by name only on request."""
     classes = ["Copepoda__6666", "detritus__8888", "other"]
-    run = PredictionRun(model_id="m", model_hash="h", classes=classes, thresholds=None, classifier_name="t")
     predictions = [Prediction(p.object_id, np.array([0.7, 0.2, 0.1], np.float32), "Copepoda__6666",
                               "Copepoda__6666", sample_id=p.sample_id, image=p.image) for p in ifcb_predictions()[:3]]
-    session = EcoTaxaWriter().open(tmp_path, run)
-    session.write(predictions)
-    summary = session.close()
-    header, _, *rows = tsv_lines(Path(summary["files"][0]))
-    for cells in rows:
-        row = dict(zip(header, cells))
-        assert (row["object_annotation_category"], row["object_annotation_category_id"]) == ("Copepoda", "6666")
-        assert row["object_label_auto"] == "Copepoda__6666"  # our label, as everywhere else
+    for policy, category in (("omit", ""), ("name", "Copepoda")):
+        run = PredictionRun(model_id="m", model_hash="h", classes=classes, thresholds=None, classifier_name="t",
+                            options={"unmapped": policy})
+        session = EcoTaxaWriter().open(tmp_path / policy, run)
+        session.write(predictions)
+        summary = session.close()
+        assert summary["unmapped"] == {"Copepoda__6666": 3} and summary["with_category_id"] == 0
+        header, _, *rows = tsv_lines(Path(summary["files"][0]))
+        assert "object_annotation_category_id" not in header
+        for cells in rows:
+            row = dict(zip(header, cells))
+            assert row["object_annotation_category"] == category
+            assert row["object_label_auto"] == "Copepoda__6666"  # our label, as everywhere else
+
+
+def test_strict_refuses_a_run_with_unconfirmed_labels_before_anything_is_written(tmp_path):
+    from plankton_cli.errors import DataError
+
+    with pytest.raises(DataError, match=r"2 of the model's 3 labels .*Mesodinium_rubrum, detritus.*plankton taxa"):
+        write(tmp_path, ifcb_predictions(), taxon_map=str(confirm(tmp_path, "Ciliophora\tCiliophora\t11514")),
+              strict="1")
+    assert not (tmp_path / "ecotaxa").exists()
+
+
+def confirm(folder: Path, *lines: str) -> Path:
+    path = folder / "map.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def test_objects_read_from_ecotaxa_go_back_under_ecotaxa_s_own_id(tmp_path):
@@ -473,3 +514,76 @@ def test_objects_read_from_ecotaxa_go_back_under_ecotaxa_s_own_id(tmp_path):
     write(tmp_path / "out", [prediction], ecotaxa_mode="update")
     (z,) = (tmp_path / "out" / "ecotaxa-update").glob("*.zip")
     assert [row[0] for row in tsv_lines(z)[2:]] == ["obj_1"]
+
+
+def test_a_map_from_an_export_lacking_some_labels_leaves_their_objects_unclassified_and_listed(tmp_path):
+    """The issue's case: folder-labelled classes, an export that knows only some of them. No id is invented."""
+    from conftest import shared_data
+    from plankton_plugins.ecotaxa.taxa import build_taxon_map
+
+    export = shared_data("ecotaxa", "ecotaxa-back-qa", "ref_exports", "bak_all_images")
+    classes = ["detritus", "Oncaeidae__78418", "darksphere__7777", "detritus__8888"]
+    taxa = build_taxon_map([export], classes)
+    assert [label for label, _ in taxa.unresolved] == ["darksphere__7777", "detritus__8888"]
+    (tmp_path / "taxa.tsv").write_text(taxa.to_tsv(), encoding="utf-8")
+    run = PredictionRun(model_id="m", model_hash="h", classes=classes, thresholds=None, classifier_name="t",
+                        options={"taxon_map": str(tmp_path / "taxa.tsv")})
+    predictions = []
+    for i, p in enumerate(ifcb_predictions()):
+        probabilities = np.roll(np.array([0.7, 0.1, 0.1, 0.1], np.float32), i % 4)
+        label = classes[i % 4]
+        predictions.append(Prediction(p.object_id, probabilities, label, label, sample_id=p.sample_id, image=p.image))
+    session = EcoTaxaWriter().open(tmp_path / "out", run)
+    session.write(predictions)
+    summary = session.close()
+    expected = Counter(p.label for p in predictions)
+    assert summary["unmapped"] == {"darksphere__7777": expected["darksphere__7777"],
+                                   "detritus__8888": expected["detritus__8888"]}
+    assert summary["classified"] == summary["with_category_id"] == expected["detritus"] + expected["Oncaeidae__78418"]
+    assert summary["classified"] + sum(summary["unmapped"].values()) == summary["objects"] == len(predictions)
+    assert any("darksphere__7777" in note and "--taxon-map" in note for note in summary["notes"])
+    written = {}
+    for z in summary["files"]:
+        assert check_import_zip(Path(z), taxa={"detritus": "84963", "Oncaeidae": "78418"}) == []
+        header, _, *rows = tsv_lines(Path(z))
+        for cells in rows:
+            row = dict(zip(header, cells))
+            written[row["object_id"]] = (row["object_annotation_category"], row["object_annotation_category_id"])
+    for p in predictions:
+        assert written[p.object_id] == {"detritus": ("detritus", "84963"), "Oncaeidae__78418": ("Oncaeidae", "78418"),
+                                        }.get(p.label, ("", ""))  # 7777 and 8888 are nowhere in the zips
+
+
+def test_checker_holds_categories_to_the_confirmed_taxa(tmp_path):
+    source = valid_zip(tmp_path)  # Ciliophora, Mesodinium_rubrum, detritus by name, no ids
+    assert check_import_zip(source, taxa={c: None for c in CLASSES}) == []
+    problems = check_import_zip(source, taxa={"Ciliophora": None})
+    assert problems and all("is not a confirmed EcoTaxa taxon" in p for p in problems)
+    with_id = rewrite(source, tmp_path / "id.zip", add_columns(["object_annotation_category_id"], "[f]", "8888"))
+    problems = check_import_zip(with_id, taxa={c: "84963" for c in CLASSES})
+    assert problems and all("with id 8888, but the taxon map or export gives it id 84963" in p for p in problems)
+    two_samples = rewrite(source, tmp_path / "acq.zip", edit_cell("sample_id", "elsewhere", row=3))
+    assert any("in two samples" in p for p in check_import_zip(two_samples))
+    assert any("empty acq_id" in p for p in check_import_zip(rewrite(source, tmp_path / "e.zip",
+                                                                     edit_cell("acq_id", ""))))
+
+
+def test_one_run_sends_objects_from_ecotaxa_to_update_zips_and_the_others_to_new_zips(tmp_path):
+    jpg = sorted(DEMO.rglob("*.jpg"))[0]
+    bundle = tmp_path / "cruise-a"
+    bundle.mkdir()
+    (bundle / "a.jpg").write_bytes(jpg.read_bytes())
+    (bundle / "ecotaxa_s1.tsv").write_text("object_id\timg_file_name\tsample_id\nobj_1\ta.jpg\ts1\n")
+    (record,) = read_back(bundle).values()
+    from_ecotaxa = Prediction(record.object_id, np.eye(len(CLASSES), dtype=np.float32)[0], CLASSES[0], CLASSES[0],
+                              sample_id=record.sample_id, metadata=record.metadata, image=record.image)
+    predictions = ifcb_predictions()
+    summary = write(tmp_path / "out", predictions + [from_ecotaxa])  # ecotaxa_mode: auto, the default
+    assert (summary["mode"], summary["update_objects"], summary["new_objects"]) == ("auto", 1, len(predictions))
+    (update,) = (tmp_path / "out" / "ecotaxa-update").glob("*.zip")
+    assert check_import_zip(update, mode="update") == []
+    assert [row[:3] for row in tsv_lines(update)[2:]] == [["obj_1", "predicted", CLASSES[0]]]
+    assert sorted(p.stem for p in (tmp_path / "out" / "ecotaxa").glob("*.zip")) == sorted(BINS)
+    notes = " ".join(summary["notes"])
+    assert "'Update data including classification' (\"Cla\")" in notes and "score 1.0" in notes
+    assert "object_score" in notes
