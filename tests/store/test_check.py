@@ -210,3 +210,18 @@ def test_dataset_names_are_checked_where_the_store_reads_them(store):
             store.files(bad)
     proc = plankton("stats", "--store", str(store.root), "--dataset", "../objects")
     assert proc.returncode == 2 and "'../objects'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_garbage_journal_stops_writers_in_one_line_and_repair_sets_it_aside(store):
+    before = objects(store)
+    (store.root / ".journal").mkdir(exist_ok=True)
+    (store.root / ".journal" / "t0.json").write_text('{"adds": [["x"')  # truncated
+    proc = plankton("ingest", str(store.root.parent / "images" / "Tripos"), "--store", str(store.root))
+    assert proc.returncode == 74 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "t0.json" in proc.stderr and "check --repair" in proc.stderr
+    proc, report = check(store)
+    assert proc.returncode == 74 and report["problems"][0]["kind"] == "journal"
+    proc, report = check(store, "--repair")
+    assert proc.returncode == 0, proc.stderr
+    assert any("unreadable journal: t0.json" in line for line in report["repaired"])
+    assert (store.root / ".quarantine" / "t0" / "t0.json").exists() and objects(store) == before
