@@ -58,7 +58,6 @@ class Store:
         (so an empty dataset still has its columns); a dataset without a schema file (e.g. `plankton pad --target
         other`) is read with the schema of its files. Files are opened when it is read: `read()` rides out a commit
         that deletes one meanwhile."""
-        layout.dataset_name(name)  # a path or a reserved name is a usage error, never a folder outside a dataset
         paths = [str(f) for f in (self.files(name) if files is None else files)]
         try:
             described = load_schema(name)

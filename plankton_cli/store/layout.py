@@ -138,9 +138,15 @@ def committed_paths(root: Path) -> list[str]:
 
 
 def data_files(root: Path, dataset: str) -> list[Path]:
-    """The data files of one dataset of the store, sorted."""
-    prefix = f"{dataset_name(dataset)}/"
-    return [Path(root) / rel for rel in committed_paths(root) if rel.startswith(prefix)]
+    """The data files of one dataset of the store, sorted.
+
+    A name the store does not hold must be a valid dataset name (a path such as `../x` is a UsageError, not an
+    empty dataset); one it holds is read whatever it is called (a store written before names were checked)."""
+    prefix = f"{dataset}/"
+    found = [Path(root) / rel for rel in committed_paths(root) if rel.startswith(prefix)]
+    if not found or "/" in dataset:
+        dataset_name(dataset)
+    return found
 
 
 def dataset_files(dataset_dir: str | Path) -> list[Path]:

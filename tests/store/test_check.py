@@ -210,6 +210,13 @@ def test_dataset_names_are_checked_where_the_store_reads_them(store):
             store.files(bad)
     proc = plankton("stats", "--store", str(store.root), "--dataset", "../objects")
     assert proc.returncode == 2 and "'../objects'" in proc.stderr and "Traceback" not in proc.stderr
+    # a dataset an older store holds under a name no longer allowed is still read
+    with store.locked():
+        txn = store.transaction()
+        shutil.copyfile(store.files("objects")[0], txn.stage("Old_Padded/part-old.parquet"))
+        txn.commit()
+    assert [p.name for p in store.files("Old_Padded")] == ["part-old.parquet"]
+    assert plankton("info", "--store", str(store.root)).returncode == 0
 
 
 def test_a_garbage_journal_stops_writers_in_one_line_and_repair_sets_it_aside(store):
