@@ -18,12 +18,11 @@ that disagrees with the data; the next `check` says so and the next repair (or i
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import json
-import shutil
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,8 +38,8 @@ from plankton_cli.store.manifest import Manifest, fingerprint
 from plankton_cli.store.manifest import checksum as source_checksum
 from plankton_cli.store.schema import load_schema
 from plankton_cli.store.session import WriteSession
-from plankton_cli.store.transaction import (UnfinishableCommit, UnreadableJournal, new_run_id, quarantine,
-                                            recover)
+from plankton_cli.store.transaction import (JOURNALS, UnfinishableCommit, UnreadableJournal, new_run_id,
+                                            quarantine, recover)
 
 IO = StoreIOError.exit_code
 DATA = DataError.exit_code
@@ -95,7 +94,7 @@ def _check(store: Store) -> CheckReport:
     try:
         files = read_committed(root)
     except UnreadableFileList as exc:  # which files make up the store is unknown: nothing else can be checked
-        add(Problem("unreadable", COMMITTED, str(exc).split(": ", 1)[1], IO))
+        add(Problem("unreadable", COMMITTED, str(exc).removeprefix(f"{root / COMMITTED}: "), IO))
         return report
     if files is None:
         files = {rel: {"size": None, "checksum": None} for rel in store_files_on_disk(root)}
@@ -227,16 +226,20 @@ def _finish_or_set_aside(root: Path, done: list[str]) -> None:
 
     The readable journals roll forward first, whatever their order: one unreadable journal must never cost the
     store a commit that is whole (`recover` applies every finishable journal before it raises)."""
+    pending = set((root / JOURNALS).glob("*.json"))
+    set_aside = set()
     while True:
         try:
-            if recover(root):
-                done.append("finished an interrupted commit")
-            return
+            recover(root)
+            break
         except (UnreadableJournal, UnfinishableCommit) as exc:
             journal = Path(exc.path or "")
             aside = quarantine(root, journal)
+            set_aside.add(journal)
             what = "an unreadable journal" if isinstance(exc, UnreadableJournal) else "a commit that cannot be finished"
             done.append(f"set aside {what}: {journal.name} moved to {aside.relative_to(root)} ({exc})")
+    if finished := len(pending - set_aside):  # every journal not set aside was applied
+        done.append(f"finished {finished} interrupted commit{'s' if finished > 1 else ''}")
 
 
 def _rebuild_file_list(root: Path, done: list[str]) -> None:

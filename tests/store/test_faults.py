@@ -332,6 +332,7 @@ def test_a_garbage_journal_beside_a_committed_one_loses_no_commit(tmp_path, monk
             report = repair(store)
             assert report.exit_code == 0, [str(p) for p in report.problems]
             assert any("unreadable journal" in line and garbage in line for line in report.repaired)
+            assert "finished 1 interrupted commit" in report.repaired
             assert (store.root / ".quarantine" / garbage / f"{garbage}.json").read_bytes() == b"\x00{not a journal"
             assert content(store.root) == content(twin.root), f"repair lost the journaled commit (kill at {k})"
             _ingest(store, folder)
