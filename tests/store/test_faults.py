@@ -342,10 +342,12 @@ def test_a_garbage_journal_beside_a_committed_one_loses_no_commit(tmp_path, monk
     assert journaled >= 2, f"only {journaled} kills left a journal: is the fault injection still installed?"
 
 
-def test_a_repair_killed_at_every_operation_ends_with_every_row_when_run_again(tmp_path, monkeypatch):
-    """The probe's case: a data file deleted, `check --repair` killed at the k-th store operation (while it
-    drops the file, rewrites what is left of its sources, or reads them again), for every k; a second repair must
-    end with every row the sources hold (the probe saw 1,224 of 1,274), as a store that never lost the file."""
+@pytest.mark.parametrize("mode", ["kill", errno.EIO], ids=["kill", "EIO"])
+def test_a_repair_killed_at_every_operation_ends_with_every_row_when_run_again(tmp_path, monkeypatch, mode):
+    """The probe's case: a data file deleted, `check --repair` killed (or failed with EIO) at the k-th store
+    operation (while it drops the file, rewrites what is left of its sources, or reads them again), for every k; a
+    second repair must end with every row the sources hold (the probe saw 1,224 of 1,274), as a store that never
+    lost the file."""
     from plankton_cli.store.check import check, repair
 
     folder = _images(tmp_path, False)
@@ -361,12 +363,12 @@ def test_a_repair_killed_at_every_operation_ends_with_every_row_when_run_again(t
     k = 0
     while True:
         k += 1
-        store = Store(shutil.copytree(template.root, tmp_path / f"kill-{k}"))
+        store = Store(shutil.copytree(template.root, tmp_path / f"{mode}-{k}"))
         with monkeypatch.context() as m:
-            faults = Faults(m, store.root, k, "kill")
+            faults = Faults(m, store.root, k, mode)
             try:
                 repair(store, lock_timeout=5)
-            except Killed:
+            except (OSError, Killed):
                 pass
         if faults.fired:
             assert check(store).exit_code != 0 or content(store.root) == expected, \
