@@ -342,6 +342,42 @@ def test_a_garbage_journal_beside_a_committed_one_loses_no_commit(tmp_path, monk
     assert journaled >= 2, f"only {journaled} kills left a journal: is the fault injection still installed?"
 
 
+def test_garbage_committed_list_after_a_kill_at_every_operation_is_rebuilt_from_journals_and_data(tmp_path,
+                                                                                                  monkeypatch):
+    """Ingest killed at the k-th operation, for every k, then `committed.json` overwritten with garbage: repair
+    finishes the journal (whose file list replaces the garbage) or, with none left, lists the data files on disk;
+    either way the store holds what a plain recover of the undamaged store holds."""
+    from plankton_cli.store.check import repair
+
+    template = Store(tmp_path / "template")
+    _ingest(template, _images(tmp_path, False))
+    folder = _images(tmp_path, True)
+    k, rebuilt = 0, 0
+    while True:
+        k += 1
+        store = Store(shutil.copytree(template.root, tmp_path / f"kill-{k}"))
+        with monkeypatch.context() as m:
+            faults = Faults(m, store.root, k, "kill")
+            try:
+                _ingest(store, folder)
+            except Killed:
+                pass
+        if not faults.fired:
+            break
+        twin = Store(shutil.copytree(store.root, tmp_path / f"twin-{k}"))
+        with twin.locked():
+            pass
+        (store.root / COMMITTED).write_bytes(b'{"files": {"objects/')
+        report = repair(store)
+        assert report.exit_code == 0, [str(p) for p in report.problems]
+        rebuilt += any("rebuilt committed.json" in line for line in report.repaired)
+        assert content(store.root) == content(twin.root), f"kill at {k}"
+        assert_clean(store.root)
+        shutil.rmtree(twin.root)
+        shutil.rmtree(store.root)
+    assert rebuilt >= 2 and rebuilt < k - 1, "both ways (journal, data files) were taken"
+
+
 @pytest.mark.parametrize("mode", ["kill", errno.EIO], ids=["kill", "EIO"])
 def test_a_repair_killed_at_every_operation_ends_with_every_row_when_run_again(tmp_path, monkeypatch, mode):
     """The probe's case: a data file deleted, `check --repair` killed (or failed with EIO) at the k-th store
