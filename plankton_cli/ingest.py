@@ -199,7 +199,7 @@ def ingest(
                 if status in ("changed", "retried"):
                     run.supersede(source)
                 counts, data_files = _ingest_source(run, reader, source, options, summary, on_object)
-                run.manifest.record(source, facts, counts, data_files, run_id, found_in)
+                run.manifest.record(source, facts, counts, data_files, run_id, found_in, options)
                 since_commit += 1
                 if run.session.staged_bytes >= MAX_FILE_BYTES or (commit_every and since_commit >= commit_every):
                     run.commit()

@@ -212,8 +212,9 @@ def repair(store: Store, *, lock_timeout: float = 60.0) -> CheckReport:
         stray = {p.path for p in report.problems if p.kind == "uncommitted"}
         long_names = {p.path for p in report.problems if p.kind == "long-name"} - lost
         reread = _rebuild(store, lost, stray, long_names, done)
-    for path, reader in sorted(reread.items()):  # ingest takes the lock itself
-        summary = ingest(store, [Path(path)], fmt=reader, lock_timeout=lock_timeout)
+    for path, reader, options in sorted(reread):  # ingest takes the lock itself
+        summary = ingest(store, [Path(path)], fmt=reader, options=Manifest.read_options({"read_options": options}),
+                         lock_timeout=lock_timeout)
         done.append(f"read {path} again: {summary.stored} objects stored")
     with StoreLock(store.root, timeout=lock_timeout):
         final = _check(store)
@@ -264,10 +265,11 @@ def _rebuild_file_list(root: Path, done: list[str]) -> None:
     done.append(f"rebuilt {COMMITTED} from the {len(files)} readable files on disk")
 
 
-def _rebuild(store: Store, lost: set[str], stray: set[str], long_names: set[str], done: list[str]) -> dict[str, str]:
+def _rebuild(store: Store, lost: set[str], stray: set[str], long_names: set[str], done: list[str]
+             ) -> set[tuple[str, str, str | None]]:
     """One commit: drop `lost` files from the list and `stray` files from disk, rename `long_names`, remove what
     is left of the sources that lost rows (marking them in the manifest to be read again), rebuild the manifest
-    from the data. Returns {path to read again: reader}."""
+    from the data. Returns what to read again: (path, reader, the read options ingest had, as JSON)."""
 
     root = store.root
     old = Manifest(root) if MANIFEST not in lost and (root / MANIFEST).exists() else None
@@ -316,7 +318,7 @@ def _rebuild(store: Store, lost: set[str], stray: set[str], long_names: set[str]
     if not (old and old.entries == manifest.entries):
         done.append(f"rebuilt the manifest from the data ({len(manifest.entries)} sources)")
     session.commit()
-    return {e["discovered_from"] or str(Path(e["files"][0]).parent): e["reader"]
+    return {(e["discovered_from"] or str(Path(e["files"][0]).parent), e["reader"], e.get("read_options"))
             for key, e in old_entries.items() if key in hit}
 
 

@@ -13,7 +13,7 @@ from plankton_cli.store import Store
 
 
 def objects(store: Store) -> list[tuple]:
-    table = store.dataset("objects").to_table(columns=["object_id", "content_hash", "source_key"])
+    table = store.dataset("objects").to_table(columns=["object_id", "content_hash", "source_key", "instrument"])
     return sorted(zip(*(table[c].to_pylist() for c in table.column_names)))
 
 
