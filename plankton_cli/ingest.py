@@ -5,6 +5,9 @@ Guarantees, each tested:
 - Never silent about identity: the same object id with other pixels from another source is a conflict,
   rejected (naming both sources) unless `on_conflict="replace"`.
 - Idempotent: the manifest skips unchanged sources; a re-run stores nothing twice.
+- No reserved label: a class named `unclassified` (predict's label for objects below their class threshold) is
+  rejected per object with the reason, whichever reader it came from: stored, it would be indistinguishable from
+  predict's own and counted as one class in summaries and evaluations.
 - Superseding: a source whose content changed is read again; in the same commit, every data file holding its old
   rows is rewritten without them (under a new name; the old file is deleted) and the new rows are added.
 - Crash-safe: work is committed atomically (see `store/transaction.py`) at source boundaries, every ~256 MB and
@@ -33,6 +36,7 @@ from plankton_cli.store.schema import load_schema
 from plankton_cli.store.layout import MAX_FILE_BYTES
 from plankton_cli.store.session import WriteSession
 from plankton_cli.store.transaction import new_run_id
+from plankton_cli.writers import UNCLASSIFIED
 
 log = logging.getLogger("plankton.ingest")
 
@@ -195,7 +199,7 @@ def ingest(
                 if status in ("changed", "retried"):
                     run.supersede(source)
                 counts, data_files = _ingest_source(run, reader, source, options, summary, on_object)
-                run.manifest.record(source, facts, counts, data_files, run_id, found_in)
+                run.manifest.record(source, facts, counts, data_files, run_id, found_in, options)
                 since_commit += 1
                 if run.session.staged_bytes >= MAX_FILE_BYTES or (commit_every and since_commit >= commit_every):
                     run.commit()
@@ -240,6 +244,10 @@ def _ingest_source(run: _Run, reader, source: Source, options: ReadOptions, summ
 
 def _store_record(run: _Run, rec: Record, source: Source, now: datetime, counts: Counter,
                   data_files: list[str]) -> Rejection | None:
+    if rec.label is not None and rec.label.strip().casefold() == UNCLASSIFIED:
+        return Rejection(rec.source_file, rec.source_row, f"reserved label: {rec.label!r} is predict's own label "
+                         "for objects below their class threshold; rename the class (folder or category)",
+                         rec.object_id)
     try:
         img = check(rec.image)
     except ImageError as exc:

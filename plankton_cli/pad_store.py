@@ -46,7 +46,7 @@ from plankton_cli.square_pad import (
 )
 from plankton_cli.store import Store
 from plankton_cli.store.images import ImageError, decode, encode_png
-from plankton_cli.store.layout import MAX_FILE_BYTES, dataset_files, partition_values
+from plankton_cli.store.layout import MAX_FILE_BYTES, dataset_files, dataset_name, partition_values
 from plankton_cli.store.schema import load_schema
 from plankton_cli.store.session import WriteSession
 from plankton_cli.store.transaction import new_run_id
@@ -397,6 +397,8 @@ def pad_dataset(
     padded square. `store_pixels` stores the padded PNGs too (else readers pad on read). `on_progress(n)` is called
     after each row group with the number of rows it padded or rejected. Switching `store_pixels` pads every row again.
     """
+    dataset_name(source)
+    dataset_name(target, written_by="pad")  # before anything is written: never a path, a reserved name or another's
     if source == target:
         raise ValueError("the source and target datasets must differ")
     if preset not in PRESETS:

@@ -21,12 +21,17 @@ Examples:
   plankton check --repair --store /data/store
   plankton check --json | jq '.problems[].detail'
 
-Exit codes: 0 the store is whole, 74 a file is missing, damaged or unreadable (or a commit cannot be
-finished), 65 the data disagrees with itself (manifest against data, an object stored twice, a file outside
-the committed list), 75 the store is locked by another writer.""")
+--repair never deletes a commit: a journal it cannot read or finish is moved to
+STORE/.quarantine/ and reported. A repair that was killed is finished by running it again.
+
+Exit codes: 0 the store is whole, 74 a file is missing, damaged or unreadable (committed.json, a journal,
+a commit that cannot be finished), 65 the data disagrees with itself (manifest against data, an object
+stored twice, a file outside the committed list, a file name over 100 bytes), 75 the store is locked by
+another writer.""")
 @click.option("--repair", is_flag=True,
-              help="Drop damaged files, read their sources again, delete files outside the committed list and "
-                   "rebuild the manifest from the data; then check again.")
+              help="Finish interrupted commits (setting unreadable journals aside), rebuild an unreadable "
+                   "committed.json, drop damaged files, read their sources again, delete files outside the committed "
+                   "list, rename over-long files and rebuild the manifest from the data; then check again.")
 @store_option
 @lock_timeout_option
 @json_option

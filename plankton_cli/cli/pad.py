@@ -73,6 +73,7 @@ def pad(source: str, target: str, preset: str, crop_top: int, crop_bottom: int, 
     since the last run are padded.
     """
     from plankton_cli.cli.output import progress
+    from plankton_cli.errors import UsageError as PlanktonUsageError
     from plankton_cli.pad_store import pad_dataset
     from plankton_cli.pad_store import preview as write_preview
     from plankton_cli.square_pad import CropSpec
@@ -80,6 +81,13 @@ def pad(source: str, target: str, preset: str, crop_top: int, crop_bottom: int, 
 
     if dry_run and not preview:
         raise click.UsageError("--dry-run writes nothing but the --preview sheet; give --preview N FILE too")
+    from plankton_cli.store.layout import dataset_name
+
+    try:  # before anything is read or written: a path or a reserved name would land outside the store's datasets
+        dataset_name(source)
+        dataset_name(target, written_by="pad")
+    except PlanktonUsageError as exc:
+        raise click.UsageError(str(exc)) from exc
     the_store = Store(store)
     crop = CropSpec(top=crop_top, bottom=crop_bottom) if crop_top or crop_bottom else None
     if not the_store.files(source):

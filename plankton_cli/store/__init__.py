@@ -8,6 +8,7 @@
       committed.json                                     the committed files, their sizes and checksums
       store.json                                         store format version
       .lock .journal/ .staging/ .spool/                  writer bookkeeping (ignored by Parquet readers)
+      .quarantine/<commit>/                              journals `check --repair` could not apply, kept
 
 `pyarrow.dataset.dataset(STORE / "objects", format="parquet", partitioning="hive")` reads a dataset directly.
 """

@@ -5,13 +5,21 @@ An interrupted commit is finished first, as any writer would. Problems are named
 code: 74 for damage to files (missing, unreadable, wrong checksum, a commit that cannot be finished), 65 for data
 that disagrees with itself (manifest against data, duplicate ids, files outside the committed list).
 
-`repair()` makes the store whole again from what is left plus the sources: damaged files leave the committed
-list, the sources that had rows in them are read again from where ingest found them (the manifest's
-`discovered_from`), files outside the list are deleted, and the manifest is rebuilt from the data.
+`repair()` makes the store whole again from what is left plus the sources: every readable journal is finished,
+an unreadable one (and one whose files are gone) is moved aside to `.quarantine/` and reported, an unreadable
+`committed.json` is rebuilt from the data files on disk, damaged files leave the committed list, the sources
+that had rows in them are read again from where ingest found them (the manifest's `discovered_from`), files
+outside the list are deleted, over-long file names are renamed, and the manifest is rebuilt from the data.
+
+A repair is resumable: the commit that drops a source's rows keeps its manifest entry, marked to be read again
+(no fingerprint or checksum, its old row count), so a repair killed before reading it again leaves a manifest
+that disagrees with the data; the next `check` says so and the next repair (or ingest) reads the source again.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +28,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from plankton_cli.atomic import atomic_write_bytes
 from plankton_cli.errors import DataError, StoreIOError
 from plankton_cli.store import Store
-from plankton_cli.store.layout import MANIFEST, checksum, hidden, read_committed
+from plankton_cli.store.layout import (COMMITTED, MANIFEST, MAX_NAME_BYTES, UnreadableFileList, checksum, hidden,
+                                       read_committed)
 from plankton_cli.store.lock import StoreLock
 from plankton_cli.store.manifest import Manifest, fingerprint
 from plankton_cli.store.manifest import checksum as source_checksum
 from plankton_cli.store.schema import load_schema
 from plankton_cli.store.session import WriteSession
-from plankton_cli.store.transaction import JOURNALS, new_run_id, recover
+from plankton_cli.store.transaction import (JOURNALS, UnfinishableCommit, UnreadableJournal, new_run_id,
+                                            quarantine, recover)
 
 IO = StoreIOError.exit_code
 DATA = DataError.exit_code
@@ -37,7 +48,7 @@ UNIQUE_KEYS = {"objects": ["object_id"], "padded": ["object_id"], "predictions":
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # "missing", "damaged", "unreadable", "journal", "manifest", "duplicate", "uncommitted"
+    kind: str  # "missing", "damaged", "unreadable", "journal", "manifest", "duplicate", "uncommitted", "long-name"
     path: str  # store-relative file, or "" for the store as a whole
     detail: str
     exit_code: int
@@ -80,7 +91,11 @@ def _check(store: Store) -> CheckReport:
     root = store.root
     report = CheckReport(str(root))
     add = report.problems.append
-    files = read_committed(root)
+    try:
+        files = read_committed(root)
+    except UnreadableFileList as exc:  # which files make up the store is unknown: nothing else can be checked
+        add(Problem("unreadable", COMMITTED, str(exc).removeprefix(f"{root / COMMITTED}: "), IO))
+        return report
     if files is None:
         files = {rel: {"size": None, "checksum": None} for rel in store_files_on_disk(root)}
     report.files = len(files)
@@ -88,10 +103,16 @@ def _check(store: Store) -> CheckReport:
         damage = _check_file(root / rel, entry)
         if damage:
             add(Problem(damage[0], rel, damage[1], IO))
+    for rel in sorted(files):
+        if len(Path(rel).name.encode()) > MAX_NAME_BYTES:
+            add(Problem("long-name", rel, f"file name of {len(Path(rel).name.encode())} bytes, over "
+                        f"{MAX_NAME_BYTES}: rewrites near the file system's 255-byte limit fail; "
+                        "`check --repair` renames it", DATA))
     for rel in sorted(set(store_files_on_disk(root)) - set(files)):
         add(Problem("uncommitted", rel, "a data file outside the committed list (plain Parquet readers see it)",
                     DATA))
-    intact = {rel for rel in files if not any(p.path == rel for p in report.problems)}
+    damaged = {p.path for p in report.problems if p.exit_code == IO}
+    intact = {rel for rel in files if rel not in damaged}
     for problem in _check_duplicates(store, intact):
         add(problem)
     for problem in _check_manifest(store, files, intact):
@@ -171,7 +192,7 @@ def _check_manifest(store: Store, files: dict, intact: set[str]) -> list[Problem
     for key, entry in sorted(entries.items()):
         if rows.get(key, 0) != entry["n_stored"]:
             problems.append(Problem("manifest", MANIFEST, f"source {key}: {entry['n_stored']} rows stored, "
-                                    f"{rows.get(key, 0)} in the data", DATA))
+                                    f"{rows.get(key, 0)} in the data; `check --repair` reads it again", DATA))
     for key in sorted(set(rows) - set(entries)):
         problems.append(Problem("manifest", MANIFEST, f"source {key}: {rows[key]} rows in the data but not in the "
                                 "manifest", DATA))
@@ -184,19 +205,16 @@ def repair(store: Store, *, lock_timeout: float = 60.0) -> CheckReport:
 
     done: list[str] = []
     with StoreLock(store.root, timeout=lock_timeout):
-        try:
-            if recover(store.root):
-                done.append("finished an interrupted commit")
-        except StoreIOError as exc:  # a journal whose files are gone: its commit can never be finished
-            for journal in sorted((store.root / JOURNALS).glob("*.json")):
-                journal.unlink()
-            done.append(f"dropped an unfinishable commit ({exc})")
+        _finish_or_set_aside(store.root, done)
+        _rebuild_file_list(store.root, done)
         report = _check(store)
         lost = {p.path for p in report.problems if p.kind in ("missing", "damaged", "unreadable")}
         stray = {p.path for p in report.problems if p.kind == "uncommitted"}
-        reread = _rebuild(store, lost, stray, done)
-    for path, reader in sorted(reread.items()):  # ingest takes the lock itself
-        summary = ingest(store, [Path(path)], fmt=reader, lock_timeout=lock_timeout)
+        long_names = {p.path for p in report.problems if p.kind == "long-name"} - lost
+        reread = _rebuild(store, lost, stray, long_names, done)
+    for path, reader, options in sorted(reread):  # ingest takes the lock itself
+        summary = ingest(store, [Path(path)], fmt=reader, options=Manifest.read_options({"read_options": options}),
+                         lock_timeout=lock_timeout)
         done.append(f"read {path} again: {summary.stored} objects stored")
     with StoreLock(store.root, timeout=lock_timeout):
         final = _check(store)
@@ -204,16 +222,63 @@ def repair(store: Store, *, lock_timeout: float = 60.0) -> CheckReport:
     return final
 
 
-def _rebuild(store: Store, lost: set[str], stray: set[str], done: list[str]) -> dict[str, str]:
-    """One commit: drop `lost` files from the list and `stray` files from disk, remove what is left of the
-    sources that lost rows, rebuild the manifest from the data. Returns {path to read again: reader}."""
+def _finish_or_set_aside(root: Path, done: list[str]) -> None:
+    """Finish every journal that can be finished; move the others (unreadable, or their files gone) aside.
+
+    The readable journals roll forward first, whatever their order: one unreadable journal must never cost the
+    store a commit that is whole (`recover` applies every finishable journal before it raises)."""
+    pending = set((root / JOURNALS).glob("*.json"))
+    set_aside = set()
+    while True:
+        try:
+            recover(root)
+            break
+        except (UnreadableJournal, UnfinishableCommit) as exc:
+            journal = Path(exc.path or "")
+            aside = quarantine(root, journal)
+            set_aside.add(journal)
+            what = "an unreadable journal" if isinstance(exc, UnreadableJournal) else "a commit that cannot be finished"
+            done.append(f"set aside {what}: {journal.name} moved to {aside.relative_to(root)} ({exc})")
+    if finished := len(pending - set_aside):  # every journal not set aside was applied
+        done.append(f"finished {finished} interrupted commit{'s' if finished > 1 else ''}")
+
+
+def _rebuild_file_list(root: Path, done: list[str]) -> None:
+    """Write `committed.json` again from the data files on disk when it cannot be read.
+
+    Every journal was finished or set aside before this, and a finished commit deletes what it replaced before
+    it removes its journal: the readable Parquet files in the datasets' folders are the last commit's. A file
+    that cannot be read is left out (and, being outside the list, deleted with the strays)."""
+    try:
+        read_committed(root)
+        return
+    except UnreadableFileList:
+        pass
+    files = {}
+    for rel in store_files_on_disk(root):
+        try:
+            pq.read_metadata(root / rel)
+        except (OSError, pa.ArrowException):
+            continue
+        files[rel] = {"size": (root / rel).stat().st_size, "checksum": checksum(root / rel)}
+    atomic_write_bytes(root / COMMITTED, json.dumps({"files": dict(sorted(files.items()))}).encode(), durable=True)
+    done.append(f"rebuilt {COMMITTED} from the {len(files)} readable files on disk")
+
+
+def _rebuild(store: Store, lost: set[str], stray: set[str], long_names: set[str], done: list[str]
+             ) -> set[tuple[str, str, str | None]]:
+    """One commit: drop `lost` files from the list and `stray` files from disk, rename `long_names`, remove what
+    is left of the sources that lost rows (marking them in the manifest to be read again), rebuild the manifest
+    from the data. Returns what to read again: (path, reader, the read options ingest had, as JSON)."""
 
     root = store.root
     old = Manifest(root) if MANIFEST not in lost and (root / MANIFEST).exists() else None
     old_entries = old.entries if old else {}
-    hit = set()  # sources that lost rows and can be read again
+    intact = {str(p.relative_to(root)) for p in store.files("objects")} - lost
+    rows, where = _rows_by_source(store, intact)
+    hit = set()  # sources that lost rows (now, or in an earlier repair that did not finish) and can be read again
     for key, e in old_entries.items():
-        if lost & set(e["data_files"]):
+        if lost & set(e["data_files"]) or rows.get(key, 0) != e["n_stored"]:
             if all(Path(f).exists() for f in e["files"]):
                 hit.add(key)
             else:
@@ -224,7 +289,7 @@ def _rebuild(store: Store, lost: set[str], stray: set[str], done: list[str]) -> 
         done.append(f"removed {rel} ({'damaged or missing' if rel in lost else 'not committed'})")
     for rel in stray:
         (root / rel).unlink(missing_ok=True)  # never committed: no reader of the list sees it
-    intact = {str(p.relative_to(root)) for p in store.files("objects")} - lost
+    renamed: dict[str, str | None] = {}  # data file -> the file that replaces it in this commit (None: no rows left)
     schema = load_schema("objects")
     if hit:  # what is left of a source that lost rows goes too: it is read again whole
         keys = pa.array(sorted(hit), pa.string())
@@ -232,21 +297,28 @@ def _rebuild(store: Store, lost: set[str], stray: set[str], done: list[str]) -> 
             table = pq.read_table(root / rel, schema=schema.file_schema)
             drop = pc.is_in(table["source_key"], keys)
             if pc.any(drop).as_py():
-                session.remove_rows(rel, table, drop, schema)
-    rows, where = _rows_by_source(store, intact)
+                renamed[rel] = session.remove_rows(rel, table, drop, schema)
+    for rel in sorted(long_names - set(renamed)):  # the same bytes under a fresh short name
+        new = session.txn.new_name(Path(rel).parent)
+        shutil.copyfile(root / rel, session.stage(new))
+        session.delete(rel)
+        renamed[rel] = new
+        done.append(f"renamed {rel} to {new} (its name was over {MAX_NAME_BYTES} bytes)")
     manifest = Manifest(root, entries={})
     for key in sorted(set(rows) | set(old_entries)):  # sources with rows, and those all of whose objects were rejected
-        if key in hit:
+        if key in hit:  # to be read again: ingest takes it for changed; until then `check` sees its rows missing
+            manifest.entries[key] = {**old_entries[key], "fingerprint": "", "checksum": "", "data_files": []}
             continue
         entry = old_entries.get(key) or _entry_from_data(key, store)
         if entry is None:
             continue
-        manifest.entries[key] = {**entry, "n_stored": rows.get(key, 0), "data_files": sorted(where.get(key, ()))}
+        files = {renamed.get(f, f) for f in where.get(key, ())}
+        manifest.entries[key] = {**entry, "n_stored": rows.get(key, 0), "data_files": sorted(f for f in files if f)}
     manifest.stage(session)
     if not (old and old.entries == manifest.entries):
         done.append(f"rebuilt the manifest from the data ({len(manifest.entries)} sources)")
     session.commit()
-    return {e["discovered_from"] or str(Path(e["files"][0]).parent): e["reader"]
+    return {(e["discovered_from"] or str(Path(e["files"][0]).parent), e["reader"], e.get("read_options"))
             for key, e in old_entries.items() if key in hit}
 
 

@@ -16,17 +16,49 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, unquote
 
-from plankton_cli.errors import StoreIOError
+from plankton_cli.errors import StoreIOError, UsageError
 
 T = TypeVar("T")
 
 COMMITTED = "committed.json"
 MANIFEST = "manifest.parquet"
+
+MAX_NAME_BYTES = 100
+"""Longest file name the store writes (its own are ~45 bytes); `check` flags longer ones, which `--repair`
+renames. File systems refuse names over 255 bytes, so a name that grows on each rewrite ends every ingest."""
+
+DATASETS = {"objects": "ingest", "padded": "pad", "features": "features", "predictions": "predict",
+            "rejections": None}
+"""The datasets the store knows, and the one command that writes each (rejections: every command). A command may
+also write a dataset of another name (e.g. `plankton pad --target padded-224`) that passes `dataset_name`."""
+RESERVED = frozenset({"manifest", "committed", "store", "journal", "journals", "staging", "spool", "lock",
+                      "quarantine"})
+"""Names of the store's own bookkeeping (with or without their dot or extension), never a dataset's."""
+_DATASET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+def dataset_name(name: str, *, written_by: str | None = None) -> str:
+    """`name` when it may name a dataset of the store (one folder of it: lower-case letters, digits, `_`, `-`;
+    not the store's own bookkeeping), and, when `written_by` a command, one that command may write. Anything else
+    is a UsageError, raised before anything is read or written: a name such as `../x` or `manifest.parquet` would
+    write outside the store or over its own files."""
+    if not _DATASET_NAME.fullmatch(name or "") or len(name) > MAX_NAME_BYTES:
+        raise UsageError(f"invalid dataset name {name!r}: use lower-case letters, digits, '_' and '-' (a folder of "
+                         f"the store, never a path)")
+    if name in RESERVED:
+        raise UsageError(f"invalid dataset name {name!r}: reserved for the store's own files")
+    if written_by is not None and name in DATASETS and DATASETS[name] != written_by:
+        owner = DATASETS[name]
+        raise UsageError(f"dataset {name!r} is written by {f'plankton {owner}' if owner else 'the store itself'}, "
+                         f"not by plankton {written_by}; choose another name")
+    return name
+
 
 ROW_GROUP_ROWS = 256
 """Rows per row group: one random image costs 0.3–1 ms to read at 64–256 rows per group, 39 ms at 4,000
@@ -64,12 +96,26 @@ def checksum(path: Path) -> str:
     return h.hexdigest()
 
 
+class UnreadableFileList(StoreIOError):
+    """`committed.json` is there but cannot be read: which files make up the store is unknown until a repair."""
+
+
 def read_committed(root: Path) -> dict[str, dict] | None:
-    """store-relative path → {"size", "checksum"} of every committed file, or None for a store without a list."""
+    """store-relative path → {"size", "checksum"} of every committed file, or None for a store without a list.
+
+    A list that cannot be read (garbage, truncated) is an UnreadableFileList naming it: guessing the store's files
+    from its folders could show a reader rows that were deleted or never committed; `check --repair` rebuilds it."""
+    path = Path(root) / COMMITTED
     try:
-        return json.loads((Path(root) / COMMITTED).read_bytes())["files"]
+        files = json.loads(path.read_bytes())["files"]
+        if not isinstance(files, dict) or not all(isinstance(e, dict) for e in files.values()):
+            raise TypeError("'files' is not a mapping of file entries")
+        return files
     except FileNotFoundError:
         return None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UnreadableFileList(f"{path}: unreadable committed file list ({type(exc).__name__}: {exc}); run "
+                                 f"`plankton check --repair --store {Path(root)}` to rebuild it", path=path) from exc
 
 
 def listed_files(root: Path) -> list[str]:
@@ -92,9 +138,15 @@ def committed_paths(root: Path) -> list[str]:
 
 
 def data_files(root: Path, dataset: str) -> list[Path]:
-    """The data files of one dataset of the store, sorted."""
+    """The data files of one dataset of the store, sorted.
+
+    A name the store does not hold must be a valid dataset name (a path such as `../x` is a UsageError, not an
+    empty dataset); one it holds is read whatever it is called (a store written before names were checked)."""
     prefix = f"{dataset}/"
-    return [Path(root) / rel for rel in committed_paths(root) if rel.startswith(prefix)]
+    found = [Path(root) / rel for rel in committed_paths(root) if rel.startswith(prefix)]
+    if not found or "/" in dataset:
+        dataset_name(dataset)
+    return found
 
 
 def dataset_files(dataset_dir: str | Path) -> list[Path]:

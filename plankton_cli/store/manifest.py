@@ -8,14 +8,16 @@ read again and its new rows supersede the old ones (see `ingest.py`).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from plankton_cli.records import Source
+from plankton_cli.records import ReadOptions, Source
 from plankton_cli.store.layout import MANIFEST
 from plankton_cli.store.schema import load_schema
 
@@ -68,12 +70,14 @@ class Manifest:
         return "changed", facts
 
     def record(self, source: Source, facts: dict, counts: dict, data_files: list[str], run: str,
-               discovered_from: Path | None = None) -> None:
+               discovered_from: Path | None = None, options: ReadOptions | None = None) -> None:
         self.entries[source.key] = {
             "source_key": source.key,
             "reader": source.reader,
             "files": [str(f) for f in source.files],
             "discovered_from": None if discovered_from is None else str(Path(discovered_from).absolute()),
+            # what a repair needs to read it again into the same rows (ids depend on the collection)
+            "read_options": None if options is None else json.dumps(asdict(options), sort_keys=True),
             "size": facts["size"],
             "fingerprint": facts["fingerprint"],
             "checksum": facts.get("checksum") or checksum(source.files),
@@ -86,6 +90,12 @@ class Manifest:
             "ingested_at": datetime.now(UTC),
         }
         self.dirty = True
+
+    @staticmethod
+    def read_options(entry: dict) -> ReadOptions | None:
+        """The read options an entry was ingested with; None for entries written before they were recorded."""
+        text = entry.get("read_options")
+        return None if text is None else ReadOptions(**json.loads(text))
 
     def replace_data_file(self, old: str, new: str | None) -> None:
         """A data file was rewritten (`new`) or removed (`None`) while superseding a source."""

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from plankton_cli.store.layout import dataset_name
 from plankton_cli.store.schema import DatasetSchema, load_schema
 from plankton_cli.store.transaction import Transaction
 from plankton_cli.store.writer import DatasetWriter, stage_rewrite
@@ -42,6 +43,7 @@ class WriteSession:
                ) -> DatasetWriter:
         """The writer of `dataset` in the current transaction (its schema: `schema`, else `schemas/<dataset>`)."""
         if dataset not in self._schemas:
+            dataset_name(dataset, written_by=None if dataset == REJECTIONS else self.command)
             self._schemas[dataset] = (schema or load_schema(dataset), row_group_rows)
         if dataset not in self._writers:
             schema, rows = self._schemas[dataset]

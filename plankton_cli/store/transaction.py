@@ -11,7 +11,10 @@ reaching the disk is the commit point:
   is idempotent: staged files are renamed into place, `committed.json` (the file list readers use, see
   `layout.py`) is replaced atomically, and only then are the old files deleted and the journal removed.
 - `recover()` first checks that every file the journal adds is there (staged or already moved); if one is
-  missing it refuses and deletes nothing.
+  missing it refuses and deletes nothing. A journal that cannot be read at all (garbage, truncated by a broken
+  disk) is skipped, never guessed at: the readable journals are finished first, then the unreadable one is
+  reported (`UnreadableJournal`). Only `plankton check --repair` moves such journals aside (`quarantine()`), with
+  their staged files, into `STORE/.quarantine/`: nothing a journal points to is ever deleted by a repair.
 
 So readers of `committed.json` always see the store before or after a commit, and no error or crash loses a row.
 """
@@ -31,6 +34,15 @@ from plankton_cli.store.layout import COMMITTED, checksum, listed_files, read_co
 
 JOURNALS = ".journal"
 STAGING = ".staging"
+QUARANTINE = ".quarantine"
+
+
+class UnreadableJournal(StoreIOError):
+    """A journal whose plan cannot be read: whether it committed cannot be known, so it is kept, not applied."""
+
+
+class UnfinishableCommit(StoreIOError):
+    """A readable journal some of whose added files are gone: applying it would list files that do not exist."""
 
 
 def new_run_id() -> str:
@@ -45,6 +57,15 @@ class Transaction:
         self.journaled = False  # past the commit point: from here on only roll forward
         self._adds: list[tuple[str, str]] = []  # (staged, final), relative to root
         self._deletes: list[str] = []
+        self._names = 0
+
+    def new_name(self, folder: str | Path) -> str:
+        """A fresh, short data-file name in `folder` (store-relative) for this transaction.
+
+        Names carry the transaction id and a counter, never the name of a file they replace: a source rewritten a
+        thousand times still gets names of the same length (a file's history is in the journals and manifest)."""
+        self._names += 1
+        return str(Path(folder) / f"part-{self.id}-{self._names:04d}.parquet")
 
     def stage(self, final: str | Path) -> Path:
         """A path to write a new file to; it appears at `final` (relative to the store) on commit."""
@@ -103,17 +124,26 @@ def _remove_staging(root: Path, txn_id: str) -> None:
         pass
 
 
-def _apply(root: Path, journal: Path) -> None:
+def _read_plan(journal: Path) -> dict:
     try:
         plan = json.loads(journal.read_bytes())
-        plan["adds"], plan["deletes"]  # noqa: B018 - both keys or the journal is not one
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise StoreIOError(f"{journal}: invalid commit journal ({exc!r}); nothing was changed; the store cannot be "
-                           f"opened for writing until it is repaired", path=journal) from exc
+        adds, deletes = plan["adds"], plan["deletes"]
+        if not all(isinstance(a, list) and len(a) == 2 and all(isinstance(p, str) for p in a) for a in adds) \
+                or not all(isinstance(d, str) for d in deletes) or not isinstance(plan.get("files", {}), dict):
+            raise ValueError("adds, deletes or files of the wrong shape")
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise UnreadableJournal(f"{journal}: unreadable commit journal ({type(exc).__name__}: {exc}); nothing was "
+                                f"changed; run `plankton check --repair` on {journal.parent.parent} to set it aside",
+                                path=journal) from exc
+    return plan
+
+
+def _apply(root: Path, journal: Path) -> None:
+    plan = _read_plan(journal)
     missing = [final for staged, final in plan["adds"] if not (root / staged).exists() and not (root / final).exists()]
     if missing:
-        raise StoreIOError(f"{journal}: cannot finish this commit, {len(missing)} of its files are missing "
-                           f"(first: {missing[0]}); nothing was deleted; run `plankton check`", path=journal)
+        raise UnfinishableCommit(f"{journal}: cannot finish this commit, {len(missing)} of its files are missing "
+                                 f"(first: {missing[0]}); nothing was deleted; run `plankton check`", path=journal)
     moved_into: set[Path] = set()
     for staged, final in plan["adds"]:
         src, dst = root / staged, root / final
@@ -133,14 +163,39 @@ def _apply(root: Path, journal: Path) -> None:
 
 
 def recover(root: Path) -> int:
-    """Finish commits whose journal was written, drop staging of ones that never committed. Call under the lock."""
+    """Finish commits whose journal was written, drop staging of ones that never committed. Call under the lock.
+
+    Every journal that can be finished is, even when another cannot; then the first failure is raised
+    (`UnreadableJournal` or `UnfinishableCommit`) and the staging folders are kept: a journal left behind may
+    point to them."""
     finished = 0
+    failures: list[StoreIOError] = []
     journals = root / JOURNALS
     if journals.is_dir():
         for journal in sorted(journals.glob("*.json")):
-            _apply(root, journal)
+            try:
+                _apply(root, journal)
+            except (UnreadableJournal, UnfinishableCommit) as exc:
+                failures.append(exc)
+                continue
             finished += 1
         for tmp in journals.glob(".*.tmp"):  # a journal whose own write was interrupted: never committed
             tmp.unlink(missing_ok=True)
+    if failures:
+        raise failures[0]
     shutil.rmtree(root / STAGING, ignore_errors=True)  # every journal is applied: what is left never committed
     return finished
+
+
+def quarantine(root: Path, journal: Path) -> Path:
+    """Move `journal` and its staging folder aside to `STORE/.quarantine/<id>/` (for `check --repair`): the store
+    can be written again, and nothing the journal may have pointed to is destroyed. Returns the folder."""
+    aside = root / QUARANTINE / journal.stem
+    aside.mkdir(parents=True, exist_ok=True)
+    staged = root / STAGING / journal.stem
+    if staged.exists():
+        os.replace(staged, aside / STAGING)
+    os.replace(journal, aside / journal.name)
+    fsync_dir(aside)
+    fsync_dir(journal.parent)
+    return aside

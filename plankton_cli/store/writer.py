@@ -51,7 +51,7 @@ def stage_rewrite(txn: Transaction, rel: str, table: pa.Table, drop: pa.ChunkedA
     txn.delete(rel)
     if not keep.num_rows:
         return None
-    new_rel = rel.replace(".parquet", f"-r{txn.id}.parquet")
+    new_rel = txn.new_name(Path(rel).parent)  # a fresh short name: never `rel` plus a suffix, which grew each rewrite
     with pq.ParquetWriter(txn.stage(new_rel), keep.schema, **parquet_options(schema)) as writer:
         writer.write_table(keep, row_group_size=ROW_GROUP_ROWS)
     return new_rel
@@ -85,7 +85,6 @@ class DatasetWriter:
         self.max_file_bytes = max_file_bytes
         self._buffers: dict[str, list[dict]] = {}
         self._open: dict[str, _PartFile] = {}
-        self._seq = 0
         self.files_written: list[str] = []  # store-relative final paths
         self.rows_written = 0
 
@@ -107,8 +106,7 @@ class DatasetWriter:
     def _file(self, part: str) -> _PartFile:
         f = self._open.get(part)
         if f is None:
-            self._seq += 1
-            final = str(Path(self.dataset) / part / f"part-{self.txn.id}-{self._seq:04d}.parquet")
+            final = self.txn.new_name(Path(self.dataset) / part)
             f = _PartFile(self.txn.stage(final), final, self.schema)
             self._open[part] = f
             self.files_written.append(final)

@@ -215,6 +215,11 @@ class _FolderImages:
             return None, f"img_file_name {name!r} escapes the bundle (absolute path or '..'); it must be relative " \
                          f"to the TSV, at or below its folder"
         path = self.folder / name
+        target = path.resolve()
+        if target != path.absolute() and not target.is_relative_to(self.folder.resolve()):
+            # a symlink (the image, or a folder on its way) is the same escape as a '..' in the name
+            return None, f"img_file_name {name!r} escapes the bundle through a symlink (to {target}); it must be " \
+                         f"a file at or below the TSV's folder"
         try:
             size = path.stat().st_size
             if size > MAX_IMAGE_BYTES:

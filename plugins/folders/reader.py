@@ -7,6 +7,9 @@ Layouts read:
   the root is an EcoTaxa instrument name or a DAPlankton alias;
 - any deeper nesting: the class is always the image's own folder, the folders above it are its `sample_id`.
 
+An image that is a symlink to a file outside the folder given is rejected, like a `..` path in a bundle: the
+folder is the source, and nothing outside it is read or stored (symlinked folders are not descended into).
+
 Object ids are `<collection>/<path relative to the folder given>`, the collection being `--collection NAME`
 or the folder's own name, so `A/Copepoda/img_0001.png` and `B/Copepoda/img_0001.png` are two objects.
 
@@ -74,7 +77,8 @@ class ImageFolderReader:
         if root.is_file():
             if is_image_name(root.name):
                 collection = collection_name(options, root.parent)
-                yield Source(key=str(root), files=(root,), reader=self.name, extra=(collection, root.name))
+                # a file named on the command line is read wherever a symlink points: the user chose it
+                yield Source(key=str(root), files=(root,), reader=self.name, extra=(collection, root.name, None))
             return
         collection = collection_name(options, root)
         for folder, dirs, files in os.walk(root):
@@ -83,13 +87,19 @@ class ImageFolderReader:
                 if is_image_name(name):
                     file = Path(folder, name)
                     relative = file.relative_to(root).as_posix()
-                    yield Source(key=str(file), files=(file,), reader=self.name, extra=(collection, relative))
+                    yield Source(key=str(file), files=(file,), reader=self.name, extra=(collection, relative, root))
 
     def read(self, source: Source, options: ReadOptions) -> Iterator[Record | Rejection]:
         file = source.files[0]
-        # (collection, the path relative to the folder given to discover)
-        collection, relative = source.extra or (collection_name(options, file.parent), file.name)
+        # (collection, the path relative to the folder given to discover, that folder or None for a file given)
+        collection, relative, root = source.extra or (collection_name(options, file.parent), file.name, None)
         object_id = f"{collection}/{relative}"
+        if root is not None and file.is_symlink():
+            target = file.resolve()
+            if not target.is_relative_to(root.resolve()):
+                yield Rejection(str(file), None, f"symlink escapes the folder: points to {target}, outside {root}",
+                                object_id)
+                return
         try:
             data = file.read_bytes()
         except OSError as exc:

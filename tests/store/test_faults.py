@@ -287,3 +287,133 @@ def test_the_issue_repro_on_ecotaxa_import_test(tmp_path, monkeypatch):
     assert table.num_rows == first.stored == 11  # the issue saw 8
     assert again.sources == {"unchanged": sum(first.sources.values())}
     assert "Copepoda" in table["label"].to_pylist()
+
+
+# --- check --repair under faults (issue 19) ------------------------------------------------------------------------
+
+
+def _ingest_plain(store: Store, folder: Path) -> None:
+    """Ingest without read options: what `check --repair` uses when it reads a source again."""
+    ingest(store, [folder], commit_every=5, lock_timeout=5)
+
+
+def test_a_garbage_journal_beside_a_committed_one_loses_no_commit(tmp_path, monkeypatch):
+    """The probe's case: ingest killed after its commit point (every k where a journal is left), then a garbage
+    journal beside it. Repair must finish the real commit (store as a plain recover leaves it), set the garbage
+    aside and report it; the next ingest then ends with every row. Before, repair "dropped an unfinishable
+    commit" and the store lost the journaled commit's rows."""
+    from plankton_cli.store.check import repair
+
+    template = Store(tmp_path / "template")
+    _ingest(template, _images(tmp_path, False))
+    folder = _images(tmp_path, True)
+    reference = Store(shutil.copytree(template.root, tmp_path / "reference"))
+    _ingest(reference, folder)
+    expected = content(reference.root)
+    garbage = "00000000T000000Z-garbage"  # sorts before every real journal: the one recover meets first
+    journaled, k = 0, 0
+    while True:
+        k += 1
+        store = Store(shutil.copytree(template.root, tmp_path / f"kill-{k}"))
+        with monkeypatch.context() as m:
+            faults = Faults(m, store.root, k, "kill")
+            try:
+                _ingest(store, folder)
+            except Killed:
+                pass
+        if not faults.fired:
+            break
+        if list((store.root / ".journal").glob("*.json")):
+            journaled += 1
+            twin = Store(shutil.copytree(store.root, tmp_path / f"twin-{k}"))
+            with twin.locked():  # what the committed journal alone comes to
+                pass
+            (store.root / ".journal" / f"{garbage}.json").write_bytes(b"\x00{not a journal")
+            report = repair(store)
+            assert report.exit_code == 0, [str(p) for p in report.problems]
+            assert any("unreadable journal" in line and garbage in line for line in report.repaired)
+            assert "finished 1 interrupted commit" in report.repaired
+            assert (store.root / ".quarantine" / garbage / f"{garbage}.json").read_bytes() == b"\x00{not a journal"
+            assert content(store.root) == content(twin.root), f"repair lost the journaled commit (kill at {k})"
+            _ingest(store, folder)
+            assert content(store.root) == expected, f"kill at {k}"
+            shutil.rmtree(twin.root)
+        shutil.rmtree(store.root)
+    assert journaled >= 2, f"only {journaled} kills left a journal: is the fault injection still installed?"
+
+
+def test_garbage_committed_list_after_a_kill_at_every_operation_is_rebuilt_from_journals_and_data(tmp_path,
+                                                                                                  monkeypatch):
+    """Ingest killed at the k-th operation, for every k, then `committed.json` overwritten with garbage: repair
+    finishes the journal (whose file list replaces the garbage) or, with none left, lists the data files on disk;
+    either way the store holds what a plain recover of the undamaged store holds."""
+    from plankton_cli.store.check import repair
+
+    template = Store(tmp_path / "template")
+    _ingest(template, _images(tmp_path, False))
+    folder = _images(tmp_path, True)
+    k, rebuilt = 0, 0
+    while True:
+        k += 1
+        store = Store(shutil.copytree(template.root, tmp_path / f"kill-{k}"))
+        with monkeypatch.context() as m:
+            faults = Faults(m, store.root, k, "kill")
+            try:
+                _ingest(store, folder)
+            except Killed:
+                pass
+        if not faults.fired:
+            break
+        twin = Store(shutil.copytree(store.root, tmp_path / f"twin-{k}"))
+        with twin.locked():
+            pass
+        (store.root / COMMITTED).write_bytes(b'{"files": {"objects/')
+        report = repair(store)
+        assert report.exit_code == 0, [str(p) for p in report.problems]
+        rebuilt += any("rebuilt committed.json" in line for line in report.repaired)
+        assert content(store.root) == content(twin.root), f"kill at {k}"
+        assert_clean(store.root)
+        shutil.rmtree(twin.root)
+        shutil.rmtree(store.root)
+    assert rebuilt >= 2 and rebuilt < k - 1, "both ways (journal, data files) were taken"
+
+
+@pytest.mark.parametrize("mode", ["kill", errno.EIO], ids=["kill", "EIO"])
+def test_a_repair_killed_at_every_operation_ends_with_every_row_when_run_again(tmp_path, monkeypatch, mode):
+    """The probe's case: a data file deleted, `check --repair` killed (or failed with EIO) at the k-th store
+    operation (while it drops the file, rewrites what is left of its sources, or reads them again), for every k; a
+    second repair must end with every row the sources hold (the probe saw 1,224 of 1,274), as a store that never
+    lost the file."""
+    from plankton_cli.store.check import check, repair
+
+    folder = _images(tmp_path, False)
+    clean = Store(tmp_path / "clean")
+    _ingest_plain(clean, folder)
+    expected = content(clean.root)
+    template = Store(tmp_path / "template")
+    _ingest_plain(template, folder)
+    lost = template.files("objects")[0]
+    assert pq.read_metadata(lost).num_rows > 0
+    lost.unlink()
+
+    k = 0
+    while True:
+        k += 1
+        store = Store(shutil.copytree(template.root, tmp_path / f"{mode}-{k}"))
+        with monkeypatch.context() as m:
+            faults = Faults(m, store.root, k, mode)
+            try:
+                repair(store, lock_timeout=5)
+            except (OSError, Killed):
+                pass
+        if faults.fired:
+            assert check(store).exit_code != 0 or content(store.root) == expected, \
+                f"kill at {k}: rows are missing and check calls the store whole"
+            report = repair(store, lock_timeout=5)
+            assert report.exit_code == 0, [str(p) for p in report.problems]
+        assert content(store.root) == expected, f"repair killed at operation {k}, then run again"
+        assert_clean(store.root)
+        shutil.rmtree(store.root)
+        if not faults.fired:
+            break
+    assert k > 10, f"repair made only {k - 1} store operations: is the fault injection still installed?"
