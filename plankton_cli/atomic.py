@@ -20,12 +20,14 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, durable: bool = False, scratch: Path | None = None) -> Iterator[Path]:
     """A hidden temporary path beside `path` to write to; renamed onto `path` when the block succeeds, removed
-    when it fails. `durable` also flushes the file and the rename to disk (for the store's own bookkeeping)."""
+    when it fails. `durable` also flushes the file and the rename to disk (for the store's own bookkeeping).
+    `scratch`: a folder on the same file system to hold the temporary file instead (a writer's spool, which the
+    next run removes when this one is killed; beside `path`, a killed run's temporary file would stay for good)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # dot-names are skipped by Parquet readers
+    tmp = (scratch or path.parent) / f".{path.name}.{uuid.uuid4().hex}.tmp"  # Parquet readers skip dot-names
     try:
         yield tmp
         if durable:

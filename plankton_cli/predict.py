@@ -8,24 +8,44 @@ them the same way: the same metadata columns, standardised with the recorded med
 morphometrics measured again from the same stored pixels (`plankton_cli.features.inputs`). A source that lacks
 some of them is named once, with what it lacks; those values are fed as missing (0 plus the indicator), as in
 training.
+
+Outputs are part of the work. With the `store` writer among the writers, a model's prediction of an object counts
+as done when the store holds it, so the store commit comes last, after every file output, in one protocol:
+
+1. predict the objects nobody has predicted, into every writer (the store's spool `<run>.part`, the file
+   writers' spools in OUT);
+2. `finish()` the store spool (renamed `<run>.parquet`): from here on these objects are never predicted again;
+3. close the file writers: each writes its files atomically (temporary name, rename);
+4. commit the store spool (one journaled store commit, which also deletes the spool).
+
+A run killed in 1 leaves a `.part` the next run deletes and predicts again (nothing was written). A run killed or
+failed in 2-4 (a writer failed, the store lock timed out) leaves a finished spool. The next run of the model
+claims it (an flock: never a spool whose run is still alive, see `plankton_cli.predictions`), skips its objects,
+writes them from the spool and the stored objects to its own file writers and to the outputs the spool records its
+run asked for, before its own predictions; then commits it with its own. Outputs are files named by sample or bin
+and rewritten whole from the same predictions, so writing them again gives the same files, never a second copy.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence, Set
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from plankton_cli import __version__, plugins
-from plankton_cli.predictions import pending_ids
+from plankton_cli.errors import CantCreate
+from plankton_cli.predictions import StoreSession, StoreWriter, pending_ids, spool_outputs
 from plankton_cli.features.inputs import PREFIX, FeatureScaling, image_features, metadata_features
 from plankton_cli.model_info import ModelInfo
 from plankton_cli.records import ReadOptions, Record, Rejection
@@ -135,11 +155,11 @@ class FeatureInputs:
                 for source, (names, count) in sorted(self.lacking.items())]
 
 
-def _store_items(store: Store, *, instrument: str | None, since: datetime | None,
-                 exclude: set[str]) -> Iterator[_Item]:
-    flt = None
+def _store_items(store: Store, *, instrument: str | None = None, since: datetime | None = None,
+                 exclude: Set[str] = frozenset(), only: set[str] | None = None) -> Iterator[_Item]:
+    flt = None if only is None else ds.field("object_id").isin(pa.array(sorted(only), pa.string()))
     if instrument:
-        flt = ds.field("instrument") == instrument
+        flt = ds.field("instrument") == instrument if flt is None else flt & (ds.field("instrument") == instrument)
     if since is not None:
         recent = ds.field("acquired_at") >= pc.scalar(since)
         flt = recent if flt is None else flt & recent
@@ -158,6 +178,72 @@ def _store_items(store: Store, *, instrument: str | None, since: datetime | None
             row["image"] = row["image"]["bytes"]
             row["metadata"] = {pair["key"]: pair["value"] for pair in row["metadata"] or ()}
             yield _Item(**row)
+
+
+def _prediction(item: _Item, probabilities: np.ndarray, label: str, label_auto: str,
+                embedding: np.ndarray | None) -> Prediction:
+    return Prediction(
+        object_id=item.object_id, probabilities=probabilities, label=label, label_auto=label_auto,
+        sample_id=item.sample_id, source_row=item.source_row, instrument=item.instrument,
+        acquired_at=item.acquired_at, lat=item.lat, lon=item.lon, depth=item.depth, image=item.image,
+        image_name=None, embedding=embedding, metadata=item.metadata,
+    )
+
+
+def _check_out(out_dir: Path) -> None:
+    """Refuse an OUT that cannot take files before predicting anything: one line naming the folder (exit 73),
+    not a writer's temporary file name at the end of the run. `os.access` also answers for root, who writes
+    through permission bits but not into an immutable folder or a read-only file system; no probe file is made,
+    so a run killed here leaves nothing behind."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CantCreate(f"{out_dir}: cannot write outputs there ({exc.strerror or exc})", path=out_dir) from exc
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise CantCreate(f"{out_dir}: cannot write outputs there (not writable)", path=out_dir)
+
+
+# A writer's file or folder that cannot be made (a file where its folder goes, a read-only or immutable folder)
+CANT_CREATE = frozenset({errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def _output_failure(exc: Exception, *, kept: bool) -> Exception:
+    """A writer's failure to create its output as `CantCreate` (exit 73) naming the path, saying whether the
+    predictions wait for the next run; any other failure as it is."""
+    if not isinstance(exc, OSError) or exc.errno not in CANT_CREATE:
+        return exc
+    then = "; the predictions are kept: once it is fixed, the next run writes the outputs without predicting again"
+    return CantCreate(f"{exc.filename}: {exc.strerror}{then if kept else ''}", path=exc.filename)
+
+
+def _finish_outputs(store: Store, spool: IO[bytes], run: PredictionRun, sessions: dict[tuple[str, str], Any],
+                    own: list[tuple[str, str]], batch_size: int) -> None:
+    """Write an ended run's stored-but-unfinished predictions (its finished spool) to this run's own file writers
+    (`own`: this run commits them, so it owes their outputs) and to the outputs that run asked for, from the
+    spooled scores and the stored objects: nothing is predicted again."""
+    outputs, options = spool_outputs(spool)
+    targets = dict.fromkeys([*own, *outputs.items()])
+    for name, out in targets:  # an output the earlier run asked for and this run does not write: opened for it
+        if (name, out) not in sessions:
+            sessions[(name, out)] = plugins.load("writer", name).open(Path(out), replace(run, options=options))
+    table = pq.read_table(spool, columns=["object_id", "label", "label_auto", "probabilities", "embedding"])
+    rows = {oid: i for i, oid in enumerate(table["object_id"].to_pylist())}  # an object twice: its last row
+    labels, autos = table["label"].to_pylist(), table["label_auto"].to_pylist()
+    scores = table["probabilities"].to_pylist()
+    embeddings = table["embedding"].to_pylist()
+    found = 0
+    for batch in _batches(_store_items(store, only=set(rows)), batch_size):
+        found += len(batch)
+        preds = []
+        for item in batch:
+            i = rows[item.object_id]
+            embedding = None if embeddings[i] is None else np.asarray(embeddings[i], np.float32)
+            preds.append(_prediction(item, np.asarray(scores[i], np.float32), labels[i], autos[i], embedding))
+        for key in targets:
+            sessions[key].write(preds)
+    if found < len(rows):
+        log.warning("%d predictions of an earlier run are stored without file outputs: their objects left the "
+                    "store meanwhile", len(rows) - found)
 
 
 def _source_items(paths: list[Path], fmt: str, options: ReadOptions,
@@ -273,10 +359,24 @@ def predict(
     else:
         raise ValueError("predict needs a store or sources")
 
-    sessions: dict[str, Any] = {}
+    files = [name for name in to if name != StoreWriter.name]
+    if files:
+        _check_out(Path(out_dir))  # before any prediction: an OUT that cannot take files fails in one line
+    options["outputs"] = {name: str(out_dir) for name in files}  # what the store's spool says this run owes
+    sessions: dict[tuple[str, str], Any] = {}  # (writer, OUT) -> session; the store's is closed apart, last
+    store_session: StoreSession | None = None
     try:
         for name in to:
-            sessions[name] = plugins.load("writer", name).open(Path(out_dir), run)
+            session = plugins.load("writer", name).open(Path(out_dir), run)
+            if isinstance(session, StoreSession):
+                store_session = session
+            else:
+                sessions[(name, str(out_dir))] = session
+        own_files = [*sessions]  # this run's file writers, not outputs only owed to earlier runs (opened below)
+        own = [*sessions.values(), *([store_session] if store_session else [])]
+        if store_session is not None and store is not None:
+            for spool in store_session.earlier.values():  # finish what ended runs left: their outputs first
+                _finish_outputs(store, spool, run, sessions, own_files, batch_size)
         preprocess = Preprocessor(info)
         scaling = FeatureScaling.from_info(info)
         feature_inputs = FeatureInputs(scaling) if scaling else None
@@ -299,31 +399,33 @@ def predict(
                     if threshold_vec is not None and p[best] < threshold_vec[best]:
                         label = UNCLASSIFIED
                     counts[label] = counts.get(label, 0) + 1
-                    preds.append(Prediction(
-                        object_id=item.object_id, probabilities=p.astype(np.float32), label=label,
-                        label_auto=classes[best], sample_id=item.sample_id, source_row=item.source_row,
-                        instrument=item.instrument, acquired_at=item.acquired_at, lat=item.lat, lon=item.lon,
-                        depth=item.depth, image=item.image, image_name=None,
-                        embedding=None if feats is None else feats[i], metadata=item.metadata,
-                    ))
-                for session in sessions.values():
+                    preds.append(_prediction(item, p.astype(np.float32), label, classes[best],
+                                             None if feats is None else feats[i]))
+                for session in own:
                     session.write(preds)
                 summary.predicted += len(preds)
                 if on_batch:
                     on_batch(len(preds))
+        if store_session is not None:
+            store_session.finish()  # durable: a run that fails or dies from here on is finished without predicting
     except BaseException:
         # Writers spool until close(); a failed run drops what they spooled (a killed one: see plankton_cli.spool).
-        for session in sessions.values():
+        for session in [*sessions.values(), *([store_session] if store_session else [])]:
             abort = getattr(session, "abort", None)  # optional: writers without a spool have nothing to drop
             if abort is not None:
                 abort()
         raise
     failure: BaseException | None = None
-    for name, session in sessions.items():  # every writer finishes its files even when one of them fails
+    for (name, out), session in sessions.items():  # every writer finishes its files even when one of them fails
         try:
-            summary.writers[name] = session.close()
+            summary.writers[name if out == str(out_dir) else f"{name} ({out})"] = session.close()
         except Exception as exc:
-            failure = failure or exc
+            failure = failure or _output_failure(exc, kept=store_session is not None)
+    if store_session is not None:
+        if failure is not None:  # not done: the finished spool stays for the next run, which writes the outputs
+            store_session.release()
+        else:
+            summary.writers[StoreWriter.name] = store_session.commit()  # the commit point of the whole run
     if failure is not None:
         raise failure
     if feature_inputs:

@@ -5,12 +5,18 @@
 
 Re-running predict never duplicates: (object_id, model_hash) is unique. Rows are spooled to a Parquet file in
 `STORE/.spool/predictions/<model_hash>/` while predict runs (the store lock is not held meanwhile, so ingest is
-not blocked); at `close()` the writer takes the lock and, in one commit, rewrites every existing data file that
+not blocked); `finish()` renames the spool from `<run>.part` to `<run>.parquet` (from then on the predictions are
+never computed again), and `commit()` takes the lock and, in one commit, rewrites every existing data file that
 holds one of the spooled (object_id, model_hash) pairs without those rows (under a new name, as ingest supersedes
 a changed source), adds the new files and deletes the spools. An object predicted twice keeps its last prediction.
+`close()` is both, for a run whose only writer is the store.
 
-When the lock cannot be had, the finished spool stays: the next run of the same model skips its objects and
-commits it with its own. A killed run's unfinished spool is removed by the next run (see `pending_spools`).
+A finished spool that no commit consumed belongs to a run that failed, was killed, or could not take the lock
+(`LockTimeout`): the next run of the same model skips its objects, writes them to its file writers, and commits
+it with its own (`plankton_cli.predict` explains the protocol). Who may commit a finished spool is decided by an
+flock on it: its run holds it until it commits or ends; a run that can take it has *claimed* the spool. The spool
+records the file outputs its run asked for (`OUTPUTS_KEY`), so the run that finishes it owes them too. A killed
+run's unfinished `.part` spool is removed by the next run (see `pending_spools`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +45,8 @@ from plankton_cli.writers import Prediction, PredictionRun
 
 DATASET = "predictions"
 SPOOL = ".spool/predictions"
+OUTPUTS_KEY = b"plankton.outputs"
+"""Spool schema metadata key: JSON {"outputs": {writer: OUT folder}, "options": writer options} of its run."""
 CLASSES_KEY = b"classes"
 """Parquet schema metadata key holding the JSON list of class names (the order of `probabilities`)."""
 
@@ -160,6 +169,31 @@ def pending_ids(store: Store, model_hash: str) -> set[str]:
     return ids
 
 
+def _claim(store: Store, model_hash: str) -> dict[Path, IO[bytes]]:
+    """Finished spools no live run holds, each with the open file whose flock this run now holds (oldest first)."""
+    claimed: dict[Path, IO[bytes]] = {}
+    for path in pending_spools(store, model_hash):
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - held until this run commits or ends
+        except FileNotFoundError:  # committed meanwhile by the run that held it
+            continue
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(f.fileno()).st_ino != path.stat().st_ino:
+                raise FileNotFoundError(path)
+        except (BlockingIOError, FileNotFoundError):  # its run is alive, or it committed just before the lock
+            f.close()
+            continue
+        claimed[path] = f
+    return claimed
+
+
+def spool_outputs(spool: IO[bytes] | Path) -> tuple[dict[str, str], dict]:
+    """The file outputs (writer -> OUT folder) and writer options the run of `spool` asked for ({} for none)."""
+    recorded = json.loads((pq.read_schema(spool).metadata or {}).get(OUTPUTS_KEY, b"{}"))
+    return dict(recorded.get("outputs", {})), dict(recorded.get("options", {}))
+
+
 def _rows_in(spools: list[Path]) -> int:
     return sum(pq.ParquetFile(s).metadata.num_rows for s in spools)
 
@@ -174,24 +208,50 @@ class StoreSession:
         self.schema = load_schema(DATASET)
         folder = _spool_dir(store, run.model_hash)
         folder.mkdir(parents=True, exist_ok=True)
+        self.earlier = _claim(store, run.model_hash)  # finished spools of ended runs: this run commits them
         self._spool_path = folder / f"{self.run_id}.parquet"
         self._part = folder / f"{self.run_id}.part"
-        self._part_lock = open(self._part, "wb")  # noqa: SIM115 - held until close(); see pending_spools
+        self._part_lock = open(self._part, "wb")  # noqa: SIM115 - held until commit; see pending_spools and _claim
         fcntl.flock(self._part_lock, fcntl.LOCK_EX)
-        self._spool = pq.ParquetWriter(self._part, self.schema.arrow, compression="zstd")
+        recorded = {"outputs": run.options.get("outputs", {}),
+                    "options": {k: v for k, v in run.options.items() if k not in ("outputs", "run_id")}}
+        schema = self.schema.arrow.with_metadata({OUTPUTS_KEY: json.dumps(recorded, default=str).encode()})
+        self._spool = pq.ParquetWriter(self._part, schema, compression="zstd")
+        self._finished = False
 
     def write(self, batch: Sequence[Prediction]) -> None:
         if batch:
             self._spool.write_table(prediction_table(batch, self.run, run_id=self.run_id,
                                                      predicted_at=self.predicted_at))
 
-    def close(self) -> dict:
+    def finish(self) -> None:
+        """Make the spool durable under its finished name: from here on a later run never predicts it again."""
         self._spool.close()
-        os.replace(self._part, self._spool_path)  # finished: from here on a later run may commit it
-        self._part_lock.close()
+        os.replace(self._part, self._spool_path)  # the flock stays with the file: no other run commits it
+        self._finished = True
+
+    def abort(self) -> None:
+        """Drop an unfinished spool (predict failed) and release the claimed ones for the next run."""
+        if not self._finished:
+            self._spool.close()
+            self._part.unlink(missing_ok=True)
+        self.release()
+
+    def release(self) -> None:
+        """Leave the finished spools (this run's and the claimed ones) to the next run of this model."""
+        for f in [self._part_lock, *self.earlier.values()]:
+            f.close()
+
+    def close(self) -> dict:
+        self.finish()
+        return self.commit()
+
+    def commit(self) -> dict:
+        """Commit the claimed spools and this run's in one store commit, under the lock; releases the flocks."""
         try:
             with self.store.locked(timeout=self.lock_timeout):
-                spools = pending_spools(self.store, self.run.model_hash)  # under the lock: no other run takes them
+                # Only the spools this run holds: a live run's finished spool is that run's to commit
+                spools = [p for p in [*self.earlier, self._spool_path] if p.exists()]
                 session = WriteSession(self.store.root, self.run_id, "predict")
                 spooled = _rows_in(spools)
                 earlier = spooled - _rows_in([self._spool_path])
@@ -208,6 +268,8 @@ class StoreSession:
         except LockTimeout as exc:
             raise LockTimeout(f"{exc}; the {_rows_in([self._spool_path])} predictions of this run are kept in "
                               f"{self._spool_path.parent} for the next run of this model") from None
+        finally:
+            self.release()
         n_rows = sum(len(r) for r in rows.values())
         return {
             "writer": StoreWriter.name,

@@ -77,5 +77,13 @@ class Spool:
 
 
 def _remove(path: Path, lock) -> None:
+    # The lock file last: a run killed half-way through leaves a spool whose free lock says it is stale (the
+    # process id is only the fallback, and a pid may be reused).
+    try:
+        for child in path.iterdir():
+            if child.name != LOCK:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    except OSError:
+        pass
     shutil.rmtree(path, ignore_errors=True)
     lock.close()

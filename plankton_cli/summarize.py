@@ -23,6 +23,11 @@ Incremental: `counts.parquet` records (in its schema metadata) the model, the gr
 which row. A run reads the predictions' labels (cheap), and reads objects and features only for new samples; the
 groups they fall into are computed again (a day that got a new bin), every other row is kept as it was. With no new
 sample nothing is written.
+
+The outputs are one unit: `counts.parquet` is written last, after the CSV tables and the plots, so it is the
+commit point. A run killed between its files leaves the old `counts.parquet`, whose groups lack the new samples: the
+next run finds them new again and writes every table from the same rows, so the three CSV tables always end up
+agreeing with each other and with `counts.parquet`.
 """
 
 from __future__ import annotations
@@ -243,10 +248,7 @@ def _write(out_dir: Path, table: pd.DataFrame, model: ModelRef, by: str, group_o
                 "groups": dict(sorted(group_of.items()))}
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     arrow = arrow.replace_schema_metadata({METADATA_KEY: json.dumps(recorded).encode()})
-    files = []
-    with atomic_path(out_dir / COUNTS) as tmp:
-        pq.write_table(arrow, tmp, compression="zstd")
-    files.append(out_dir / COUNTS)
+    files: list[Path] = []
     # Rounded floats: pandas writes them at C speed, a float_format would format each value in Python.
     csv = table.assign(acquired_at=table["acquired_at"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")).round(6)
     for name, frame in (("counts.csv", csv), ("counts_wide.csv", _wide(csv, "count")),
@@ -261,7 +263,10 @@ def _write(out_dir: Path, table: pd.DataFrame, model: ModelRef, by: str, group_o
             files += plot_summary(table, out_dir / "plots")
         except ImportError as exc:  # matplotlib comes with the [train] extra; the tables do not need it
             log.warning("summarize: no plots (%s); install plankton-cli[train] for them", exc)
-    return [str(f) for f in files]
+    # Last: what it records is what the next run takes as done (see the module doc)
+    with atomic_path(out_dir / COUNTS) as tmp:
+        pq.write_table(arrow, tmp, compression="zstd")
+    return [str(f) for f in [out_dir / COUNTS, *files]]
 
 
 def _wide(long: pd.DataFrame, value: str) -> pd.DataFrame:

@@ -3,7 +3,13 @@
 A writer is an object with `name`, `description` and `open(out_dir, run) -> WriterSession`; the session gets
 `write(batch)` for each batch of predictions and `close() -> dict` at the end (a JSON-able summary: files written,
 counts, problems such as unmapped labels). Writers write atomically (temporary name + rename) and must be
-re-runnable: writing the same predictions twice yields the same files, never duplicates.
+re-runnable: writing the same predictions twice yields the same files, never duplicates. An optional `abort()`
+drops what a session spooled when predict fails before `close()`.
+
+Re-runnable matters: predict closes the file writers before the store commits (`plankton_cli.predict`), and a
+run that dies or fails in between is finished by the next run, which hands the same predictions to the writers
+again. Writers that spool put their temporary files in their spool (`plankton_cli.spool`), which the next run
+removes when a run is killed, rather than beside their outputs.
 """
 
 from __future__ import annotations

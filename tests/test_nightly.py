@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import h5py
+import pytest
 
 from conftest import BUNDLED, REPO
 from test_predict import PADDING, tiny_model
@@ -15,12 +16,14 @@ from test_predict import PADDING, tiny_model
 SCRIPT = REPO / "examples" / "nightly" / "nightly.sh"
 
 
-def run_nightly(tmp_path, ifcb, model, out):
+def run_nightly(tmp_path, ifcb, model, out, plankton=None):
     config = tmp_path / "plankton.toml"
     config.write_text(f'store = "{tmp_path / "store"}"\nlock_timeout = 5\n[ingest]\nformat = "ifcb"\n')
     env = {**os.environ, "PLANKTON_CONFIG": str(config), "PLANKTON": str(REPO / ".venv/bin/plankton")}
     if not (REPO / ".venv/bin/plankton").exists():
         env["PLANKTON"] = shutil.which("plankton") or f"{sys.executable} -m plankton_cli"
+    if plankton:
+        env["PLANKTON"] = str(plankton)
     return subprocess.run(["bash", str(SCRIPT), str(ifcb), str(model), str(out)], env=env, capture_output=True,
                           text=True)
 
@@ -67,3 +70,86 @@ def test_nightly_twice_then_nothing_new(tmp_path):
     with open(out / ".nightly.lock", "a") as lock:  # a run still going: the next one backs off with 75
         fcntl.flock(lock, fcntl.LOCK_EX)
         assert run_nightly(tmp_path, ifcb, model, out).returncode == 75
+
+
+# -- issue 19: a night whose predict dies or fails is finished by the next night, without predicting again ---------
+
+KILLER = """\
+import os, sys
+from plankton_cli.predictions import StoreSession
+
+def killed_after(method):
+    real = getattr(StoreSession, method)
+    def run(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        os._exit(137)  # kill -9 right here: no cleanup, no finally
+    setattr(StoreSession, method, run)
+
+killed_after(sys.argv.pop(1))
+from plankton_cli.cli import main
+main()
+"""
+
+
+def outputs(out):
+    """The night's EcoTaxa zips and class files, by path, as bytes (written deterministically)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.suffix in (".zip", ".h5") and not p.name.startswith(".")}
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    """The IFCB bins, the model and the outputs of a night that nothing interrupted."""
+    tmp_path = tmp_path_factory.mktemp("clean-night")
+    ifcb = tmp_path / "ifcb"
+    shutil.copytree(BUNDLED / "ifcb/pyifcb-testdata", ifcb)
+    model = tiny_model(tmp_path / "model" / "fold-0", ["a", "b", "c"], PADDING)
+    assert run_nightly(tmp_path, ifcb, model, tmp_path / "out").returncode == 65
+    expected = outputs(tmp_path / "out")
+    assert len(expected) == 4  # two bins: a zip and a class file each
+    return ifcb, model, expected
+
+
+@pytest.mark.parametrize("moment", ["finish", "commit"])
+def test_a_night_killed_in_predict_is_finished_by_the_next_without_predicting(tmp_path, night, moment):
+    """Killed once the predictions are spooled for good (`finish`), or just after the store commit: the next
+    night predicts nothing and the night's zips and class files are all there, once, as a clean night's."""
+    ifcb, model, expected = night
+    killer = tmp_path / "plankton-killed"
+    (tmp_path / "killer.py").write_text(KILLER)
+    killer.write_text(f'#!/bin/sh\nexec {sys.executable} {tmp_path / "killer.py"} {moment} "$@"\n')
+    killer.chmod(0o755)
+    out = tmp_path / "out"
+    proc = run_nightly(tmp_path, ifcb, model, out, plankton=killer)  # ingest, then the predict that dies
+    assert proc.returncode == 137, proc.stderr
+    if moment == "finish":
+        assert outputs(out) == {}  # killed before any output was written
+
+    again = run_nightly(tmp_path, ifcb, model, out)
+    assert again.returncode == 0, again.stderr
+    predict = json.loads((out / "last-predict.json").read_text())
+    assert predict["predicted"] == 0 and predict["skipped_already_predicted"] == 24
+    assert outputs(out) == expected
+    assert not list(out.glob(".spool-*")) and not list((tmp_path / "store" / ".spool").rglob("*.parquet"))
+
+
+def test_a_night_whose_ecotaxa_writer_failed_writes_its_zips_once_fixed(tmp_path, night):
+    """OUT/ecotaxa is a file: predict fails (the store commit waits for every output); once it is removed, the
+    next night predicts nothing and writes the zips."""
+    ifcb, model, expected = night
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ecotaxa").write_text("in the way\n")
+    failed = run_nightly(tmp_path, ifcb, model, out)
+    assert failed.returncode == 73, failed.stderr
+    (line,) = [line for line in failed.stderr.splitlines() if line.startswith("Error:")]  # ingest warns too
+    assert f"{out / 'ecotaxa'}: File exists; the predictions are kept" in line and "Traceback" not in failed.stderr
+    store = tmp_path / "store"
+    assert not list((store / "predictions").rglob("*.parquet")) if (store / "predictions").exists() else True
+
+    (out / "ecotaxa").unlink()
+    again = run_nightly(tmp_path, ifcb, model, out)
+    assert again.returncode == 0, again.stderr
+    predict = json.loads((out / "last-predict.json").read_text())
+    assert predict["predicted"] == 0 and predict["writers"]["store"]["from_earlier_runs"] == 24
+    assert outputs(out) == expected

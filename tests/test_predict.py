@@ -123,3 +123,29 @@ def test_cli_from_store_with_json(demo_store, model_file, tmp_path):
     assert json.loads(proc.stdout)["predicted"] == 105
     table = ds.dataset(tmp_path / "out" / "predictions.parquet").to_table()
     assert table.num_rows == 105
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "immutable"])
+def test_an_out_folder_that_cannot_take_files_exits_73_naming_it(model_file, tmp_path, where):
+    """Root writes through chmod, so the folder is made unwritable for root too: OUT under a regular file, or a
+    folder made immutable with `chattr +i` (skipped where the file system or the container refuses it)."""
+    import shutil
+    import subprocess
+
+    out = tmp_path / "file" / "out"
+    if where == "under-a-file":
+        (tmp_path / "file").write_text("not a folder\n")
+    else:
+        out.mkdir(parents=True)
+        if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(out)]).returncode:
+            pytest.skip("chattr +i is not available here")
+    try:
+        proc = plankton("predict", "--model", str(model_file), str(BUNDLED / "ifcb/pyifcb-testdata/white"),
+                        "--to", "csv", "--out", str(out), "--store", str(tmp_path / "none"))
+    finally:
+        if where == "immutable":
+            subprocess.run(["chattr", "-i", str(out)])
+    assert proc.returncode == 73, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"Error: {out}: cannot write outputs there (")
+    assert not list(tmp_path.rglob("*.csv")) and not list(tmp_path.rglob(".*tmp"))

@@ -149,3 +149,52 @@ def test_cli_summarize_json_and_objects_without_a_sample_are_left_out_with_a_lin
     assert summary["skipped"] == {"no sample id": tripos}  # a class folder is no sample
     assert "no sample id" in proc.stderr
     assert not (tmp_path / "s" / "plots").exists()
+
+
+class Killed(BaseException):
+    """The process died here (a BaseException: no `except Exception` handles it)."""
+
+
+def killed_after(k: int, folder, real_replace):
+    """`os.replace` that dies at the (k+1)-th rename into `folder`: k output files are in place."""
+    renamed = []
+
+    def replace(src, dst, *args, **kwargs):
+        if str(dst).startswith(str(folder)) and len(renamed) == k:
+            raise Killed(dst)
+        renamed.append(dst)
+        return real_replace(src, dst, *args, **kwargs)
+    return replace
+
+
+def test_a_summarize_killed_between_its_files_is_completed_by_the_next_run(tmp_path, model, monkeypatch):
+    """Issue 19: killed after its k-th output file (k = 1, 2, 3), the re-run must leave counts.csv,
+    counts_wide.csv and per_ml_wide.csv agreeing, and equal to a summary that was never killed."""
+    import os
+    import shutil
+
+    store = bins_store(tmp_path, model, folders=("white",))
+    first = tmp_path / "first-night"
+    summarize(store, model, "bin", first, plots=False)
+    ingest(store, [IFCB / "data"])  # the second night's bin
+    predict(model, store=store, to=["store"], out_dir=tmp_path / "out")
+    reference = tmp_path / "reference"
+    shutil.copytree(first, reference)
+    summarize(store, model, "bin", reference, plots=False)
+    tables = ["counts.csv", "counts_wide.csv", "per_ml_wide.csv", COUNTS]
+    expected = {name: (reference / name).read_bytes() for name in tables}
+    real_replace = os.replace
+
+    for k in (1, 2, 3):
+        out = tmp_path / f"killed-after-{k}"
+        shutil.copytree(first, out)
+        with monkeypatch.context() as m:
+            m.setattr(os, "replace", killed_after(k, out, real_replace))
+            with pytest.raises(Killed):
+                summarize(store, model, "bin", out, plots=False)
+        assert summarize(store, model, "bin", out, plots=False).new_samples == 1  # the killed run's bin
+        assert {name: (out / name).read_bytes() for name in tables} == expected, f"killed after {k} files"
+        long = pd.read_csv(out / "counts.csv")
+        wide = pd.read_csv(out / "counts_wide.csv").set_index("sample_id")
+        assert set(wide.index) == set(long["sample_id"]) == set(pd.read_csv(out / "per_ml_wide.csv")["sample_id"])
+        assert all(wide.loc[r.sample_id, r["class"]] == r["count"] for _, r in long.iterrows())

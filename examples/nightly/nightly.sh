@@ -8,6 +8,8 @@
 # Exit codes for the cron wrapper:
 #   0   done (rejected objects, if any, are in the log and in the store's rejections dataset)
 #   65  done, but some objects were rejected (bad bins): someone should look at the log
+#   73  an output (EcoTaxa zip, class file) could not be created: the predictions are kept, and the next run
+#       writes the missing outputs without predicting again
 #   75  another nightly run, or another writer, holds the lock: try again later
 #   other: failure, see the log
 set -uo pipefail

@@ -37,7 +37,9 @@ ifcb-h5 writes OUT/ifcb-h5/D<year>/D<yyyymmdd>/<bin>_class.h5 (V1 bins: D<year>/
 point IFCB Dashboard's class_scores data directory (version 3) at OUT/ifcb-h5.
 
 Exit codes: 0 done, 2 usage error, 65 --strict and a label without a confirmed EcoTaxa category,
-75 the store is locked by another writer (predictions kept).""")
+73 OUT or an output in it cannot be created, 75 the store is locked by another writer. With
+--to store, predictions are kept on 73 and 75: the next run writes the outputs and stores them
+without predicting again.""")
 @click.argument("sources", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True, path_type=Path),
               help="A fine-tuned model: model.safetensors (with model.json beside it) or its folder.")

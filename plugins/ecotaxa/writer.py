@@ -530,7 +530,7 @@ class EcoTaxaSession:
         return taxa
 
     def _write_zip(self, path: Path, mode: str, tsv_name: str, tsv: bytes, images: dict[str, Path]) -> None:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, scratch=self._spool) as tmp:  # a killed run's temporary zip goes with its spool
             with zipfile.ZipFile(tmp, "w") as archive:
                 archive.writestr(_zip_member(tsv_name, zipfile.ZIP_DEFLATED), tsv)
                 for member in sorted(images):  # PNG and JPEG do not compress further: stored as they are

@@ -79,15 +79,17 @@ def roi_number(prediction: Prediction, bin_id: BinId) -> int | None:
 
 def write_class_file(path: Path, scores: np.ndarray, class_labels: Sequence[str], roi_numbers: np.ndarray,
                      class_name: Sequence[str], class_name_auto: Sequence[str], thresholds: np.ndarray,
-                     classifier_name: str, attrs: dict[str, str] | None = None) -> None:
-    """Write one extended-v3 class file atomically (temporary name in the same folder, then rename)."""
+                     classifier_name: str, attrs: dict[str, str] | None = None, scratch: Path | None = None
+                     ) -> None:
+    """Write one extended-v3 class file atomically (temporary name in the same folder, or in `scratch`, then
+    rename)."""
     n, c = scores.shape
     if len(class_labels) != c or len(thresholds) != c or not (len(roi_numbers) == len(class_name) ==
                                                                len(class_name_auto) == n):
         raise ValueError(f"inconsistent class file contents for {path.name}")
     text = h5py.string_dtype("ascii")  # variable-length ASCII, as the reference files and pyifcb's decoder
     packed = {"compression": "gzip", "compression_opts": 4, "chunks": True}
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path, scratch=scratch) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("output_scores", data=scores.astype(np.float64), **packed)
         labels = f.create_dataset("class_labels", data=_ascii(class_labels), dtype=text)
         if any(not label.isascii() for label in class_labels):
@@ -160,10 +162,11 @@ class IFCBClassScoresSession:
                 duplicates += len(rows) - len(last)
                 order = [last[roi] for roi in sorted(last)]
                 path = class_file(self.out_dir, self._bins[name])
+                # the temporary file in the spool: a killed run's goes with it (see plankton_cli.spool)
                 write_class_file(
                     path, scores[order], self.run.classes, np.array(sorted(last), np.int32),
                     [rows[i][1] for i in order], [rows[i][2] for i in order], thresholds,
-                    self.run.classifier_name, attrs,
+                    self.run.classifier_name, attrs, scratch=self._spool,
                 )
                 files.append(str(path))
                 rois += len(order)
