@@ -17,6 +17,8 @@ them per fold (training + validation = total), and every baseline is fitted on a
     MAE+feat       `--features auto --head auto` from the MAE encoder: per fold the best by validation macro-F1 of
                    fine-tuning with the features joined to the image embedding, linear / kNN on embedding +
                    features, and a random forest on the features alone (`--head forest`)
+    RF self-trained  (--self-training) the features' forest self-trained on the fold's unlabelled non-test objects
+                   (``self_trained_forest``): a bench candidate, not a `--head`
     gap img        auto − pixel logreg: the reference measured in the same run
     gap feat       MAE+feat − the best baseline (pixel logreg or features RF)
 
@@ -145,6 +147,58 @@ def finetune_run(store: Path, out: Path, init: str, labels: str, folds: int, epo
     return [json.loads((out / f"fold-{k}" / "result.json").read_text()) for k in range(folds)]
 
 
+SELF_TRAINING_ROUNDS = 3
+
+
+def self_trained_forest(x_labelled: np.ndarray, y_labelled: np.ndarray, x_pool: np.ndarray, seed: int = 0):
+    """The features' forest, self-trained on the fold's unlabelled pool (labels unused): each round the forest
+    fitted so far labels the pool, and per class the objects it is surest of join the training set, as many as the
+    class has labels (so the pseudo-labels keep the labels' class balance instead of flooding with the commonest
+    class). Then the final forest is fitted on labels + pseudo-labels."""
+    from plankton_cli.finetune.baselines import features_rf
+
+    x, y, left = x_labelled, y_labelled, np.arange(len(x_pool))
+    classes, counts = np.unique(y_labelled, return_counts=True)
+    for _ in range(SELF_TRAINING_ROUNDS):
+        if not len(left):
+            break
+        forest = features_rf(x, y, seed)
+        probabilities = forest.predict_proba(x_pool[left])
+        predicted, confidence = forest.classes_[probabilities.argmax(1)], probabilities.max(1)
+        take = np.concatenate([np.flatnonzero(predicted == c)[np.argsort(-confidence[predicted == c])][:n]
+                               for c, n in zip(classes, counts)]).astype(int)
+        x, y = np.vstack([x, x_pool[left[take]]]), np.concatenate([y, predicted[take]])
+        left = np.delete(left, take)
+    return features_rf(x, y, seed)
+
+
+def self_training_scores(store: Path, run: Path, folds: int) -> list[float]:
+    """Test macro-F1 per fold of ``self_trained_forest`` on the features, on the run's saved splits: the same
+    labelled objects (training + validation) and test part as the model and the fair forest, plus the fold's
+    unlabelled non-test objects, whose labels are never read."""
+    from plankton_cli import metrics as M
+    from plankton_cli.features.inputs import object_features
+    from plankton_cli.finetune.baselines import feature_matrix, feature_names
+    from plankton_cli.finetune.pool import labelled_pool
+    from plankton_cli.protocol import load_split
+
+    dataset = json.loads((run / "config.json").read_text())["dataset"]
+    pool = labelled_pool(store / dataset)
+    label_of = pool.label_of()
+    values = object_features(store, dataset, pool.object_ids)
+    scores = []
+    for k in range(folds):
+        split = load_split(run / f"fold-{k}" / "split.json")
+        labelled, test = split.labelled, split.test
+        unlabelled = sorted(set(pool.object_ids) - set(labelled) - set(test))
+        names = feature_names(values, labelled)
+        forest = self_trained_forest(feature_matrix(values, labelled, names), np.array([label_of[i] for i in labelled]),
+                                     feature_matrix(values, unlabelled, names))
+        predicted = forest.predict(feature_matrix(values, test, names))
+        scores.append(M.classification_metrics([label_of[i] for i in test], list(predicted))["macro_f1"])
+    return scores
+
+
 def fold_values(results: list[dict], what: str) -> list[float]:
     """Per fold test macro-F1 of ``what`` (see COLUMNS)."""
     if what == "macro_f1":
@@ -176,6 +230,8 @@ def main() -> None:
                         help="torch threads (0: torch's default). On a shared 2-core machine 1 is several times faster: "
                              "two threads per process oversubscribe the cores.")
     parser.add_argument("--scratch-feat", action="store_true", help="Also scratch with --features auto.")
+    parser.add_argument("--self-training", action="store_true",
+                        help="Also the features' forest self-trained on each fold's unlabelled pool (RF self-trained).")
     parser.add_argument("--quick", action="store_true", help="10 %% labels, 2 folds, 10 + 10 epochs.")
     args = parser.parse_args()
     if args.quick:
@@ -186,6 +242,7 @@ def main() -> None:
     variants = {name: v for name, v in VARIANTS.items()
                 if (name in args.variants if args.variants else args.scratch_feat or name != "scratch-feat")}
     columns = [c for c, (variant, _) in COLUMNS.items() if variant in variants or variant == "any"]
+    columns += ["RF self-trained"] if args.self_training else []
 
     rows, document = [], {"settings": {k: str(v) for k, v in vars(args).items()}, "pretrain": mae_summary,
                           "labels": {}}
@@ -200,6 +257,8 @@ def main() -> None:
         any_run = next(iter(results.values()))
         per_fold = {column: fold_values(any_run if variant == "any" else results[variant], what)
                     for column, (variant, what) in COLUMNS.items() if variant in variants or variant == "any"}
+        if args.self_training:  # the candidate, on the splits of the first variant run
+            per_fold["RF self-trained"] = self_training_scores(store, runs / f"{next(iter(variants))}-{tag}", args.folds)
         means = {name: macro_f1(values) for name, values in per_fold.items()}
         baselines = [name for name in ("pixel logreg", "features RF") if name in means]
         best_baseline = max(baselines, key=lambda name: means[name][0])
