@@ -17,6 +17,7 @@ them per fold (training + validation = total), and every baseline is fitted on a
     MAE+feat       `--features auto --head auto` from the MAE encoder: per fold the best by validation macro-F1 of
                    fine-tuning with the features joined to the image embedding, linear / kNN on embedding +
                    features, and a random forest on the features alone (`--head forest`)
+    MAE+feat no refit  the same head before the budget protocol refits it on training + validation labels
     RF self-trained  (--self-training) the features' forest self-trained on the fold's unlabelled non-test objects
                    (``self_trained_forest``): a bench candidate, not a `--head`
     gap img        auto − pixel logreg: the reference measured in the same run
@@ -72,6 +73,7 @@ COLUMNS = {
     "auto": ("mae", "macro_f1"),
     "scratch+feat": ("scratch-feat", "macro_f1"),
     "MAE+feat": ("mae-feat", "macro_f1"),
+    "MAE+feat no refit": ("mae-feat", "without_refit"),
 }
 
 
@@ -203,6 +205,8 @@ def fold_values(results: list[dict], what: str) -> list[float]:
     """Per fold test macro-F1 of ``what`` (see COLUMNS)."""
     if what == "macro_f1":
         return [r["macro_f1"] for r in results]
+    if what == "without_refit":  # the chosen head as chosen, before its refit on every label (budget protocol)
+        return [r["heads"][r["head"]].get("macro_f1_without_refit", r["macro_f1"]) for r in results]
     key, name = what.split(".")
     return [r[key][name]["macro_f1"] for r in results]
 

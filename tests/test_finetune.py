@@ -422,6 +422,7 @@ def test_the_refit_trains_on_every_label_for_the_chosen_epochs(budget_finetune, 
     refit_epochs = {int(r["epoch"]) for r in read_metrics(out / "fold-0" / "refit" / "metrics.csv")}
     assert refit_epochs == set(range(fit["epochs"]))
     assert fit["recipe"]["n_images"] == len(split.labelled)  # trained on train + validation
+    assert 0 <= result["heads"]["finetune"]["macro_f1_without_refit"] <= 1  # what the refit gained is recorded
     assert seen["model"] - set(split.test) == set(split.labelled)
     # The model file is the refitted model: loaded as predict loads it, it gives the scored test predictions.
     predictions = pq.read_table(out / "fold-0" / "test_predictions.parquet").to_pydict()
@@ -435,7 +436,7 @@ def test_a_cheap_head_is_refitted_on_every_label_and_round_trips(demo_store, tmp
     result, _ = finetune_spied(monkeypatch, demo_store, tmp_path / "run", labels="50%", head="linear")
     split = load_split(tmp_path / "run" / "fold-0" / "split.json")
     assert result["final_fit"] == {"head": "linear", "n_labelled": len(split.labelled), "refit": True}
-    assert result["heads"]["linear"]["refit"]
+    assert result["heads"]["linear"]["refit"] and 0 <= result["heads"]["linear"]["macro_f1_without_refit"] <= 1
     predictions = pq.read_table(tmp_path / "run" / "fold-0" / "test_predictions.parquet").to_pydict()
     _, probabilities = reload_and_predict(tmp_path / "run" / "fold-0", demo_store / "objects",
                                           predictions["object_id"])

@@ -94,6 +94,8 @@ def run_fold(
     candidates: dict[str, tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]] = {}
     fitted: dict[str, FittedHead] = {}
     refitted: list[str] = []  # heads whose test scores are those of the refit on every labelled object
+    # Test macro-F1 of each refitted head as it was before the refit: what the refit itself gains.
+    without_refit: dict[str, float] = {}
     cheap = [h for h in CHEAP_HEADS if config.head in (h, "auto")]
     if scaling is None:  # a forest reads the features only; without them it is not a candidate
         cheap = [h for h in cheap if h not in FEATURE_ONLY_HEADS]
@@ -119,6 +121,8 @@ def run_fold(
             head = fit_head(kind, inputs(kind, train_ids, x_train), y_train, len(classes), config.seed)
             val_probabilities = head_probabilities(head, inputs(kind, val_ids, x_val))
             if refit:  # validated on the head fitted without the validation part; kept: the one fitted on all
+                without_refit[kind] = _head_scores(classes, y_val, val_probabilities, test_ids, y_test, head_probabilities(
+                    head, inputs(kind, test_ids, x_test)))["macro_f1"]
                 all_ids, y_all, x_all = [*train_ids, *val_ids], np.concatenate([y_train, y_val]), np.concatenate([x_train, x_val])
                 head = fit_head(kind, inputs(kind, all_ids, x_all), y_all, len(classes), config.seed)
                 refitted.append(kind)
@@ -155,6 +159,7 @@ def run_fold(
         if again is None:
             return None
         _, (test_ids, test_labels, test_logits), _, _ = again
+        without_refit["finetune"] = heads["finetune"]["macro_f1"]
         val_labels, val_probabilities = candidates["finetune"][:2]
         candidates["finetune"] = (val_labels, val_probabilities, test_ids, test_labels, softmax(test_logits))
         heads["finetune"] = {**_head_scores(classes, *candidates["finetune"]),
@@ -164,6 +169,8 @@ def run_fold(
         write_json_atomic(fold_dir / "refit" / "recipe.json", all_recipe.to_dict())
     for name in heads:
         heads[name]["refit"] = name in refitted
+        if name in without_refit:
+            heads[name]["macro_f1_without_refit"] = without_refit[name]
     val_labels, val_probabilities, test_ids, test_labels, test_probabilities = candidates[chosen]
     if chosen != "finetune":  # the fitted head on the encoder as it was given, whatever fine-tuning did to it
         model.encoder.load_state_dict(initial_encoder)
