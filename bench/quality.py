@@ -1,9 +1,12 @@
 """Recognition quality on UVP6 vignettes: does the model beat what a plankton lab would fit in a second?
 
 One table of test macro-F1 (mean ± std over folds) per labelled fraction, every column on the same folds and
-labelled subsets (the finetune protocol):
+labelled objects (the finetune protocol, `--protocol budget` by default: `--labels` is every label a fold uses,
+validation included; `--protocol paper` adds the paper's full-size validation set). The `labelled` column counts
+them per fold (training + validation = total), and every baseline is fitted on all of them:
 
-    pixel logreg   logistic regression on 32-px pixels (the baseline `plankton finetune` scores on every fold)
+    pixel logreg   logistic regression on 32-px pixels (the baseline `plankton finetune` scores on every fold,
+                   fitted on the fold's training + validation labels, like every baseline)
     kNN, linear    cosine k-NN / linear probe on the frozen MAE encoder's embeddings (`--head knn|linear`)
     scratch        the same ViT fine-tuned from random weights (`--init scratch`)
     MAE            fine-tuned from the MAE encoder pretrained here on all 1,250 images, labels unused
@@ -14,6 +17,9 @@ labelled subsets (the finetune protocol):
     MAE+feat       `--features auto --head auto` from the MAE encoder: per fold the best by validation macro-F1 of
                    fine-tuning with the features joined to the image embedding, linear / kNN on embedding +
                    features, and a random forest on the features alone (`--head forest`)
+    MAE+feat no refit  the same head before the budget protocol refits it on training + validation labels
+    RF self-trained  (--self-training) the features' forest self-trained on the fold's unlabelled non-test objects
+                   (``self_trained_forest``): a bench candidate, not a `--head`
     gap img        auto − pixel logreg: the reference measured in the same run
     gap feat       MAE+feat − the best baseline (pixel logreg or features RF)
 
@@ -55,9 +61,11 @@ VARIANTS = {
     "scratch-feat": ("scratch", "finetune", "auto"),
 }
 # Table column -> (variant, what of its fold results): "macro_f1" (the chosen head), "heads.NAME", "baselines.NAME".
+# The baselines are the same in every variant (same folds, labelled objects, seed; the forest reads the store's
+# features whatever --features says): "any" takes them from the first variant run.
 COLUMNS = {
-    "pixel logreg": ("mae", "baselines.pixel_logreg"),
-    "features RF": ("mae-feat", "baselines.features_rf"),
+    "pixel logreg": ("any", "baselines.pixel_logreg"),
+    "features RF": ("any", "baselines.features_rf"),
     "kNN": ("mae", "heads.knn"),
     "linear": ("mae", "heads.linear"),
     "scratch": ("scratch", "macro_f1"),
@@ -65,6 +73,7 @@ COLUMNS = {
     "auto": ("mae", "macro_f1"),
     "scratch+feat": ("scratch-feat", "macro_f1"),
     "MAE+feat": ("mae-feat", "macro_f1"),
+    "MAE+feat no refit": ("mae-feat", "without_refit"),
 }
 
 
@@ -128,22 +137,76 @@ def pretrain_encoder(store: Path, work: Path, epochs: int, workers: int) -> tupl
 
 
 def finetune_run(store: Path, out: Path, init: str, labels: str, folds: int, epochs: int, head: str,
-                 features: str, workers: int) -> list[dict]:
+                 features: str, workers: int, protocol: str = "budget") -> list[dict]:
     """Every fold's result.json of one finetune run (finished folds are not trained again)."""
     from plankton_cli.finetune import FinetuneConfig, finetune
 
     arch = DEMO_VIT if init == "scratch" else {}
     started = time.monotonic()
     finetune(FinetuneConfig(store=store, init=init, out=out, labels=labels, folds=folds, epochs=epochs, head=head,
-                            features=features, workers=workers, **arch), echo=lambda text: None)
+                            features=features, workers=workers, protocol=protocol, **arch), echo=lambda text: None)
     echo(f"{out.name}: {time.monotonic() - started:.0f} s")
     return [json.loads((out / f"fold-{k}" / "result.json").read_text()) for k in range(folds)]
+
+
+SELF_TRAINING_ROUNDS = 3
+
+
+def self_trained_forest(x_labelled: np.ndarray, y_labelled: np.ndarray, x_pool: np.ndarray, seed: int = 0):
+    """The features' forest, self-trained on the fold's unlabelled pool (labels unused): each round the forest
+    fitted so far labels the pool, and per class the objects it is surest of join the training set, as many as the
+    class has labels (so the pseudo-labels keep the labels' class balance instead of flooding with the commonest
+    class). Then the final forest is fitted on labels + pseudo-labels."""
+    from plankton_cli.finetune.baselines import features_rf
+
+    x, y, left = x_labelled, y_labelled, np.arange(len(x_pool))
+    classes, counts = np.unique(y_labelled, return_counts=True)
+    for _ in range(SELF_TRAINING_ROUNDS):
+        if not len(left):
+            break
+        forest = features_rf(x, y, seed)
+        probabilities = forest.predict_proba(x_pool[left])
+        predicted, confidence = forest.classes_[probabilities.argmax(1)], probabilities.max(1)
+        take = np.concatenate([np.flatnonzero(predicted == c)[np.argsort(-confidence[predicted == c])][:n]
+                               for c, n in zip(classes, counts)]).astype(int)
+        x, y = np.vstack([x, x_pool[left[take]]]), np.concatenate([y, predicted[take]])
+        left = np.delete(left, take)
+    return features_rf(x, y, seed)
+
+
+def self_training_scores(store: Path, run: Path, folds: int) -> list[float]:
+    """Test macro-F1 per fold of ``self_trained_forest`` on the features, on the run's saved splits: the same
+    labelled objects (training + validation) and test part as the model and the fair forest, plus the fold's
+    unlabelled non-test objects, whose labels are never read."""
+    from plankton_cli import metrics as M
+    from plankton_cli.features.inputs import object_features
+    from plankton_cli.finetune.baselines import feature_matrix, feature_names
+    from plankton_cli.finetune.pool import labelled_pool
+    from plankton_cli.protocol import load_split
+
+    dataset = json.loads((run / "config.json").read_text())["dataset"]
+    pool = labelled_pool(store / dataset)
+    label_of = pool.label_of()
+    values = object_features(store, dataset, pool.object_ids)
+    scores = []
+    for k in range(folds):
+        split = load_split(run / f"fold-{k}" / "split.json")
+        labelled, test = split.labelled, split.test
+        unlabelled = sorted(set(pool.object_ids) - set(labelled) - set(test))
+        names = feature_names(values, labelled)
+        forest = self_trained_forest(feature_matrix(values, labelled, names), np.array([label_of[i] for i in labelled]),
+                                     feature_matrix(values, unlabelled, names))
+        predicted = forest.predict(feature_matrix(values, test, names))
+        scores.append(M.classification_metrics([label_of[i] for i in test], list(predicted))["macro_f1"])
+    return scores
 
 
 def fold_values(results: list[dict], what: str) -> list[float]:
     """Per fold test macro-F1 of ``what`` (see COLUMNS)."""
     if what == "macro_f1":
         return [r["macro_f1"] for r in results]
+    if what == "without_refit":  # the chosen head as chosen, before its refit on every label (budget protocol)
+        return [r["heads"][r["head"]].get("macro_f1_without_refit", r["macro_f1"]) for r in results]
     key, name = what.split(".")
     return [r[key][name]["macro_f1"] for r in results]
 
@@ -159,6 +222,11 @@ def main() -> None:
                         help="Store, encoder and runs, kept between runs.")
     parser.add_argument("--labels", nargs="+", default=["5%", "10%", "25%", "all"])
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--protocol", choices=["budget", "paper"], default="budget",
+                        help="budget: --labels counts every label, validation included; paper: the paper's full-size "
+                             "validation set beside them.")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        help="Fine-tuning runs to do [default: all but scratch-feat]; columns of the others are left out.")
     parser.add_argument("--pretrain-epochs", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=30, help="Fine-tuning epochs.")
     parser.add_argument("--workers", type=int, default=0)
@@ -166,6 +234,8 @@ def main() -> None:
                         help="torch threads (0: torch's default). On a shared 2-core machine 1 is several times faster: "
                              "two threads per process oversubscribe the cores.")
     parser.add_argument("--scratch-feat", action="store_true", help="Also scratch with --features auto.")
+    parser.add_argument("--self-training", action="store_true",
+                        help="Also the features' forest self-trained on each fold's unlabelled pool (RF self-trained).")
     parser.add_argument("--quick", action="store_true", help="10 %% labels, 2 folds, 10 + 10 epochs.")
     args = parser.parse_args()
     if args.quick:
@@ -173,35 +243,48 @@ def main() -> None:
     started = start(args)
     store = prepare_store(args.work, features=True)
     encoder, mae_summary = pretrain_encoder(store, args.work, args.pretrain_epochs, args.workers)
-    variants = {name: v for name, v in VARIANTS.items() if args.scratch_feat or name != "scratch-feat"}
-    columns = [c for c, (variant, _) in COLUMNS.items() if variant in variants]
+    variants = {name: v for name, v in VARIANTS.items()
+                if (name in args.variants if args.variants else args.scratch_feat or name != "scratch-feat")}
+    columns = [c for c, (variant, _) in COLUMNS.items() if variant in variants or variant == "any"]
+    columns += ["RF self-trained"] if args.self_training else []
 
     rows, document = [], {"settings": {k: str(v) for k, v in vars(args).items()}, "pretrain": mae_summary,
                           "labels": {}}
-    runs = args.work / f"runs-ft{args.epochs}-pt{args.pretrain_epochs}-{args.folds}f"
+    # The paper-protocol runs keep the folder names they had before the budget protocol existed.
+    runs = args.work / (f"runs-ft{args.epochs}-pt{args.pretrain_epochs}-{args.folds}f"
+                        + ("" if args.protocol == "paper" else f"-{args.protocol}"))
     for labels in args.labels:
         tag = labels.replace("%", "pc").replace("/", "-")
         results = {name: finetune_run(store, runs / f"{name}-{tag}", str(encoder) if init == "mae" else init, labels,
-                                      args.folds, args.epochs, head, features, args.workers)
+                                      args.folds, args.epochs, head, features, args.workers, args.protocol)
                    for name, (init, head, features) in variants.items()}
-        per_fold = {column: fold_values(results[variant], what) for column, (variant, what) in COLUMNS.items()
-                    if variant in variants}
+        any_run = next(iter(results.values()))
+        per_fold = {column: fold_values(any_run if variant == "any" else results[variant], what)
+                    for column, (variant, what) in COLUMNS.items() if variant in variants or variant == "any"}
+        if args.self_training:  # the candidate, on the splits of the first variant run
+            per_fold["RF self-trained"] = self_training_scores(store, runs / f"{next(iter(variants))}-{tag}", args.folds)
         means = {name: macro_f1(values) for name, values in per_fold.items()}
-        best_baseline = max(("pixel logreg", "features RF"), key=lambda name: means[name][0])
-        gap_img = means["auto"][0] - means["pixel logreg"][0]
-        gap_feat = means["MAE+feat"][0] - means[best_baseline][0]
-        rows.append({"labels": labels, "n_train": int(np.mean([r["n_train"] for r in results["mae"]])),
+        baselines = [name for name in ("pixel logreg", "features RF") if name in means]
+        best_baseline = max(baselines, key=lambda name: means[name][0])
+        gap_img = means["auto"][0] - means["pixel logreg"][0] if "mae" in results else None
+        gap_feat = means["MAE+feat"][0] - means[best_baseline][0] if "mae-feat" in results else None
+        labelled = {part: float(np.mean([r[key] for r in any_run]))
+                    for part, key in (("train", "n_train"), ("val", "n_val"), ("total", "n_labelled"))}
+        rows.append({"labels": labels,
+                     "labelled": f"{labelled['train']:.0f} + {labelled['val']:.0f} = {labelled['total']:.0f}",
                      **{name: f"{100 * m:.1f} ± {100 * s:.1f}" for name, (m, s) in means.items()},
-                     "gap img": f"{100 * gap_img:+.1f}", "gap feat": f"{100 * gap_feat:+.1f} ({best_baseline})",
-                     "auto chose": ", ".join(r["head"] for r in results["mae"]),
-                     "MAE+feat chose": ", ".join(r["head"] for r in results["mae-feat"])})
+                     "gap img": "" if gap_img is None else f"{100 * gap_img:+.1f}",
+                     "gap feat": "" if gap_feat is None else f"{100 * gap_feat:+.1f} ({best_baseline})",
+                     "auto chose": ", ".join(r["head"] for r in results.get("mae", [])),
+                     "MAE+feat chose": ", ".join(r["head"] for r in results.get("mae-feat", []))})
         document["labels"][labels] = {
-            "per_fold": per_fold, "mean_std": means, "gap_auto_vs_pixel_logreg": gap_img,
-            "gap_mae_feat_vs_best_baseline": gap_feat, "best_baseline": best_baseline,
-            "mae_minus_scratch": means["MAE"][0] - means["scratch"][0],
+            "per_fold": per_fold, "mean_std": means, "labelled_per_fold": labelled,
+            "gap_auto_vs_pixel_logreg": gap_img, "gap_mae_feat_vs_best_baseline": gap_feat,
+            "best_baseline": best_baseline,
+            "mae_minus_scratch": (means["MAE"][0] - means["scratch"][0]) if {"MAE", "scratch"} <= set(means) else None,
             "mae_feat_heads": {name: [r["heads"][name]["macro_f1"] for r in results["mae-feat"]]
-                               for name in results["mae-feat"][0]["heads"]},
-            "n_features": [r["baselines"].get("features_rf", {}).get("n_features") for r in results["mae-feat"]],
+                               for name in results["mae-feat"][0]["heads"]} if "mae-feat" in results else {},
+            "n_features": [r["baselines"].get("features_rf", {}).get("n_features") for r in results.get("mae-feat", [])],
         }
         echo(f"{labels}: " + ", ".join(f"{k} {v}" for k, v in rows[-1].items() if k != "labels"))
         # After each fraction, so that a stopped run leaves the rows it finished; printed once, at the end.
@@ -214,9 +297,10 @@ def write_table(args: argparse.Namespace, rows: list[dict], columns: list[str], 
     """The table so far with its header, written to WORK/quality.{md,json}."""
     from plankton_cli.metrics import format_table_markdown
 
-    table = format_table_markdown(rows, ["labels", "n_train", *columns, "gap img", "gap feat", "auto chose",
+    table = format_table_markdown(rows, ["labels", "labelled", *columns, "gap img", "gap feat", "auto chose",
                                          "MAE+feat chose"])
-    header = (f"UVP6, {args.folds} folds, macro-F1 % (mean ± std); ViT 48 px / 4 × 96, MAE {args.pretrain_epochs} "
+    header = (f"UVP6, {args.folds} folds, {args.protocol} protocol: labelled = training + validation labels per fold "
+              f"(mean), every baseline fitted on all of them; macro-F1 % (mean ± std); ViT 48 px / 4 × 96, MAE {args.pretrain_epochs} "
               f"epochs (final loss {mae_summary.get('final_loss') or float('nan'):.3f}), fine-tune {args.epochs} "
               f"epochs; image-only columns use --features none; gap img = auto − pixel logreg, gap feat = MAE+feat "
               f"− best baseline; {seconds:.0f} s")

@@ -73,7 +73,8 @@ def main() -> None:
     for labels in LABELS:
         for name, init in (("plankton-mae", [str(mae / "encoder.safetensors")]), ("scratch", ["scratch", *TINY_VIT])):
             out = work / "runs" / f"{name}-{labels.replace('%', 'pct')}"
-            plankton("finetune", "--store", str(store), "--init", *init, "--labels", labels,
+            # The paper's protocol (a full-size validation set beside the labels), as the paper's comparison.
+            plankton("finetune", "--store", str(store), "--init", *init, "--labels", labels, "--protocol", "paper",
                      "--folds", str(args.folds), "--epochs", str(max(1, round(EPOCHS[labels] * args.epoch_scale))), "--batch-size", str(args.batch_size),
                      "--warmup-epochs", "2", "--workers", str(args.workers), "--out", str(out))
             summary = json.loads((out / "summary.json").read_text())
@@ -87,6 +88,7 @@ def main() -> None:
             folds = [r for r in rows if r["init"] == name and r["labels"] == labels]
             summary = summarise_folds(folds)
             table.append({"labels": labels, "init": name, "n_train (fold 0)": folds[0]["n_train"],
+                          "labelled incl. validation (fold 0)": folds[0]["n_labelled"],
                           **{metric: format_mean_std(s["mean"], s["std"]) for metric, s in summary.items()}})
     print("\nTest scores in %, mean ± std over folds:\n")
     print(format_table_markdown(table))

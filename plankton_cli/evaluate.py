@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from plankton_cli import metrics
 from plankton_cli.mismatch import run_warnings
 from plankton_cli.errors import DataError, UsageError
+from plankton_cli.protocol import label_accounting
 from plankton_cli.store import Store
 
 log = logging.getLogger("plankton.evaluate")
@@ -67,6 +68,7 @@ def evaluate_run(run: Path, out_dir: Path) -> dict:
                 per_instrument.setdefault(group, []).append(res)
     name = run.name
     baselines = _baselines(run)
+    labelled = _labelled(run)
     metrics.plot_confusion_matrix(y_true_all, y_pred_all, classes or sorted(set(y_true_all)),
                                   out_dir / f"confusion_{name}.png")
     pooled = metrics.classification_metrics(y_true_all, y_pred_all, classes)
@@ -82,7 +84,19 @@ def evaluate_run(run: Path, out_dir: Path) -> dict:
         "per_instrument": {k: metrics.summarise_folds(v) for k, v in per_instrument.items()},
         "per_class": pooled["per_class"],
         "baselines": baselines,
+        "protocol": labelled.pop("protocol"),
+        "labelled": labelled,
     }
+
+
+def _labelled(run: Path) -> dict:
+    """Labelled objects per fold for training, for validation and in total (from the folds' result.json), and
+    the protocol that drew them: validation labels are labels too, and a comparison must count them."""
+    results = [json.loads(p.read_text()) for p in sorted(run.glob("fold-*/result.json"))]
+    rows = [{"n_train": r["n_train"], "n_val": r["n_val"], "n_labelled": r.get("n_labelled", r["n_train"] + r["n_val"])}
+            for r in results if "n_train" in r]
+    protocol = results[0].get("protocol", "paper") if results else "?"  # older runs: the paper's protocol
+    return {**label_accounting(rows), "protocol": protocol}
 
 
 def _baselines(run: Path) -> dict:
@@ -123,13 +137,21 @@ def evaluate_predictions(predictions: Path, store: Store, out_dir: Path, *, stat
     }
 
 
+def _labelled_text(labelled: dict) -> str:
+    """`41 + 12 = 53` per fold (means, rounded), or `?` for a run without its folds' result.json."""
+    if not labelled.get("total"):
+        return "?"
+    return " + ".join(f"{labelled[k]['mean']:.0f}" for k in ("train", "val")) + f" = {labelled['total']['mean']:.0f}"
+
+
 def evaluate(runs: list[Path], out_dir: Path, *, predictions: Path | None = None, store: Store | None = None) -> dict:
     """Evaluate fine-tune runs (and/or a predictions file) and write tables (MD, CSV, JSON) and plots to `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict = {"runs": [evaluate_run(Path(r), out_dir) for r in runs]}
     rows = []
     for r in report["runs"]:
-        row = {"run": Path(r["run"]).name, "init": r["init"], "labels": r["labels"], "folds": len(r["folds"])}
+        row = {"run": Path(r["run"]).name, "init": r["init"], "labels": r["labels"], "folds": len(r["folds"]),
+               "protocol": r["protocol"], "labelled (train + val)": _labelled_text(r["labelled"])}
         for m, s in r["summary"].items():
             row[m] = metrics.format_mean_std(s["mean"], s["std"])
         if r["baselines"]:

@@ -13,6 +13,15 @@ class. The paper's code is not public, so the details here are ours, chosen so t
 
 Per class n_c = max(1, floor(p · N_c)). Floor, not round: with the DAPlankton class sizes, floor on the 68 % train
 pool reproduces the paper's Table 4 (LAB IFCB 1 %: 6–9 per class, 104 in total; rounding gives 7–9 and 111).
+
+Two protocols (``PROTOCOLS``) draw the labelled objects of a fold:
+
+- ``budget`` (the default): the labels are a budget, drawn from everything that is not test. Validation comes out of
+  that budget (``restrict_budget``), so a fold uses exactly p of its pool's labels, all counted. This is what a
+  station with p of its images labelled has.
+- ``paper``: the paper's. 15 % of the non-test part is a validation set at full size, whatever p, and p is drawn
+  from the rest (``restrict_train``). At 5 % the fold then uses four times more validation labels than training
+  labels; its tables are reproduced this way, but a comparison must count the validation labels too.
 """
 
 from __future__ import annotations
@@ -33,6 +42,9 @@ from plankton_cli.atomic import atomic_write_json
 
 SPLIT_FORMAT = "plankton-split/1"
 """Written into every split file, so a later reader can tell which layout it is reading."""
+
+PROTOCOLS = ("budget", "paper")
+"""How a fold's labelled objects are drawn: see the module docstring."""
 
 TEST_FRACTION_SINGLE_SPLIT = Fraction(1, 5)
 """`n_folds=1` is the first fold of a 5-fold split: one stratified 20 % test part."""
@@ -199,6 +211,29 @@ def describe_counts(rows: list[dict[str, Any]]) -> str:
     return f"{len(per_class)} classes, {min(per_class)}–{max(per_class)} per class, {sum(per_class)} in total"
 
 
+def label_accounting(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Labelled objects per fold used for training, for validation and in total (min, max and mean over folds):
+    what every result states beside its scores, since validation labels are labels too."""
+    def spread(key: str) -> dict[str, float]:
+        values = [row[key] for row in rows]
+        return {"min": min(values), "max": max(values), "mean": sum(values) / len(values)} if values else {}
+
+    return {"train": spread("n_train"), "val": spread("n_val"), "total": spread("n_labelled")}
+
+
+def describe_labelled(labelled: dict[str, Any], protocol: str) -> str:
+    """One sentence: how many labels a fold used, e.g. `labelled objects per fold: 41 training + 12 validation
+    = 53 (budget protocol)`."""
+    def text(part: dict[str, float]) -> str:
+        if not part:
+            return "?"
+        low, high = int(part["min"]), int(part["max"])
+        return str(low) if low == high else f"{low}–{high}"
+
+    return (f"labelled objects per fold: {text(labelled['train'])} training + {text(labelled['val'])} validation "
+            f"= {text(labelled['total'])} ({protocol} protocol)")
+
+
 # --- folds ---------------------------------------------------------------------------------------------------------
 
 
@@ -215,8 +250,14 @@ class Split:
     test: list[str]
     class_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # part → class → count
     warnings: list[str] = field(default_factory=list)
-    label_spec: str = "all"  # set by `restrict_train`
-    train_pool: int | None = None  # training images before `restrict_train`
+    label_spec: str = "all"  # set by `restrict_train` / `restrict_budget`
+    train_pool: int | None = None  # images the labelled subset was drawn from
+    protocol: str = "paper"  # "budget": `val` is part of the labelled budget (`restrict_budget`)
+
+    @property
+    def labelled(self) -> list[str]:
+        """Every labelled object the fold learns from or chooses with: training and validation."""
+        return sorted([*self.train, *self.val])
 
 
 def _fold_of_each_item(groups: dict[str, list[str]], n_folds: int, seed: int) -> tuple[dict, list[str]]:
@@ -250,14 +291,22 @@ def _fold_of_each_item(groups: dict[str, list[str]], n_folds: int, seed: int) ->
 
 
 def _validation_part(
-    groups: dict[str, list[str]], test: set, val_fraction: float, seed: int | str
+    groups: dict[str, list[str]], test: set, val_fraction: float, seed: int | str, at_least_one: bool = False
 ) -> tuple[list, list, list[str]]:
-    """Split what is not test into train and validation, per class: round(val_fraction · rest), ≥ 1 left to train."""
+    """Split what is not test into train and validation, per class: round(val_fraction · rest), ≥ 1 left to train.
+
+    ``at_least_one``: every class with 2 or more images gives one to validation even where the fraction rounds to
+    0. A labelled budget of a few images per class would otherwise validate on one or two classes only, and choose
+    epochs and heads by them; the final refit trains on the validation images too, so nothing is lost.
+    """
     fraction = Fraction(val_fraction).limit_denominator(10**6)
     train, val, warnings = [], [], []
     for label, members in groups.items():
         rest = [item_id for item_id in members if item_id not in test]
-        n_val = min(math.floor(fraction * len(rest) + Fraction(1, 2)), len(rest) - 1)  # round half up
+        n_val = math.floor(fraction * len(rest) + Fraction(1, 2))  # round half up
+        if at_least_one and fraction > 0:
+            n_val = max(n_val, 1)
+        n_val = min(n_val, len(rest) - 1)
         if not rest:
             warnings.append(f"class {label!r} has no training image in this fold (all in test)")
         elif n_val < 1 and fraction > 0:
@@ -329,6 +378,28 @@ def restrict_train(split: Split, label_of: Mapping[str, str], spec: LabelSpec | 
     return replace(split, train=train, label_spec=str(spec), class_counts=counts, train_pool=len(split.train))
 
 
+def restrict_budget(split: Split, label_of: Mapping[str, str], spec: LabelSpec | str, val_fraction: float) -> Split:
+    """The ``budget`` protocol's split: the labelled budget drawn from the fold's whole non-test part, and its
+    validation part taken out of the budget (``val_fraction`` of each class, at least one image of every class that
+    has two; a class with a single labelled image keeps it for training and is named in the warnings).
+
+    ``split`` must come from ``make_folds(..., val_fraction=0)``: no validation part yet. The budget is drawn as
+    ``restrict_train`` draws (same ranks, same seed), so budgets of one split are nested across specs; the test
+    part is the one the ``paper`` protocol gets, since folds do not depend on the validation fraction.
+    """
+    if split.label_spec != "all" or split.val:
+        raise ValueError(f"fold {split.fold} already has a labelled subset or a validation part: give the split of "
+                         "make_folds(..., val_fraction=0)")
+    spec = parse_label_fraction(spec)
+    budget = few_label_subset(split.train, [label_of[i] for i in split.train], spec, seed=f"{split.seed}:{split.fold}")
+    groups = _by_class(budget, [label_of[i] for i in budget])
+    train, val, warnings = _validation_part(groups, set(), val_fraction, f"{split.seed}:{split.fold}:budget",
+                                            at_least_one=True)
+    counts = dict(split.class_counts, train=_count(train, label_of), val=_count(val, label_of))
+    return replace(split, train=train, val=val, val_fraction=val_fraction, label_spec=str(spec), class_counts=counts,
+                   warnings=split.warnings + warnings, train_pool=len(split.train), protocol="budget")
+
+
 # --- split files ---------------------------------------------------------------------------------------------------
 
 
@@ -344,6 +415,7 @@ def save_split(split: Split, path: str | Path) -> Path:
         "val_fraction": split.val_fraction,
         "label_spec": split.label_spec,
         "train_pool": split.train_pool,
+        "protocol": split.protocol,
         "class_counts": split.class_counts,
         "warnings": split.warnings,
         "train": split.train,
@@ -370,4 +442,5 @@ def load_split(path: str | Path) -> Split:
         warnings=document["warnings"],
         label_spec=document["label_spec"],
         train_pool=document["train_pool"],
+        protocol=document.get("protocol", "paper"),  # files written before the budget protocol existed
     )

@@ -10,7 +10,6 @@ from plankton_cli.features.inputs import object_features
 from plankton_cli.finetune.baselines import feature_names, score_baselines
 from plankton_cli.finetune.heads import design_matrix, fit_head, head_probabilities
 from plankton_cli.ingest import ingest
-from plankton_cli.protocol import Split
 from plankton_cli.store import Store
 
 
@@ -36,10 +35,10 @@ def test_every_fold_gets_pixel_and_feature_baselines(zooscan_store):
     table = zooscan_store.dataset("objects").to_table(columns=["object_id", "label"]).to_pylist()
     label_of = {r["object_id"]: r["label"] for r in table}
     ids = sorted(label_of)
-    split = Split(fold=0, n_folds=1, seed=0, val_fraction=0.0, train=ids[:7], val=[], test=ids[7:])
     classes = sorted(set(label_of.values()))
-    scores = score_baselines(zooscan_store.root / "objects", split, label_of, classes)
+    scores = score_baselines(zooscan_store.root / "objects", ids[:7], ids[7:], label_of, classes)
     assert set(scores) == {"pixel_logreg", "features_rf"}
+    assert scores["pixel_logreg"]["n_fit"] == scores["features_rf"]["n_fit"] == 7
     assert scores["features_rf"]["n_features"] >= 8
     for result in scores.values():
         assert {"accuracy", "balanced_accuracy", "macro_f1"} <= set(result)

@@ -59,11 +59,15 @@ def test_baselines_scored_by_finetune_are_shown_beside_the_model(tmp_path):
     # What `plankton finetune` writes per fold: the model's scores and its baselines' on the same test part.
     for fold in CASE:
         result = {"fold": int(fold[-1]), "baselines": {"pixel_logreg": {"accuracy": 0.9, "balanced_accuracy": 0.9,
-                                                                        "macro_f1": 0.9 - 0.1 * int(fold[-1])}}}
+                                                                        "macro_f1": 0.9 - 0.1 * int(fold[-1])}},
+                  "protocol": "budget", "n_train": 40 + int(fold[-1]), "n_val": 12, "n_labelled": 52 + int(fold[-1])}
         (run / fold / "result.json").write_text(json.dumps(result))
     report = evaluate([run], tmp_path / "out")
     baseline = report["runs"][0]["baselines"]["pixel_logreg"]["macro_f1"]
     assert baseline["mean"] == pytest.approx(0.85) and baseline["std"] == pytest.approx(np.std([0.9, 0.8], ddof=1))
     (row,) = report["table"]
     assert row["best baseline"].startswith("pixel_logreg 85.00") and row["vs baseline"] == "LOSES"
+    # Every label the folds used is counted, validation included (means over the two folds).
+    assert (row["protocol"], row["labelled (train + val)"]) == ("budget", "40 + 12 = 52")
+    assert report["runs"][0]["labelled"]["total"] == {"min": 52, "max": 53, "mean": 52.5}
     assert "LOSES" in (tmp_path / "out" / "summary.md").read_text()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import os
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import timm
@@ -21,7 +23,7 @@ from plankton_cli.model_info import ModelInfo
 from plankton_cli.cli import COMMANDS, cli
 from plankton_cli.finetune import precision_thresholds
 from plankton_cli.models import load_model
-from plankton_cli.protocol import load_split, make_folds, restrict_train, subset_counts
+from plankton_cli.protocol import load_split, make_folds, restrict_budget, subset_counts
 from conftest import SHARED
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,6 +91,12 @@ def test_uvp6_chain_through_the_cli_beats_chance(uvp6_run):
     assert mean["macro_f1"] > 0.15, summary
     assert mean["accuracy"] > 0.2, summary
     assert set(summary["per_instrument"]) == {"UVP6"}
+    # The default budget protocol: every label counted, the baselines fitted on all of them.
+    assert summary["protocol"] == "budget"
+    for row in summary["folds"]:
+        result = json.loads((out / f"fold-{row['fold']}" / "result.json").read_text())
+        assert row["n_labelled"] == row["n_train"] + row["n_val"] == result["final_fit"]["n_labelled"]
+        assert all(b["n_fit"] == row["n_labelled"] for b in result["baselines"].values())
     for name in ("config.json", "label_counts.csv", "summary.md", "summary.csv", "summary.json"):
         assert (out / name).is_file(), name
     for fold in (0, 1):
@@ -105,16 +113,17 @@ def test_saved_splits_and_label_counts_match_the_protocol(uvp6_run):
     table = pq.read_table(store / dataset, columns=["object_id", "label"]).to_pydict()
     ids, labels = table["object_id"], [str(label) for label in table["label"]]
     label_of = dict(zip(ids, labels))
-    expected = [restrict_train(split, label_of, "10%") for split in make_folds(ids, labels, 2, 0.15, seed=0)]
+    # The default budget protocol: 10 % of the non-test part is every label, validation taken out of it.
+    expected = [restrict_budget(split, label_of, "10%", 0.15) for split in make_folds(ids, labels, 2, 0.0, seed=0)]
 
     with (out / "label_counts.csv").open(newline="") as handle:
         saved_counts = list(csv.DictReader(handle))
     for split in expected:
         saved = load_split(out / f"fold-{split.fold}" / "split.json")
         assert (saved.train, saved.val, saved.test) == (split.train, split.val, split.test)
-        assert saved.label_spec == "10%"
-        pool = [i for i in ids if i not in set(split.val) | set(split.test)]
-        counts = subset_counts([label_of[i] for i in pool], [label_of[i] for i in split.train])
+        assert (saved.label_spec, saved.protocol) == ("10%", "budget")
+        pool = [i for i in ids if i not in set(split.test)]
+        counts = subset_counts([label_of[i] for i in pool], [label_of[i] for i in split.labelled])
         rows = [row for row in saved_counts if int(row["fold"]) == split.fold]
         assert [(r["class"], int(r["available"]), int(r["selected"])) for r in rows] == \
             [(c["class"], c["available"], c["selected"]) for c in counts]
@@ -272,9 +281,10 @@ def test_a_fold_without_validation_images_keeps_its_last_weights(tmp_path):
             (few / name / image.name).write_bytes(image.read_bytes())
     store, out = tmp_path / "store", tmp_path / "run"
     assert invoke("ingest", few, "--store", store).exit_code == 0
+    # The paper's protocol validates on 15 % of two images: none (the budget protocol would take one of the two).
     result = invoke("finetune", "--store", store, "--init", "scratch", *TINY, "--labels", "all", "--folds", "2",
-                    "--epochs", "2", "--batch-size", "4", "--warmup-epochs", "1", "--workers", "0", "--out", out,
-                    "--json")
+                    "--protocol", "paper", "--epochs", "2", "--batch-size", "4", "--warmup-epochs", "1",
+                    "--workers", "0", "--out", out, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert [(f["fold"], f["n_val"], f["n_test"]) for f in summary["folds"]] == [(0, 0, 4), (1, 0, 4)]
@@ -322,3 +332,145 @@ def test_a_killed_and_resumed_fold_ends_exactly_as_an_uninterrupted_one(demo_sto
         assert json.loads((resumed / "result.json").read_text())[name] == \
             json.loads((straight / "result.json").read_text())[name]
     assert pq.read_table(resumed / "test_predictions.parquet").equals(pq.read_table(straight / "test_predictions.parquet"))
+
+
+# --- label accounting: every label counted, none outside the budget -------------------------------------------------
+
+
+def finetune_spied(monkeypatch, store: Path, out: Path, **settings) -> tuple[dict, dict[str, set]]:
+    """Fold 0 of a tiny 2-fold run through the library, recording which objects the model's loaders read and
+    which ones the baselines were fitted on. Returns (fold 0's result.json, {"model": ids, "baselines": ids})."""
+    from plankton_cli.finetune import FinetuneConfig, finetune
+    from plankton_cli.finetune import fold as fold_module
+
+    seen: dict[str, set] = {"model": set(), "baselines": set()}
+    loader, baselines = fold_module.store_loader, fold_module.score_baselines
+
+    def spy_loader(dataset_dir, ids, *args, **kwargs):
+        seen["model"] |= set(ids)
+        return loader(dataset_dir, ids, *args, **kwargs)
+
+    def spy_baselines(dataset_dir, fit_ids, test_ids, *args, **kwargs):
+        seen["baselines"] |= set(fit_ids)
+        return baselines(dataset_dir, fit_ids, test_ids, *args, **kwargs)
+
+    monkeypatch.setattr(fold_module, "store_loader", spy_loader)
+    monkeypatch.setattr(fold_module, "score_baselines", spy_baselines)
+    config = dict(init="scratch", model="vit_base_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=64,
+                  num_heads=2, folds=2, fold=0, epochs=3, batch_size=8, warmup_epochs=1, workers=0,
+                  accelerator="cpu", features="none")
+    finetune(FinetuneConfig(store=store, out=out, **{**config, **settings}), echo=lambda text: None)
+    return json.loads((out / "fold-0" / "result.json").read_text()), seen
+
+
+@pytest.mark.parametrize("protocol", ["budget", "paper"])
+def test_the_baselines_are_fitted_on_every_label_the_model_used(demo_store, tmp_path, monkeypatch, protocol):
+    result, seen = finetune_spied(monkeypatch, demo_store, tmp_path / "run", labels="20%", protocol=protocol,
+                                  head="auto", max_steps=4)
+    split = load_split(tmp_path / "run" / "fold-0" / "split.json")
+    labelled = set(split.train) | set(split.val)
+    # What the model read besides its test part is its training and validation labels, and the baselines were
+    # fitted on exactly those.
+    assert seen["model"] - set(split.test) == labelled == seen["baselines"]
+    assert (result["protocol"], result["n_labelled"]) == (protocol, len(labelled))
+    assert all(b["n_fit"] == len(labelled) for b in result["baselines"].values())
+    n_pool = 105 - len(split.test)  # the demo's 105 images less fold 0's test part
+    if protocol == "budget":  # 20 % of the non-test part in all, validation included
+        assert len(labelled) < 0.3 * n_pool and split.val
+    else:  # 20 % of the training part, beside a validation set of 15 % of the non-test part
+        assert len(split.val) == pytest.approx(0.15 * n_pool, abs=6) and len(split.train) < 0.2 * n_pool
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["labelled"]["total"]["mean"] == len(labelled) and summary["protocol"] == protocol
+    markdown = (tmp_path / "run" / "summary.md").read_text()
+    assert f"= {len(labelled)} ({protocol} protocol)" in markdown
+    assert f"fitted on {len(labelled)} labelled objects per fold" in markdown
+
+
+def reload_and_predict(fold_dir: Path, dataset_dir: Path, ids: list[str]) -> tuple[list[str], np.ndarray]:
+    """The fold's model file loaded as predict loads it, run on ``ids``: (ids, class probabilities)."""
+    from plankton_cli.data import EvalTransform
+    from plankton_cli.finetune import store_loader
+
+    model, info = load_model(fold_dir)
+    loader = store_loader(dataset_dir, ids, info.classes, EvalTransform(info.resize, info.crop, info.mean[0],
+                          info.std[0]), train=False, batch_size=64, workers=0, seed=0)
+    out_ids, rows = [], []
+    with torch.no_grad():
+        for batch in loader:
+            out_ids += list(batch["object_id"])
+            rows.append(torch.softmax(model(batch["image"]), dim=1).numpy())
+    return out_ids, np.concatenate(rows)
+
+
+@pytest.fixture(scope="module")
+def budget_finetune(demo_store, tmp_path_factory):
+    """--protocol budget --head finetune, fold 0 of 2, half the labels: fine-tuning chooses an epoch on the
+    validation part of the budget, then the model is refitted on all of it."""
+    out = tmp_path_factory.mktemp("budget") / "run"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        result, seen = finetune_spied(monkeypatch, demo_store, out, labels="50%", head="finetune")
+    return out, result, seen
+
+
+def test_the_refit_trains_on_every_label_for_the_chosen_epochs(budget_finetune, demo_store):
+    out, result, seen = budget_finetune
+    split = load_split(out / "fold-0" / "split.json")
+    fit = result["final_fit"]
+    assert fit["refit"] and fit["head"] == "finetune" and fit["n_labelled"] == len(split.labelled)
+    # The epoch count chosen on validation (0-based best epoch + 1), on the schedule it was chosen on.
+    assert fit["epochs"] == result["best_epoch"] + 1 and fit["schedule_epochs"] == 3
+    refit_epochs = {int(r["epoch"]) for r in read_metrics(out / "fold-0" / "refit" / "metrics.csv")}
+    assert refit_epochs == set(range(fit["epochs"]))
+    assert fit["recipe"]["n_images"] == len(split.labelled)  # trained on train + validation
+    assert 0 <= result["heads"]["finetune"]["macro_f1_without_refit"] <= 1  # what the refit gained is recorded
+    assert seen["model"] - set(split.test) == set(split.labelled)
+    # The model file is the refitted model: loaded as predict loads it, it gives the scored test predictions.
+    predictions = pq.read_table(out / "fold-0" / "test_predictions.parquet").to_pydict()
+    ids, probabilities = reload_and_predict(out / "fold-0", demo_store / "objects", predictions["object_id"])
+    assert ids == predictions["object_id"]
+    np.testing.assert_allclose(probabilities, np.array(predictions["probabilities"]), atol=1e-4)
+    assert not (out / "fold-0" / "refit" / "checkpoints").exists()
+
+
+def test_a_cheap_head_is_refitted_on_every_label_and_round_trips(demo_store, tmp_path, monkeypatch):
+    result, _ = finetune_spied(monkeypatch, demo_store, tmp_path / "run", labels="50%", head="linear")
+    split = load_split(tmp_path / "run" / "fold-0" / "split.json")
+    assert result["final_fit"] == {"head": "linear", "n_labelled": len(split.labelled), "refit": True}
+    assert result["heads"]["linear"]["refit"] and 0 <= result["heads"]["linear"]["macro_f1_without_refit"] <= 1
+    predictions = pq.read_table(tmp_path / "run" / "fold-0" / "test_predictions.parquet").to_pydict()
+    _, probabilities = reload_and_predict(tmp_path / "run" / "fold-0", demo_store / "objects",
+                                          predictions["object_id"])
+    np.testing.assert_allclose(probabilities, np.array(predictions["probabilities"]), atol=1e-4)
+
+
+def test_a_label_outside_the_budget_changes_nothing(budget_finetune, demo_store, tmp_path, monkeypatch):
+    """Poison the label of an object of fold 0's non-test part that is not in its budget: the same split (saved)
+    gives the same model, test predictions and baselines."""
+    out, result, _ = budget_finetune
+    split = load_split(out / "fold-0" / "split.json")
+    all_ids = pq.read_table(demo_store / "objects", columns=["object_id"]).column("object_id").to_pylist()
+    outside = sorted(i for i in all_ids if i not in set(split.test) | set(split.labelled))[0]
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(demo_store, poisoned)
+    (part,) = (poisoned / "objects").rglob("*.parquet")
+    table = pq.read_table(part)
+    labels = table.column("label").to_pylist()
+    row = table.column("object_id").to_pylist().index(outside)
+    labels[row] = next(label for label in sorted(set(labels)) if label != labels[row])
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label",
+                                    pa.array(labels, table.schema.field("label").type)), part)
+    again_out = tmp_path / "again"
+    (again_out / "fold-0").mkdir(parents=True)
+    shutil.copy(out / "fold-0" / "split.json", again_out / "fold-0" / "split.json")  # the same draw
+
+    again, _ = finetune_spied(monkeypatch, poisoned, again_out, labels="50%", head="finetune")
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "val_macro_f1", "heads", "baselines", "final_fit",
+                "best_epoch", "thresholds"):
+        assert again[key] == result[key], key
+    assert pq.read_table(again_out / "fold-0" / "test_predictions.parquet").equals(
+        pq.read_table(out / "fold-0" / "test_predictions.parquet"))
+    weights, poisoned_weights = load_file(out / "fold-0" / "model.safetensors"), \
+        load_file(again_out / "fold-0" / "model.safetensors")
+    assert all(torch.equal(weights[k], poisoned_weights[k]) for k in weights)
+    # The poisoned label is read (the run would differ if it were in the budget): the pool's counts show it.
+    assert (again_out / "label_counts.csv").read_text() != (out / "label_counts.csv").read_text()

@@ -18,6 +18,7 @@ from plankton_cli.protocol import (
     load_split,
     make_folds,
     parse_label_fraction,
+    restrict_budget,
     restrict_train,
     save_split,
     subset_counts,
@@ -317,6 +318,31 @@ def test_restrict_train_keeps_val_and_test_and_nests_within_a_fold():
     assert set(other.train) != set(restricted[2].train)
 
 
+def test_the_budget_protocol_takes_validation_out_of_the_labels():
+    ids, labels = dataset({"a": 400, "b": 60, "c": 6})
+    label_of = dict(zip(ids, labels))
+    whole = make_folds(ids, labels, val_fraction=0.0, seed=0)[1]
+    assert whole.val == [] and whole.test == make_folds(ids, labels, seed=0)[1].test  # same test parts as the paper's
+    budgets = [restrict_budget(whole, label_of, text, 0.15) for text in ("1%", "5%", "10%", "all")]
+    for budget, text in zip(budgets, ("1%", "5%", "10%", "all")):
+        # Every label of the fold is in the budget: exactly what few_label_subset draws from the non-test part.
+        assert budget.labelled == sorted(few_label_subset(whole.train, [label_of[i] for i in whole.train], text,
+                                                          seed="0:1"))
+        assert not set(budget.train) & set(budget.val) and budget.test == whole.test
+        assert (budget.protocol, budget.train_pool, budget.label_spec) == ("budget", len(whole.train), text)
+        train, val = per_class(budget.train, label_of), per_class(budget.val, label_of)
+        for label in ("a", "b", "c"):  # a class of two or more labels validates on at least one, trains on one
+            n = train[label] + val[label]
+            assert (val[label] >= 1) == (n >= 2) and train[label] >= 1
+    for smaller, larger in zip(budgets, budgets[1:]):
+        assert set(smaller.labelled) <= set(larger.labelled)
+    # 1 %: 3 labels of "a", 1 of "b" and "c"; the single ones stay in training and are named.
+    assert per_class(budgets[0].labelled, label_of) == Counter({"a": 3, "b": 1, "c": 1})
+    assert sorted(w.split("'")[1] for w in budgets[0].warnings if "too few to validate" in w) == ["b", "c"]
+    with pytest.raises(ValueError, match="val_fraction=0"):
+        restrict_budget(make_folds(ids, labels, seed=0)[1], label_of, "5%", 0.15)
+
+
 def test_split_files_round_trip_and_reproduce(tmp_path):
     ids, labels = dataset({"a": 80, "b": 20, "tiny": 2})
     label_of = dict(zip(ids, labels))
@@ -329,6 +355,8 @@ def test_split_files_round_trip_and_reproduce(tmp_path):
     assert load_split(path) == split
     # A re-run with the same inputs and seed draws exactly what was saved.
     assert restrict_train(make_folds(ids, labels, seed=9)[3], label_of, "10%") == load_split(path)
+    budget = restrict_budget(make_folds(ids, labels, val_fraction=0.0, seed=9)[3], label_of, "10%", 0.15)
+    assert load_split(save_split(budget, tmp_path / "budget.json")) == budget
     (tmp_path / "other.json").write_text('{"format": "something-else"}')
     with pytest.raises(ValueError, match="not a plankton-split/1 file"):
         load_split(tmp_path / "other.json")

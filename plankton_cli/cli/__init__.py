@@ -113,7 +113,7 @@ _SUMMARIES = {
     "pad": "Crop instrument legends and pad every image to a square with its own background.",
     "features": "Measure every object's morphometrics (scikit-image) into the store's features dataset.",
     "stats": "Compute (or read the cached) pixel mean and std of a dataset, for normalisation.",
-    "finetune": "Fine-tune a ViT with few labels and test it by cross-validation (the paper's protocol).",
+    "finetune": "Fine-tune a ViT with few labels and test it by cross-validation.",
     "distill": "Distil a fine-tuned teacher into a small student for fast CPU prediction.",
     "predict": "Classify objects with a fine-tuned model and write the results.",
     "evaluate": "Metrics, tables and plots from fine-tune runs or from predictions.",

@@ -28,15 +28,20 @@ Examples:
       --backend slurm --partition gpu --time 4:00:00; done
 
 \b
-Labels: 1%, 5%, 10% (per class max(1, floor(p * N_c)) of the fold's training part, nested,
-seeded), all, or k/class. Folds: stratified k-fold, 20 % test at 5 folds, 15 % of the rest for
-validation; --folds 1 is one such split. Each fold's split is saved (fold-K/split.json) and a
-re-run into the same --out reuses it; finished folds (fold-K/result.json) are not trained again.
+Labels: 1%, 5%, 10% (per class max(1, floor(p * N_c)), nested, seeded), all, or k/class.
+Folds: stratified k-fold, 20 % test at 5 folds; --folds 1 is one such split.
+--protocol budget (default): --labels is every label a fold uses. They are drawn from the whole
+non-test part; 15 % of them (at least one of every class that has two) validate (epoch, head,
+thresholds), then the chosen model is refitted on all of them. --protocol paper: the paper's,
+15 % of the non-test part is a full-size validation set and --labels is drawn from the rest.
+Each fold's split is saved (fold-K/split.json) and a re-run into the same --out reuses it;
+finished folds (fold-K/result.json) are not trained again.
 
 \b
-Every fold also scores baselines on the same labelled images and test part: a logistic
-regression on 32-px pixels and, when the objects carry EcoTaxa object_* morphometrics, a
-random forest on them; the summary shows them beside the model and says when the model loses.
+Every fold also scores baselines on the same labelled images (training + validation: every
+label the model used) and test part: a logistic regression on 32-px pixels and, when the objects
+carry features, a random forest on them; the summary counts the labels, shows the baselines
+beside the model and says when the model loses.
 
 \b
 Features (--features): numbers per object fed beside the image, before the bottleneck head:
@@ -59,7 +64,11 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
               help="Run directory for the models, splits and results.")
 @click.option("--dataset", help="Dataset of the store [default: padded when it exists, else objects].")
 @click.option("--labels", default="all", show_default=True, metavar="SPEC",
-              help="Labelled training images: 1%, 5%, 10%, all or k/class.")
+              help="Labelled images a fold uses: 1%, 5%, 10%, all or k/class (with --protocol paper: training "
+                   "images, beside a full-size validation set).")
+@click.option("--protocol", type=click.Choice(["budget", "paper"]), default="budget", show_default=True,
+              help="budget: validation comes out of --labels and the final model is refitted on all of them; "
+                   "paper: the paper's full-size validation set beside --labels (counted in the results).")
 @click.option("--folds", type=click.IntRange(min=1), default=5, show_default=True,
               help="Cross-validation folds (1: a single 80/20 split).")
 @click.option("--fold", type=click.IntRange(min=0), help="Run only this fold (0-based), e.g. one per SLURM job.")
@@ -110,18 +119,18 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
 @store_option
 @json_option
 @click.pass_context
-def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labels: str, folds: int,
+def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labels: str, protocol: str, folds: int,
              fold: int | None, epochs: int, batch_size: int | None, lr: float | None, layer_decay: float,
              weight_decay: float, warmup_epochs: float | None, drop_path: float, label_smoothing: float,
              target_precision: float, seed: int, workers: int, instruments: tuple[str, ...],
              label_status: tuple[str, ...], features: str, max_steps: int | None, head: str,
              model_name: str | None, img_size: int | None, patch_size: int | None, depth: int | None,
              embed_dim: int | None, num_heads: int | None, backend_opts, store: Path, as_json: bool) -> None:
-    """Fine-tune a ViT with few labels and test it by cross-validation (the paper's protocol).
+    """Fine-tune a ViT with few labels and test it by cross-validation.
 
     The encoder gets MAE's average-pool head input and a bottleneck head (Linear 512, LayerNorm,
     GELU, Linear), and is trained with AdamW, layer-wise lr decay, label smoothing and drop
-    path, keeping each fold's best epoch by validation macro-F1. The defaults are the paper's
+    path, choosing each fold's epoch by validation macro-F1. The defaults are the paper's
     (Kareinen et al. 2025): 50 epochs, batch 128, lr 2e-3, weight decay 0.01, layer decay 0.75,
     5 warmup epochs, bf16 on GPU. With fewer labelled images the batch, lr and warmup are scaled
     to the data (given flags win); each fold's resolved recipe is printed and written to
@@ -150,7 +159,8 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
     from plankton_cli.finetune import finetune as run_finetune
 
     config = FinetuneConfig(
-        store=store, init=init, out=out, dataset=dataset, labels=labels, folds=folds, fold=fold, seed=seed,
+        store=store, init=init, out=out, dataset=dataset, labels=labels, protocol=protocol, folds=folds, fold=fold,
+        seed=seed,
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
         warmup_epochs=warmup_epochs, drop_path=drop_path, label_smoothing=label_smoothing,
         target_precision=target_precision, workers=workers, instruments=list(instruments) or None,
@@ -171,6 +181,7 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
     if as_json:
         emit_json({"out": str(out), "folds": summary["folds"], "mean_std": summary["mean_std"],
                    "per_instrument": summary["per_instrument"], "complete": summary["complete"],
+                   "protocol": summary["protocol"], "labelled": summary["labelled"],
                    "baselines": summary["baselines"], "heads": summary["heads"],
                    "loses_to": summary["loses_to"]})
         return

@@ -1,4 +1,4 @@
-"""`plankton finetune` as a library function: few-label fine-tuning of a ViT with the paper's protocol.
+"""`plankton finetune` as a library function: few-label fine-tuning of a ViT, tested by cross-validation.
 
 Kareinen et al. 2025 (§4.3): the encoder (our MAE export, a timm/ImageNet checkpoint, or a fresh ViT) gets
 MAE's average-pool ``fc_norm`` and Maracani's bottleneck head (``models.Classifier``) and is fine-tuned with
@@ -6,16 +6,20 @@ AdamW (lr 2e-3 absolute, weight decay 0.01), layer-wise lr decay 0.75, a per-ste
 warmup, label smoothing 0.1 and drop path 0.2, for 50 epochs at batch 128; bf16 on GPU. Below the paper's
 scale, batch, lr and warmup are scaled to each fold's labelled images (``recipe.resolve_recipe``).
 
-Protocol (``protocol.py``): stratified k-fold cross-validation, 15 % of each fold's training part for validation,
-the labelled subset drawn per class from the rest (n_c = max(1, floor(p·N_c)), nested, seeded). Each fold keeps
-its best checkpoint by validation macro-F1 and is scored on its test part.
+Protocol (``protocol.py``): stratified k-fold cross-validation; the labelled subset drawn per class (n_c =
+max(1, floor(p·N_c)), nested, seeded). ``budget`` (default): drawn from the whole non-test part, 15 % of it (at
+least one of every class that has two) validates, and the model chosen on it (head, epoch) is refitted on all of
+it. ``paper``: 15 % of the non-test part validates at full size and the subset is drawn from the rest; each fold
+keeps its best checkpoint by validation macro-F1. Either way each fold is scored on its test part, beside
+baselines fitted on the same training + validation labels.
 
     OUT/config.json                  the settings (a re-run with other settings is refused)
     OUT/label_counts.csv             realised labelled images per fold and class (the paper's Table 4)
     OUT/summary.{md,csv,json}        per-fold test scores and mean ± std (Tables 3, 5, 6)
     OUT/fold-<k>/split.json          object ids of train/val/test: a re-run reuses it exactly
     OUT/fold-<k>/recipe.json         the resolved recipe (batch, lr, steps, warmup, and which flags set them)
-    OUT/fold-<k>/model.safetensors   + model.json: the best checkpoint, with classes, preprocessing, thresholds
+    OUT/fold-<k>/model.safetensors   + model.json: the model kept, with classes, preprocessing, thresholds
+    OUT/fold-<k>/refit/              metrics.csv and recipe.json of the refit on every label (budget, fine-tuning)
     OUT/fold-<k>/metrics.csv         per-step/epoch log (train_loss, val_loss, val_macro_f1, lr_block0, lr_head)
     OUT/fold-<k>/test_predictions.parquet   object_id, label, pred, probabilities, instrument
     OUT/fold-<k>/result.json         the fold's test metrics; its presence marks the fold as done

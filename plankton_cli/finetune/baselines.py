@@ -1,4 +1,8 @@
-"""Baselines scored on every fold, on the same labelled subset and test part as the model: is the model any good?
+"""Baselines scored on every fold, on the same labelled objects and test part as the model: is the model any good?
+
+"The same labelled objects" is every label the model used: its training part *and* its validation part (early
+stopping, ``--head auto``'s choice and the thresholds learn from those labels too). A baseline fitted on the
+training part alone would be compared with fewer labels than the model had.
 
 - ``pixel_logreg``: a logistic regression on the images downscaled to 32 × 32 grey pixels (what anybody can
   fit in a second);
@@ -21,7 +25,6 @@ from plankton_cli import metrics as M
 from plankton_cli.data import EvalTransform
 from plankton_cli.features.inputs import COVERAGE, object_features
 from plankton_cli.finetune.heads import make_head
-from plankton_cli.protocol import Split
 
 PIXEL_SIZE = 32
 
@@ -54,25 +57,27 @@ def feature_matrix(values: dict[str, dict[str, float]], ids: Sequence[str], name
         len(ids), len(names))
 
 
-def score_baselines(dataset_dir: Path, split: Split, label_of: dict[str, str], classes: list[str],
-                    seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Test scores of the baselines trained on this fold's labelled subset: ``pixel_logreg`` always,
-    ``features_rf`` when the objects carry morphometric features."""
+def score_baselines(dataset_dir: Path, fit_ids: Sequence[str], test_ids: Sequence[str], label_of: dict[str, str],
+                    classes: list[str], seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Test scores on ``test_ids`` of the baselines fitted on ``fit_ids`` (every labelled object the model used:
+    ``Split.labelled``): ``pixel_logreg`` always, ``features_rf`` when the objects carry morphometric features.
+    Each result says how many labelled objects it was fitted on (``n_fit``)."""
     index = {name: i for i, name in enumerate(classes)}
     results: dict[str, dict[str, Any]] = {}
-    train_ids, x_train = pixel_matrix(dataset_dir, split.train, classes)
-    test_ids, x_test = pixel_matrix(dataset_dir, split.test, classes)
-    y_train = np.array([index[label_of[i]] for i in train_ids])
-    predicted = pixel_logreg(x_train, y_train, seed).predict(x_test)
-    results["pixel_logreg"] = _scores(label_of, test_ids, predicted, classes)
+    fit_order, x_fit = pixel_matrix(dataset_dir, fit_ids, classes)
+    test_order, x_test = pixel_matrix(dataset_dir, test_ids, classes)
+    y_fit = np.array([index[label_of[i]] for i in fit_order])
+    predicted = pixel_logreg(x_fit, y_fit, seed).predict(x_test)
+    results["pixel_logreg"] = {**_scores(label_of, test_order, predicted, classes), "n_fit": len(fit_order)}
 
-    values = object_features(dataset_dir.parent, dataset_dir.name, [*split.train, *split.test])
-    names = feature_names(values, split.train)
+    values = object_features(dataset_dir.parent, dataset_dir.name, [*fit_ids, *test_ids])
+    names = feature_names(values, fit_ids)
     if names:
-        y = np.array([index[label_of[i]] for i in split.train])
-        forest = features_rf(feature_matrix(values, split.train, names), y, seed)
-        predicted = forest.predict(feature_matrix(values, split.test, names))
-        results["features_rf"] = {**_scores(label_of, split.test, predicted, classes), "n_features": len(names)}
+        y = np.array([index[label_of[i]] for i in fit_ids])
+        forest = features_rf(feature_matrix(values, fit_ids, names), y, seed)
+        predicted = forest.predict(feature_matrix(values, test_ids, names))
+        results["features_rf"] = {**_scores(label_of, test_ids, predicted, classes), "n_features": len(names),
+                                  "n_fit": len(fit_ids)}
     return results
 
 

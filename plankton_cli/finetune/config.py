@@ -15,6 +15,7 @@ RESULT_KEYS = (
     "store", "dataset", "init", "model", "img_size", "patch_size", "depth", "embed_dim", "num_heads", "labels",
     "folds", "val_fraction", "seed", "epochs", "batch_size", "lr", "weight_decay", "layer_decay", "warmup_epochs",
     "drop_path", "label_smoothing", "instruments", "label_status", "max_steps", "head", "features",
+    "protocol",
 )
 
 
@@ -27,6 +28,8 @@ class FinetuneConfig:
     out: Path
     dataset: str | None = None  # None: padded when the store has it, else objects
     labels: str = "all"
+    # budget: --labels is every label the fold uses, validation included; paper: plus a full-size validation set.
+    protocol: str = "budget"
     folds: int = 5
     fold: int | None = None  # run only this fold (SLURM arrays); None: all of them
     val_fraction: float = 0.15

@@ -1,5 +1,6 @@
 """One fold: fine-tune (keeping the best checkpoint by validation macro-F1) and/or fit cheap heads on frozen
-embeddings, test the head chosen, score the baselines on the same split, write the fold's files."""
+embeddings, refit the head chosen on every labelled object (``budget`` protocol), test it, score the baselines on
+the same labelled objects and test part, write the fold's files."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytorch_lightning as pl
+import torch
 
 from plankton_cli import metrics as M
 from plankton_cli.data import EvalTransform, StoreDataLoader, TrainTransform
@@ -58,12 +60,18 @@ def run_fold(
     pool_features: PoolFeatures | None = None,
 ) -> dict[str, Any] | None:
     """Train, validate and test one fold with ``recipe`` (``fold_recipe``) and ``config.head``; score the
-    baselines on the same split; write the fold's files. Returns its result (None on ranks other than 0).
+    baselines on the same labelled objects and test part; write the fold's files. Returns its result (None on
+    ranks other than 0).
 
     ``head``: ``finetune`` trains the whole classifier; ``linear``/``knn`` fit a cheap head on the frozen
     embeddings of the initial encoder instead, ``forest`` on the feature input alone; ``auto`` does all of them
     (the forest when there are features) and keeps the best by validation macro-F1. The head kept is the fold's
     model file, with precision thresholds from its own validation probabilities.
+
+    ``budget`` protocol (``split.protocol``): validation is part of the labels, so once the validation part has
+    chosen the head and the epoch, the final model is refitted on every labelled object (training + validation)
+    with those settings: a cheap head refitted on all of them, fine-tuning re-run from the initial weights for the
+    chosen number of epochs on the same lr schedule. The ``paper`` protocol keeps the model chosen on validation.
     """
     from plankton_cli.training import CHECKPOINT_DIR, write_json_atomic
 
@@ -75,15 +83,19 @@ def run_fold(
     std = _scalar(inherited.get("std", dataset_stats["std"]))
     img_size = model.arch["img_size"]
     resize = int(inherited.get("resize") or default_resize(img_size))
+    refit = split.protocol == "budget" and bool(split.val)  # nothing to add back without a validation part
 
-    def loader(ids: Sequence[str], train: bool) -> StoreDataLoader:
+    def loader(ids: Sequence[str], train: bool, batch_size: int = recipe.batch_size) -> StoreDataLoader:
         transform = (TrainTransform(resize, img_size, mean, std) if train else EvalTransform(resize, img_size, mean, std))
-        return store_loader(dataset_dir, ids, classes, transform, train=train, batch_size=recipe.batch_size,
+        return store_loader(dataset_dir, ids, classes, transform, train=train, batch_size=batch_size,
                             workers=config.workers, seed=config.seed + split.fold)
 
     # Candidates: name -> (validation labels, validation probabilities, test ids, test labels, test probabilities).
     candidates: dict[str, tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]] = {}
     fitted: dict[str, FittedHead] = {}
+    refitted: list[str] = []  # heads whose test scores are those of the refit on every labelled object
+    # Test macro-F1 of each refitted head as it was before the refit: what the refit itself gains.
+    without_refit: dict[str, float] = {}
     cheap = [h for h in CHEAP_HEADS if config.head in (h, "auto")]
     if scaling is None:  # a forest reads the features only; without them it is not a candidate
         cheap = [h for h in cheap if h not in FEATURE_ONLY_HEADS]
@@ -106,26 +118,66 @@ def run_fold(
             return design_matrix(x, extra)
 
         for kind in cheap:
-            fitted[kind] = fit_head(kind, inputs(kind, train_ids, x_train), y_train, len(classes), config.seed)
-            candidates[kind] = (y_val, head_probabilities(fitted[kind], inputs(kind, val_ids, x_val)), test_ids, y_test,
-                                head_probabilities(fitted[kind], inputs(kind, test_ids, x_test)))
+            head = fit_head(kind, inputs(kind, train_ids, x_train), y_train, len(classes), config.seed)
+            val_probabilities = head_probabilities(head, inputs(kind, val_ids, x_val))
+            if refit:  # validated on the head fitted without the validation part; kept: the one fitted on all
+                without_refit[kind] = _head_scores(classes, y_val, val_probabilities, test_ids, y_test, head_probabilities(
+                    head, inputs(kind, test_ids, x_test)))["macro_f1"]
+                all_ids, y_all, x_all = [*train_ids, *val_ids], np.concatenate([y_train, y_val]), np.concatenate([x_train, x_val])
+                head = fit_head(kind, inputs(kind, all_ids, x_all), y_all, len(classes), config.seed)
+                refitted.append(kind)
+            fitted[kind] = head
+            candidates[kind] = (y_val, val_probabilities, test_ids, y_test,
+                                head_probabilities(head, inputs(kind, test_ids, x_test)))
 
     finetuned = None
+    best_epoch = None
     if config.head in ("finetune", "auto"):
-        finetuned = _train(config, split, model, recipe, fold_dir, loader, feature_inputs)
+        finetuned = _train(config, split.fold, split.train, split.val, split.test, model, recipe, fold_dir, loader,
+                           feature_inputs)
         if finetuned is None:
             return None  # a DDP rank other than 0
-        (val_labels, val_logits), (test_ids, test_labels, test_logits), _ = finetuned
+        (val_labels, val_logits), (test_ids, test_labels, test_logits), _, best_epoch = finetuned
         candidates["finetune"] = (val_labels, softmax(val_logits), test_ids, test_labels, softmax(test_logits))
 
     heads = {name: _head_scores(classes, *candidate) for name, candidate in candidates.items()}
     # Ties go to the cheaper head: it is the simpler explanation of the same score.
     chosen = max(heads, key=lambda name: (heads[name]["val_macro_f1"], name != "finetune"))
+    final_fit: dict[str, Any] = {"head": chosen, "n_labelled": len(split.train) + (len(split.val) if refit else 0),
+                                 "refit": refit}
+    if refit and chosen == "finetune":
+        # The chosen epoch count, on every labelled object: a fresh model from the same initial weights.
+        pl.seed_everything(config.seed + split.fold, workers=True)
+        model, _ = build_classifier(config, len(classes), scaling.width if scaling else 0)
+        epochs = config.epochs if best_epoch is None else best_epoch + 1
+        all_recipe = resolve_recipe(
+            "finetune", len(split.labelled), config.epochs, world_size=config.devices * config.num_nodes,
+            batch_size=config.batch_size, lr=config.lr, warmup_epochs=config.warmup_epochs, max_steps=config.max_steps)
+        again = _train(config, split.fold, split.labelled, [], split.test, model, all_recipe, fold_dir / "refit",
+                       lambda ids, train: loader(ids, train, all_recipe.batch_size), feature_inputs,
+                       max_epochs=epochs, schedule_steps=all_recipe.total_steps)
+        if again is None:
+            return None
+        _, (test_ids, test_labels, test_logits), _, _ = again
+        without_refit["finetune"] = heads["finetune"]["macro_f1"]
+        val_labels, val_probabilities = candidates["finetune"][:2]
+        candidates["finetune"] = (val_labels, val_probabilities, test_ids, test_labels, softmax(test_logits))
+        heads["finetune"] = {**_head_scores(classes, *candidates["finetune"]),
+                             "val_macro_f1": heads["finetune"]["val_macro_f1"]}
+        refitted.append("finetune")
+        final_fit.update(epochs=epochs, schedule_epochs=config.epochs, recipe=all_recipe.to_dict())
+        write_json_atomic(fold_dir / "refit" / "recipe.json", all_recipe.to_dict())
+    for name in heads:
+        heads[name]["refit"] = name in refitted
+        if name in without_refit:
+            heads[name]["macro_f1_without_refit"] = without_refit[name]
     val_labels, val_probabilities, test_ids, test_labels, test_probabilities = candidates[chosen]
     if chosen != "finetune":  # the fitted head on the encoder as it was given, whatever fine-tuning did to it
         model.encoder.load_state_dict(initial_encoder)
         model.use_fitted_head(fitted[chosen])
-    # The model file is the chosen head's, so predict gives what the fold was scored with.
+    # The model file is the chosen head's, so predict gives what the fold was scored with. Its thresholds come
+    # from the validation probabilities (of the model fitted before the refit, under the budget protocol: the
+    # refit has no images left that it did not learn from).
     thresholds, unreached = precision_thresholds(val_probabilities, val_labels, classes, config.target_precision)
     info = ModelInfo.from_dict({
         **inherited, **dataset_info, **model.arch,  # the fine-tuning data's padding is what predict must match
@@ -138,60 +190,71 @@ def run_fold(
     result = _score_fold(split, pool, classes, test_ids, test_labels, test_probabilities, fold_dir)
     result["head"] = chosen
     result["heads"] = heads
+    result["final_fit"] = final_fit
     result["val_macro_f1"] = heads[chosen]["val_macro_f1"]
     result["model_file"] = str(fold_dir / "model.safetensors")
     result["thresholds"] = thresholds
     if finetuned and chosen == "finetune":
         result["best_checkpoint"] = finetuned[2]
+        result["best_epoch"] = best_epoch
     result["recipe"] = recipe.to_dict()
-    result["baselines"] = score_baselines(dataset_dir, split, pool.label_of(), classes, config.seed)
+    # On every labelled object the model used, validation included: equal label budgets (protocol.Split.labelled).
+    result["baselines"] = score_baselines(dataset_dir, split.labelled, split.test, pool.label_of(), classes,
+                                          config.seed)
     if (fold_dir / "metrics.csv").exists():
         try:
             M.plot_learning_curves(fold_dir / "metrics.csv", fold_dir / "learning_curves.png")
         except ValueError as error:  # e.g. --max-steps stopped before any epoch ended
             log.warning("fold %d: no learning curves: %s", split.fold, error)
     write_json_atomic(fold_dir / "result.json", result)  # last: marks the fold as done
-    shutil.rmtree(fold_dir / CHECKPOINT_DIR, ignore_errors=True)  # model.safetensors holds the best weights
+    for run_dir in (fold_dir, fold_dir / "refit"):
+        shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # model.safetensors holds the kept weights
     return result
 
 
 def _train(
-    config: FinetuneConfig, split: Split, model: Any, recipe: Recipe, fold_dir: Path,
-    loader: Callable[[Sequence[str], bool], StoreDataLoader], features: dict[str, np.ndarray] | None = None,
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[list[str], np.ndarray, np.ndarray], str | None] | None:
-    """Fine-tune ``model`` in place (ending with the best checkpoint's weights); ``((val labels, val logits),
-    (test ids, test labels, test logits), best checkpoint)``, or None on ranks other than 0."""
+    config: FinetuneConfig, fold: int, train_ids: Sequence[str], val_ids: Sequence[str], test_ids: Sequence[str],
+    model: Any, recipe: Recipe, run_dir: Path, loader: Callable[[Sequence[str], bool], StoreDataLoader],
+    features: dict[str, np.ndarray] | None = None, max_epochs: int | None = None, schedule_steps: int | None = None,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[list[str], np.ndarray, np.ndarray], str | None, int | None] | None:
+    """Fine-tune ``model`` in place (ending with the best checkpoint's weights, or the last without validation
+    images); ``((val labels, val logits), (test ids, test labels, test logits), best checkpoint, its epoch)``, or
+    None on ranks other than 0. ``max_epochs`` (default ``config.epochs``) with ``schedule_steps`` stops early on
+    a longer lr schedule."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from plankton_cli.training import CHECKPOINT_DIR, last_checkpoint, make_trainer
 
-    train_loader, val_loader, test_loader = loader(split.train, True), loader(split.val, False), loader(split.test, False)
+    train_loader, val_loader, test_loader = loader(train_ids, True), loader(val_ids, False), loader(test_ids, False)
     module = ClassifierModule(model, lr=recipe.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay,
                               warmup_steps=recipe.warmup_steps, label_smoothing=config.label_smoothing,
-                              features=features)
+                              features=features, schedule_steps=schedule_steps)
     best_callback = ModelCheckpoint(
-        dirpath=str(fold_dir / CHECKPOINT_DIR), filename="best", monitor="val_macro_f1", mode="max", save_top_k=1,
+        dirpath=str(run_dir / CHECKPOINT_DIR), filename="best", monitor="val_macro_f1", mode="max", save_top_k=1,
         enable_version_counter=False,
     )
-    # Every class too small to spare a validation image (see protocol._validation_part): no best epoch to pick,
-    # so the fold keeps its last weights, and predict gets no precision thresholds.
-    validate = bool(split.val)
+    # Every class too small to spare a validation image (see protocol._validation_part), or a refit on every
+    # labelled object: no best epoch to pick, so the run keeps its last weights.
+    validate = bool(val_ids)
     trainer = make_trainer(
-        fold_dir, max_epochs=config.epochs, max_steps=config.max_steps, accelerator=config.accelerator,
+        run_dir, max_epochs=max_epochs or config.epochs, max_steps=config.max_steps, accelerator=config.accelerator,
         devices=config.devices, num_nodes=config.num_nodes, callbacks=[best_callback] if validate else [],
         # Few labels make short epochs: log every step then, so the loss and lr curves are complete.
         log_every_n_steps=1 if len(train_loader) < 50 else 50,
     )
-    resume = last_checkpoint(fold_dir)
+    resume = last_checkpoint(run_dir)
     trainer.fit(module, train_loader, val_loader if validate else None,
                 ckpt_path=str(resume) if resume.exists() else None)
     # No validation ran (e.g. --max-steps inside the first epoch): test the last weights.
     best = best_callback.best_model_path or None
+    best_epoch = None
     if validate:
         trainer.validate(module, val_loader, ckpt_path=best, verbose=False)
-    else:
+        if best:  # the epoch (0-based) whose end the checkpoint was saved at: what a refit trains up to
+            best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"])
+    elif max_epochs is None:
         log.warning("fold %d has no validation images (every class is too small to spare one): it keeps the last "
-                    "epoch's weights and sets no precision thresholds", split.fold)
+                    "epoch's weights and sets no precision thresholds", fold)
     trainer.test(module, test_loader, ckpt_path=best, verbose=False)
     if not validate:
         n_classes = module.outputs["test"][2].shape[1]
@@ -199,7 +262,7 @@ def _train(
     if not trainer.is_global_zero:
         return None
     _, val_labels, val_logits = module.outputs["val"]
-    return (val_labels, val_logits), module.outputs["test"], best
+    return (val_labels, val_logits), module.outputs["test"], best, best_epoch
 
 
 def _head_scores(classes: list[str], val_labels: np.ndarray, val_probabilities: np.ndarray, test_ids: list[str],
@@ -238,7 +301,10 @@ def _score_fold(
     return {
         "fold": split.fold,
         "labels": split.label_spec,
+        "protocol": split.protocol,
         "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
+        # Every label the fold used, validation included (early stopping, head choice and thresholds learn from it).
+        "n_labelled": len(split.train) + len(split.val),
         **{name: scores[name] for name in M.HEADLINE_METRICS},
         "per_class": scores["per_class"],
         "absent_classes": scores["absent_classes"],

@@ -116,11 +116,15 @@ class ClassifierModule(pl.LightningModule):
     def __init__(
         self, model: Classifier, *, lr: float = 2e-3, weight_decay: float = 0.01, layer_decay: float = 0.75,
         warmup_steps: int = 0, label_smoothing: float = 0.1, features: dict[str, np.ndarray] | None = None,
+        schedule_steps: int | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.features = features  # object_id -> the model's standardised feature input (None: image only)
-        self.save_hyperparameters(ignore=["model", "features"])
+        # The cosine schedule's length when training stops before its end (a refit at the chosen epoch: the lr
+        # then follows the schedule that epoch was chosen on). None: the trainer's steps.
+        self.schedule_steps = schedule_steps
+        self.save_hyperparameters(ignore=["model", "features", "schedule_steps"])
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self._batches: dict[str, list[tuple[list[str], Tensor, Tensor]]] = {"val": [], "test": []}
         self.outputs: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
@@ -142,7 +146,7 @@ class ClassifierModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer = torch.optim.AdamW(self.param_groups(), lr=hp.lr)
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        total_steps = max(1, int(self.schedule_steps or self.trainer.estimated_stepping_batches))
         scheduler = warmup_cosine_scheduler(optimizer, total_steps, min(hp.warmup_steps, total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -16,7 +16,16 @@ from plankton_cli.data import StoreDataLoader, StoreDataset
 from plankton_cli.data.dataset import list_row_groups, partition_values
 from plankton_cli.features.inputs import FeatureScaling, object_features, select_features
 from plankton_cli.finetune.config import FinetuneConfig
-from plankton_cli.protocol import Split, load_split, make_folds, parse_label_fraction, restrict_train, subset_counts
+from plankton_cli.protocol import (
+    PROTOCOLS,
+    Split,
+    load_split,
+    make_folds,
+    parse_label_fraction,
+    restrict_budget,
+    restrict_train,
+    subset_counts,
+)
 
 TRAIN_SHUFFLE_WINDOW = 32
 """Row groups shuffled together when training. A labelled subset is spread thinly over the store's row groups
@@ -100,8 +109,11 @@ class PoolFeatures:
 
 
 def fold_splits(pool: LabelledPool, config: FinetuneConfig) -> list[Split]:
-    """The fold splits of this run, cut to the labelled subset; saved ones (``fold-k/split.json``) are reused."""
+    """The fold splits of this run, cut to the labelled subset by ``config.protocol``; saved ones
+    (``fold-k/split.json``) are reused."""
     spec = parse_label_fraction(config.labels)
+    if config.protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {config.protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     label_of = pool.label_of()
     fresh = None
     splits = []
@@ -109,36 +121,42 @@ def fold_splits(pool: LabelledPool, config: FinetuneConfig) -> list[Split]:
         path = Path(config.out) / f"fold-{fold}" / "split.json"
         if path.exists():
             split = load_split(path)
-            wanted = (config.folds, config.seed, str(spec))
-            if (split.n_folds, split.seed, split.label_spec) != wanted:
+            wanted = (config.folds, config.seed, str(spec), config.protocol)
+            if (split.n_folds, split.seed, split.label_spec, split.protocol) != wanted:
                 raise ValueError(
-                    f"{path} was drawn with {split.n_folds} folds, seed {split.seed}, labels {split.label_spec}; "
-                    f"this run asks for {wanted[0]} folds, seed {wanted[1]}, labels {wanted[2]}: use another --out"
+                    f"{path} was drawn with {split.n_folds} folds, seed {split.seed}, labels {split.label_spec}, "
+                    f"protocol {split.protocol}; this run asks for {wanted[0]} folds, seed {wanted[1]}, labels "
+                    f"{wanted[2]}, protocol {wanted[3]}: use another --out"
                 )
             if missing := [i for i in (*split.train, *split.val, *split.test) if i not in label_of]:
                 raise ValueError(f"{path} names {len(missing)} image(s) no longer in the labelled pool, e.g. {missing[0]}")
         else:
-            if fresh is None:
-                fresh = make_folds(pool.object_ids, pool.labels, config.folds, config.val_fraction, config.seed)
-            split = restrict_train(fresh[fold], label_of, spec)
+            budget = config.protocol == "budget"
+            if fresh is None:  # the budget protocol takes its validation part out of the labels, not the pool
+                fresh = make_folds(pool.object_ids, pool.labels, config.folds,
+                                   0.0 if budget else config.val_fraction, config.seed)
+            split = (restrict_budget(fresh[fold], label_of, spec, config.val_fraction) if budget
+                     else restrict_train(fresh[fold], label_of, spec))
         splits.append(split)
     return splits
 
 
 def label_count_rows(splits: Sequence[Split], pool: LabelledPool) -> list[dict[str, Any]]:
-    """``subset_counts`` of every fold's labelled training subset against its training pool, with a fold column."""
+    """``subset_counts`` of every fold's labelled subset against the pool it was drawn from, with a fold column:
+    the training part (``paper``), or training + validation, the whole budget (``budget``)."""
     label_of = pool.label_of()
     rows = []
     for split in splits:
         train_pool = _train_pool(split, pool)
-        counts = subset_counts([label_of[i] for i in train_pool], [label_of[i] for i in split.train])
+        selected = split.labelled if split.protocol == "budget" else split.train
+        counts = subset_counts([label_of[i] for i in train_pool], [label_of[i] for i in selected])
         rows += [{"fold": split.fold, **row} for row in counts]
     return rows
 
 
 def _train_pool(split: Split, pool: LabelledPool) -> list[str]:
-    """The training part before the labelled subset was drawn: everything not in validation or test."""
-    held_out = set(split.val) | set(split.test)
+    """What the labelled subset was drawn from: everything not test (``budget``), or not validation or test."""
+    held_out = set(split.test) if split.protocol == "budget" else set(split.val) | set(split.test)
     return [i for i in pool.object_ids if i not in held_out]
 
 

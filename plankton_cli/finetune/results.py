@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from plankton_cli import metrics as M
+from plankton_cli.protocol import describe_labelled, label_accounting
 
 COMPARED_METRIC = "macro_f1"  # what "the model loses to a baseline" is judged by (the recommended single metric)
 
@@ -22,6 +23,7 @@ def summarise_run(out: Path) -> dict[str, Any]:
     config = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
     if not results:
         return {"config": config, "folds": [], "mean_std": {}, "per_instrument": {}, "complete": False,
+                "protocol": config.get("protocol", "paper"), "labelled": label_accounting([]),
                 "heads": {}, "baselines": {}, "loses_to": []}
     summary = M.summarise_folds(results)
     instruments = sorted({name for r in results for name in r["per_instrument"]})
@@ -29,8 +31,10 @@ def summarise_run(out: Path) -> dict[str, Any]:
         name: M.summarise_folds([r["per_instrument"][name] for r in results if name in r["per_instrument"]])
         for name in instruments
     }
-    columns = ("fold", "head", "n_train", "n_val", "n_test", *M.HEADLINE_METRICS)
+    columns = ("fold", "head", "n_train", "n_val", "n_labelled", "n_test", *M.HEADLINE_METRICS)
     rows = [{c: r.get(c, "finetune" if c == "head" else None) for c in columns} for r in results]
+    for row, r in zip(rows, results):  # results written before n_labelled was recorded
+        row["n_labelled"] = r.get("n_labelled", r["n_train"] + r["n_val"])
     heads, baselines = _summarise_named(results, "heads"), _summarise_named(results, "baselines")
     document = {
         "config": config,
@@ -38,6 +42,9 @@ def summarise_run(out: Path) -> dict[str, Any]:
         "mean_std": summary,
         "per_instrument": per_instrument,
         "complete": len(results) == config.get("folds", len(results)),
+        # Folds written before the protocol was recorded used the paper's.
+        "protocol": results[0].get("protocol", config.get("protocol", "paper")),
+        "labelled": label_accounting(rows),
         "heads": heads,
         "baselines": baselines,
         "loses_to": loses_to(summary, baselines),
@@ -46,7 +53,8 @@ def summarise_run(out: Path) -> dict[str, Any]:
     mean_row = {"fold": "mean ± std", **{m: M.format_mean_std(s["mean"], s["std"]) for m, s in summary.items()}}
     M.write_csv([*rows, {"fold": "mean", **{m: s["mean"] for m, s in summary.items()}},
                  {"fold": "std", **{m: s["std"] for m, s in summary.items()}}], out / "summary.csv", columns)
-    markdown = _summary_markdown(config, rows, mean_row, per_instrument) + _comparison_markdown(document)
+    markdown = (_summary_markdown(config, rows, mean_row, per_instrument, document)
+                + _comparison_markdown(document))
     (out / "summary.md").write_text(markdown, encoding="utf-8")
     return document
 
@@ -78,8 +86,11 @@ def _comparison_markdown(document: dict[str, Any]) -> str:
                   for name, scores in document["heads"].items()]
     table += [row(f"baseline {name}", {m: s for m, s in scores.items() if m in M.HEADLINE_METRICS})
               for name, scores in document["baselines"].items()]
+    total = document["labelled"]["total"]
+    fitted = f"{int(total['mean'])}" if total and total["min"] == total["max"] else "the same"
     lines = ["", "", "## Beside the baselines", "",
-             "Same folds, same labelled images, same test parts; test scores in %.", "",
+             f"Same folds and test parts; each baseline is fitted on {fitted} labelled objects per fold, every one the "
+             "model used (training + validation); test scores in %.", "",
              M.format_table_markdown(table, ["", *M.HEADLINE_METRICS])]
     if document["loses_to"]:
         ours = document["mean_std"][COMPARED_METRIC]["mean"] * 100
@@ -89,14 +100,16 @@ def _comparison_markdown(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _summary_markdown(config: dict, rows: list[dict], mean_row: dict, per_instrument: dict) -> str:
+def _summary_markdown(config: dict, rows: list[dict], mean_row: dict, per_instrument: dict, document: dict) -> str:
     shown = [{**row, **{m: f"{row[m] * 100:.2f}" for m in M.HEADLINE_METRICS}} for row in rows]
-    columns = ["fold", "head", "n_train", "n_val", "n_test", *M.HEADLINE_METRICS]
+    columns = ["fold", "head", "n_train", "n_val", "n_labelled", "n_test", *M.HEADLINE_METRICS]
     lines = [
         f"# Fine-tuning: {config.get('init', '?')}, labels {config.get('labels', '?')}",
         "",
         f"Dataset `{config.get('dataset', '?')}` of `{config.get('store', '?')}`, {len(rows)} of "
         f"{config.get('folds', '?')} folds done; test scores in %, mean ± sample std over folds.",
+        "",
+        describe_labelled(document["labelled"], document["protocol"]).capitalize() + ".",
         "",
         M.format_table_markdown([*shown, mean_row], columns),
     ]

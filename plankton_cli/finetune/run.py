@@ -55,8 +55,12 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = log.info) -> 
     echo(f"{dataset_name}: {len(pool.object_ids)} labelled images, {len(classes)} classes; labels {splits[0].label_spec}")
     for split in splits:
         fold_rows = [row for row in counts if row["fold"] == split.fold]
-        echo(f"fold {split.fold}: train {describe_counts(fold_rows)} (of {split.train_pool}); "
-             f"val {len(split.val)}, test {len(split.test)}")
+        if split.protocol == "budget":  # the counts are the whole budget, validation included
+            echo(f"fold {split.fold}: labelled {describe_counts(fold_rows)} (of {split.train_pool}), "
+                 f"{len(split.val)} of them to validate; test {len(split.test)}")
+        else:
+            echo(f"fold {split.fold}: train {describe_counts(fold_rows)} (of {split.train_pool}); "
+                 f"val {len(split.val)}, test {len(split.test)}")
     echo(_table4(counts))
 
     stats = load_or_compute_stats(dataset_dir)
