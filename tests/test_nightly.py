@@ -54,7 +54,7 @@ def test_nightly_twice_then_nothing_new(tmp_path):
     reports = list((out / "reports").glob("night-*.html"))
     assert len(reports) == 1
     report = json.loads((out / "last-report.json").read_text())
-    assert report["written"] and report["objects"] == 24 and report["bins"] == 2 and report["rejected"] > 0
+    assert report["written"] and report["objects"] == 24 and report["samples"] == 2 and report["ifcb_bins"] and report["rejected"] > 0
     page = reports[0].read_text()
     assert "New bins" in page and "D20130526T095207_IFCB013" in page and "Rejected objects" in page
     files = snapshot(out)
