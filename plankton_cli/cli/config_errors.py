@@ -1,0 +1,45 @@
+"""A bad value from the config file, reported as the file and key it came from.
+
+Config values reach Click as defaults (`default_map`, see `plankton_cli.cli._default_map`), so Click blames the
+option (`Invalid value for '--taxon-map'`): an option the user never typed. This turns such an error into one
+naming `plankton.toml: [predict] taxon_map = "..."`, where the user can fix it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from plankton_cli.errors import ConfigError
+
+
+def bad_config_value(exc: click.BadParameter, config: Path | None) -> ConfigError | None:
+    """The `ConfigError` for `exc` when the bad value came from the config file (`config`, else ./plankton.toml);
+    None when the user gave it some other way (command line, environment), where Click's message is right."""
+    ctx, param = exc.ctx, exc.param
+    if ctx is None or param is None or param.name is None or ctx.command.name is None:
+        return None
+    if ctx.get_parameter_source(param.name) is not ParameterSource.DEFAULT_MAP:
+        return None
+    config = config or Path("plankton.toml")
+    data = tomllib.loads(config.read_text())  # read fine moments ago, when it became the defaults
+    names = {name.lstrip("-").replace("-", "_") for name in [param.name, *getattr(param, "opts", [])]}
+    command = ctx.command.name
+    table = data.get(command, {})
+    # A [command] table's key wins over a top-level one, as in `_default_map`.
+    key, where = next(((k, f"[{command}] {k}") for k in table if k.replace("-", "_") in names),
+                      next(((k, k) for k in data if k.replace("-", "_") in names), (param.name, param.name)))
+    value = table.get(key, data.get(key))
+    reason = exc.message.rstrip(".")
+    if isinstance(param.type, click.Path) and isinstance(value, str) and not os.path.exists(value):
+        reason = "not found" if os.path.isabs(value) else f"not found (relative to the current folder, {Path.cwd()})"
+    option = f"--{param.name.replace('_', '-')}"
+    if isinstance(param, click.Option) and param.opts:
+        option = max(param.opts, key=len)
+    return ConfigError(f"{config}: {where} = {json.dumps(value, ensure_ascii=False, default=str)}: {reason}; "
+                       f"fix or remove it there, or give {option} on the command line", path=config)
