@@ -88,6 +88,7 @@ def test_the_shipped_example_runs_twice_unedited_and_the_second_run_does_nothing
     assert report["samples"] == 2 and report["ifcb_bins"]
     page = reports[0].read_text()
     assert "New bins" in page and "D20130526T095207_IFCB013" in page and "Rejected objects" in page
+    assert "<img src='data:image/png;base64," in page  # the summary plot travels with the page
     (night,) = step_lines(log)
     assert list(night) == ["start", "ingest", "predict", "summarize", "report", "done"]  # one line per step
     assert "24 stored, 0 already stored, 6 rejected, 6 missing .roi file" in night["ingest"]
