@@ -22,7 +22,7 @@ def bad_config_value(exc: click.BadParameter, config: Path | None) -> ConfigErro
     """The `ConfigError` for `exc` when the bad value came from the config file (`config`, else ./plankton.toml);
     None when the user gave it some other way (command line, environment), where Click's message is right."""
     ctx, param = exc.ctx, exc.param
-    if ctx is None or param is None or param.name is None or ctx.command.name is None:
+    if ctx is None or not isinstance(param, click.Option) or param.name is None or ctx.command.name is None:
         return None
     if ctx.get_parameter_source(param.name) is not ParameterSource.DEFAULT_MAP:
         return None
@@ -31,15 +31,18 @@ def bad_config_value(exc: click.BadParameter, config: Path | None) -> ConfigErro
     names = {name.lstrip("-").replace("-", "_") for name in [param.name, *getattr(param, "opts", [])]}
     command = ctx.command.name
     table = data.get(command, {})
-    # A [command] table's key wins over a top-level one, as in `_default_map`.
-    key, where = next(((k, f"[{command}] {k}") for k in table if k.replace("-", "_") in names),
-                      next(((k, k) for k in data if k.replace("-", "_") in names), (param.name, param.name)))
-    value = table.get(key, data.get(key))
+    # The key as spelled in the file; a [command] table's key wins over a top-level one, as in `_default_map`.
+    in_table = [k for k in table if k.replace("-", "_") in names]
+    top_level = [k for k in data if k.replace("-", "_") in names and not isinstance(data[k], dict)]
+    if in_table:
+        where, value = f"[{command}] {in_table[0]}", table[in_table[0]]
+    elif top_level:
+        where, value = top_level[0], data[top_level[0]]
+    else:  # not found in the file after all: Click's own message is the better one
+        return None
     reason = exc.message.rstrip(".")
     if isinstance(param.type, click.Path) and isinstance(value, str) and not os.path.exists(value):
         reason = "not found" if os.path.isabs(value) else f"not found (relative to the current folder, {Path.cwd()})"
-    option = f"--{param.name.replace('_', '-')}"
-    if isinstance(param, click.Option) and param.opts:
-        option = max(param.opts, key=len)
+    option = max(param.opts, key=len)  # --taxon-map, not a short alias
     return ConfigError(f"{config}: {where} = {json.dumps(value, ensure_ascii=False, default=str)}: {reason}; "
                        f"fix or remove it there, or give {option} on the command line", path=config)
