@@ -3,21 +3,22 @@
 For the UTC night `night` (the day the predictions were made) and one model, from the store:
 
 - counts per class of the night's predictions (after thresholds) and the unclassified share;
-- the new bins (samples) with their objects and, when `plankton summarize` ran into `summary_dir`, their total
-  concentration per mL;
+- the new samples with their objects and, when `plankton summarize` ran into `summary_dir`, their total
+  concentration per mL; "bins" when they all are IFCB bins, else "samples" (EcoTaxa samples, image folders);
 - the objects rejected that night (the store's `rejections`), grouped by reason;
 - a drift alarm: the night's mean confidence (top-1 probability) against the mean of the trailing 7 nights. A drop
   of more than `drift_drop` (absolute) raises the alarm: a changed instrument, a new season or a broken focus shows
   up as a model that is less sure of itself before anyone labels a thing.
 
 The page holds no clock time, so the same night's data gives the same bytes and a re-run that found nothing new
-leaves the file untouched (`reports/night-YYYY-MM-DD.html`).
+leaves the file untouched (`reports/night-YYYY-MM-DD.html`). The summary's overview plot is embedded in the page (a
+data URI), so a page mailed or copied elsewhere is whole.
 """
 
 from __future__ import annotations
 
+import base64
 import html
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -40,7 +41,8 @@ class NightReport:
     path: str
     written: bool
     objects: int = 0
-    bins: int = 0
+    samples: int = 0
+    ifcb_bins: bool = False  # every one of the night's samples is an IFCB bin: the page says "bins"
     rejected: int = 0
     unclassified_share: float | None = None
     mean_confidence: float | None = None
@@ -65,16 +67,17 @@ def night_report(store: Store, model_path: Path, out_dir: Path, *, night: date |
     start, end = _between(night, 1)
     week_start, _ = _between(night - timedelta(days=TRAILING_NIGHTS), TRAILING_NIGHTS)
     table = store.dataset("predictions").to_table(
-        columns=["sample_id", "label", "score", "predicted_at"],
+        columns=["sample_id", "instrument", "label", "score", "predicted_at"],
         filter=(pc.field("model_hash") == model.model_hash) & (pc.field("predicted_at") >= pc.scalar(week_start))
         & (pc.field("predicted_at") < pc.scalar(end))).to_pandas()
-    for column in ("sample_id", "label"):
+    for column in ("sample_id", "instrument", "label"):
         table[column] = table[column].astype(object)
     tonight = table[table["predicted_at"] >= start]
     week = table[table["predicted_at"] < start]
     path = Path(out_dir) / f"night-{night.isoformat()}.html"
     report = NightReport(night.isoformat(), str(path), False, objects=len(tonight),
-                         bins=int(tonight["sample_id"].nunique()))
+                         samples=int(tonight["sample_id"].nunique()),
+                         ifcb_bins=bool(len(tonight)) and bool((tonight["instrument"] == "IFCB").all()))
     report.counts = {str(k): int(v) for k, v in tonight["label"].value_counts().sort_index().items()}
     if len(tonight):
         report.unclassified_share = report.counts.get(UNCLASSIFIED, 0) / len(tonight)
@@ -86,7 +89,7 @@ def night_report(store: Store, model_path: Path, out_dir: Path, *, night: date |
     rejections = _rejections(store, start, end)
     report.rejected = int(rejections.sum())
     bins = _bins(tonight, summary_dir)
-    page = _page(report, model.model_id, bins, rejections, drift_drop, summary_dir, Path(out_dir))
+    page = _page(report, model.model_id, bins, rejections, drift_drop, summary_dir)
     if not path.exists() or path.read_bytes() != page:
         atomic_write_bytes(path, page)
         report.written = True
@@ -126,7 +129,8 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 def _page(report: NightReport, model_id: str, bins: pd.DataFrame, rejections: pd.Series, drift_drop: float,
-          summary_dir: Path | None, out_dir: Path) -> bytes:
+          summary_dir: Path | None) -> bytes:
+    samples = "bins" if report.ifcb_bins else "samples"
     alarm = ("<p class=alarm>DRIFT ALARM: mean confidence {} is more than {} below the trailing {}-night mean {}"
              "</p>".format(_number(report.mean_confidence), drift_drop, TRAILING_NIGHTS,
                            _number(report.trailing_mean_confidence)) if report.drift_alarm else
@@ -140,20 +144,21 @@ def _page(report: NightReport, model_id: str, bins: pd.DataFrame, rejections: pd
         "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}.alarm{color:#b00;font-weight:bold}"
         "</style></head><body>",
         f"<h1>Night {report.night}</h1>",
-        f"<p>Model {html.escape(model_id)}: {report.objects} objects classified in {report.bins} new bins, "
+        f"<p>Model {html.escape(model_id)}: {report.objects} objects classified in {report.samples} new {samples}, "
         f"{report.rejected} objects rejected, {share} unclassified.</p>",
         alarm,
         "<h2>Counts per class</h2>",
         _table(["class", "objects"], [[k, v] for k, v in report.counts.items()]),
-        "<h2>New bins</h2>",
-        _table(["bin", "objects", "per mL"], [[r.sample_id, r.objects, _number(r.per_ml, "{:.1f}")]
+        f"<h2>New {samples}</h2>",
+        _table([samples[:-1], "objects", "per mL"], [[r.sample_id, r.objects, _number(r.per_ml, "{:.1f}")]
                                              for r in bins.itertuples()]),
         "<h2>Rejected objects</h2>",
         _table(["reason", "objects"], [[k, v] for k, v in rejections.items()]),
     ]
     overview = Path(summary_dir) / "plots" / "overview.png" if summary_dir is not None else None
     if overview is not None and overview.exists():
-        relative = Path(os.path.relpath(overview.resolve(), out_dir.resolve())).as_posix()
-        parts.append(f"<h2>Summary</h2><img src='{html.escape(relative)}' alt='overview'>")
+        # Embedded, not linked: the page is mailed and copied on its own, away from the summary folder.
+        encoded = base64.b64encode(overview.read_bytes()).decode("ascii")
+        parts.append(f"<h2>Summary</h2><img src='data:image/png;base64,{encoded}' alt='overview'>")
     parts.append("</body></html>\n")
     return "\n".join(parts).encode("utf-8")

@@ -69,6 +69,22 @@ def test_broken_config_file_exits_78(tmp_path):
     assert proc.returncode == 78 and "cannot read config" in proc.stderr
 
 
+def test_a_bad_value_from_the_config_file_names_the_file_and_key(tmp_path):
+    """Not `Invalid value for '--taxon-map'`: the user never typed that option (issue 21)."""
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"")  # never read: the config's values fail first
+    config = tmp_path / "station.toml"
+    config.write_text('batch_size = "big"\n[predict]\ntaxon_map = "/data/plankton/taxon-map.tsv"\n')
+    proc = plankton("--config", str(config), "predict", "--model", str(model), "--batch-size", "8")
+    assert proc.returncode == 78
+    assert proc.stderr.strip() == (f'Error: {config}: [predict] taxon_map = "/data/plankton/taxon-map.tsv": not '
+                                   f'found; fix or remove it there, or give --taxon-map on the command line')
+    proc = plankton("--config", str(config), "predict", "--model", str(model), "--taxon-map", str(model))
+    assert proc.returncode == 78 and f'{config}: batch_size = "big": ' in proc.stderr  # a top-level key
+    proc = plankton("predict", "--model", str(model), "--taxon-map", "typed.tsv", cwd=tmp_path)  # typed: Click is right
+    assert proc.returncode == 2 and "Invalid value for '--taxon-map'" in proc.stderr
+
+
 def test_info_counts(tmp_path, demo_images):
     store = tmp_path / "s"
     plankton("ingest", str(demo_images), "--store", str(store), check=True)

@@ -74,6 +74,12 @@ class LazyGroup(click.Group):
         except click.ClickException as exc:
             if ctx.params.get("verbose") and exc.__cause__ is not None:  # a command translated a library error
                 click.echo("".join(traceback.format_exception(exc.__cause__)), err=True, nl=False)
+            if isinstance(exc, click.BadParameter):  # a bad value from the config file names the file and key
+                from plankton_cli.cli.config_errors import bad_config_value
+
+                config_error = bad_config_value(exc, ctx.params.get("config"))
+                if config_error is not None:
+                    raise PlanktonFailure(str(config_error), config_error.exit_code) from exc
             raise
         except (click.exceptions.Exit, click.Abort):
             raise

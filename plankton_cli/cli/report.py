@@ -19,7 +19,7 @@ Examples:
   plankton report --model fold-0/ --night 2024-06-01 --out reports
 
 \b
-Writes OUT/night-YYYY-MM-DD.html: counts per class, new bins (with cells per mL from --summary),
+Writes OUT/night-YYYY-MM-DD.html: counts per class, new bins or samples (cells per mL from --summary),
 rejected objects by reason, the unclassified share, and the mean confidence against the trailing
 7 nights (DRIFT ALARM when it drops by more than --drift-drop). Rewritten only when it changed.""")
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True, path_type=Path),
@@ -48,5 +48,7 @@ def report(model_path: Path, out_dir: Path, summary_dir: Path | None, night: dat
         emit_json(result.to_dict())
         return
     state = "written" if result.written else "unchanged"
-    click.echo(f"{result.path} ({state}): {result.objects} objects in {result.bins} bins, {result.rejected} rejected"
+    samples = "bins" if result.ifcb_bins else "samples"
+    click.echo(f"{result.path} ({state}): {result.objects} objects in {result.samples} {samples}, "
+               f"{result.rejected} rejected"
                + (", DRIFT ALARM" if result.drift_alarm else ""))
