@@ -25,7 +25,9 @@ ecotaxa_back's code, run unchanged; only what it reads from the project and taxo
 EcoTaxa's "Update data including classification" (`Cla`) with "skip objects already there", as ecotaxa_back's own
 tests import updates, and every other zip as new objects. `--taxa` takes a taxon map (`label<TAB>name[<TAB>id]`,
 as `plankton taxa` writes) or EcoTaxa export TSVs / zips / folders (their category columns); `--existing` takes
-EcoTaxa exports (the objects, images, samples and acquisitions the target project already has).
+EcoTaxa exports (the objects, images, samples and acquisitions the target project already has; EcoTaxa keys an
+image by the `img_file_name` it was first imported with, which an import bundle or backup export keeps and other
+exports may rename).
 
 Prints one line per EcoTaxa error, warning or question, prefixed by the zip, then one summary line per zip.
 Exit status 0 when every zip passes (no error, and no reference EcoTaxa would ask about), 1 otherwise.
