@@ -110,7 +110,8 @@ def read_taxa(path: Path) -> List[Taxon]:
             continue
         steps = [s.strip() for s in row.get("object_annotation_hierarchy", "").split(">") if s.strip()]
         name, _, parent = display.partition("<")
-        taxa.append(Taxon(id=int(float(number)) if number else None, name=steps[-1] if steps else name,
+        number = number[:-2] if number.endswith(".0") else number  # exports may write ids as floats
+        taxa.append(Taxon(id=int(number) if number.isdigit() else None, name=steps[-1] if steps else name,
                           display_name=display, parent=steps[-2] if len(steps) > 1 else parent))
     return taxa
 
