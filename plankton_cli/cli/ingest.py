@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from plankton_cli.cli.options import json_option, lock_timeout_option, store_option
+from plankton_cli.cli.options import Command, json_option, lock_timeout_option, store_option
 from plankton_cli.cli.output import emit_json, is_interactive
 
 log = logging.getLogger("plankton.ingest")
@@ -21,7 +21,7 @@ def _reader_names() -> list[str]:
     return ["auto", *plugins.names("reader")]
 
 
-@click.command(epilog="""\b
+@click.command(cls=Command, epilog="""\b
 Examples:
   plankton ingest ifcb/                      # every IFCB bin under ifcb/ (skip/ and beads/ skipped)
   plankton ingest export.zip --format ecotaxa

@@ -9,13 +9,13 @@ from pathlib import Path
 import click
 
 from plankton_cli.cli.dispatch import backend_options, dispatch
-from plankton_cli.cli.options import json_option, lock_timeout_option, store_option
+from plankton_cli.cli.options import require_store, Command, json_option, lock_timeout_option, store_option
 from plankton_cli.cli.output import describe, emit_json
 
 log = logging.getLogger("plankton.predict")
 
 
-@click.command(epilog="""\b
+@click.command(cls=Command, epilog="""\b
 Examples:
   # every stored object not yet predicted by this model, into the store and EcoTaxa zips
   plankton predict --model runs/ft/fold-0/model.safetensors --to store --to ecotaxa --out preds/
@@ -110,8 +110,8 @@ def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force
         raise click.BadParameter(f"unknown writer {', '.join(unknown)}; installed: "
                                  f"{', '.join(plugins.names('writer'))}", param_hint="--to")
     the_store = Store(store)
-    if not sources and not the_store.exists:
-        raise click.UsageError(f"no store at {store} and no SOURCES given")
+    if not sources:  # without SOURCES, the store's objects are predicted
+        require_store(store)
     _warn_foreign_instruments(model_path, the_store if not sources else None, instrument)
     with progress("predict", unit="objects") as advance:
         try:
