@@ -35,3 +35,54 @@ def test_finetune_reports_all_its_missing_options_at_once():
     result = run("finetune", "--labels", "5%")
     assert result.exit_code == 2
     assert "Missing options '--init', '--out'." in result.output
+
+
+def test_sigterm_during_an_ingest_commit_ends_with_one_line_143_and_rolls_back(tmp_path, demo_images, monkeypatch):
+    import os
+    import signal
+
+    from plankton_cli.store import Store
+    from plankton_cli.store.check import check
+    from plankton_cli.store.transaction import Transaction
+
+    real_commit = Transaction.commit
+
+    def killed_commit(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here, before the commit point
+        real_commit(self)
+
+    monkeypatch.setattr(Transaction, "commit", killed_commit)
+    store = tmp_path / "store"
+    result = run("ingest", str(demo_images / "Tripos"), "--format", "folders", "--store", str(store))
+    assert result.exit_code == 143
+    [line] = result.output.splitlines()
+    assert line.startswith("Error: interrupted by SIGTERM:") and "run the same command again" in line
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    monkeypatch.setattr(Transaction, "commit", real_commit)
+    assert not check(Store(store)).problems and not Store(store).files("objects")  # rolled back, intact
+    assert run("ingest", str(demo_images / "Tripos"), "--format", "folders", "--store", str(store)).exit_code == 0
+    assert Store(store).files("objects")
+
+
+def test_ctrl_c_in_pretrain_is_an_interruption_not_a_bug(tmp_path, monkeypatch):
+    """The issue's case: Ctrl-C reaches the DataLoader workers too, and the main process sees their death as a
+    RuntimeError; that must read as the interruption it is, exit 130."""
+    import os
+    import signal
+
+    import plankton_cli.pretrain
+    from plankton_cli.store import Store
+
+    def pretrain(config, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Interrupt") from None
+
+    monkeypatch.setattr(plankton_cli.pretrain, "pretrain", pretrain)
+    with Store(tmp_path / "store").locked():
+        pass
+    result = run("pretrain", "--out", str(tmp_path / "run"), "--store", str(tmp_path / "store"))
+    assert result.exit_code == 130
+    [line] = result.output.splitlines()
+    assert line.startswith("Error: interrupted by SIGINT:") and "bug" not in line
