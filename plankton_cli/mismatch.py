@@ -8,21 +8,26 @@ from collections.abc import Mapping, Sequence
 
 
 def model_instruments(info: Mapping) -> set[str] | None:
-    """The instruments a model was fine-tuned on, from its per-instrument padding rules (`pad_settings`
-    entries `<instrument>: pad-v1 ...`); None when the model does not say."""
+    """The instruments a model was fine-tuned on (`instruments`; models from before it: the instruments of its
+    per-instrument padding rules, `pad_settings` entries `<instrument>: pad-v1 ...`, which name every instrument
+    padded in the store, trained on or not); None when the model does not say."""
+    if info.get("instruments"):
+        return set(info["instruments"])
     rules = info.get("pad_settings") or []
     names = {str(rule).split(":", 1)[0].strip() for rule in rules if ":" in str(rule)}
     return names or None
 
 
 def instrument_warnings(info: Mapping, instruments: Mapping[str, int], model_id: str) -> list[str]:
-    """One sentence per instrument of the objects to predict that the model never saw."""
+    """One sentence per instrument of the objects to predict that the model never saw; `instruments` maps each
+    to its number of objects."""
     known = model_instruments(info)
     if known is None:
         return []
-    return [f"model {model_id} was trained on {', '.join(sorted(known))} images, not {instrument}: its "
-            f"{count} {instrument} objects are predicted with another instrument's look (expect poor results)"
-            for instrument, count in sorted(instruments.items()) if instrument not in known]
+    return [f"model {model_id} was fine-tuned on {', '.join(sorted(known))} images, not {instrument}: "
+            f"its {count:,} {instrument} objects are predicted with another "
+            f"instrument's look (expect poor results; fine-tune with {instrument} labels for them)"
+            for instrument, count in sorted(instruments.items()) if instrument and instrument not in known]
 
 
 def run_warnings(runs: Sequence[Mapping]) -> list[str]:

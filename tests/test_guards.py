@@ -86,3 +86,30 @@ def test_ctrl_c_in_pretrain_is_an_interruption_not_a_bug(tmp_path, monkeypatch):
     assert result.exit_code == 130
     [line] = result.output.splitlines()
     assert line.startswith("Error: interrupted by SIGINT:") and "bug" not in line
+
+
+@pytest.fixture(scope="module")
+def flowcam_model(tmp_path_factory):
+    """Fine-tuned on FlowCam labels, from a store where IFCB was padded too (so its pad_settings name both)."""
+    from test_predict import CLASSES, PADDING, tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("model") / "fold-0", CLASSES, {**PADDING, "instruments": ["FlowCam"]})
+
+
+def test_a_flowcam_model_on_ifcb_rois_warns_with_the_number_predicted(tmp_path, flowcam_model, demo_images):
+    from conftest import BUNDLED
+
+    result = run("predict", str(BUNDLED / "ifcb" / "pyifcb-testdata" / "white"), "--model", str(flowcam_model),
+                 "--to", "csv", "--out", str(tmp_path / "out"), "--store", str(tmp_path / "none"))
+    assert result.exit_code == 0, result.output
+    [warning] = [line for line in result.output.splitlines() if "fine-tuned on FlowCam" in line]
+    ifcb = sum(1 for line in (tmp_path / "out" / "predictions.csv").read_text().splitlines()[1:])
+    assert f"its {ifcb:,} IFCB objects" in warning
+
+    result = run("predict", str(demo_images), "--instrument", "FlowCam", "--model", str(flowcam_model),
+                 "--to", "csv", "--out", str(tmp_path / "out2"), "--store", str(tmp_path / "none"))
+    assert result.exit_code == 0 and "fine-tuned on" not in result.output  # its own instrument: no warning
+
+    result = run("predict", str(demo_images), "--instrument", "UVP6", "--model", str(flowcam_model),
+                 "--to", "csv", "--out", str(tmp_path / "out3"), "--store", str(tmp_path / "none"))
+    assert "its 105 UVP6 objects" in result.output  # not "its 1"
