@@ -113,3 +113,22 @@ def test_a_flowcam_model_on_ifcb_rois_warns_with_the_number_predicted(tmp_path, 
     result = run("predict", str(demo_images), "--instrument", "UVP6", "--model", str(flowcam_model),
                  "--to", "csv", "--out", str(tmp_path / "out3"), "--store", str(tmp_path / "none"))
     assert "its 105 UVP6 objects" in result.output  # not "its 1"
+
+
+def test_a_class_folder_typo_beside_the_same_ecotaxa_id_is_warned_once_and_fails_with_strict(tmp_path, demo_images):
+    import shutil
+
+    images = sorted((demo_images / "Tripos").iterdir())
+    for folder, files in (("Copepoda__6666", images[:2]), ("Copepda__6666", images[2:3])):
+        (tmp_path / "src" / folder).mkdir(parents=True)
+        for image in files:
+            shutil.copy(image, tmp_path / "src" / folder)
+    ingest = ["ingest", str(tmp_path / "src"), "--format", "folders"]
+    result = run(*ingest, "--store", str(tmp_path / "store"))
+    assert result.exit_code == 0, result.output
+    [warning] = [line for line in result.output.splitlines() if "spelled twice" in line]
+    assert "'Copepda__6666' and 'Copepoda__6666'" in warning and "EcoTaxa id 6666" in warning
+    assert "spelled twice" not in run(*ingest, "--store", str(tmp_path / "store")).output  # not caused by this run
+
+    strict = run(*ingest, "--strict", "--store", str(tmp_path / "strict"))
+    assert strict.exit_code == 65 and strict.output.splitlines()[-1].startswith("Error: --strict: labels ")

@@ -98,6 +98,7 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
                 last_log[0] = time.monotonic()
                 log.info("reading %s", source.key)  # a sign of life under cron, twice a minute at most
 
+        labels_before = _labels(Store(store))
         try:
             summary = run_ingest(Store(store), list(sources), fmt=fmt, options=options, lock_timeout=lock_timeout,
                                  retry_rejected=retry_rejected, on_conflict=on_conflict, commit_every=commit_every,
@@ -105,7 +106,14 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
         except plugins.PluginError as exc:
             raise click.UsageError(str(exc)) from exc
 
+    from plankton_cli.mismatch import label_twins
+
+    labels = _labels(Store(store))
+    twins = label_twins(labels, labels - labels_before)  # only pairs this run made: old ones were warned about
     data = summary.to_dict()
+    data["label_warnings"] = twins
+    for line in twins:
+        log.warning("%s", line)
     if as_json:
         emit_json(data)
     else:
@@ -120,3 +128,15 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
             click.echo(f"  rejected {n}: {reason}")
     if strict and summary.n_rejected:
         sys.exit(65)
+    if strict and twins:
+        from plankton_cli.errors import DataError
+
+        raise DataError(f"--strict: {twins[0]}" + (f" (and {len(twins) - 1} more pairs)" if len(twins) > 1 else ""))
+
+
+def _labels(store) -> set[str]:
+    """The distinct labels of the store's objects (one column read)."""
+    if not store.files("objects"):
+        return set()
+    column = store.dataset("objects").to_table(columns=["label"])["label"]
+    return {label for label in column.unique().to_pylist() if label}
