@@ -132,3 +132,18 @@ def test_a_class_folder_typo_beside_the_same_ecotaxa_id_is_warned_once_and_fails
 
     strict = run(*ingest, "--strict", "--store", str(tmp_path / "strict"))
     assert strict.exit_code == 65 and strict.output.splitlines()[-1].startswith("Error: --strict: labels ")
+
+
+def test_labelled_objects_of_status_predicted_are_counted_when_finetune_skips_them(tmp_path):
+    from conftest import shared_data
+    from plankton_cli.finetune.pool import LabelledPool, labelled_pool
+    from plankton_cli.ingest import ingest
+    from plankton_cli.store import Store
+
+    store = Store(tmp_path / "store")
+    ingest(store, [shared_data("ecotaxa", "ecotaxa-back-qa", "import_test", "m106_mn01_n1_sml")], fmt="ecotaxa")
+    with pytest.raises(ValueError, match=r"8 labelled objects skipped: status predicted \(.*--label-status"):
+        labelled_pool(store.root / "objects")  # all 8 are EcoTaxa predictions: nothing left, and it says why
+    assert len(labelled_pool(store.root / "objects", label_status=None).object_ids) == 8
+    assert LabelledPool([], [], [], {"predicted": 30, "dubious": 6}).skipped_line().startswith(
+        "36 labelled objects skipped: 6 status dubious, 30 status predicted")
