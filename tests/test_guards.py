@@ -147,3 +147,19 @@ def test_labelled_objects_of_status_predicted_are_counted_when_finetune_skips_th
     assert len(labelled_pool(store.root / "objects", label_status=None).object_ids) == 8
     assert LabelledPool([], [], [], {"predicted": 30, "dubious": 6}).skipped_line().startswith(
         "36 labelled objects skipped: 6 status dubious, 30 status predicted")
+
+
+def test_predict_says_how_many_are_unclassified_by_threshold_and_which_option_sets_it(tmp_path, demo_images):
+    import json
+
+    from test_predict import CLASSES, PADDING, tiny_model
+
+    model = tiny_model(tmp_path / "model" / "fold-0", CLASSES, PADDING)
+    info = json.loads(model.with_suffix(".json").read_text())
+    info.update(thresholds={c: 0.999 for c in CLASSES}, threshold_target_precision=0.9)  # no score reaches them
+    model.with_suffix(".json").write_text(json.dumps(info))
+    result = run("predict", str(demo_images), "--model", str(model), "--to", "csv", "--out", str(tmp_path / "out"),
+                 "--store", str(tmp_path / "none"))
+    assert result.exit_code == 0, result.output
+    assert ("105 of 105 unclassified by the model's per-class thresholds (set for precision 0.9 in model.json"
+            in result.output) and "--target-precision" in result.output

@@ -135,9 +135,21 @@ def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force
                f"{summary.skipped_already_predicted} already predicted, {summary.rejected} rejected")
     for label, n in list(summary.by_label.items())[:15]:
         click.echo(f"  {n:6d}  {label}")
+    if summary.unclassified_by_threshold:
+        click.echo(_threshold_line(model_path, summary.unclassified_by_threshold, summary.predicted))
     for name, info in summary.writers.items():
         for line in describe(name, info):
             click.echo(line)
+
+
+def _threshold_line(model_path: Path, unclassified: int, predicted: int) -> str:
+    """Why so many are `unclassified`, and what changes it: the thresholds come from finetune's --target-precision."""
+    from plankton_cli.model_info import ModelInfo
+
+    precision = ModelInfo.load(model_path).threshold_target_precision
+    target = f"precision {precision:g}" if precision else "their target precision"
+    return (f"{unclassified} of {predicted} unclassified by the model's per-class thresholds (set for {target} in "
+            f"model.json; the argmax is kept as label_auto): for fewer, fine-tune with a lower --target-precision")
 
 
 def _store_instruments(store, instrument: str | None) -> dict[str, int]:
