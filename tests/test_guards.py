@@ -180,3 +180,27 @@ def test_finetune_before_pad_warns_with_what_to_run(tmp_path, demo_images, monke
     [warning] = [line for line in result.output.splitlines() if "no padded dataset" in line]
     assert f"run `plankton pad --store {store}` first" in warning
     assert "no padded dataset" not in run(*args, "--dataset", "objects").output  # asked for: no warning
+
+
+def test_one_ecotaxa_export_in_three_layouts_is_warned_at_ingest_and_reported_by_check(tmp_path):
+    import json
+
+    from conftest import shared_data
+
+    exports = shared_data("ecotaxa", "ecotaxa-back-qa", "ref_exports")
+    store = ["--store", str(tmp_path / "store")]
+    first = run("ingest", str(exports / "tsv_by_acquisition"), "--format", "ecotaxa", *store)
+    assert first.exit_code == 0 and "collections" not in first.output  # nothing stored twice yet
+    second = run("ingest", str(exports / "bak_all_images"), "--format", "ecotaxa", *store)
+    [warning] = [line for line in second.output.splitlines() if "under different collections" in line]
+    assert warning.split("WARNING plankton.ingest: ")[-1].startswith("12 objects are stored more than once")
+    assert "bak_all_images/m106_mn01_n1_sml_409 = tsv_by_acquisition/m106_mn01_n1_sml_409" in warning
+    strict = run("ingest", str(exports / "doi"), "--format", "ecotaxa", "--strict", *store)
+    assert strict.exit_code == 65 and "up to 3 times" in strict.output.splitlines()[-1]
+
+    check = run("check", "--json", *store)
+    assert check.exit_code == 0  # no damage: every file is whole; the copies are reported, not failed
+    report = json.loads(check.output[check.output.index("{"):])
+    assert len(report["duplicates_across_collections"]) == 12
+    assert ["bak_all_images/m106_mn01_n1_sml_409", "ecotaxa-1/m106_mn01_n1_sml_409",
+            "tsv_by_acquisition/m106_mn01_n1_sml_409"] in report["duplicates_across_collections"]

@@ -52,8 +52,13 @@ def check(repair: bool, store: Path, lock_timeout: float, as_json: bool) -> None
         log.warning("repaired: %s", line)
     for problem in report.problems:
         log.error("%s", problem)
+    if report.twins:
+        from plankton_cli.store.check import twins_line
+
+        log.warning("%s", twins_line(report.twins))
     if as_json:
         emit_json(report.to_dict())
     elif not report.problems:
-        click.echo(f"{store}: {report.files} committed files, all intact")
+        click.echo(f"{store}: {report.files} committed files, all intact"
+                   + (f"; {len(report.twins)} objects stored under several collections" if report.twins else ""))
     sys.exit(report.exit_code)

@@ -114,6 +114,12 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
     data["label_warnings"] = twins
     for line in twins:
         log.warning("%s", line)
+    from plankton_cli.store.check import collection_twins, twins_line
+
+    copies = collection_twins(Store(store), run=summary.run) if summary.stored else []
+    data["duplicates_across_collections"] = copies
+    if copies:
+        log.warning("%s", twins_line(copies))
     if as_json:
         emit_json(data)
     else:
@@ -128,9 +134,11 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
             click.echo(f"  rejected {n}: {reason}")
     if strict and summary.n_rejected:
         sys.exit(65)
-    if strict and twins:
+    if strict and (twins or copies):
         from plankton_cli.errors import DataError
 
+        if not twins:
+            raise DataError(f"--strict: {twins_line(copies)}")
         raise DataError(f"--strict: {twins[0]}" + (f" (and {len(twins) - 1} more pairs)" if len(twins) > 1 else ""))
 
 
