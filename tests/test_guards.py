@@ -204,3 +204,21 @@ def test_one_ecotaxa_export_in_three_layouts_is_warned_at_ingest_and_reported_by
     assert len(report["duplicates_across_collections"]) == 12
     assert ["bak_all_images/m106_mn01_n1_sml_409", "ecotaxa-1/m106_mn01_n1_sml_409",
             "tsv_by_acquisition/m106_mn01_n1_sml_409"] in report["duplicates_across_collections"]
+
+
+def test_pretrain_on_a_cpu_for_over_an_hour_warns_with_the_measured_estimate_and_a_smaller_model():
+    import torch
+
+    from plankton_cli.models import MAE
+    from plankton_cli.pretrain import cpu_time_warning
+
+    torch.manual_seed(0)
+    mae = MAE("vit_small_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2, in_chans=1,
+              decoder_depth=1, decoder_dim=32, decoder_heads=2)
+    state = torch.random.get_rng_state()
+    # ViT-L for 800 epochs is this many images on a store of a few thousand; measured on a tiny model, to be fast
+    warning = cpu_time_warning(mae, 32, 800 * 5_000_000, "vit_large_patch16_224")
+    assert warning is not None and "--model vit_base_patch16_224" in warning and " h (" in warning
+    assert torch.equal(torch.random.get_rng_state(), state)  # the measurement leaves the run as it was
+    assert all(p.grad is None for p in mae.parameters())
+    assert cpu_time_warning(mae, 32, 10, "vit_small_patch16_224") is None  # minutes: nothing to say
