@@ -85,7 +85,7 @@ def test_ctrl_c_in_pretrain_is_an_interruption_not_a_bug(tmp_path, monkeypatch):
     result = run("pretrain", "--out", str(tmp_path / "run"), "--store", str(tmp_path / "store"))
     assert result.exit_code == 130
     [line] = result.output.splitlines()
-    assert line.startswith("Error: interrupted by SIGINT:") and "bug" not in line
+    assert line.startswith("Error: interrupted by SIGINT:") and "bug" not in line and "--resume" in line
 
 
 @pytest.fixture(scope="module")

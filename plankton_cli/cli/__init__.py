@@ -107,9 +107,9 @@ class LazyGroup(click.Group):
         except BaseException as exc:
             if not received:
                 raise
-            raise PlanktonFailure(_interrupted(received[0]), 128 + received[0]) from exc
+            raise PlanktonFailure(_interrupted(received[0], ctx.invoked_subcommand), 128 + received[0]) from exc
         if received:  # the command caught the interruption itself and returned: it may have stopped early
-            raise PlanktonFailure(_interrupted(received[0]), 128 + received[0])
+            raise PlanktonFailure(_interrupted(received[0], ctx.invoked_subcommand), 128 + received[0])
         return result
 
     def _invoke(self, ctx: click.Context) -> object:
@@ -154,9 +154,11 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-def _interrupted(signum: int) -> str:
+def _interrupted(signum: int, command: str | None) -> str:
+    again = ("run it again with --resume to continue from its last checkpoint" if command == "pretrain"
+             else "run the same command again to finish")
     return (f"interrupted by {signal.Signals(signum).name}: store commits that finished are kept, the unfinished "
-            f"one is rolled back; run the same command again to finish")
+            f"one is rolled back; {again}")
 
 
 _SUMMARIES = {
