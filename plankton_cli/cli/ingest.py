@@ -146,5 +146,5 @@ def _labels(store) -> set[str]:
     """The distinct labels of the store's objects (one column read)."""
     if not store.files("objects"):
         return set()
-    column = store.dataset("objects").to_table(columns=["label"])["label"]
-    return {label for label in column.unique().to_pylist() if label}
+    batches = store.dataset("objects").to_batches(columns=["label"])  # batch by batch: a big store's column is big
+    return {label for batch in batches for label in batch["label"].unique().to_pylist() if label}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,18 +130,25 @@ def collection_twins(store: Store, files: list[Path] | None = None, run: str | N
     collection (`<collection>/<id>`, e.g. the EcoTaxa object id) and the same image (`content_hash`). Ingesting
     one EcoTaxa export in two layouts (by acquisition, backup, DOI) does this: each layout is its own collection.
     With `run`, only groups that ingest run added to."""
-    columns = ["object_id", "content_hash", "ingest_run"]
-    table = store.dataset("objects", files).to_table(columns=columns)
+    def keys(batch: pa.RecordBatch) -> Iterator[tuple[str, tuple[str, str]]]:
+        for object_id, content_hash in zip(batch["object_id"].to_pylist(), batch["content_hash"].to_pylist()):
+            _, sep, local = object_id.partition("/")
+            if sep:  # an id without a collection has no twin in another one
+                yield object_id, (local, content_hash)
+
+    dataset = store.dataset("objects", files)
+    wanted = None  # with `run`: only the keys of its objects, so a nightly ingest holds its own ids, not the store's
+    if run is not None:
+        mine = dataset.to_batches(columns=["object_id", "content_hash"], filter=pc.field("ingest_run") == run)
+        wanted = {key for batch in mine for _, key in keys(batch)}
+        if not wanted:
+            return []
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-    touched: set[tuple[str, str]] = set()
-    for object_id, content_hash, ingest_run in zip(*(table[c].to_pylist() for c in columns)):
-        _, sep, local = object_id.partition("/")
-        if sep:
-            groups[(local, content_hash)].append(object_id)
-            if ingest_run == run:
-                touched.add((local, content_hash))
-    return sorted(sorted(ids) for key, ids in groups.items()
-                  if len(ids) > 1 and (run is None or key in touched))
+    for batch in dataset.to_batches(columns=["object_id", "content_hash"]):
+        for object_id, key in keys(batch):
+            if wanted is None or key in wanted:
+                groups[key].append(object_id)
+    return sorted(sorted(ids) for ids in groups.values() if len(ids) > 1)
 
 
 def twins_line(twins: list[list[str]]) -> str:
