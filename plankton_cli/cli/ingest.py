@@ -34,7 +34,8 @@ Examples:
   plankton -q --log-file ingest.log ingest /data/ifcb --store /data/store --json
 
 Exit codes: 0 done (rejections are reported, not fatal), 65 something was rejected (an id
-conflict included) and --strict was given, 2 usage error, 74 I/O error (disk full, read-only
+conflict included) or warned about (labels that look like one class spelled twice, objects
+stored again under another collection) and --strict was given, 2 usage error, 74 I/O error (disk full, read-only
 or corrupt store), 75 the store is locked by another writer.""")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--format", "fmt", default="auto", show_default=True,
@@ -53,7 +54,7 @@ or corrupt store), 75 the store is locked by another writer.""")
 @click.option("--on-conflict", type=click.Choice(["reject", "replace"]), default="reject", show_default=True,
               help="An object id already stored with other pixels from another source: reject it (recorded "
                    "with both sources) or replace the stored object.")
-@click.option("--strict", is_flag=True, help="Exit 65 when any object was rejected (conflicts included).")
+@click.option("--strict", is_flag=True, help="Exit 65 when any object was rejected (conflicts included) or a guardrail warned.")
 @store_option
 @lock_timeout_option
 @json_option
