@@ -489,7 +489,7 @@ def _student_info(
         if len(truth) else (None, list(classes))
 
     inherited = {k: v for k, v in teacher_info.items()
-                 if k in ("mean", "std", "pad_settings", "dataset") or k.startswith(PREPROCESS_PREFIXES)}
+                 if k in ("mean", "std", "pad_settings", "instruments", "dataset") or k.startswith(PREPROCESS_PREFIXES)}
     info = {
         **inherited, **module.model.arch, "dataset": dataset_name, **(scaling.info_fields() if scaling else {}),
         "classes": classes, "resize": resize, "crop": config.img_size,

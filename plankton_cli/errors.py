@@ -13,6 +13,9 @@ and shell scripts already know:
 | 74   | `StoreIOError` | an I/O error: disk full, read-only, unreadable or corrupt store file  |
 | 75   | `StoreLocked`  | another writer holds the store: try again later                       |
 | 78   | `ConfigError`  | the config file is unreadable or malformed                            |
+
+A SIGINT or SIGTERM ends any command with one line and 128 + the signal number (130, 143): see
+`plankton_cli.cli.LazyGroup.invoke`.
 """
 
 from __future__ import annotations

@@ -56,6 +56,7 @@ class ModelInfo:
     resize: int | None = None  # short side before the centre crop; None: img_size
     crop: int | None = None
     pad_settings: list[str] = field(default_factory=list)  # "<instrument>: <pad settings>", see padding_rules
+    instruments: list[str] = field(default_factory=list)  # of the labelled images it was fine-tuned on; []: unknown
     # model only: the head and what its outputs mean
     classes: list[str] = field(default_factory=list)
     num_classes: int | None = None
@@ -161,6 +162,8 @@ class ModelInfo:
             fail("std", f"must be positive, got {self.std!r}")
         if not all(isinstance(r, str) for r in self.pad_settings):
             fail("pad_settings", "must be a list of '<instrument>: <settings>' lines")
+        if not all(isinstance(i, str) for i in self.instruments):
+            fail("instruments", "must be a list of instrument names")
         if self.is_model:
             if self.head_kind not in HEADS:
                 fail("head", f"is {self.head!r}, expected one of {', '.join(HEADS)}")

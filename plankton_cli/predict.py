@@ -70,6 +70,8 @@ class PredictSummary:
     skipped_already_predicted: int = 0
     rejected: int = 0
     by_label: dict[str, int] = field(default_factory=dict)
+    by_instrument: dict[str, int] = field(default_factory=dict)  # of the objects predicted ("" when unknown)
+    unclassified_by_threshold: int = 0  # top class below its precision threshold: labelled `unclassified`
     writers: dict[str, dict] = field(default_factory=dict)
     features_lacking: list[str] = field(default_factory=list)  # one line per source that lacked model features
 
@@ -398,7 +400,10 @@ def predict(
                     label = classes[best]
                     if threshold_vec is not None and p[best] < threshold_vec[best]:
                         label = UNCLASSIFIED
+                        summary.unclassified_by_threshold += 1
                     counts[label] = counts.get(label, 0) + 1
+                    instrument_key = item.instrument or ""
+                    summary.by_instrument[instrument_key] = summary.by_instrument.get(instrument_key, 0) + 1
                     preds.append(_prediction(item, p.astype(np.float32), label, classes[best],
                                              None if feats is None else feats[i]))
                 for session in own:

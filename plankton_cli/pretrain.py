@@ -229,6 +229,36 @@ def encoder_size(config: PretrainConfig) -> tuple[int, int]:
     return vit.embed_dim, len(vit.blocks)
 
 
+_VIT_SIZES = ("huge", "large", "base", "small", "tiny")  # timm's ViT names, largest first
+
+
+def cpu_time_warning(mae: torch.nn.Module, img_size: int, images: int, model: str) -> str | None:
+    """A warning when pretraining on this CPU will take over an hour, from one measured forward and backward pass
+    (two images; data loading and the optimizer come on top, so it is a lower bound), with a smaller model to try.
+
+    The measurement runs under a forked RNG and leaves no gradients behind: the run is the same with or without it."""
+    with torch.random.fork_rng(devices=[]):
+        batch = torch.randn(2, 1, img_size, img_size)
+        mae(batch[:1]).loss.backward()  # warm-up: the first pass allocates and picks kernels
+        started = time.perf_counter()
+        mae(batch).loss.backward()
+        per_image = (time.perf_counter() - started) / len(batch)
+    mae.zero_grad(set_to_none=True)
+    seconds = per_image * images
+    if seconds <= 3600:
+        return None
+    size = next((s for s in _VIT_SIZES if f"_{s}_" in f"_{model}_"), None)
+    smaller = None
+    if size is not None and size != _VIT_SIZES[-1]:
+        import timm
+
+        smaller = model.replace(size, _VIT_SIZES[_VIT_SIZES.index(size) + 1], 1)
+        smaller = smaller if timm.is_model(smaller) else None
+    advice = f"--model {smaller}, fewer --epochs" if smaller else "fewer --epochs"
+    return (f"pretraining {model} on the CPU will take at least {seconds / 3600:,.1f} h ({images:,} images at "
+            f"{per_image * 1000:,.0f} ms each, measured here): try {advice}, or a GPU (--backend slurm)")
+
+
 def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: bool | None = None,
              callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Run (or resume) MAE pretraining as ``config`` says; returns the summary (also in ``summary.json``).
@@ -330,6 +360,10 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
         log.info("pretraining %s on %s/%s: %s", config.model, store.root, dataset, recipe.describe())
         for warning in recipe.warnings:
             log.warning("%s", warning)
+        if accelerator == "cpu":
+            slow = cpu_time_warning(mae, config.img_size, recipe.total_steps * recipe.effective_batch, config.model)
+            if slow:
+                log.warning("%s", slow)
 
     fit_started = time.monotonic()
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(ckpt_path) if ckpt_path else None)

@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from plankton_cli.atomic import atomic_path
+from plankton_cli.errors import DataError
 from plankton_cli.model_info import ModelInfo
 from plankton_cli.store import Store
 from plankton_cli.writers import UNCLASSIFIED
@@ -104,6 +105,10 @@ def summarize(store: Store, model_path: Path, by: str, out_dir: Path, *, plots: 
     out_dir = Path(out_dir)
     result = SummarizeResult(str(out_dir), model.model_id, by)
     predictions = _predictions(store, model.model_hash, by, result.skipped)
+    if not len(predictions) and not result.skipped:  # not "no new samples": most likely the wrong store
+        raise DataError(f"store {store.root} holds no predictions by model {model.model_id}: run `plankton predict "
+                        f"--model {model_path} --to store` first, or give the store it predicted into with --store "
+                        f"DIR or $PLANKTON_STORE", path=store.root)
     previous, group_of = _previous(out_dir, model, by, rebuild)
     new = sorted(set(predictions["sample_id"].unique()) - set(group_of))
     result.new_samples = len(new)

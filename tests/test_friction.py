@@ -73,7 +73,7 @@ def test_a_model_predicting_an_instrument_it_never_saw_warns(tmp_path, demo_imag
     store = Store(tmp_path / "store")
     ingest(store, [demo_images / "Tripos"], options=ReadOptions(instrument="UVP6"))
     proc = plankton("predict", "--store", str(store.root), "--model", str(model), "--to", "store", check=True)
-    assert "trained on FlowCam, IFCB images, not UVP6" in proc.stderr
+    assert "fine-tuned on FlowCam, IFCB images, not UVP6" in proc.stderr
     assert "predicted" in proc.stdout and "{" not in proc.stdout  # readable, not a dict
 
 

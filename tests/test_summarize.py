@@ -198,3 +198,12 @@ def test_a_summarize_killed_between_its_files_is_completed_by_the_next_run(tmp_p
         wide = pd.read_csv(out / "counts_wide.csv").set_index("sample_id")
         assert set(wide.index) == set(long["sample_id"]) == set(pd.read_csv(out / "per_ml_wide.csv")["sample_id"])
         assert all(wide.loc[r.sample_id, r["class"]] == r["count"] for _, r in long.iterrows())
+
+
+def test_summarize_against_a_store_without_this_models_predictions_fails_and_names_store_options(tmp_path, model):
+    store = Store(tmp_path / "other")
+    with store.locked():  # a store, but not the one predict wrote to
+        pass
+    proc = plankton("summarize", "--store", str(store.root), "--model", str(model), "--out", str(tmp_path / "s"))
+    assert proc.returncode == 65 and "no new samples" not in proc.stdout
+    assert "holds no predictions by model" in proc.stderr and "$PLANKTON_STORE" in proc.stderr

@@ -7,8 +7,12 @@ import torch. Each command module is small: parse options, call one library func
 from __future__ import annotations
 
 import importlib
+import signal
+import threading
 import tomllib
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -63,9 +67,53 @@ def _in_store(store: Path | None, error: PlanktonError, exc: Exception) -> Plank
     return StoreIOError(f"store {store}: {error}", path=store)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived. A KeyboardInterrupt, because that is what Lightning, DataLoader workers and the
+    store's transactions already unwind cleanly from (a plain SIGTERM would kill the process mid-write)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _interrupt_on_signals(received: list[int]) -> Iterator[None]:
+    """While the command runs, SIGINT and SIGTERM raise `Interrupted` (and are noted in `received`)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        received.append(signum)
+        if len(received) == 1:  # a second Ctrl-C must not cut short the rollback the first one started
+            raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> object:
-        """Run the command; the ONE place where exceptions become exit statuses (see `plankton_cli.errors`).
+        """Run the command; a SIGINT or SIGTERM ends it with one line and exit 130 or 143 (128 + the signal),
+        whatever exception the interrupted code turned it into (DataLoader: a RuntimeError; Lightning: exit 1)."""
+        received: list[int] = []
+        try:
+            with _interrupt_on_signals(received):
+                result = self._invoke(ctx)
+        except BaseException as exc:
+            if not received:
+                raise
+            raise PlanktonFailure(_interrupted(received[0], ctx.invoked_subcommand), 128 + received[0]) from exc
+        if received:  # the command caught the interruption itself and returned: it may have stopped early
+            raise PlanktonFailure(_interrupted(received[0], ctx.invoked_subcommand), 128 + received[0])
+        return result
+
+    def _invoke(self, ctx: click.Context) -> object:
+        """The ONE place where exceptions become exit statuses (see `plankton_cli.errors`).
 
         A known failure prints one line naming the file; anything else (a bug) one line too, unless `-v`
         was given, which shows the traceback of either."""
@@ -110,6 +158,13 @@ class LazyGroup(click.Group):
         rows = [(name, _SUMMARIES.get(name, "")) for name in COMMANDS]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def _interrupted(signum: int, command: str | None) -> str:
+    again = ("run it again with --resume to continue from its last checkpoint" if command == "pretrain"
+             else "run the same command again to finish")
+    return (f"interrupted by {signal.Signals(signum).name}: store commits that finished are kept, the unfinished "
+            f"one is rolled back; {again}")
 
 
 _SUMMARIES = {

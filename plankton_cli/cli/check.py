@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from plankton_cli.cli.options import json_option, lock_timeout_option, store_option
+from plankton_cli.cli.options import require_store, json_option, lock_timeout_option, store_option
 from plankton_cli.cli.output import emit_json
 
 log = logging.getLogger("plankton.check")
@@ -45,16 +45,20 @@ def check(repair: bool, store: Path, lock_timeout: float, as_json: bool) -> None
     from plankton_cli.store.check import check as run_check
     from plankton_cli.store.check import repair as run_repair
 
+    require_store(store)
     the_store = Store(store)
-    if not the_store.exists:
-        raise click.UsageError(f"no store at {store}")
     report = (run_repair if repair else run_check)(the_store, lock_timeout=lock_timeout)  # locked: 75 at the edge
     for line in report.repaired:
         log.warning("repaired: %s", line)
     for problem in report.problems:
         log.error("%s", problem)
+    if report.twins:
+        from plankton_cli.store.check import twins_line
+
+        log.warning("%s", twins_line(report.twins))
     if as_json:
         emit_json(report.to_dict())
     elif not report.problems:
-        click.echo(f"{store}: {report.files} committed files, all intact")
+        click.echo(f"{store}: {report.files} committed files, all intact"
+                   + (f"; {len(report.twins)} objects stored under several collections" if report.twins else ""))
     sys.exit(report.exit_code)

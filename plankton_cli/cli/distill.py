@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from plankton_cli.cli.dispatch import backend_options
-from plankton_cli.cli.options import WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
+from plankton_cli.cli.options import require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 log = logging.getLogger("plankton.distill")
@@ -18,7 +18,7 @@ DEFAULT_STUDENT = "mobilenetv3_small_100"
 DEFAULT_IMG_SIZE = 112
 
 
-@click.command(epilog="""\b
+@click.command(cls=Command, epilog="""\b
 Examples:
   plankton distill --teacher runs/ft-5/fold-0/model.safetensors --out runs/student
   plankton distill --teacher runs/ft-5/fold-0 --student vit_tiny_patch16_224 --img-size 112 --out runs/vit-ti
@@ -96,6 +96,7 @@ def distill(ctx: click.Context, teacher: Path, out: Path, student: str, img_size
     if dispatch(ctx, backend_opts.backend, backend_opts.resources(), out, wait=backend_opts.wait,
                 dry_run=backend_opts.dry_run):
         return
+    require_store(store)  # here, not before dispatch: a cluster job checks the store where it runs
 
     from plankton_cli.distill import DistillConfig
     from plankton_cli.distill import distill as run_distill

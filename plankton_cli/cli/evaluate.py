@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from plankton_cli.cli.options import json_option, store_option
+from plankton_cli.cli.options import require_store, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 
@@ -33,6 +33,8 @@ def evaluate(runs, predictions, out_dir, store, as_json):
 
     if not runs and predictions is None:
         raise click.UsageError("give fine-tune RUN folders and/or --predictions FILE")
+    if predictions:  # their true labels come from the store
+        require_store(store)
     report = run_evaluate(list(runs), out_dir, predictions=predictions, store=Store(store) if predictions else None)
     if as_json:
         emit_json(report)

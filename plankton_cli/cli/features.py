@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from plankton_cli.cli.options import json_option, lock_timeout_option, store_option
+from plankton_cli.cli.options import require_store, json_option, lock_timeout_option, store_option
 from plankton_cli.cli.output import emit_json
 
 log = logging.getLogger("plankton.features")
@@ -48,6 +48,7 @@ def features(strict: bool, store: Path, lock_timeout: float, as_json: bool) -> N
     from plankton_cli.features.dataset import compute_features
     from plankton_cli.store import LockTimeout, Store
 
+    require_store(store)
     the_store = Store(store)
     if not the_store.files("objects"):
         raise click.UsageError(f"dataset 'objects' of {the_store.root} is empty; run `plankton ingest` first")

@@ -8,13 +8,13 @@ from pathlib import Path
 import click
 
 from plankton_cli.cli.dispatch import backend_options
-from plankton_cli.cli.options import WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
+from plankton_cli.cli.options import require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 log = logging.getLogger("plankton.finetune")
 
 
-@click.command(epilog="""\b
+@click.command(cls=Command, epilog="""\b
 Examples:
   plankton finetune --init runs/mae/encoder.safetensors --labels 5% --out runs/ft-5
   plankton finetune --init vit_large_patch16_224.augreg_in21k.pth --model vit_large_patch16_224 \\
@@ -138,6 +138,7 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
     """
     from plankton_cli.cli.dispatch import dispatch
     from plankton_cli.protocol import parse_label_fraction
+    from plankton_cli.store import Store
 
     try:
         parse_label_fraction(labels)
@@ -154,6 +155,11 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
     if dispatch(ctx, backend_opts.backend, backend_opts.resources(), out, wait=backend_opts.wait,
                 dry_run=backend_opts.dry_run):
         return
+    require_store(store)  # here, not before dispatch: a cluster job checks the store where it runs
+    if dataset is None and "padded" not in Store(store).datasets():
+        # The paper pads every image to a square; without `padded` the default falls back to the raw objects.
+        log.warning("store %s has no padded dataset: fine-tuning on unpadded images, without the paper's square "
+                    "padding; run `plankton pad --store %s` first (or give --dataset objects to mean it)", store, store)
 
     from plankton_cli.finetune import FinetuneConfig
     from plankton_cli.finetune import finetune as run_finetune

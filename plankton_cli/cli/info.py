@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from plankton_cli.cli.options import json_option, store_option
+from plankton_cli.cli.options import missing_store, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 
@@ -26,13 +26,13 @@ def info(top: int, store: Path, as_json: bool) -> None:
     if as_json:
         emit_json(data)
         return
+    if not data["exists"]:  # not an error: info answers "what is there", and nothing is
+        click.echo(missing_store(store))
+        return
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    if not data["exists"]:
-        console.print(f"No store at {data['store']} yet: run `plankton ingest SOURCE --store {store}`.")
-        return
     console.print(f"[bold]Store[/bold] {data['store']}")
     for name, d in data["datasets"].items():
         console.print(f"\n[bold]{name}[/bold]: {d['rows']:,} rows in {d['files']} files, "

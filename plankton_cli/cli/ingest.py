@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from plankton_cli.cli.options import json_option, lock_timeout_option, store_option
+from plankton_cli.cli.options import Command, json_option, lock_timeout_option, store_option
 from plankton_cli.cli.output import emit_json, is_interactive
 
 log = logging.getLogger("plankton.ingest")
@@ -21,7 +21,7 @@ def _reader_names() -> list[str]:
     return ["auto", *plugins.names("reader")]
 
 
-@click.command(epilog="""\b
+@click.command(cls=Command, epilog="""\b
 Examples:
   plankton ingest ifcb/                      # every IFCB bin under ifcb/ (skip/ and beads/ skipped)
   plankton ingest export.zip --format ecotaxa
@@ -34,7 +34,8 @@ Examples:
   plankton -q --log-file ingest.log ingest /data/ifcb --store /data/store --json
 
 Exit codes: 0 done (rejections are reported, not fatal), 65 something was rejected (an id
-conflict included) and --strict was given, 2 usage error, 74 I/O error (disk full, read-only
+conflict included) or warned about (labels that look like one class spelled twice, objects
+stored again under another collection) and --strict was given, 2 usage error, 74 I/O error (disk full, read-only
 or corrupt store), 75 the store is locked by another writer.""")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--format", "fmt", default="auto", show_default=True,
@@ -53,7 +54,7 @@ or corrupt store), 75 the store is locked by another writer.""")
 @click.option("--on-conflict", type=click.Choice(["reject", "replace"]), default="reject", show_default=True,
               help="An object id already stored with other pixels from another source: reject it (recorded "
                    "with both sources) or replace the stored object.")
-@click.option("--strict", is_flag=True, help="Exit 65 when any object was rejected (conflicts included).")
+@click.option("--strict", is_flag=True, help="Exit 65 when any object was rejected (conflicts included) or a guardrail warned.")
 @store_option
 @lock_timeout_option
 @json_option
@@ -98,6 +99,7 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
                 last_log[0] = time.monotonic()
                 log.info("reading %s", source.key)  # a sign of life under cron, twice a minute at most
 
+        labels_before = _labels(Store(store))
         try:
             summary = run_ingest(Store(store), list(sources), fmt=fmt, options=options, lock_timeout=lock_timeout,
                                  retry_rejected=retry_rejected, on_conflict=on_conflict, commit_every=commit_every,
@@ -105,7 +107,20 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
         except plugins.PluginError as exc:
             raise click.UsageError(str(exc)) from exc
 
+    from plankton_cli.mismatch import label_twins
+
+    labels = _labels(Store(store))
+    twins = label_twins(labels, labels - labels_before)  # only pairs this run made: old ones were warned about
     data = summary.to_dict()
+    data["label_warnings"] = twins
+    for line in twins:
+        log.warning("%s", line)
+    from plankton_cli.store.check import collection_twins, twins_line
+
+    copies = collection_twins(Store(store), run=summary.run) if summary.stored else []
+    data["duplicates_across_collections"] = copies
+    if copies:
+        log.warning("%s", twins_line(copies))
     if as_json:
         emit_json(data)
     else:
@@ -120,3 +135,17 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
             click.echo(f"  rejected {n}: {reason}")
     if strict and summary.n_rejected:
         sys.exit(65)
+    if strict and (twins or copies):
+        from plankton_cli.errors import DataError
+
+        if not twins:
+            raise DataError(f"--strict: {twins_line(copies)}")
+        raise DataError(f"--strict: {twins[0]}" + (f" (and {len(twins) - 1} more pairs)" if len(twins) > 1 else ""))
+
+
+def _labels(store) -> set[str]:
+    """The distinct labels of the store's objects (one column read)."""
+    if not store.files("objects"):
+        return set()
+    batches = store.dataset("objects").to_batches(columns=["label"])  # batch by batch: a big store's column is big
+    return {label for batch in batches for label in batch["label"].unique().to_pylist() if label}

@@ -16,6 +16,40 @@ def default_workers(minimum: int = 0) -> int:
 WORKERS_DEFAULT_TEXT = "min(8, CPUs - 1)"
 
 
+class Command(click.Command):
+    """A command that reports every missing required option in one run (Click stops at the first)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = list(args)  # Click's parser consumes the list
+        try:
+            return super().parse_args(ctx, args)
+        except click.MissingParameter as first:
+            try:
+                opts, _, _ = self.make_parser(ctx).parse_args(args=list(given))
+            except click.UsageError:
+                raise first from None
+            missing = [p.get_error_hint(ctx) for p in self.get_params(ctx)
+                       if p.required and p.value_is_missing(p.consume_value(ctx, opts)[0])]
+            if len(missing) < 2:
+                raise
+            raise click.UsageError(f"Missing options {', '.join(missing)}.", ctx) from None
+
+
+def missing_store(store: Path) -> str:
+    """The one message for a store that is not there, from every command that needs one."""
+    return (f"no store at {store}: give your store with --store DIR or $PLANKTON_STORE, "
+            f"or create one with `plankton ingest SOURCE --store {store}`")
+
+
+def require_store(store: Path) -> None:
+    """Exit 2 with `missing_store` unless `store` is a plankton store (it has store.json)."""
+    from plankton_cli.errors import UsageError
+    from plankton_cli.store import Store
+
+    if not Store(store).exists:
+        raise UsageError(missing_store(store), path=store)
+
+
 def _remember_store(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
     # ctx.meta is shared by the whole command chain: the CLI edge looks here to name a corrupt store file.
     ctx.meta["plankton.store"] = value

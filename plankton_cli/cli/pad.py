@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from plankton_cli.cli.options import (WORKERS_DEFAULT_TEXT, default_workers, json_option, lock_timeout_option,
+from plankton_cli.cli.options import (require_store, WORKERS_DEFAULT_TEXT, default_workers, json_option, lock_timeout_option,
                                       store_option)
 from plankton_cli.cli.output import emit_json
 
@@ -88,6 +88,7 @@ def pad(source: str, target: str, preset: str, crop_top: int, crop_bottom: int, 
         dataset_name(target, written_by="pad")
     except PlanktonUsageError as exc:
         raise click.UsageError(str(exc)) from exc
+    require_store(store)
     the_store = Store(store)
     crop = CropSpec(top=crop_top, bottom=crop_bottom) if crop_top or crop_bottom else None
     if not the_store.files(source):

@@ -9,13 +9,13 @@ from pathlib import Path
 import click
 
 from plankton_cli.cli.dispatch import backend_options, dispatch
-from plankton_cli.cli.options import json_option, lock_timeout_option, store_option
+from plankton_cli.cli.options import require_store, Command, json_option, lock_timeout_option, store_option
 from plankton_cli.cli.output import describe, emit_json
 
 log = logging.getLogger("plankton.predict")
 
 
-@click.command(epilog="""\b
+@click.command(cls=Command, epilog="""\b
 Examples:
   # every stored object not yet predicted by this model, into the store and EcoTaxa zips
   plankton predict --model runs/ft/fold-0/model.safetensors --to store --to ecotaxa --out preds/
@@ -110,9 +110,10 @@ def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force
         raise click.BadParameter(f"unknown writer {', '.join(unknown)}; installed: "
                                  f"{', '.join(plugins.names('writer'))}", param_hint="--to")
     the_store = Store(store)
-    if not sources and not the_store.exists:
-        raise click.UsageError(f"no store at {store} and no SOURCES given")
-    _warn_foreign_instruments(model_path, the_store if not sources else None, instrument)
+    if not sources:  # without SOURCES, the store's objects are predicted
+        require_store(store)
+    if not sources:  # before a long run over the store; SOURCES are counted as they are read: warned after
+        _warn_foreign_instruments(model_path, _store_instruments(the_store, instrument))
     with progress("predict", unit="objects") as advance:
         try:
             summary = run_predict(
@@ -124,6 +125,8 @@ def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force
                 compile=compile_model, threads=threads, cpu_path=cpu_path, lock_timeout=lock_timeout, on_batch=advance)
         except plugins.PluginError as exc:
             raise click.UsageError(str(exc)) from exc
+    if sources:
+        _warn_foreign_instruments(model_path, summary.by_instrument)
     data = summary.to_dict()
     if as_json:
         emit_json(data)
@@ -132,15 +135,36 @@ def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force
                f"{summary.skipped_already_predicted} already predicted, {summary.rejected} rejected")
     for label, n in list(summary.by_label.items())[:15]:
         click.echo(f"  {n:6d}  {label}")
+    if summary.unclassified_by_threshold:
+        click.echo(_threshold_line(model_path, summary.unclassified_by_threshold, summary.predicted))
     for name, info in summary.writers.items():
         for line in describe(name, info):
             click.echo(line)
 
 
-def _warn_foreign_instruments(model_path: Path, store, instrument: str | None) -> None:
-    """Warn before predicting objects of an instrument the model never saw (a UVP6 model on IFCB ROIs)."""
+def _threshold_line(model_path: Path, unclassified: int, predicted: int) -> str:
+    """Why so many are `unclassified`, and what changes it: the thresholds come from finetune's --target-precision."""
+    from plankton_cli.model_info import ModelInfo
+
+    precision = ModelInfo.load(model_path).threshold_target_precision
+    target = f"precision {precision:g}" if precision else "their target precision"
+    return (f"{unclassified} of {predicted} unclassified by the model's per-class thresholds (set for {target} in "
+            f"model.json; the argmax is kept as label_auto): for fewer, fine-tune with a lower --target-precision")
+
+
+def _store_instruments(store, instrument: str | None) -> dict[str, int]:
+    """The store's objects per instrument (only `instrument`'s when given): what a predict without SOURCES reads."""
     from collections import Counter
 
+    if not store.files("objects"):
+        return {}
+    column = store.dataset("objects").to_table(columns=["instrument"])["instrument"].to_pylist()
+    return Counter(i for i in column if i and (instrument is None or i == instrument))
+
+
+def _warn_foreign_instruments(model_path: Path, counts: dict[str, int]) -> None:
+    """Warn about objects of an instrument the model was not fine-tuned on (a FlowCam model on IFCB ROIs), with
+    their number (`counts`: objects per instrument)."""
     from plankton_cli.errors import PlanktonError
     from plankton_cli.mismatch import instrument_warnings
     from plankton_cli.model_info import ModelInfo
@@ -149,10 +173,5 @@ def _warn_foreign_instruments(model_path: Path, store, instrument: str | None) -
         info = ModelInfo.load(model_path).to_dict()
     except (OSError, ValueError, PlanktonError):
         return  # predict itself says what is wrong with the model file
-    if store is not None and store.files("objects"):
-        column = store.dataset("objects").to_table(columns=["instrument"])["instrument"].to_pylist()
-        counts = Counter(i for i in column if i and (instrument is None or i == instrument))
-    else:
-        counts = Counter({instrument: 1}) if instrument else Counter()
     for warning in instrument_warnings(info, counts, info.get("model_id") or str(model_path)):
         log.warning("%s", warning)

@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from plankton_cli.cli.dispatch import backend_options, dispatch
-from plankton_cli.cli.options import WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
+from plankton_cli.cli.options import require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 
-@click.command(epilog="""\b
+@click.command(cls=Command, epilog="""\b
 Examples:
   # the paper's recipe (ViT-L/16, 800 epochs, effective batch 4096) on one GPU
   plankton pretrain --out runs/mae-l --batch-size 256
@@ -103,6 +103,7 @@ def pretrain(ctx: click.Context, dataset: str | None, model: str, img_size: int,
     if dispatch(ctx, backend_opts.backend, backend_opts.resources(), out, wait=backend_opts.wait,
                 dry_run=backend_opts.dry_run, record_dir=store):
         return
+    require_store(store)  # here, not before dispatch: a cluster job checks the store where it runs
 
     from plankton_cli.pretrain import PretrainConfig
     from plankton_cli.pretrain import pretrain as run_pretrain

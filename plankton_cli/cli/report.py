@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from plankton_cli.cli.options import json_option, store_option
+from plankton_cli.cli.options import require_store, Command, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 
-@click.command(epilog="""\b
+@click.command(cls=Command, epilog="""\b
 Examples:
   # tonight's page, beside the nightly job's outputs (examples/nightly/nightly.sh runs this)
   plankton report --model /data/models/current/model.safetensors --summary out/summary --out out/reports
@@ -39,9 +39,8 @@ def report(model_path: Path, out_dir: Path, summary_dir: Path | None, night: dat
     from plankton_cli.report import night_report
     from plankton_cli.store import Store
 
+    require_store(store)
     the_store = Store(store)
-    if not the_store.exists:
-        raise click.UsageError(f"no store at {store}")
     result = night_report(the_store, model_path, out_dir, night=night.date() if night else None,
                           summary_dir=summary_dir, drift_drop=drift_drop)
     if as_json:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from plankton_cli.cli.options import json_option, store_option
+from plankton_cli.cli.options import require_store, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 
@@ -32,6 +32,7 @@ def stats(dataset: str | None, resize: int, max_images: int, seed: int, store: P
     from plankton_cli.data.stats import STATS_FILE, load_or_compute_stats
     from plankton_cli.store import Store
 
+    require_store(store)
     the_store = Store(store)
     if dataset is None:
         dataset = "padded" if the_store.files("padded") else "objects"

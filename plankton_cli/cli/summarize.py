@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from plankton_cli.cli.options import json_option, store_option
+from plankton_cli.cli.options import require_store, Command, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 
-@click.command(epilog="""\b
+@click.command(cls=Command, epilog="""\b
 Examples:
   # cells per mL of every IFCB bin the deployed model classified (nightly: adds new bins only)
   plankton summarize --model /data/models/current/model.safetensors --by bin --out /data/summary
@@ -40,9 +40,8 @@ def summarize(model_path: Path, by: str, out_dir: Path, rebuild: bool, plots: bo
     from plankton_cli.store import Store
     from plankton_cli.summarize import summarize as run_summarize
 
+    require_store(store)
     the_store = Store(store)
-    if not the_store.exists:
-        raise click.UsageError(f"no store at {store}: run `plankton ingest` and `plankton predict` first")
     try:
         result = run_summarize(the_store, model_path, by, out_dir, plots=plots, rebuild=rebuild)
     except ValueError as exc:

@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from plankton_cli.atomic import atomic_write_bytes
-from plankton_cli.cli.options import json_option
+from plankton_cli.cli.options import Command, json_option
 from plankton_cli.cli.output import emit_json
 
 
-@click.command(epilog="""\b
+@click.command(cls=Command, epilog="""\b
 Examples:
   # every category of an EcoTaxa export, as a taxon map for `predict --to ecotaxa --taxon-map`
   plankton taxa --from export_TSV_1234.zip --out taxa.tsv

@@ -182,7 +182,8 @@ def run_fold(
     info = ModelInfo.from_dict({
         **inherited, **dataset_info, **model.arch,  # the fine-tuning data's padding is what predict must match
         "format": MODEL_FORMAT, "classes": classes, "mean": [mean], "std": [std], "resize": resize,
-        "crop": img_size, "thresholds": thresholds, "threshold_target_precision": config.target_precision,
+        "crop": img_size, "instruments": sorted(set(pool.instruments) - {"unknown"}),  # what predict warns by
+        "thresholds": thresholds, "threshold_target_precision": config.target_precision,
         "thresholds_unreached": unreached, **(scaling.info_fields() if scaling else {}),
         "source": f"{inherited.get('source', '')}; plankton finetune fold {split.fold} of {config.out}".lstrip("; "),
     }, where=str(fold_dir / "model.json"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,17 @@ class LabelledPool:
     object_ids: list[str]
     labels: list[str]
     instruments: list[str]
+    skipped_by_status: dict[str, int] = field(default_factory=dict)  # labelled, but of a status not taken as truth
+
+    def skipped_line(self) -> str | None:
+        """"36 labelled objects skipped: status predicted", with how to use them; None when none was skipped."""
+        if not self.skipped_by_status:
+            return None
+        by_status = sorted(self.skipped_by_status.items())
+        reasons = f"status {by_status[0][0]}" if len(by_status) == 1 else ", ".join(
+            f"{n} status {status}" for status, n in by_status)
+        return (f"{sum(self.skipped_by_status.values())} labelled objects skipped: {reasons} (not taken as truth; "
+                f"--label-status STATUS or any to use them)")
 
     @property
     def classes(self) -> list[str]:
@@ -57,6 +68,7 @@ def labelled_pool(
     "predicted" labels never become training or test truth.
     """
     rows: list[tuple[str, str, str]] = []
+    skipped: dict[str, int] = {}
     for group in list_row_groups(dataset_dir, instruments=instruments, labelled_only=True):
         with pq.ParquetFile(group.path) as file:
             names = file.schema_arrow.names
@@ -69,15 +81,18 @@ def labelled_pool(
         for object_id, label, inst, stat in zip(data["object_id"], data["label"], instrument, status):
             if label_status is None or stat is None or stat in label_status:
                 rows.append((object_id, label, inst or "unknown"))
+            else:
+                skipped[stat] = skipped.get(stat, 0) + 1
     rows.sort()
     if not rows:
         raise ValueError(
             f"{dataset_dir} has no labelled images"
             + (f" from instrument(s) {', '.join(instruments)}" if instruments else "")
             + (f" with label status {', '.join(label_status)}" if label_status else "")
+            + (f"; {LabelledPool([], [], [], skipped).skipped_line()}" if skipped else "")
         )
     ids, labels, insts = (list(column) for column in zip(*rows))
-    return LabelledPool(ids, labels, insts)
+    return LabelledPool(ids, labels, insts, skipped)
 
 
 @dataclass

@@ -46,6 +46,8 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = log.info) -> 
     dataset_name = resolve_dataset(store, config.dataset)
     dataset_dir = store.root / dataset_name
     pool = labelled_pool(dataset_dir, config.instruments, config.label_status or None)
+    if (skipped := pool.skipped_line()) and is_rank_zero():
+        log.warning("%s", skipped)
     classes = pool.classes
     splits = fold_splits(pool, config)
     counts = label_count_rows(splits, pool)

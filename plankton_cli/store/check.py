@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,8 @@ class CheckReport:
     files: int = 0
     problems: list[Problem] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+    # objects stored once per collection that are one object (`collection_twins`): not damage, but counted twice
+    twins: list[list[str]] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -72,7 +75,7 @@ class CheckReport:
     def to_dict(self) -> dict:
         return {"store": self.store, "files": self.files, "ok": not self.problems, "exit_code": self.exit_code,
                 "problems": [{"kind": p.kind, "path": p.path, "detail": p.detail} for p in self.problems],
-                "repaired": self.repaired}
+                "repaired": self.repaired, "duplicates_across_collections": self.twins}
 
 
 def check(store: Store, *, lock_timeout: float = 60.0) -> CheckReport:
@@ -117,7 +120,43 @@ def _check(store: Store) -> CheckReport:
         add(problem)
     for problem in _check_manifest(store, files, intact):
         add(problem)
+    report.twins = collection_twins(store, [p for p in store.files("objects")
+                                            if str(p.relative_to(root)) in intact])
     return report
+
+
+def collection_twins(store: Store, files: list[Path] | None = None, run: str | None = None) -> list[list[str]]:
+    """Groups of objects stored under different collections that are one object: the same id within their
+    collection (`<collection>/<id>`, e.g. the EcoTaxa object id) and the same image (`content_hash`). Ingesting
+    one EcoTaxa export in two layouts (by acquisition, backup, DOI) does this: each layout is its own collection.
+    With `run`, only groups that ingest run added to."""
+    def keys(batch: pa.RecordBatch) -> Iterator[tuple[str, tuple[str, str]]]:
+        for object_id, content_hash in zip(batch["object_id"].to_pylist(), batch["content_hash"].to_pylist()):
+            _, sep, local = object_id.partition("/")
+            if sep:  # an id without a collection has no twin in another one
+                yield object_id, (local, content_hash)
+
+    dataset = store.dataset("objects", files)
+    wanted = None  # with `run`: only the keys of its objects, so a nightly ingest holds its own ids, not the store's
+    if run is not None:
+        mine = dataset.to_batches(columns=["object_id", "content_hash"], filter=pc.field("ingest_run") == run)
+        wanted = {key for batch in mine for _, key in keys(batch)}
+        if not wanted:
+            return []
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for batch in dataset.to_batches(columns=["object_id", "content_hash"]):
+        for object_id, key in keys(batch):
+            if wanted is None or key in wanted:
+                groups[key].append(object_id)
+    return sorted(sorted(ids) for ids in groups.values() if len(ids) > 1)
+
+
+def twins_line(twins: list[list[str]]) -> str:
+    """One line about `collection_twins`, with what to do."""
+    return (f"{len(twins)} objects are stored more than once (up to {max(map(len, twins))} times) under different "
+            f"collections "
+            f"(the same object id and image, e.g. {' = '.join(twins[0])}): training and counts see them more than "
+            f"once; ingest one export layout, or give each layout the same --collection so the copies are skipped")
 
 
 def store_files_on_disk(root: Path) -> list[str]:

@@ -1,0 +1,224 @@
+"""Guardrails against silent mistakes (issue 21): one missing-store message, all missing options at once, and
+warnings for what a user did not mean to do."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from plankton_cli.cli import cli
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.mark.parametrize("command", [
+    ["check"], ["pad"], ["features"], ["stats"], ["summarize", "--model", "{file}", "--out", "{tmp}/s"],
+    ["report", "--model", "{file}", "--out", "{tmp}/r"], ["predict", "--model", "{file}"],
+    ["evaluate", "--predictions", "{file}"], ["pretrain", "--out", "{tmp}/r"],
+    ["finetune", "--init", "{file}", "--labels", "5%", "--out", "{tmp}/r"],
+    ["distill", "--teacher", "{file}", "--out", "{tmp}/r"],
+])
+def test_every_command_that_needs_a_store_says_the_same_about_a_missing_one(tmp_path, command):
+    file = tmp_path / "model.safetensors"
+    file.write_bytes(b"")
+    args = [a.format(file=file, tmp=tmp_path) for a in command]
+    result = run(*args, "--store", str(tmp_path / "nope"))
+    assert result.exit_code == 2, result.output
+    [line] = result.output.splitlines()
+    assert line.startswith(f"Error: no store at {tmp_path / 'nope'}: ") and "--store" in line
+    assert "$PLANKTON_STORE" in line
+
+
+def test_finetune_reports_all_its_missing_options_at_once():
+    result = run("finetune", "--labels", "5%")
+    assert result.exit_code == 2
+    assert "Missing options '--init', '--out'." in result.output
+
+
+def test_sigterm_during_an_ingest_commit_ends_with_one_line_143_and_rolls_back(tmp_path, demo_images, monkeypatch):
+    import os
+    import signal
+
+    from plankton_cli.store import Store
+    from plankton_cli.store.check import check
+    from plankton_cli.store.transaction import Transaction
+
+    real_commit = Transaction.commit
+
+    def killed_commit(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here, before the commit point
+        real_commit(self)
+
+    monkeypatch.setattr(Transaction, "commit", killed_commit)
+    store = tmp_path / "store"
+    result = run("ingest", str(demo_images / "Tripos"), "--format", "folders", "--store", str(store))
+    assert result.exit_code == 143
+    [line] = result.output.splitlines()
+    assert line.startswith("Error: interrupted by SIGTERM:") and "run the same command again" in line
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    monkeypatch.setattr(Transaction, "commit", real_commit)
+    assert not check(Store(store)).problems and not Store(store).files("objects")  # rolled back, intact
+    assert run("ingest", str(demo_images / "Tripos"), "--format", "folders", "--store", str(store)).exit_code == 0
+    assert Store(store).files("objects")
+
+
+def test_ctrl_c_in_pretrain_is_an_interruption_not_a_bug(tmp_path, monkeypatch):
+    """The issue's case: Ctrl-C reaches the DataLoader workers too, and the main process sees their death as a
+    RuntimeError; that must read as the interruption it is, exit 130."""
+    import os
+    import signal
+
+    import plankton_cli.pretrain
+    from plankton_cli.store import Store
+
+    def pretrain(config, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Interrupt") from None
+
+    monkeypatch.setattr(plankton_cli.pretrain, "pretrain", pretrain)
+    with Store(tmp_path / "store").locked():
+        pass
+    result = run("pretrain", "--out", str(tmp_path / "run"), "--store", str(tmp_path / "store"))
+    assert result.exit_code == 130
+    [line] = result.output.splitlines()
+    assert line.startswith("Error: interrupted by SIGINT:") and "bug" not in line and "--resume" in line
+
+
+@pytest.fixture(scope="module")
+def flowcam_model(tmp_path_factory):
+    """Fine-tuned on FlowCam labels, from a store where IFCB was padded too (so its pad_settings name both)."""
+    from test_predict import CLASSES, PADDING, tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("model") / "fold-0", CLASSES, {**PADDING, "instruments": ["FlowCam"]})
+
+
+def test_a_flowcam_model_on_ifcb_rois_warns_with_the_number_predicted(tmp_path, flowcam_model, demo_images):
+    from conftest import BUNDLED
+
+    result = run("predict", str(BUNDLED / "ifcb" / "pyifcb-testdata" / "white"), "--model", str(flowcam_model),
+                 "--to", "csv", "--out", str(tmp_path / "out"), "--store", str(tmp_path / "none"))
+    assert result.exit_code == 0, result.output
+    [warning] = [line for line in result.output.splitlines() if "fine-tuned on FlowCam" in line]
+    ifcb = sum(1 for line in (tmp_path / "out" / "predictions.csv").read_text().splitlines()[1:])
+    assert f"its {ifcb:,} IFCB objects" in warning
+
+    result = run("predict", str(demo_images), "--instrument", "FlowCam", "--model", str(flowcam_model),
+                 "--to", "csv", "--out", str(tmp_path / "out2"), "--store", str(tmp_path / "none"))
+    assert result.exit_code == 0 and "fine-tuned on" not in result.output  # its own instrument: no warning
+
+    result = run("predict", str(demo_images), "--instrument", "UVP6", "--model", str(flowcam_model),
+                 "--to", "csv", "--out", str(tmp_path / "out3"), "--store", str(tmp_path / "none"))
+    assert "its 105 UVP6 objects" in result.output  # not "its 1"
+
+
+def test_a_class_folder_typo_beside_the_same_ecotaxa_id_is_warned_once_and_fails_with_strict(tmp_path, demo_images):
+    import shutil
+
+    images = sorted((demo_images / "Tripos").iterdir())
+    for folder, files in (("Copepoda__6666", images[:2]), ("Copepda__6666", images[2:3])):
+        (tmp_path / "src" / folder).mkdir(parents=True)
+        for image in files:
+            shutil.copy(image, tmp_path / "src" / folder)
+    ingest = ["ingest", str(tmp_path / "src"), "--format", "folders"]
+    result = run(*ingest, "--store", str(tmp_path / "store"))
+    assert result.exit_code == 0, result.output
+    [warning] = [line for line in result.output.splitlines() if "spelled twice" in line]
+    assert "'Copepda__6666' and 'Copepoda__6666'" in warning and "EcoTaxa id 6666" in warning
+    assert "spelled twice" not in run(*ingest, "--store", str(tmp_path / "store")).output  # not caused by this run
+
+    strict = run(*ingest, "--strict", "--store", str(tmp_path / "strict"))
+    assert strict.exit_code == 65 and strict.output.splitlines()[-1].startswith("Error: --strict: labels ")
+
+
+def test_labelled_objects_of_status_predicted_are_counted_when_finetune_skips_them(tmp_path):
+    from conftest import shared_data
+    from plankton_cli.finetune.pool import LabelledPool, labelled_pool
+    from plankton_cli.ingest import ingest
+    from plankton_cli.store import Store
+
+    store = Store(tmp_path / "store")
+    ingest(store, [shared_data("ecotaxa", "ecotaxa-back-qa", "import_test", "m106_mn01_n1_sml")], fmt="ecotaxa")
+    with pytest.raises(ValueError, match=r"8 labelled objects skipped: status predicted \(.*--label-status"):
+        labelled_pool(store.root / "objects")  # all 8 are EcoTaxa predictions: nothing left, and it says why
+    assert len(labelled_pool(store.root / "objects", label_status=None).object_ids) == 8
+    assert LabelledPool([], [], [], {"predicted": 30, "dubious": 6}).skipped_line().startswith(
+        "36 labelled objects skipped: 6 status dubious, 30 status predicted")
+
+
+def test_predict_says_how_many_are_unclassified_by_threshold_and_which_option_sets_it(tmp_path, demo_images):
+    import json
+
+    from test_predict import CLASSES, PADDING, tiny_model
+
+    model = tiny_model(tmp_path / "model" / "fold-0", CLASSES, PADDING)
+    info = json.loads(model.with_suffix(".json").read_text())
+    info.update(thresholds={c: 0.999 for c in CLASSES}, threshold_target_precision=0.9)  # no score reaches them
+    model.with_suffix(".json").write_text(json.dumps(info))
+    result = run("predict", str(demo_images), "--model", str(model), "--to", "csv", "--out", str(tmp_path / "out"),
+                 "--store", str(tmp_path / "none"))
+    assert result.exit_code == 0, result.output
+    assert ("105 of 105 unclassified by the model's per-class thresholds (set for precision 0.9 in model.json"
+            in result.output) and "--target-precision" in result.output
+
+
+def test_finetune_before_pad_warns_with_what_to_run(tmp_path, demo_images, monkeypatch):
+    import plankton_cli.finetune
+    from plankton_cli.ingest import ingest
+    from plankton_cli.store import Store
+
+    monkeypatch.setattr(plankton_cli.finetune, "finetune", lambda config, echo: {})  # the warning comes first
+    store = tmp_path / "store"
+    ingest(Store(store), [demo_images / "Tripos"], fmt="folders")
+    args = ["finetune", "--init", "scratch", "--model", "vit_tiny_patch16_224", "--labels", "all",
+            "--out", str(tmp_path / "run"), "--store", str(store)]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    [warning] = [line for line in result.output.splitlines() if "no padded dataset" in line]
+    assert f"run `plankton pad --store {store}` first" in warning
+    assert "no padded dataset" not in run(*args, "--dataset", "objects").output  # asked for: no warning
+
+
+def test_one_ecotaxa_export_in_three_layouts_is_warned_at_ingest_and_reported_by_check(tmp_path):
+    import json
+
+    from conftest import shared_data
+
+    exports = shared_data("ecotaxa", "ecotaxa-back-qa", "ref_exports")
+    store = ["--store", str(tmp_path / "store")]
+    first = run("ingest", str(exports / "tsv_by_acquisition"), "--format", "ecotaxa", *store)
+    assert first.exit_code == 0 and "collections" not in first.output  # nothing stored twice yet
+    second = run("ingest", str(exports / "bak_all_images"), "--format", "ecotaxa", *store)
+    [warning] = [line for line in second.output.splitlines() if "under different collections" in line]
+    assert warning.split("WARNING plankton.ingest: ")[-1].startswith("12 objects are stored more than once")
+    assert "bak_all_images/m106_mn01_n1_sml_409 = tsv_by_acquisition/m106_mn01_n1_sml_409" in warning
+    strict = run("ingest", str(exports / "doi"), "--format", "ecotaxa", "--strict", *store)
+    assert strict.exit_code == 65 and "up to 3 times" in strict.output.splitlines()[-1]
+
+    check = run("check", "--json", *store)
+    assert check.exit_code == 0  # no damage: every file is whole; the copies are reported, not failed
+    report = json.loads(check.output[check.output.index("{"):])
+    assert len(report["duplicates_across_collections"]) == 12
+    assert ["bak_all_images/m106_mn01_n1_sml_409", "ecotaxa-1/m106_mn01_n1_sml_409",
+            "tsv_by_acquisition/m106_mn01_n1_sml_409"] in report["duplicates_across_collections"]
+
+
+def test_pretrain_on_a_cpu_for_over_an_hour_warns_with_the_measured_estimate_and_a_smaller_model():
+    import torch
+
+    from plankton_cli.models import MAE
+    from plankton_cli.pretrain import cpu_time_warning
+
+    torch.manual_seed(0)
+    mae = MAE("vit_small_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2, in_chans=1,
+              decoder_depth=1, decoder_dim=32, decoder_heads=2)
+    state = torch.random.get_rng_state()
+    # ViT-L for 800 epochs is this many images on a store of a few thousand; measured on a tiny model, to be fast
+    warning = cpu_time_warning(mae, 32, 800 * 5_000_000, "vit_large_patch16_224")
+    assert warning is not None and "--model vit_base_patch16_224" in warning and " h (" in warning
+    assert torch.equal(torch.random.get_rng_state(), state)  # the measurement leaves the run as it was
+    assert all(p.grad is None for p in mae.parameters())
+    assert cpu_time_warning(mae, 32, 10, "vit_small_patch16_224") is None  # minutes: nothing to say
