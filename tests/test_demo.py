@@ -17,7 +17,9 @@ from conftest import REPO
 @pytest.mark.slow
 def test_demo_runs_clean_and_its_model_is_as_good_as_its_best_baseline(tmp_path):
     out = tmp_path / "demo"
-    env = {**os.environ, "PLANKTON": str(Path(sys.executable).parent / "plankton")}
+    # The numbers the demo was tuned on come from 2 threads (the development VM): torch's CPU kernels round
+    # differently on other thread counts, and 1000 MAE steps carry that into another encoder.
+    env = {**os.environ, "PLANKTON": str(Path(sys.executable).parent / "plankton"), "OMP_NUM_THREADS": "2"}
     proc = subprocess.run(["bash", str(REPO / "examples" / "demo.sh"), str(out)], env=env, capture_output=True,
                           text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
