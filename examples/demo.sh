@@ -29,7 +29,7 @@ step "measure every object (area, ESD, biovolume, shape, grey levels): features 
 $PLANKTON -q features --store "$STORE"
 
 # The training steps run without -q: they log their recipe and a progress line every few seconds.
-step "pretrain a masked autoencoder on all images (labels unused): 1008 steps, 2-5 minutes on 2 cores"
+step "pretrain a masked autoencoder on all images (labels unused): 1008 steps, 20 s to 5 min on 2 CPU cores"
 # 124 images at batch 8 make 16 optimizer steps per epoch, and 63 epochs the ~1000 steps MAE needs to learn
 # anything (pretrain warns below that). The paper's lr rule (1.5e-4 per 256 images) gives a batch of 8 almost no
 # lr, hence a base lr 10x the paper's.
