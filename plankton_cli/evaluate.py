@@ -69,6 +69,7 @@ def evaluate_run(run: Path, out_dir: Path) -> dict:
     name = run.name
     baselines = _baselines(run)
     labelled = _labelled(run)
+    heads = _heads(run)
     metrics.plot_confusion_matrix(y_true_all, y_pred_all, classes or sorted(set(y_true_all)),
                                   out_dir / f"confusion_{name}.png")
     pooled = metrics.classification_metrics(y_true_all, y_pred_all, classes)
@@ -86,6 +87,7 @@ def evaluate_run(run: Path, out_dir: Path) -> dict:
         "baselines": baselines,
         "protocol": labelled.pop("protocol"),
         "labelled": labelled,
+        "heads": heads,
     }
 
 
@@ -97,6 +99,34 @@ def _labelled(run: Path) -> dict:
             for r in results if "n_train" in r]
     protocol = results[0].get("protocol", "paper") if results else "?"  # older runs: the paper's protocol
     return {**label_accounting(rows), "protocol": protocol}
+
+
+def _heads(run: Path) -> dict[str, int]:
+    """How many folds kept each head (`--head auto` chooses per fold; a run without the choice fine-tuned)."""
+    counts: dict[str, int] = {}
+    for path in sorted(run.glob("fold-*/result.json")):
+        head = json.loads(path.read_text()).get("head", "finetune")
+        counts[head] = counts.get(head, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def verdict(run: dict) -> str | None:
+    """One sentence on a run against its best baseline by mean macro-F1, in points as the tables show them (equal
+    to 2 decimals is level), naming the heads its folds kept; None without baselines."""
+    model = run["summary"].get("macro_f1", {}).get("mean")
+    if not run["baselines"] or model is None:
+        return None
+    name, best = max(run["baselines"].items(), key=lambda kv: kv[1]["macro_f1"]["mean"])
+    ours, theirs = round(model * 100, 2), round(best["macro_f1"]["mean"] * 100, 2)
+    folds = sum(run["heads"].values())
+    kept = ", ".join(f"{head} on {n} of {folds} folds" for head, n in run["heads"].items())
+    if ours > theirs:
+        how = f"beats the best baseline, {name} ({theirs:.2f}), by {ours - theirs:.2f} points"
+    elif ours == theirs:
+        how = f"is level with the best baseline, {name} ({theirs:.2f})"
+    else:
+        how = f"LOSES to the best baseline, {name} ({theirs:.2f}), by {theirs - ours:.2f} points"
+    return f"{Path(run['run']).name}: the model (head kept: {kept}), macro-F1 {ours:.2f}, {how}."
 
 
 def _baselines(run: Path) -> dict:
@@ -159,10 +189,14 @@ def evaluate(runs: list[Path], out_dir: Path, *, predictions: Path | None = None
             name, best = max(r["baselines"].items(), key=lambda kv: kv[1]["macro_f1"]["mean"])
             row["best baseline"] = f"{name} {metrics.format_mean_std(best['macro_f1']['mean'], best['macro_f1']['std'])}"
             model = r["summary"].get("macro_f1", {}).get("mean")
-            row["vs baseline"] = "LOSES" if model is not None and model < best["macro_f1"]["mean"] else "beats"
+            # Compared as shown (points to 2 decimals), as `verdict` words it: the same predictions are level.
+            ours, theirs = round((model or 0.0) * 100, 2), round(best["macro_f1"]["mean"] * 100, 2)
+            row["vs baseline"] = "LOSES" if ours < theirs else "level" if ours == theirs else "beats"
         rows.append(row)
+    report["verdicts"] = [v for v in map(verdict, report["runs"]) if v]
     if rows:
-        (out_dir / "summary.md").write_text(metrics.format_table_markdown(rows) + "\n")
+        (out_dir / "summary.md").write_text(metrics.format_table_markdown(rows) + "\n"
+                                            + "".join(f"\n{v}\n" for v in report["verdicts"]))
         metrics.write_csv(rows, out_dir / "summary.csv")
         per_class = [{"run": Path(r["run"]).name, "class": c, **v} for r in report["runs"]
                      for c, v in r["per_class"].items()]

@@ -502,6 +502,8 @@ def preview_pairs(
 
 
 def preview(store: Store, n: int, path: str | Path, *, tile: int = 128, **settings) -> Path:
-    """Write a PNG contact sheet of `preview_pairs(store, n, **settings)`, before and after side by side."""
+    """Write a PNG contact sheet of `preview_pairs(store, n, **settings)`, before and after side by side, under
+    a legend naming each column."""
     pairs = preview_pairs(store, n, **settings)
-    return contact_sheet([(before, after) for _, before, after in pairs], path, tile=tile)
+    return contact_sheet([(before, after) for _, before, after in pairs], path, tile=tile,
+                         labels=("original", "padded"))

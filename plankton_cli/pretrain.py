@@ -340,6 +340,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
         precision=config.precision,
         accumulate_grad_batches=recipe.accumulate,
         log_every_n_steps=config.log_every,
+        steps_per_epoch=recipe.steps_per_epoch,
         checkpoint_every_n_steps=config.checkpoint_every,
         callbacks=[*([RecordObjectIds(run_dir)] if config.record_ids else []), *callbacks],
         enable_progress=enable_progress,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from plankton_cli.instruments import canonical_instrument
 
@@ -310,10 +310,13 @@ def preset_for(instrument: str | None) -> CropSpec:
 _SHEET_BACKGROUND = (255, 0, 255)  # magenta: neither a dark nor a light plankton background, so the pad shows
 
 
-def contact_sheet(pairs: list[tuple[np.ndarray, np.ndarray]], path: str | Path, *, tile: int = 128) -> Path:
+def contact_sheet(pairs: list[tuple[np.ndarray, np.ndarray]], path: str | Path, *, tile: int = 128,
+                  labels: tuple[str, str] | None = None) -> Path:
     """Write a PNG grid of (before, after) pairs side by side, each image scaled to fit a `tile` square.
 
     Images keep their aspect ratio on a magenta background, so the added padding (and any crop) is visible.
+    `labels` (e.g. ("original", "padded")) are written above the two columns of every pair, so a reader of the
+    sheet alone knows which side is which.
     """
     if not pairs:
         raise ValueError("contact_sheet needs at least one (before, after) pair")
@@ -321,12 +324,21 @@ def contact_sheet(pairs: list[tuple[np.ndarray, np.ndarray]], path: str | Path, 
     pairs_per_row = max(1, math.ceil(math.sqrt(len(pairs) / 2)))  # a roughly square sheet: a pair is 2 tiles wide
     rows = math.ceil(len(pairs) / pairs_per_row)
     cell_width = 2 * tile + 5 * gap  # before, gap, after, then 4 gaps so the pairs stand apart
+    font = ImageFont.load_default(size=max(10, tile // 8)) if labels else None
+    header = int(font.getbbox("Ag")[3]) + 2 * gap if font else 0
     sheet = Image.new(
-        "RGB", (pairs_per_row * cell_width + gap, rows * (tile + gap) + gap), _SHEET_BACKGROUND
+        "RGB", (pairs_per_row * cell_width + gap, header + rows * (tile + gap) + gap), _SHEET_BACKGROUND
     )
+    if labels and font:
+        draw = ImageDraw.Draw(sheet)
+        for column in range(pairs_per_row):
+            for j, text in enumerate(labels):
+                left = column * cell_width + gap + j * (tile + gap)
+                width = draw.textlength(text, font=font)
+                draw.text((left + (tile - width) / 2, gap), text, fill=(255, 255, 255), font=font)
     for i, (before, after) in enumerate(pairs):
         x = (i % pairs_per_row) * cell_width + gap
-        y = (i // pairs_per_row) * (tile + gap) + gap
+        y = header + (i // pairs_per_row) * (tile + gap) + gap
         for j, img in enumerate((before, after)):
             thumb = _thumbnail(img, tile)
             sheet.paste(thumb, (x + j * (tile + gap) + (tile - thumb.width) // 2, y + (tile - thumb.height) // 2))

@@ -152,6 +152,7 @@ def make_trainer(
     precision: str | None = None,
     accumulate_grad_batches: int = 1,
     log_every_n_steps: int = 50,
+    steps_per_epoch: int | None = None,
     checkpoint_every_n_steps: int = 100,
     callbacks: Sequence[Callback] = (),
     enable_progress: bool | None = None,
@@ -163,6 +164,8 @@ def make_trainer(
     - DDP when ``devices × num_nodes > 1``: gloo on CPU, nccl on GPU. Outside SLURM, Lightning starts the
       extra local processes by re-running this command line; inside SLURM each task is one process.
     - ``precision``: ``None`` = ``bf16-mixed`` on GPU, ``32-true`` on CPU.
+    - ``steps_per_epoch`` (optimizer steps), when given, caps ``log_every_n_steps``: every epoch then logs at least
+      once, and Lightning does not warn that the interval is longer than the epoch.
     - ``checkpoint_every_n_steps``: ``RUN/checkpoints/last.ckpt`` is rewritten (atomically) every that many
       optimizer steps and at every epoch end, so a kill loses little. Resume with
       ``trainer.fit(module, loader, ckpt_path=last_checkpoint(run_dir))``.
@@ -204,7 +207,7 @@ def make_trainer(
         plugins=plugins or None,
         precision=precision,
         accumulate_grad_batches=accumulate_grad_batches,
-        log_every_n_steps=log_every_n_steps,
+        log_every_n_steps=max(1, min(log_every_n_steps, steps_per_epoch or log_every_n_steps)),
         logger=RunCSVLogger(run_dir),
         callbacks=all_callbacks,
         enable_progress_bar=bool(enable_progress and interactive),
@@ -314,30 +317,38 @@ class SeedEachEpoch(Callback):
 
 
 class LogLinesProgress(Callback):
-    """Progress as log lines (for cron, SLURM logs, pipes): at most one every ``every_s`` seconds, and one
-    at each epoch end, from rank 0 only."""
+    """Progress as log lines (for cron, SLURM logs, pipes), from rank 0 only: one at least every ``every_s``
+    seconds while training runs (so a reader never waits long without news), at epoch ends only when that long has
+    passed since the last line (short epochs would otherwise flood the log), and one at the end of the last epoch."""
 
-    def __init__(self, every_s: float = 30.0) -> None:
+    def __init__(self, every_s: float = 10.0) -> None:
         self.every_s = every_s
         self._last = self._epoch_start = 0.0
         self._samples = 0
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last = time.monotonic()
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._last = self._epoch_start = time.monotonic()
+        self._epoch_start = time.monotonic()
         self._samples = 0
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         self._samples += _batch_size(batch)
         if time.monotonic() - self._last >= self.every_s:
-            self._last = time.monotonic()
             self._log(trainer, "")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._log(trainer, " (epoch done)")
+        last = (trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs) or (
+            trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps)
+        if last or time.monotonic() - self._last >= self.every_s:
+            self._log(trainer, " (epoch done)")
 
-    @rank_zero_only
     def _log(self, trainer: pl.Trainer, suffix: str) -> None:
+        self._last = time.monotonic()
+        if not trainer.is_global_zero:
+            return
         elapsed = max(time.monotonic() - self._epoch_start, 1e-9)
         metrics = " ".join(
             f"{k} {float(v):.4g}" for k, v in sorted(trainer.progress_bar_metrics.items()) if k != "v_num"

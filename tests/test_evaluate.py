@@ -71,3 +71,23 @@ def test_baselines_scored_by_finetune_are_shown_beside_the_model(tmp_path):
     assert (row["protocol"], row["labelled (train + val)"]) == ("budget", "40 + 12 = 52")
     assert report["runs"][0]["labelled"]["total"] == {"min": 52, "max": 53, "mean": 52.5}
     assert "LOSES" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_the_verdict_names_the_heads_kept_and_the_margin_over_the_best_baseline(tmp_path):
+    run = make_run(tmp_path, "r", "10%", "mae")
+    # Fold 0 kept the forest, fold 1 the fine-tuned ViT; the model's own macro-F1 comes from its test predictions.
+    for fold, head in zip(CASE, ("forest", "finetune")):
+        result = {"fold": int(fold[-1]), "head": head, "baselines": {
+            "pixel_logreg": {"accuracy": 0.1, "balanced_accuracy": 0.1, "macro_f1": 0.1},
+            "features_rf": {"accuracy": 0.2, "balanced_accuracy": 0.2, "macro_f1": 0.2}}}
+        (run / fold / "result.json").write_text(json.dumps(result))
+    proc = plankton("evaluate", str(run), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    model = report["runs"][0]["summary"]["macro_f1"]["mean"] * 100
+    assert report["runs"][0]["heads"] == {"forest": 1, "finetune": 1} and report["table"][0]["vs baseline"] == "beats"
+    (sentence,) = report["verdicts"]
+    assert sentence == (f"r: the model (head kept: forest on 1 of 2 folds, finetune on 1 of 2 folds), macro-F1 "
+                        f"{model:.2f}, beats the best baseline, features_rf (20.00), by {round(model, 2) - 20:.2f} "
+                        "points.")
+    assert sentence in proc.stdout and sentence in (tmp_path / "out" / "summary.md").read_text()

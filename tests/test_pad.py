@@ -344,6 +344,19 @@ def test_contact_sheet_shows_before_and_after(tmp_path, uvp6, ifcb):
     assert not (after_tile == (255, 0, 255)).all(axis=2).any()  # the padded square fills its tile
 
 
+def test_contact_sheet_legend_names_each_column(tmp_path, uvp6):
+    pairs = [(img, pad_to_square(img, key).image) for key, img in uvp6[:3]]
+    plain = np.asarray(Image.open(contact_sheet(pairs, tmp_path / "plain.png", tile=64)))
+    sheet = np.asarray(Image.open(contact_sheet(pairs, tmp_path / "legend.png", tile=64, labels=("original", "padded"))))
+    header = sheet.shape[0] - plain.shape[0]
+    assert header > 0 and sheet.shape[1] == plain.shape[1]
+    np.testing.assert_array_equal(sheet[header:], plain)  # the images are where they were, under the legend
+    gap = 2
+    white = sheet[:header, :, 1] > 128  # the legend's white text (antialiased) on the magenta background
+    # Each label sits over its own column of the first pair: the original's tile, then the padded one's.
+    assert white[:, gap : gap + 64].any() and white[:, gap + 64 + gap : gap + 2 * 64 + gap].any()
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     arrays(np.uint8, st.tuples(st.integers(1, 12), st.integers(1, 12), st.sampled_from([1, 3])).map(

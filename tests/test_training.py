@@ -17,3 +17,48 @@ def test_resumed_metrics_csv_keeps_columns_only_the_killed_run_logged(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["step"] for r in rows] == ["9", "10", "11"]
     assert rows[0]["train/loss_epoch"] == "0.5" and rows[2]["lr"] == "0.001"
+
+
+def test_short_epochs_train_without_the_logging_interval_warning_or_a_line_per_epoch(tmp_path):
+    """A demo-sized run: 4 steps per epoch under the default log interval of 50, 20 epochs of a second or less."""
+    import logging
+    import warnings
+
+    import pytorch_lightning as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from plankton_cli.training import make_trainer
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            loss = self.layer(batch[0]).pow(2).mean()
+            self.log("train_loss", loss, prog_bar=True)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("plankton.training")
+    logger.addHandler(handler)
+    old_level, logger.level = logger.level, logging.INFO
+    try:
+        trainer = make_trainer(tmp_path, max_epochs=20, accelerator="cpu", steps_per_epoch=4, enable_progress=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(Tiny(), DataLoader(TensorDataset(torch.randn(16, 2)), batch_size=4))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert trainer.log_every_n_steps == 4
+    assert not [w for w in caught if "log_every_n_steps" in str(w.message)]
+    progress = [r.getMessage() for r in records if "samples/s" in r.getMessage()]
+    # Not one line per epoch: every 10 s at most, and the last epoch's (the run takes a few seconds).
+    assert 1 <= len(progress) < 20 and progress[-1].startswith("epoch 19/20 step 80 ")

@@ -43,6 +43,8 @@ def evaluate(runs, predictions, out_dir, store, as_json):
 
     if report["table"]:
         click.echo(format_table_markdown(report["table"]))
+    for sentence in report["verdicts"]:
+        click.echo(sentence)
     if "predictions" in report:
         p = report["predictions"]
         m = p["metrics"]
