@@ -179,7 +179,7 @@ _SUMMARIES = {
     "predict": "Classify objects with a fine-tuned model and write the results.",
     "evaluate": "Metrics, tables and plots from fine-tune runs or from predictions.",
     "summarize": "Counts and concentrations (per mL) per class and bin, sample or day, from a model's predictions.",
-    "taxa": "Build an EcoTaxa taxon map (label -> taxon name and category id) from an EcoTaxa export.",
+    "taxa": "Build an EcoTaxa taxon map (label -> taxon name and category id) from an EcoTaxa export or taxonomy.",
     "report": "Write one HTML page about a night's classification: counts, new bins, rejections, drift.",
     "plugins": "List installed reader, writer and backend plugins (and broken ones).",
     "pretrain": "Pretrain a ViT encoder as a masked autoencoder on the store's images.",
