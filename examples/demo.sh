@@ -2,7 +2,7 @@
 # The whole pipeline on the bundled real data, on CPU in a few minutes:
 # 105 labelled FlowCam-like images (planktonclass demo, Apache-2.0) and one real IFCB bin (pyifcb, MIT).
 #   ingest -> pad -> features -> a small MAE pretrain -> fine-tune (--head auto) -> predict (EcoTaxa zip +
-#   IFCB v3 h5) -> evaluate against the baselines
+#   (FlowCam) -> evaluate against the baselines
 # Run from the repository root after installing:  bash examples/demo.sh [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,8 +44,11 @@ step "fine-tune on the labelled FlowCam images; keep the best head: fine-tuned V
 $PLANKTON finetune --store "$STORE" --init "$OUT/pretrain/encoder.safetensors" --instrument FlowCam \
     --labels all --folds 1 --epochs 12 --batch-size 8 --workers 0 --head auto --out "$OUT/finetune"
 
-step "predict every stored object: store, EcoTaxa import zips, IFCB Dashboard class files"
-$PLANKTON -q predict --store "$STORE" --model "$MODEL" --to store --to ecotaxa --to ifcb-h5 --out "$OUT/predictions"
+step "predict the FlowCam images (the instrument the model was fine-tuned on): store and EcoTaxa import zips"
+# The IFCB bin is unlabelled: it joined the pretraining (a station's own images help most there), but a model
+# fine-tuned on FlowCam would classify its ROIs with another instrument's look, and predict would warn so.
+$PLANKTON -q predict --store "$STORE" --model "$MODEL" --instrument FlowCam --to store --to ecotaxa \
+    --out "$OUT/predictions"
 
 step "evaluate the fine-tune run: the model beside its baselines (macro-F1, test images)"
 $PLANKTON evaluate "$OUT/finetune" --out "$OUT/evaluation"
@@ -58,13 +61,14 @@ You now have:
   pretrained encoder                                    $OUT/pretrain/encoder.safetensors (+ reconstructions/)
   the fine-tuned model (the head that won) for predict  $MODEL
   EcoTaxa import zips                                   $OUT/predictions/ecotaxa/
-  IFCB Dashboard class files                            $OUT/predictions/ifcb-h5/
   tables and plots (model vs baselines)                 $OUT/evaluation/
 
 Next:
-  counts and cells per mL per class of the IFCB bin (the FlowCam folder images carry no sample id: left out):
-      $PLANKTON summarize --store $STORE --model $MODEL --by bin --out $OUT/summary
-  the night's one-page HTML report:
-      $PLANKTON report --store $STORE --model $MODEL --summary $OUT/summary --out $OUT/reports
+  your own data: ingest it, then pad, features, pretrain (with your unlabelled images), finetune --head auto
+  IFCB Dashboard class files: predict --to ifcb-h5 with a model fine-tuned on IFCB labels
+  counts and cells per mL per bin, and the night's HTML report (objects with a sample id: IFCB bins, EcoTaxa
+  samples; the demo's FlowCam folder images have none):
+      plankton summarize --store STORE --model MODEL --by bin --out SUMMARY
+      plankton report --store STORE --model MODEL --summary SUMMARY --out REPORTS
   a station's nightly job (cron): ingest, predict, summarize and report every night, see examples/nightly/README.md
 DONE
