@@ -166,17 +166,20 @@ def test_predict_says_how_many_are_unclassified_by_threshold_and_which_option_se
 
 
 def test_finetune_before_pad_warns_with_what_to_run(tmp_path, demo_images, monkeypatch):
-    import plankton_cli.finetune
+    import plankton_cli.training
     from plankton_cli.ingest import ingest
     from plankton_cli.store import Store
 
-    monkeypatch.setattr(plankton_cli.finetune, "finetune", lambda config, echo: {})  # the warning comes first
+    def stop(store, dataset):  # the warning comes before the dataset is resolved: no need to train
+        raise ValueError("stopped after the warning")
+
+    monkeypatch.setattr(plankton_cli.training, "resolve_dataset", stop)
     store = tmp_path / "store"
     ingest(Store(store), [demo_images / "Tripos"], fmt="folders")
     args = ["finetune", "--init", "scratch", "--model", "vit_tiny_patch16_224", "--labels", "all",
             "--out", str(tmp_path / "run"), "--store", str(store)]
     result = run(*args)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2 and "stopped after the warning" in result.output, result.output
     [warning] = [line for line in result.output.splitlines() if "no padded dataset" in line]
     assert f"run `plankton pad --store {store}` first" in warning
     assert "no padded dataset" not in run(*args, "--dataset", "objects").output  # asked for: no warning

@@ -138,7 +138,6 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
     """
     from plankton_cli.cli.dispatch import dispatch
     from plankton_cli.protocol import parse_label_fraction
-    from plankton_cli.store import Store
 
     try:
         parse_label_fraction(labels)
@@ -156,10 +155,6 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
                 dry_run=backend_opts.dry_run):
         return
     require_store(store)  # here, not before dispatch: a cluster job checks the store where it runs
-    if dataset is None and "padded" not in Store(store).datasets():
-        # The paper pads every image to a square; without `padded` the default falls back to the raw objects.
-        log.warning("store %s has no padded dataset: fine-tuning on unpadded images, without the paper's square "
-                    "padding; run `plankton pad --store %s` first (or give --dataset objects to mean it)", store, store)
 
     from plankton_cli.finetune import FinetuneConfig
     from plankton_cli.finetune import finetune as run_finetune

@@ -43,6 +43,11 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = log.info) -> 
     out = Path(config.out)
     refuse_other_settings(out, config.to_dict(), RESULT_KEYS)
     store = Store(config.store)
+    if config.dataset is None and "padded" not in store.datasets():
+        # The paper pads every image to a square; without `padded` the default falls back to the raw objects.
+        log.warning("store %s has no padded dataset: fine-tuning on unpadded images, without the paper's square "
+                    "padding; run `plankton pad --store %s` first (or give --dataset objects to mean it)",
+                    config.store, config.store)
     dataset_name = resolve_dataset(store, config.dataset)
     dataset_dir = store.root / dataset_name
     pool = labelled_pool(dataset_dir, config.instruments, config.label_status or None)
