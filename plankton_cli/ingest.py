@@ -5,6 +5,19 @@ Guarantees, each tested:
 - Never silent about identity: the same object id with other pixels from another source is a conflict,
   rejected (naming both sources) unless `on_conflict="replace"`.
 - Idempotent: the manifest skips unchanged sources; a re-run stores nothing twice.
+- One EcoTaxa object is one object: an EcoTaxa record whose EcoTaxa id (`<collection>/<object_id>[#rank]` less
+  its collection) and image (`content_hash`) are already stored under another collection (the same export in
+  another layout: by acquisition, backup, DOI) is skipped as already stored, counted in `skipped`
+  (`skipped_twin` of it), the stored object's id in the debug log. The lookup of stored EcoTaxa objects is read
+  on the first EcoTaxa record (three columns of the EcoTaxa sources' files only): other readers never pay for it.
+  The rule that keeps a skipped twin from being lost: a twin is skipped only for a copy that stays, i.e. one
+  stored by this run or by a source not superseded in it. When an EcoTaxa source that stored objects is
+  superseded (its content changed, so its old rows go), every other EcoTaxa source that skipped objects
+  (`n_skipped` > 0: it may have skipped them as twins of those rows) is marked to be read again (fingerprint
+  and checksum cleared): those this run has already passed are read again at its end, after a commit, so an
+  object the changed source no longer has is stored under the next layout that has it; those not among this
+  run's paths are named in a warning (`to_read_again`) and read again by the next ingest that finds them (until
+  then, such an object may be missing). The summary's counts include both readings of a source read again.
 - No reserved label: a class named `unclassified` (predict's label for objects below their class threshold) is
   rejected per object with the reason, whichever reader it came from: stored, it would be indistinguishable from
   predict's own and counted as one class in summaries and evaluations.
@@ -51,6 +64,10 @@ class IngestSummary:
     read: int = 0
     stored: int = 0
     skipped_duplicate: int = 0
+    skipped_twin: int = 0  # of skipped_duplicate: EcoTaxa objects stored under another collection (examples below)
+    twin_examples: list = field(default_factory=list)  # up to 3 [skipped id, stored id]
+    stored_by_reader: Counter = field(default_factory=Counter)
+    reread: list = field(default_factory=list)  # sources marked to be read again, not among this run's paths
     rejected: Counter = field(default_factory=Counter)  # reason kind -> count
 
     @property
@@ -65,6 +82,9 @@ class IngestSummary:
             "read": self.read,
             "stored": self.stored,
             "skipped_duplicate": self.skipped_duplicate,
+            "skipped_twin": self.skipped_twin,
+            "twin_examples": self.twin_examples,
+            "to_read_again": self.reread,
             "rejected": self.n_rejected,
             "rejected_by_reason": dict(self.rejected),
         }
@@ -97,6 +117,38 @@ class _Stored:
     file: str | None  # store-relative data file; None while only staged by this run
 
 
+ECOTAXA = "ecotaxa"  # the EcoTaxa reader's name (plugins/ecotaxa): its objects are matched across collections
+ECOTAXA_ID = "ecotaxa_object_id"  # its metadata key of EcoTaxa's own object id (plugins/ecotaxa/reader.py NATIVE_ID)
+
+
+def _local_id(object_id: str) -> str | None:
+    """The id within its collection (`<collection>/<id>`), None for an id without a collection."""
+    _, sep, local = object_id.partition("/")
+    return local if sep else None
+
+
+def _ecotaxa_index(store: Store, manifest: Manifest) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """(id within its collection, content hash) -> [(object id, source key)] of the stored EcoTaxa objects: the
+    data files of the manifest's EcoTaxa sources, three columns, their rows only."""
+    keys = {k for k, e in manifest.entries.items() if e.get("reader") == ECOTAXA}
+    files = sorted({f for k in keys for f in manifest.entries[k]["data_files"]})
+    index: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    if not files:
+        return index
+    wanted = pa.array(sorted(keys), pa.string())
+    for rel in files:
+        path = store.root / rel
+        if not path.exists():
+            continue
+        table = pq.read_table(path, columns=["object_id", "content_hash", "source_key"])
+        table = table.filter(pc.is_in(table["source_key"], wanted))
+        for oid, h, key in zip(*(table[c].to_pylist() for c in ("object_id", "content_hash", "source_key"))):
+            local = _local_id(oid)
+            if local is not None:
+                index.setdefault((local, h), []).append((oid, key))
+    return index
+
+
 def _existing_ids(store: Store) -> dict[str, _Stored]:
     ids: dict[str, _Stored] = {}
     for f in store.files(DATASET):
@@ -122,11 +174,52 @@ class _Run:
         self.pending_supersede: dict[str, list[str]] = {}  # the same, for sources read since the last commit
         self.stored_ids: dict[str, _Stored] = {}  # object ids stored by this run
         self.replaced: dict[str, set[str]] = {}  # data file -> ids whose row a conflicting object replaces
+        # EcoTaxa twins: the stored ones, read on the first EcoTaxa record; those this run stored
+        self.twins: dict[tuple[str, str], list[tuple[str, str]]] | None = None
+        self.run_twins: dict[tuple[str, str], tuple[str, str]] = {}
+        self.seen: set[str] = set()  # source keys this run has passed (read or unchanged)
+        self.again: set[str] = set()  # of them, those to read again at the end (see the module's docstring)
+        self.marking = True
 
     def supersede(self, source: Source) -> None:
         old = self.manifest.entries.get(source.key, {}).get("data_files", [])
         self.pending_supersede[source.key] = list(old)
         self.superseded[source.key] = list(old)
+        if source.reader == ECOTAXA and self.marking and self.manifest.entries.get(source.key, {}).get("n_stored"):
+            self._mark_twin_sources(source.key)
+
+    def _mark_twin_sources(self, changed: str) -> None:
+        """The old rows of EcoTaxa source `changed` (it had some) go: every other EcoTaxa source that skipped
+        objects is read again (those passed by this run at its end, the others by the next ingest that finds
+        them)."""
+        for key, entry in self.manifest.entries.items():
+            if key != changed and entry.get("reader") == ECOTAXA and entry["n_skipped"] and entry["fingerprint"]:
+                entry["fingerprint"] = entry["checksum"] = ""  # matches no source: read as changed
+                self.manifest.dirty = True
+                if key in self.seen:
+                    self.again.add(key)
+
+    def forget(self, key: str) -> None:
+        """Source `key`, stored by this run and committed, is read again: its objects are no longer this run's."""
+        for oid in [oid for oid, s in self.stored_ids.items() if s.source_key == key]:
+            del self.stored_ids[oid]
+        for twin in [t for t, (_, k) in self.run_twins.items() if k == key]:
+            del self.run_twins[twin]
+
+    def twin(self, rec: Record, content_hash: str) -> str | None:
+        """The id of the same EcoTaxa object stored under another collection, if a copy that stays."""
+        local = _local_id(rec.object_id)
+        if local is None:
+            return None
+        mine = self.run_twins.get((local, content_hash))
+        if mine is not None and mine[0] != rec.object_id:
+            return mine[0]
+        if self.twins is None:
+            self.twins = _ecotaxa_index(self.store, self.manifest)
+        for oid, key in self.twins.get((local, content_hash), ()):
+            if oid != rec.object_id and key not in self.superseded and oid not in self.stored_ids:
+                return oid
+        return None
 
     def commit(self) -> None:
         self._drop_superseded_rows()
@@ -191,6 +284,7 @@ def ingest(
                 status, facts = run.manifest.status(source)
                 if status == "unchanged" and retry_rejected and run.manifest.entries[source.key]["n_rejected"]:
                     status = "retried"
+                run.seen.add(source.key)
                 summary.sources[status] += 1
                 if on_source:
                     on_source(source, status)
@@ -205,15 +299,41 @@ def ingest(
                     run.commit()
                     since_commit = 0
             run.commit()
+            _read_again(run, sources, options, summary, on_object)
+            summary.reread = sorted(k for k, e in run.manifest.entries.items()
+                                    if e["fingerprint"] == "" and e.get("reader") == ECOTAXA)
         except BaseException:
             run.session.abort()
             raise
     return summary
 
 
+def _read_again(run: _Run, sources: list, options: ReadOptions, summary: IngestSummary, on_object) -> None:
+    """Read again, once, the EcoTaxa sources this run passed before a changed one was superseded (they may have
+    skipped objects as twins of its old rows; see the module's docstring). What they skip now has a copy that
+    stays, so they mark nothing more. The summary counts both readings (each adds up: read = stored + skipped +
+    rejected); its sources count them as "read again"."""
+    if not run.again:
+        return
+    run.marking = False
+    for reader, source, found_in in sources:
+        if source.key not in run.again:
+            continue
+        run.again.discard(source.key)
+        status, facts = run.manifest.status(source)
+        if status == "unchanged":  # a marked entry matches no source; only a source read twice ends here
+            continue
+        summary.sources["read again"] += 1
+        run.forget(source.key)
+        run.supersede(source)
+        counts, data_files = _ingest_source(run, reader, source, options, summary, on_object)
+        run.manifest.record(source, facts, counts, data_files, run.run_id, found_in, options)
+    run.commit()
+
+
 def _ingest_source(run: _Run, reader, source: Source, options: ReadOptions, summary: IngestSummary,
                    on_object) -> tuple[dict, list[str]]:
-    counts = Counter(read=0, stored=0, skipped=0, rejected=0)
+    counts = Counter(read=0, stored=0, skipped=0, rejected=0, twins=0)
     data_files: list[str] = []
     now = datetime.now(UTC)
     items = None
@@ -233,17 +353,20 @@ def _ingest_source(run: _Run, reader, source: Source, options: ReadOptions, summ
         if on_object:
             on_object()
         if isinstance(item, Record):
-            item = _store_record(run, item, source, now, counts, data_files)
+            item = _store_record(run, item, source, now, counts, data_files, summary)
         if isinstance(item, Rejection):
             _reject(run, item, source, now, counts, summary)
     summary.read += counts["read"]
     summary.stored += counts["stored"]
     summary.skipped_duplicate += counts["skipped"]
+    summary.skipped_twin += counts["twins"]
+    if counts["stored"]:
+        summary.stored_by_reader[source.reader] += counts["stored"]
     return dict(counts), data_files
 
 
 def _store_record(run: _Run, rec: Record, source: Source, now: datetime, counts: Counter,
-                  data_files: list[str]) -> Rejection | None:
+                  data_files: list[str], summary: IngestSummary) -> Rejection | None:
     if rec.label is not None and rec.label.strip().casefold() == UNCLASSIFIED:
         return Rejection(rec.source_file, rec.source_row, f"reserved label: {rec.label!r} is predict's own label "
                          "for objects below their class threshold; rename the class (folder or category)",
@@ -269,6 +392,15 @@ def _store_record(run: _Run, rec: Record, source: Source, now: datetime, counts:
         if earlier.source_key in run.manifest.entries:  # the replaced source keeps one row fewer
             run.manifest.entries[earlier.source_key]["n_stored"] -= 1
             run.manifest.dirty = True
+    elif source.reader == ECOTAXA and ECOTAXA_ID in rec.metadata:
+        twin = run.twin(rec, img.content_hash)
+        if twin is not None:  # the same EcoTaxa object from another layout of the export: one object
+            counts["skipped"] += 1
+            counts["twins"] += 1
+            if len(summary.twin_examples) < 3:
+                summary.twin_examples.append([rec.object_id, twin])
+            log.debug("skipped %s: the same EcoTaxa object and image as %s, already stored", rec.object_id, twin)
+            return None
     row = {
         "object_id": rec.object_id,
         "image": {"bytes": img.data, "path": rec.metadata.get("image_path") or rec.object_id.rsplit("/", 1)[-1]},
@@ -296,6 +428,8 @@ def _store_record(run: _Run, rec: Record, source: Source, now: datetime, counts:
     }
     data_files.append(run.session.add(DATASET, row))
     run.stored_ids[rec.object_id] = _Stored(source.key, rec.source_file, img.content_hash, None)
+    if source.reader == ECOTAXA and ECOTAXA_ID in rec.metadata and (local := _local_id(rec.object_id)):
+        run.run_twins.setdefault((local, img.content_hash), (rec.object_id, source.key))
     counts["stored"] += 1
     return None
 

@@ -185,28 +185,128 @@ def test_finetune_before_pad_warns_with_what_to_run(tmp_path, demo_images, monke
     assert "no padded dataset" not in run(*args, "--dataset", "objects").output  # asked for: no warning
 
 
-def test_one_ecotaxa_export_in_three_layouts_is_warned_at_ingest_and_reported_by_check(tmp_path):
+def test_one_ecotaxa_export_in_three_layouts_is_one_object_each_and_check_finds_no_copies(tmp_path):
     import json
 
     from conftest import shared_data
 
     exports = shared_data("ecotaxa", "ecotaxa-back-qa", "ref_exports")
     store = ["--store", str(tmp_path / "store")]
-    first = run("ingest", str(exports / "tsv_by_acquisition"), "--format", "ecotaxa", *store)
-    assert first.exit_code == 0 and "collections" not in first.output  # nothing stored twice yet
-    second = run("ingest", str(exports / "bak_all_images"), "--format", "ecotaxa", *store)
-    [warning] = [line for line in second.output.splitlines() if "under different collections" in line]
-    assert warning.split("WARNING plankton.ingest: ")[-1].startswith("12 objects are stored more than once")
-    assert "bak_all_images/m106_mn01_n1_sml_409 = tsv_by_acquisition/m106_mn01_n1_sml_409" in warning
-    strict = run("ingest", str(exports / "doi"), "--format", "ecotaxa", "--strict", *store)
-    assert strict.exit_code == 65 and "up to 3 times" in strict.output.splitlines()[-1]
+    summaries = []
+    for layout in ("tsv_by_acquisition", "bak_all_images", "doi"):
+        result = run("ingest", str(exports / layout), "--format", "ecotaxa", "--strict", "--json", *store)
+        assert result.exit_code == 0 and "WARNING" not in result.output  # no copy made, nothing to warn about
+        summaries.append(json.loads(result.output[result.output.index("{"):]))
+        assert summaries[-1]["duplicates_across_collections"] == []
+    for s in summaries:
+        assert s["read"] == s["stored"] + s["skipped_duplicate"] + s["rejected"]
+    assert [(s["read"], s["stored"], s["skipped_twin"]) for s in summaries] == [(13, 13, 0), (12, 0, 12), (12, 1, 11)]
+    # the one the DOI layout stores is another image rank (#1 there, #2 in the others): another object by id
+    assert ["bak_all_images/m106_mn01_n1_sml_409", "tsv_by_acquisition/m106_mn01_n1_sml_409"] \
+        in summaries[1]["twin_examples"]
 
     check = run("check", "--json", *store)
-    assert check.exit_code == 0  # no damage: every file is whole; the copies are reported, not failed
+    assert check.exit_code == 0
     report = json.loads(check.output[check.output.index("{"):])
-    assert len(report["duplicates_across_collections"]) == 12
-    assert ["bak_all_images/m106_mn01_n1_sml_409", "ecotaxa-1/m106_mn01_n1_sml_409",
-            "tsv_by_acquisition/m106_mn01_n1_sml_409"] in report["duplicates_across_collections"]
+    assert report["problems"] == [] and report["duplicates_across_collections"] == []
+
+    again = run("ingest", str(exports / "doi"), str(exports / "bak_all_images"), "--format", "ecotaxa", "--json",
+                *store).output
+    again = json.loads(again[again.index("{"):])
+    assert again["stored"] == 0 and again["read"] == 0 and again["sources"] == {"unchanged": 4}
+
+
+def test_an_ecotaxa_object_skipped_as_a_copy_is_stored_again_when_the_copy_it_matched_goes(tmp_path):
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+    from conftest import shared_data
+
+    layout = shared_data("ecotaxa", "ecotaxa-back-qa", "ref_exports", "tsv_by_acquisition")
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(layout, a)
+    shutil.copytree(layout, b)
+    store = ["--store", str(tmp_path / "store")]
+
+    def ingest(*paths):
+        result = run("ingest", *map(str, paths), "--format", "ecotaxa", "--json", *store)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output[result.output.index("{"):]), result.output
+
+    def ids():
+        return sorted(pq.read_table(tmp_path / "store" / "objects", columns=["object_id"])["object_id"].to_pylist())
+
+    assert ingest(a)[0]["stored"] == 13
+    assert ingest(b)[0]["skipped_twin"] == 13
+    tsv = a / "ecotaxa_generic_m106_mn01_n1_sml.tsv"
+    tsv.write_text("".join(line for line in tsv.read_text().splitlines(keepends=True) if "sml_409" not in line))
+    summary, output = ingest(a)  # a's _409 goes; b skipped it: b is to be read again, and said so
+    assert summary["to_read_again"] == [str(b / "ecotaxa_generic_m106_mn01_n1_sml.tsv"),
+                                        str(b / "ecotaxa_generic_m106_mn01_n2_sml.tsv"),
+                                        str(b / "ecotaxa_generic_m106_mn01_n3_sml.tsv")]
+    assert "ingest them again" in output
+    assert not any(i.endswith("_409") for i in ids())
+    summary, _ = ingest(b)
+    assert summary["stored"] == 1 and summary["skipped_twin"] == 12 and summary["to_read_again"] == []
+    assert [i for i in ids() if i.endswith("_409")] == ["b/m106_mn01_n1_sml_409"] and len(ids()) == 13
+
+    # in one run: b (passed unchanged) is read again after a changed, so nothing is missing at its end
+    tsv.write_text(tsv.read_text().replace("sml_821", "sml_821x"))  # a's _821 goes (its image is gone too)
+    summary, _ = ingest(b, a)
+    assert summary["sources"]["read again"] == 3 and summary["to_read_again"] == []
+    assert "b/m106_mn01_n1_sml_821" in ids() and not any("821" in i and i.startswith("a/") for i in ids())
+    assert summary["read"] == summary["stored"] + summary["skipped_duplicate"] + summary["rejected"]
+    assert ingest(b, a)[0]["read"] == 0  # idempotent
+
+    # a new layout c, read (its objects skipped as a's) before a changes in the same run: read again at its end
+    c = tmp_path / "c"
+    shutil.copytree(layout, c)
+    tsv.write_text("".join(line for line in tsv.read_text().splitlines(keepends=True) if "sml_822" not in line))
+    summary, _ = ingest(c, a)
+    assert summary["sources"]["read again"] == 3
+    assert summary["to_read_again"] == sorted(str(b / t.name) for t in b.glob("*.tsv"))  # b is not in this run
+    assert [i for i in ids() if i.endswith("_822")] == ["c/m106_mn01_n1_sml_822"] and len(ids()) == 13
+    check = run("check", "--json", *store).output
+    report = json.loads(check[check.index("{"):])
+    assert report["problems"] == [] and report["duplicates_across_collections"] == []
+
+
+def test_copies_ingest_still_makes_are_warned_and_reported_by_check(tmp_path, demo_images):
+    """Image folders under two collection names are still stored twice (only EcoTaxa objects are matched at
+    ingest): warned, fatal with --strict, and reported by `check`, as in stores ingested before the match."""
+    import json
+    import shutil
+
+    for name in ("x", "y"):
+        shutil.copytree(demo_images / "Tripos", tmp_path / name / "Tripos")
+    store = ["--store", str(tmp_path / "store")]
+    assert run("ingest", str(tmp_path / "x"), "--format", "folders", *store).exit_code == 0
+    second = run("ingest", str(tmp_path / "y"), "--format", "folders", "--strict", *store)
+    assert second.exit_code == 65 and "stored more than once" in second.output
+    check = run("check", "--json", *store)
+    assert check.exit_code == 0
+    twins = json.loads(check.output[check.output.index("{"):])["duplicates_across_collections"]
+    assert twins and all(len(group) == 2 and group[0].startswith("x/") for group in twins)
+
+
+def test_an_ifcb_ingest_does_not_read_the_ecotaxa_lookup(tmp_path, ifcb_bins, monkeypatch):
+    from conftest import shared_data
+
+    from plankton_cli import ingest as ingest_module
+
+    store = ["--store", str(tmp_path / "store")]
+    layout = shared_data("ecotaxa", "ecotaxa-back-qa", "ref_exports", "doi")
+    assert run("ingest", str(layout), "--format", "ecotaxa", *store).exit_code == 0
+
+    def boom(*_):
+        raise AssertionError("the EcoTaxa lookup was read for an IFCB ingest")
+
+    monkeypatch.setattr(ingest_module, "_ecotaxa_index", boom)
+    monkeypatch.setattr("plankton_cli.store.check.collection_twins", boom)
+    result = run("ingest", str(ifcb_bins), *store)
+    assert result.exit_code == 0, result.output
+    assert " 0 stored" not in result.output and "skipped 0" not in result.output
 
 
 def test_pretrain_on_a_cpu_for_over_an_hour_warns_with_the_measured_estimate_and_a_smaller_model():

@@ -117,20 +117,33 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
         log.warning("%s", line)
     from plankton_cli.store.check import collection_twins, twins_line
 
-    copies = collection_twins(Store(store), run=summary.run) if summary.stored else []
+    # EcoTaxa objects already stored under another collection are skipped by ingest, IFCB ids have no collection:
+    # only the other readers' objects (image folders under two names) can still be stored twice, so only they pay
+    # for the store-wide look
+    copies = (collection_twins(Store(store), run=summary.run)
+              if set(summary.stored_by_reader) - {"ecotaxa", "ifcb", "ifcb-png"} else [])
     data["duplicates_across_collections"] = copies
     if copies:
         log.warning("%s", twins_line(copies))
+    if summary.reread:
+        log.warning("%d EcoTaxa sources skipped objects already stored by a source whose content changed; ingest "
+                    "them again so none is missing (they will be read again): %s", len(summary.reread),
+                    ", ".join(summary.reread[:3]) + (", ..." if len(summary.reread) > 3 else ""))
     if as_json:
         emit_json(data)
     else:
         s = data["sources"]
         click.echo(
             f"sources: {s.get('new', 0)} new, {s.get('changed', 0)} changed, {s.get('retried', 0)} retried, "
-            f"{s.get('unchanged', 0)} unchanged\n"
+            f"{s.get('unchanged', 0)} unchanged"
+            + (f", {s['read again']} read again (they skipped objects of a changed export)"
+               if s.get("read again") else "") + "\n"
             f"objects: {data['read']} read = {data['stored']} stored + {data['skipped_duplicate']} skipped "
             f"(already stored) + {data['rejected']} rejected"
         )
+        if summary.skipped_twin:
+            click.echo(f"  skipped {summary.skipped_twin}: the same EcoTaxa object and image already stored under "
+                       f"another collection (e.g. {' = '.join(summary.twin_examples[0])})")
         for reason, n in sorted(data["rejected_by_reason"].items(), key=lambda kv: -kv[1]):
             click.echo(f"  rejected {n}: {reason}")
     if strict and summary.n_rejected:

@@ -128,8 +128,9 @@ def _check(store: Store) -> CheckReport:
 def collection_twins(store: Store, files: list[Path] | None = None, run: str | None = None) -> list[list[str]]:
     """Groups of objects stored under different collections that are one object: the same id within their
     collection (`<collection>/<id>`, e.g. the EcoTaxa object id) and the same image (`content_hash`). Ingesting
-    one EcoTaxa export in two layouts (by acquisition, backup, DOI) does this: each layout is its own collection.
-    With `run`, only groups that ingest run added to."""
+    one EcoTaxa export in two layouts (by acquisition, backup, DOI) did this (each layout is its own collection)
+    before ingest skipped such EcoTaxa objects; image folders under two collection names still do. With `run`,
+    only groups that ingest run added to."""
     def keys(batch: pa.RecordBatch) -> Iterator[tuple[str, tuple[str, str]]]:
         for object_id, content_hash in zip(batch["object_id"].to_pylist(), batch["content_hash"].to_pylist()):
             _, sep, local = object_id.partition("/")
@@ -156,7 +157,8 @@ def twins_line(twins: list[list[str]]) -> str:
     return (f"{len(twins)} objects are stored more than once (up to {max(map(len, twins))} times) under different "
             f"collections "
             f"(the same object id and image, e.g. {' = '.join(twins[0])}): training and counts see them more than "
-            f"once; ingest one export layout, or give each layout the same --collection so the copies are skipped")
+            f"once; ingest one export layout (or image folder), or give each the same --collection so the copies "
+            f"are skipped")
 
 
 def store_files_on_disk(root: Path) -> list[str]:
