@@ -5,19 +5,19 @@ Guarantees, each tested:
 - Never silent about identity: the same object id with other pixels from another source is a conflict,
   rejected (naming both sources) unless `on_conflict="replace"`.
 - Idempotent: the manifest skips unchanged sources; a re-run stores nothing twice.
-- One EcoTaxa object is one object: an EcoTaxa record whose EcoTaxa id (`<collection>/<object_id>[#rank]` less
-  its collection) and image (`content_hash`) are already stored under another collection (the same export in
-  another layout: by acquisition, backup, DOI) is skipped as already stored, counted in `skipped`
-  (`skipped_twin` of it), the stored object's id in the debug log. The lookup of stored EcoTaxa objects is read
-  on the first EcoTaxa record (three columns of the EcoTaxa sources' files only): other readers never pay for it.
-  The rule that keeps a skipped twin from being lost: a twin is skipped only for a copy that stays, i.e. one
-  stored by this run or by a source not superseded in it. When an EcoTaxa source that stored objects is
-  superseded (its content changed, so its old rows go), every other EcoTaxa source that skipped objects
-  (`n_skipped` > 0: it may have skipped them as twins of those rows) is marked to be read again (fingerprint
-  and checksum cleared): those this run has already passed are read again at its end, after a commit, so an
-  object the changed source no longer has is stored under the next layout that has it; those not among this
-  run's paths are named in a warning (`to_read_again`) and read again by the next ingest that finds them (until
-  then, such an object may be missing). The summary's counts include both readings of a source read again.
+- One EcoTaxa object is one object: an EcoTaxa record whose EcoTaxa id (`<collection>/<object_id>[#rank]` less its
+  collection) and image (`content_hash`) are already stored under another collection (the same export in another
+  layout: by acquisition, backup, DOI) with the same label is skipped as already stored, counted in `skipped`
+  (`skipped_twin` of it), the stored object's id in the debug log. The lookup of stored EcoTaxa objects is read on
+  the first EcoTaxa record (four columns of the EcoTaxa sources' files only): other readers never pay for it. The
+  rule that keeps a skipped twin from being lost: a twin is skipped only for a copy that stays, i.e. one stored by
+  this run or by a source not superseded in it. When an EcoTaxa source that stored objects is superseded (its
+  content changed, so its old rows go), every other EcoTaxa source that skipped objects (`n_skipped` > 0: it may
+  have skipped them as twins of those rows) is marked to be read again (fingerprint and checksum cleared): those
+  this run has already passed are read again at its end, after a commit, so an object the changed source no longer
+  has is stored under the next layout that has it; those not among this run's paths are named in a warning
+  (`to_read_again`) and read again by the next ingest that finds them (until then, such an object may be missing).
+  The summary's counts include both readings of a source read again.
 - No reserved label: a class named `unclassified` (predict's label for objects below their class threshold) is
   rejected per object with the reason, whichever reader it came from: stored, it would be indistinguishable from
   predict's own and counted as one class in summaries and evaluations.
@@ -66,6 +66,8 @@ class IngestSummary:
     skipped_duplicate: int = 0
     skipped_twin: int = 0  # of skipped_duplicate: EcoTaxa objects stored under another collection (examples below)
     twin_examples: list = field(default_factory=list)  # up to 3 [skipped id, stored id]
+    relabelled: int = 0  # EcoTaxa objects stored although another collection holds them, under another label
+    relabelled_examples: list = field(default_factory=list)  # up to 3 [id, label, stored id, stored label]
     stored_by_reader: Counter = field(default_factory=Counter)
     reread: list = field(default_factory=list)  # sources marked to be read again, not among this run's paths
     rejected: Counter = field(default_factory=Counter)  # reason kind -> count
@@ -84,6 +86,8 @@ class IngestSummary:
             "skipped_duplicate": self.skipped_duplicate,
             "skipped_twin": self.skipped_twin,
             "twin_examples": self.twin_examples,
+            "stored_relabelled": self.relabelled,
+            "relabelled_examples": self.relabelled_examples,
             "to_read_again": self.reread,
             "rejected": self.n_rejected,
             "rejected_by_reason": dict(self.rejected),
@@ -127,12 +131,12 @@ def _local_id(object_id: str) -> str | None:
     return local if sep else None
 
 
-def _ecotaxa_index(store: Store, manifest: Manifest) -> dict[tuple[str, str], list[tuple[str, str]]]:
-    """(id within its collection, content hash) -> [(object id, source key)] of the stored EcoTaxa objects: the
-    data files of the manifest's EcoTaxa sources, three columns, their rows only."""
+def _ecotaxa_index(store: Store, manifest: Manifest) -> dict[tuple[str, str, str | None], list[tuple[str, str]]]:
+    """(id within its collection, content hash, label) -> [(object id, source key)] of the stored EcoTaxa objects:
+    the data files of the manifest's EcoTaxa sources, four columns, their rows only."""
     keys = {k for k, e in manifest.entries.items() if e.get("reader") == ECOTAXA}
     files = sorted({f for k in keys for f in manifest.entries[k]["data_files"]})
-    index: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    index: dict[tuple[str, str, str | None], list[tuple[str, str]]] = {}
     if not files:
         return index
     wanted = pa.array(sorted(keys), pa.string())
@@ -140,12 +144,13 @@ def _ecotaxa_index(store: Store, manifest: Manifest) -> dict[tuple[str, str], li
         path = store.root / rel
         if not path.exists():
             continue
-        table = pq.read_table(path, columns=["object_id", "content_hash", "source_key"])
+        columns = ["object_id", "content_hash", "label", "source_key"]
+        table = pq.read_table(path, columns=columns)
         table = table.filter(pc.is_in(table["source_key"], wanted))
-        for oid, h, key in zip(*(table[c].to_pylist() for c in ("object_id", "content_hash", "source_key"))):
+        for oid, h, label, key in zip(*(table[c].to_pylist() for c in columns)):
             local = _local_id(oid)
             if local is not None:
-                index.setdefault((local, h), []).append((oid, key))
+                index.setdefault((local, h, label), []).append((oid, key))
     return index
 
 
@@ -175,8 +180,9 @@ class _Run:
         self.stored_ids: dict[str, _Stored] = {}  # object ids stored by this run
         self.replaced: dict[str, set[str]] = {}  # data file -> ids whose row a conflicting object replaces
         # EcoTaxa twins: the stored ones, read on the first EcoTaxa record; those this run stored
-        self.twins: dict[tuple[str, str], list[tuple[str, str]]] | None = None
-        self.run_twins: dict[tuple[str, str], tuple[str, str]] = {}
+        self.twins: dict[tuple[str, str, str | None], list[tuple[str, str]]] | None = None
+        self.run_twins: dict[tuple[str, str, str | None], tuple[str, str]] = {}
+        self.by_image: dict[tuple[str, str], tuple[str, str | None]] = {}  # (local id, hash) -> (id, label)
         self.seen: set[str] = set()  # source keys this run has passed (read or unchanged)
         self.again: set[str] = set()  # of them, those to read again at the end (see the module's docstring)
         self.marking = True
@@ -207,16 +213,20 @@ class _Run:
             del self.run_twins[twin]
 
     def twin(self, rec: Record, content_hash: str) -> str | None:
-        """The id of the same EcoTaxa object stored under another collection, if a copy that stays."""
+        """The id of the same EcoTaxa object stored under another collection, if a copy that stays. The label
+        must match too: a later export whose experts changed the label is news, not a copy (it is stored, and
+        `check` reports the pair)."""
         local = _local_id(rec.object_id)
         if local is None:
             return None
-        mine = self.run_twins.get((local, content_hash))
+        mine = self.run_twins.get((local, content_hash, rec.label))
         if mine is not None and mine[0] != rec.object_id:
             return mine[0]
         if self.twins is None:
             self.twins = _ecotaxa_index(self.store, self.manifest)
-        for oid, key in self.twins.get((local, content_hash), ()):
+            for (local_id, image, label), found in self.twins.items():
+                self.by_image.setdefault((local_id, image), (found[0][0], label))
+        for oid, key in self.twins.get((local, content_hash, rec.label), ()):
             if oid != rec.object_id and key not in self.superseded and oid not in self.stored_ids:
                 return oid
         return None
@@ -401,6 +411,11 @@ def _store_record(run: _Run, rec: Record, source: Source, now: datetime, counts:
                 summary.twin_examples.append([rec.object_id, twin])
             log.debug("skipped %s: the same EcoTaxa object and image as %s, already stored", rec.object_id, twin)
             return None
+        other = run.by_image.get((_local_id(rec.object_id) or "", img.content_hash))
+        if other is not None and other[0] != rec.object_id:  # the same object, but EcoTaxa now says another label
+            summary.relabelled += 1
+            if len(summary.relabelled_examples) < 3:
+                summary.relabelled_examples.append([rec.object_id, rec.label, *other])
     row = {
         "object_id": rec.object_id,
         "image": {"bytes": img.data, "path": rec.metadata.get("image_path") or rec.object_id.rsplit("/", 1)[-1]},
@@ -429,7 +444,8 @@ def _store_record(run: _Run, rec: Record, source: Source, now: datetime, counts:
     data_files.append(run.session.add(DATASET, row))
     run.stored_ids[rec.object_id] = _Stored(source.key, rec.source_file, img.content_hash, None)
     if source.reader == ECOTAXA and ECOTAXA_ID in rec.metadata and (local := _local_id(rec.object_id)):
-        run.run_twins.setdefault((local, img.content_hash), (rec.object_id, source.key))
+        run.run_twins.setdefault((local, img.content_hash, rec.label), (rec.object_id, source.key))
+        run.by_image.setdefault((local, img.content_hash), (rec.object_id, rec.label))
     counts["stored"] += 1
     return None
 

@@ -185,7 +185,7 @@ def test_finetune_before_pad_warns_with_what_to_run(tmp_path, demo_images, monke
     assert "no padded dataset" not in run(*args, "--dataset", "objects").output  # asked for: no warning
 
 
-def test_one_ecotaxa_export_in_three_layouts_is_one_object_each_and_check_finds_no_copies(tmp_path):
+def test_one_ecotaxa_export_in_three_layouts_is_one_object_each_unless_ecotaxa_relabelled_it(tmp_path):
     import json
 
     from conftest import shared_data
@@ -193,22 +193,32 @@ def test_one_ecotaxa_export_in_three_layouts_is_one_object_each_and_check_finds_
     exports = shared_data("ecotaxa", "ecotaxa-back-qa", "ref_exports")
     store = ["--store", str(tmp_path / "store")]
     summaries = []
-    for layout in ("tsv_by_acquisition", "bak_all_images", "doi"):
+    for layout in ("tsv_by_acquisition", "bak_all_images"):
         result = run("ingest", str(exports / layout), "--format", "ecotaxa", "--strict", "--json", *store)
         assert result.exit_code == 0 and "WARNING" not in result.output  # no copy made, nothing to warn about
         summaries.append(json.loads(result.output[result.output.index("{"):]))
         assert summaries[-1]["duplicates_across_collections"] == []
+    # The DOI export disagrees on one object's category (m106_mn01_n3_sml_1111: 'egg<other' there, Biota>other>egg;
+    # 'small<egg' in the other two): a label EcoTaxa changed is news, not a copy, so it is stored and warned about.
+    result = run("ingest", str(exports / "doi"), "--format", "ecotaxa", "--json", *store)
+    assert result.exit_code == 0
+    [warning] = [line for line in result.output.splitlines() if "WARNING" in line]
+    assert "1 EcoTaxa objects are stored again" in warning and "'egg<other'" in warning and "'small<egg'" in warning
+    summaries.append(json.loads(result.output[result.output.index("{"):]))
     for s in summaries:
         assert s["read"] == s["stored"] + s["skipped_duplicate"] + s["rejected"]
-    assert [(s["read"], s["stored"], s["skipped_twin"]) for s in summaries] == [(13, 13, 0), (12, 0, 12), (12, 1, 11)]
-    # the one the DOI layout stores is another image rank (#1 there, #2 in the others): another object by id
+    assert [(s["read"], s["stored"], s["skipped_twin"]) for s in summaries] == [(13, 13, 0), (12, 0, 12), (12, 2, 10)]
+    # of the two the DOI layout stores, one is relabelled and one another image rank (#1 there, #2 in the others)
+    assert summaries[2]["stored_relabelled"] == 1
     assert ["bak_all_images/m106_mn01_n1_sml_409", "tsv_by_acquisition/m106_mn01_n1_sml_409"] \
         in summaries[1]["twin_examples"]
 
     check = run("check", "--json", *store)
     assert check.exit_code == 0
     report = json.loads(check.output[check.output.index("{"):])
-    assert report["problems"] == [] and report["duplicates_across_collections"] == []
+    assert report["problems"] == []
+    [pair] = report["duplicates_across_collections"]  # the relabelled object, and only it
+    assert sorted(i.split("/", 1)[1] for i in pair) == ["m106_mn01_n3_sml_1111"] * 2
 
     again = run("ingest", str(exports / "doi"), str(exports / "bak_all_images"), "--format", "ecotaxa", "--json",
                 *store).output
@@ -270,6 +280,30 @@ def test_an_ecotaxa_object_skipped_as_a_copy_is_stored_again_when_the_copy_it_ma
     check = run("check", "--json", *store).output
     report = json.loads(check[check.index("{"):])
     assert report["problems"] == [] and report["duplicates_across_collections"] == []
+
+
+def test_a_later_export_whose_expert_changed_a_label_is_stored_not_skipped_as_a_copy(tmp_path):
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+    from conftest import shared_data
+
+    layout = shared_data("ecotaxa", "ecotaxa-back-qa", "ref_exports", "tsv_by_acquisition")
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(layout, a)
+    shutil.copytree(layout, b)
+    tsv = b / "ecotaxa_generic_m106_mn01_n1_sml.tsv"
+    lines = tsv.read_text().splitlines(keepends=True)
+    tsv.write_text("".join(line.replace('"Oncaeidae"\t', '"Copepoda"\t') if "sml_821" in line else line
+                           for line in lines))
+    store = ["--store", str(tmp_path / "store")]
+    run("ingest", str(a), "--format", "ecotaxa", *store)
+    result = run("ingest", str(b), "--format", "ecotaxa", "--json", *store)
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert (summary["stored"], summary["skipped_twin"]) == (1, 12)  # the relabelled object is news, not a copy
+    table = pq.read_table(tmp_path / "store" / "objects", columns=["object_id", "label"]).to_pylist()
+    assert {"object_id": "b/m106_mn01_n1_sml_821", "label": "Copepoda"} in table
 
 
 def test_copies_ingest_still_makes_are_warned_and_reported_by_check(tmp_path, demo_images):

@@ -129,6 +129,13 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
         log.warning("%d EcoTaxa sources skipped objects already stored by a source whose content changed; ingest "
                     "them again so none is missing (they will be read again): %s", len(summary.reread),
                     ", ".join(summary.reread[:3]) + (", ..." if len(summary.reread) > 3 else ""))
+    relabelled = ""
+    if summary.relabelled:
+        oid, label, stored, stored_label = summary.relabelled_examples[0]
+        relabelled = (f"{summary.relabelled} EcoTaxa objects are stored again: another collection holds the same "
+                      f"object and image under another label (e.g. {oid} {label!r}, {stored} {stored_label!r}); "
+                      f"training sees both labels: ingest only the newer export (into a new store)")
+        log.warning("%s", relabelled)
     if as_json:
         emit_json(data)
     else:
@@ -148,9 +155,11 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
             click.echo(f"  rejected {n}: {reason}")
     if strict and summary.n_rejected:
         sys.exit(65)
-    if strict and (twins or copies):
+    if strict and (twins or copies or relabelled):
         from plankton_cli.errors import DataError
 
+        if relabelled and not (twins or copies):
+            raise DataError(f"--strict: {relabelled}")
         if not twins:
             raise DataError(f"--strict: {twins_line(copies)}")
         raise DataError(f"--strict: {twins[0]}" + (f" (and {len(twins) - 1} more pairs)" if len(twins) > 1 else ""))
