@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -12,6 +13,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "tests" / "data"  # MIT / Apache data shipped with the repository
 SHARED = Path(os.environ.get("PLANKTON_SHARED_DATA", REPO.parent / "shared" / "data"))  # GPL data, not shipped
+
+
+def load_test_module(path: str):
+    """A test module by its path under tests/ (`store/test_faults.py`), for its helpers: only tests/ itself is on
+    sys.path, so the modules of its sub-folders cannot be imported by name."""
+    spec = importlib.util.spec_from_file_location(f"_tests_{path.replace('/', '_')[:-3]}", REPO / "tests" / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def shared_data(*parts: str) -> Path:

@@ -10,13 +10,12 @@ close, and with them its flocks; here the killed run's objects are collected (`g
 from __future__ import annotations
 
 import gc
-import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import BUNDLED
+from conftest import BUNDLED, load_test_module
 from plankton_cli.errors import CantCreate
 from plankton_cli.ingest import ingest
 from plankton_cli.predict import predict
@@ -24,9 +23,7 @@ from plankton_cli.store import Store
 from plankton_cli.store.layout import read_committed
 from test_predict import CLASSES, PADDING, tiny_model
 
-_spec = importlib.util.spec_from_file_location("_store_faults", Path(__file__).parent / "store" / "test_faults.py")
-faults = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(faults)
+faults = load_test_module("store/test_faults.py")
 no_flush, one_thread = faults.no_flush, faults.one_thread  # autouse fixtures: no fsync, one torch thread
 
 

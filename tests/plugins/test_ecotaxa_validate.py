@@ -9,7 +9,6 @@ two side by side on broken zips.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -17,28 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared_data
+from conftest import REPO, load_test_module, shared_data
 from plankton_cli.ingest import ingest
 from plankton_cli.predict import predict
 from plankton_cli.store import Store
 from plankton_plugins.ecotaxa.checker import check_import_zip
 from test_predict import tiny_model
 
-
-
-def _helpers(name: str):
-    """Another test module of this folder, for its helpers (tests/plugins is not on sys.path)."""
-    spec = importlib.util.spec_from_file_location(f"ecotaxa_helpers_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-writer_tests, round_trip_tests = _helpers("test_ecotaxa_writer"), _helpers("test_ecotaxa_round_trip")
+writer_tests = load_test_module("plugins/test_ecotaxa_writer.py")
+round_trip_tests = load_test_module("plugins/test_ecotaxa_round_trip.py")
 REJECTED, rewrite, valid_zip, write = writer_tests.REJECTED, writer_tests.rewrite, writer_tests.valid_zip, writer_tests.write
 demo_predictions, ifcb_predictions = writer_tests.demo_predictions, writer_tests.ifcb_predictions
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "ecotaxa_validate.py"
 ECOTAXA_BACK = os.environ.get("ECOTAXA_BACK", "")
 ECOTAXA_PYTHON = os.environ.get("ECOTAXA_PYTHON", "")

@@ -499,14 +499,20 @@ def confirm(folder: Path, *lines: str) -> Path:
     return path
 
 
-def test_objects_read_from_ecotaxa_go_back_under_ecotaxa_s_own_id(tmp_path):
-    """The store id is qualified (`<bundle>/<object_id>`); update mode must name the object as EcoTaxa does."""
+def one_object_from_ecotaxa(tmp_path: Path):
+    """The record the EcoTaxa reader makes of `obj_1` (sample s1) in a bundle folder `cruise-a`."""
     jpg = sorted(DEMO.rglob("*.jpg"))[0]
     bundle = tmp_path / "cruise-a"
     bundle.mkdir()
     (bundle / "a.jpg").write_bytes(jpg.read_bytes())
     (bundle / "ecotaxa_s1.tsv").write_text("object_id\timg_file_name\tsample_id\nobj_1\ta.jpg\ts1\n")
     (record,) = read_back(bundle).values()
+    return record
+
+
+def test_objects_read_from_ecotaxa_go_back_under_ecotaxa_s_own_id(tmp_path):
+    """The store id is qualified (`<bundle>/<object_id>`); update mode must name the object as EcoTaxa does."""
+    record = one_object_from_ecotaxa(tmp_path)
     assert record.object_id == "cruise-a/obj_1"
     probabilities = np.eye(len(CLASSES), dtype=np.float32)[0]
     prediction = Prediction(record.object_id, probabilities, CLASSES[0], CLASSES[0], sample_id=record.sample_id,
@@ -569,12 +575,7 @@ def test_checker_holds_categories_to_the_confirmed_taxa(tmp_path):
 
 
 def test_one_run_sends_objects_from_ecotaxa_to_update_zips_and_the_others_to_new_zips(tmp_path):
-    jpg = sorted(DEMO.rglob("*.jpg"))[0]
-    bundle = tmp_path / "cruise-a"
-    bundle.mkdir()
-    (bundle / "a.jpg").write_bytes(jpg.read_bytes())
-    (bundle / "ecotaxa_s1.tsv").write_text("object_id\timg_file_name\tsample_id\nobj_1\ta.jpg\ts1\n")
-    (record,) = read_back(bundle).values()
+    record = one_object_from_ecotaxa(tmp_path)
     from_ecotaxa = Prediction(record.object_id, np.eye(len(CLASSES), dtype=np.float32)[0], CLASSES[0], CLASSES[0],
                               sample_id=record.sample_id, metadata=record.metadata, image=record.image)
     predictions = ifcb_predictions()

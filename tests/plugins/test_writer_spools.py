@@ -4,28 +4,18 @@ a run that fails or finishes removes its own."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from conftest import load_test_module
 from plankton_cli.spool import Spool, remove_stale
 from plankton_plugins.ecotaxa.writer import EcoTaxaWriter
 from plankton_plugins.ifcb.class_scores import IFCBClassScoresWriter
 
-
-
-def _sibling(name: str):
-    """A test module of this folder (for its runs and predictions; tests/plugins is not on sys.path)."""
-    spec = importlib.util.spec_from_file_location(f"_spools_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ecotaxa, ifcb = _sibling("test_ecotaxa_writer"), _sibling("test_ifcb_class_scores")
+ecotaxa, ifcb = load_test_module("plugins/test_ecotaxa_writer.py"), load_test_module("plugins/test_ifcb_class_scores.py")
 WRITERS = {
     "ecotaxa": (EcoTaxaWriter, ecotaxa.make_run, ecotaxa.ifcb_predictions),
     "ifcb-h5": (IFCBClassScoresWriter, ifcb.make_run, ifcb.ifcb_predictions),

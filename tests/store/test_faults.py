@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -74,6 +75,27 @@ class Faults:
         if self.n == self.k:
             self.fired = True
             raise OSError(self.mode, f"injected {errno.errorcode[self.mode]} at {op} #{self.k}")
+
+
+def faulted(monkeypatch, template: Store, work: Path, mode: int | str, run) -> Iterator[tuple[int, Store, bool]]:
+    """For k = 1, 2, ...: (k, a copy of `template` on which `run(store)` met `mode` at its k-th store operation,
+    whether the fault fired). The last copy is the one where `run` made fewer than k operations (fired is False).
+    Each copy is removed once the caller is done with it."""
+    expected = Killed if mode == "kill" else (OSError, Killed)
+    k = 0
+    while True:
+        k += 1
+        store = Store(shutil.copytree(template.root, work / f"{mode}-{k}"))
+        with monkeypatch.context() as m:
+            faults = Faults(m, store.root, k, mode)
+            try:
+                run(store)
+            except expected:
+                pass
+        yield k, store, faults.fired
+        shutil.rmtree(store.root)
+        if not faults.fired:
+            return
 
 
 def _images(tmp: Path, changed: bool) -> Path:
@@ -211,24 +233,12 @@ def test_every_fault_at_every_operation_then_a_clean_run_equals_a_clean_store(tm
     assert expected[{"ingest": "objects", "pad": "padded", "features": "features", "predict": "predictions"}[command]]
 
     for mode in (*ERRNOS, "kill"):
-        k = 0
-        while True:  # k = 1, 2, ... until the step makes fewer than k operations
-            k += 1
-            store = Store(shutil.copytree(template.root, tmp_path / f"{mode}-{k}"))
-            with monkeypatch.context() as m:
-                faults = Faults(m, store.root, k, mode)
-                try:
-                    step(store, folder)
-                except (OSError, Killed):
-                    pass
-            if faults.fired:
+        for k, store, fired in faulted(monkeypatch, template, tmp_path, mode, lambda store: step(store, folder)):
+            if fired:
                 assert_consistent(store.root)
                 step(store, folder)  # the next, clean run
             assert content(store.root) == expected, f"{command}: fault {mode} at operation {k}"
             assert_clean(store.root)
-            shutil.rmtree(store.root)
-            if not faults.fired:
-                break
         assert k > 10, f"{command} made only {k - 1} store operations: is the fault injection still installed?"
 
 
@@ -315,19 +325,9 @@ def test_a_garbage_journal_beside_a_committed_one_loses_no_commit(tmp_path, monk
     _ingest(reference, folder)
     expected = content(reference.root)
     garbage = "00000000T000000Z-garbage"  # sorts before every real journal: the one recover meets first
-    journaled, k = 0, 0
-    while True:
-        k += 1
-        store = Store(shutil.copytree(template.root, tmp_path / f"kill-{k}"))
-        with monkeypatch.context() as m:
-            faults = Faults(m, store.root, k, "kill")
-            try:
-                _ingest(store, folder)
-            except Killed:
-                pass
-        if not faults.fired:
-            break
-        if list((store.root / ".journal").glob("*.json")):
+    journaled = 0
+    for k, store, fired in faulted(monkeypatch, template, tmp_path, "kill", lambda store: _ingest(store, folder)):
+        if fired and list((store.root / ".journal").glob("*.json")):
             journaled += 1
             twin = Store(shutil.copytree(store.root, tmp_path / f"twin-{k}"))
             with twin.locked():  # what the committed journal alone comes to
@@ -342,7 +342,6 @@ def test_a_garbage_journal_beside_a_committed_one_loses_no_commit(tmp_path, monk
             _ingest(store, folder)
             assert content(store.root) == expected, f"kill at {k}"
             shutil.rmtree(twin.root)
-        shutil.rmtree(store.root)
     assert journaled >= 2, f"only {journaled} kills left a journal: is the fault injection still installed?"
 
 
@@ -356,18 +355,10 @@ def test_garbage_committed_list_after_a_kill_at_every_operation_is_rebuilt_from_
     template = Store(tmp_path / "template")
     _ingest(template, _images(tmp_path, False))
     folder = _images(tmp_path, True)
-    k, rebuilt = 0, 0
-    while True:
-        k += 1
-        store = Store(shutil.copytree(template.root, tmp_path / f"kill-{k}"))
-        with monkeypatch.context() as m:
-            faults = Faults(m, store.root, k, "kill")
-            try:
-                _ingest(store, folder)
-            except Killed:
-                pass
-        if not faults.fired:
-            break
+    rebuilt = 0
+    for k, store, fired in faulted(monkeypatch, template, tmp_path, "kill", lambda store: _ingest(store, folder)):
+        if not fired:
+            continue
         twin = Store(shutil.copytree(store.root, tmp_path / f"twin-{k}"))
         with twin.locked():
             pass
@@ -378,7 +369,6 @@ def test_garbage_committed_list_after_a_kill_at_every_operation_is_rebuilt_from_
         assert content(store.root) == content(twin.root), f"kill at {k}"
         assert_clean(store.root)
         shutil.rmtree(twin.root)
-        shutil.rmtree(store.root)
     assert rebuilt >= 2 and rebuilt < k - 1, "both ways (journal, data files) were taken"
 
 
@@ -400,24 +390,12 @@ def test_a_repair_killed_at_every_operation_ends_with_every_row_when_run_again(t
     assert pq.read_metadata(lost).num_rows > 0
     lost.unlink()
 
-    k = 0
-    while True:
-        k += 1
-        store = Store(shutil.copytree(template.root, tmp_path / f"{mode}-{k}"))
-        with monkeypatch.context() as m:
-            faults = Faults(m, store.root, k, mode)
-            try:
-                repair(store, lock_timeout=5)
-            except (OSError, Killed):
-                pass
-        if faults.fired:
+    for k, store, fired in faulted(monkeypatch, template, tmp_path, mode, lambda store: repair(store, lock_timeout=5)):
+        if fired:
             assert check(store).exit_code != 0 or content(store.root) == expected, \
                 f"kill at {k}: rows are missing and check calls the store whole"
             report = repair(store, lock_timeout=5)
             assert report.exit_code == 0, [str(p) for p in report.problems]
         assert content(store.root) == expected, f"repair killed at operation {k}, then run again"
         assert_clean(store.root)
-        shutil.rmtree(store.root)
-        if not faults.fired:
-            break
     assert k > 10, f"repair made only {k - 1} store operations: is the fault injection still installed?"
