@@ -66,6 +66,7 @@ class IngestSummary:
     skipped_duplicate: int = 0
     skipped_twin: int = 0  # of skipped_duplicate: EcoTaxa objects stored under another collection (examples below)
     twin_examples: list = field(default_factory=list)  # up to 3 [skipped id, stored id]
+    labels: set = field(default_factory=set)  # the labels of the objects this run stored
     relabelled: int = 0  # EcoTaxa objects stored although another collection holds them, under another label
     relabelled_examples: list = field(default_factory=list)  # up to 3 [id, label, stored id, stored label]
     stored_by_reader: Counter = field(default_factory=Counter)
@@ -447,6 +448,8 @@ def _store_record(run: _Run, rec: Record, source: Source, now: datetime, counts:
         run.run_twins.setdefault((local, img.content_hash, rec.label), (rec.object_id, source.key))
         run.by_image.setdefault((local, img.content_hash), (rec.object_id, rec.label))
     counts["stored"] += 1
+    if rec.label:
+        summary.labels.add(rec.label)
     return None
 
 

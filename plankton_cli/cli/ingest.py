@@ -99,7 +99,6 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
                 last_log[0] = time.monotonic()
                 log.info("reading %s", source.key)  # a sign of life under cron, twice a minute at most
 
-        labels_before = _labels(Store(store))
         try:
             summary = run_ingest(Store(store), list(sources), fmt=fmt, options=options, lock_timeout=lock_timeout,
                                  retry_rejected=retry_rejected, on_conflict=on_conflict, commit_every=commit_every,
@@ -109,8 +108,9 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
 
     from plankton_cli.mismatch import label_twins
 
-    labels = _labels(Store(store))
-    twins = label_twins(labels, labels - labels_before)  # only pairs this run made: old ones were warned about
+    # only pairs with a label this run stored (old pairs were warned about when they came in); a run that stored
+    # no labelled object, such as a nightly IFCB ingest, reads no labels at all
+    twins = label_twins(_labels(Store(store)), summary.labels) if summary.labels else []
     data = summary.to_dict()
     data["label_warnings"] = twins
     for line in twins:
