@@ -252,7 +252,8 @@ def _train(
     if validate:
         trainer.validate(module, val_loader, ckpt_path=best, verbose=False)
         if best:  # the epoch (0-based) whose end the checkpoint was saved at: what a refit trains up to
-            best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"])
+            # mmap: only the `epoch` entry is read, not the weights and optimizer state beside it
+            best_epoch = int(torch.load(best, map_location="cpu", weights_only=False, mmap=True)["epoch"])
     elif max_epochs is None:
         log.warning("fold %d has no validation images (every class is too small to spare one): it keeps the last "
                     "epoch's weights and sets no precision thresholds", fold)
