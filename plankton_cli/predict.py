@@ -157,6 +157,61 @@ class FeatureInputs:
                 for source, (names, count) in sorted(self.lacking.items())]
 
 
+class Scorer:
+    """A model file loaded once, scoring objects the way `predict` does: the preprocessing and feature inputs its
+    `model.json` records, the CPU path, bf16 autocast on a GPU. `predict` runs one per call; a server (the DEEPaaS
+    and CytoProcess integrations) keeps one for every request."""
+
+    def __init__(self, model_path: Path, *, device: str = "auto", compile: bool = False, threads: int | None = None,
+                 cpu_path: str = "auto"):
+        import torch
+
+        from plankton_cli import cpu_inference
+        from plankton_cli.models.checkpoints import load_model
+
+        cpu_inference.set_threads(threads)
+        model_path = Path(model_path)
+        self.weights = (model_path / "model.safetensors" if model_path.is_dir()
+                        else model_path.with_suffix(".safetensors"))
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))
+        model, self.info = load_model(self.weights, device=self.device)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        self.cpu_path: str | None = None  # the CPU arithmetic used (cpu_inference), None on a GPU
+        if self.device.type == "cpu":
+            model, self.autocast, self.cpu_path = cpu_inference.prepare(model, cpu_path)
+        self.model = torch.compile(model) if compile else model
+        self.classes: list[str] = list(self.info.classes)
+        thresholds = self.info.thresholds or None
+        self.thresholds = (np.array([float(thresholds.get(c, np.nan)) for c in self.classes], dtype=np.float64)
+                           if thresholds else None)
+        self.preprocess = Preprocessor(self.info)
+        scaling = FeatureScaling.from_info(self.info)
+        self.feature_inputs = FeatureInputs(scaling) if scaling else None
+
+    def score(self, batch: list[_Item], embeddings: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities of a batch (objects × classes), and its embeddings when asked for."""
+        import torch
+
+        with torch.inference_mode():
+            inputs = torch.stack([self.preprocess(item) for item in batch]).to(self.device, non_blocking=True)
+            extra = (torch.from_numpy(self.feature_inputs(batch)).to(self.device, non_blocking=True)
+                     if self.feature_inputs else None)
+            with self.autocast:  # a forest head reads the features only: no encoder to run unless embeddings are kept
+                features = self.model.forward_features(inputs) if self.model.reads_image or embeddings else None
+                logits = self.model.classify(features, extra)
+            probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            feats = features.float().cpu().numpy() if embeddings and features is not None else None
+        return probs, feats
+
+    def label(self, probabilities: np.ndarray) -> str:
+        """The top class, or `unclassified` when its probability is below the class's precision threshold."""
+        best = int(probabilities.argmax())
+        if self.thresholds is not None and probabilities[best] < self.thresholds[best]:
+            return UNCLASSIFIED
+        return self.classes[best]
+
+
 def _store_items(store: Store, *, instrument: str | None = None, since: datetime | None = None,
                  exclude: Set[str] = frozenset(), only: set[str] | None = None) -> Iterator[_Item]:
     flt = None if only is None else ds.field("object_id").isin(pa.array(sorted(only), pa.string()))
@@ -313,30 +368,11 @@ def predict(
 
     On CPU, `threads` sets torch's intra-op threads and `cpu_path` the arithmetic (`cpu_inference.CPU_PATHS`).
     """
-    import torch
-
-    from plankton_cli import cpu_inference
-    from plankton_cli.models.checkpoints import load_model
-
-    cpu_inference.set_threads(threads)
-
-    model_path = Path(model_path)
-    weights = model_path / "model.safetensors" if model_path.is_dir() else model_path.with_suffix(".safetensors")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    model, info = load_model(weights, device=dev)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-    if dev.type == "cpu":
-        model, autocast, cpu_path = cpu_inference.prepare(model, cpu_path)
-    if compile:
-        model = torch.compile(model)
-    classes: list[str] = list(info.classes)
-    thresholds = info.thresholds or None
-    threshold_vec = (np.array([float(thresholds.get(c, np.nan)) for c in classes], dtype=np.float64)
-                     if thresholds else None)
+    scorer = Scorer(model_path, device=device, compile=compile, threads=threads, cpu_path=cpu_path)
+    info, classes, threshold_vec, weights = scorer.info, scorer.classes, scorer.thresholds, scorer.weights
     model_hash = file_hash(weights)
     model_id = info.extra.get("model_id") or f"{weights.parent.parent.name}/{weights.parent.name}"
-    summary = PredictSummary(model_id=model_id, model_hash=model_hash, cpu_path=cpu_path if dev.type == "cpu" else None)
+    summary = PredictSummary(model_id=model_id, model_hash=model_hash, cpu_path=scorer.cpu_path)
     options: dict[str, Any] = dict(writer_options or {})
     if store is not None:
         options.setdefault("store", str(store.root))
@@ -379,38 +415,25 @@ def predict(
         if store_session is not None and store is not None:
             for spool in store_session.earlier.values():  # finish what ended runs left: their outputs first
                 _finish_outputs(store, spool, run, sessions, own_files, batch_size)
-        preprocess = Preprocessor(info)
-        scaling = FeatureScaling.from_info(info)
-        feature_inputs = FeatureInputs(scaling) if scaling else None
         counts: dict[str, int] = {}
-        with torch.inference_mode():
-            for batch in _batches(items, batch_size):
-                inputs = torch.stack([preprocess(item) for item in batch]).to(dev, non_blocking=True)
-                extra = (torch.from_numpy(feature_inputs(batch)).to(dev, non_blocking=True) if feature_inputs
-                         else None)
-                with autocast:  # a forest head reads the features only: no encoder to run unless embeddings are kept
-                    features = model.forward_features(inputs) if model.reads_image or embeddings else None
-                    logits = model.classify(features, extra)
-                probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
-                feats = features.float().cpu().numpy() if embeddings and features is not None else None
-                preds = []
-                for i, item in enumerate(batch):
-                    p = probs[i]
-                    best = int(p.argmax())
-                    label = classes[best]
-                    if threshold_vec is not None and p[best] < threshold_vec[best]:
-                        label = UNCLASSIFIED
-                        summary.unclassified_by_threshold += 1
-                    counts[label] = counts.get(label, 0) + 1
-                    instrument_key = item.instrument or ""
-                    summary.by_instrument[instrument_key] = summary.by_instrument.get(instrument_key, 0) + 1
-                    preds.append(_prediction(item, p.astype(np.float32), label, classes[best],
-                                             None if feats is None else feats[i]))
-                for session in own:
-                    session.write(preds)
-                summary.predicted += len(preds)
-                if on_batch:
-                    on_batch(len(preds))
+        for batch in _batches(items, batch_size):
+            probs, feats = scorer.score(batch, embeddings=embeddings)
+            preds = []
+            for i, item in enumerate(batch):
+                p = probs[i]
+                label = scorer.label(p)
+                if label == UNCLASSIFIED:
+                    summary.unclassified_by_threshold += 1
+                counts[label] = counts.get(label, 0) + 1
+                instrument_key = item.instrument or ""
+                summary.by_instrument[instrument_key] = summary.by_instrument.get(instrument_key, 0) + 1
+                preds.append(_prediction(item, p.astype(np.float32), label, classes[int(p.argmax())],
+                                         None if feats is None else feats[i]))
+            for session in own:
+                session.write(preds)
+            summary.predicted += len(preds)
+            if on_batch:
+                on_batch(len(preds))
         if store_session is not None:
             store_session.finish()  # durable: a run that fails or dies from here on is finished without predicting
     except BaseException:
@@ -433,8 +456,8 @@ def predict(
             summary.writers[StoreWriter.name] = store_session.commit()  # the commit point of the whole run
     if failure is not None:
         raise failure
-    if feature_inputs:
-        summary.features_lacking = feature_inputs.report()
+    if scorer.feature_inputs:
+        summary.features_lacking = scorer.feature_inputs.report()
         for line in summary.features_lacking:
             log.warning("features: %s", line)
     summary.by_label = dict(sorted(counts.items(), key=lambda kv: -kv[1]))

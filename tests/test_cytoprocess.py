@@ -1,0 +1,111 @@
+"""plankton as CytoProcess's classifier: CytoProcess's own `predict` command (its real code, installed from PyPI)
+calls `plankton_cli.integrations.cytoprocess.classify`, and a generated model.py, on a project holding bundled
+images; its predictions must be `plankton predict`'s on the same files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import BUNDLED, plankton
+from test_predict import CLASSES, tiny_model
+
+pytest.importorskip("cytoprocess", reason="cytoprocess is in the test extra: pip install -e '.[test]'")
+
+from plankton_cli.integrations.cytoprocess import MODEL_VARIABLE, write_model_py  # noqa: E402
+
+SAMPLE = "cs_2024-05-01_1200"
+PADDING = {"pad_settings": ["CytoSense: pad-v1 crop=0,0,0,0 size=keep"]}
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    model = tiny_model(tmp_path_factory.mktemp("model") / "fold-0", CLASSES, PADDING)
+    return Path(model)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A CytoProcess project as its `extract_cyto`/`extract_images` steps leave it: per sample, the cytometric and
+    image features (Parquet) and `images/<particle>_img.jpg`, here two demo images of each class."""
+    root = tmp_path_factory.mktemp("cytoprocess-project")
+    work = root / "work" / SAMPLE
+    (work / "images").mkdir(parents=True)
+    demo = BUNDLED / "planktonclass-demo" / "demo-images"
+    files = [f for folder in sorted(demo.iterdir()) for f in sorted(folder.glob("*.jpg"))[:2]]
+    ids = [f"{SAMPLE}_{n}" for n in range(len(files))]
+    for n, file in enumerate(files):
+        shutil.copy(file, work / "images" / f"{n}_img.jpg")
+    pd.DataFrame({"sample_id": SAMPLE, "object_id": ids, "fws_total": np.linspace(1, 2, len(ids)),
+                  "acq_id": "a"}).to_parquet(work / "cytometric_features.parquet")
+    pd.DataFrame({"sample_id": SAMPLE, "object_id": ids,
+                  "area": np.arange(len(ids), dtype=float)}).to_parquet(work / "image_features.parquet")
+    return root
+
+
+def cytoprocess_predict(project: Path, spec: str, env: dict[str, str]) -> pd.DataFrame:
+    """CytoProcess's `predict` command, run as a user runs it; returns the predictions file it wrote."""
+    proc = subprocess.run([sys.executable, "-m", "cytoprocess", "predict", "--force", "--model", spec, str(project)],
+                          capture_output=True, text=True, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return pd.read_parquet(project / "work" / SAMPLE / "predictions.parquet")
+
+
+def reference(model: Path, folder: Path, tmp_path: Path, *extra: str) -> pd.DataFrame:
+    """`plankton predict` on the files of `folder`: object id (`<folder name>/<file>`), label, label_auto, top
+    probability, every probability."""
+    out = tmp_path / "reference"
+    plankton("predict", "--model", str(model), "--format", "folders", *extra, str(folder), "--to", "parquet",
+             "--out", str(out), check=True)
+    table = pq.read_table(out / "predictions.parquet").to_pandas()
+    return table.assign(score=[max(p) for p in table["probabilities"]]).set_index("object_id")
+
+
+def test_cytoprocess_predict_calls_classify_and_gets_plankton_predicts_labels(project, model_file, tmp_path):
+    images = project / "work" / SAMPLE / "images"
+    expected = reference(model_file, images, tmp_path, "--instrument", "CytoSense")
+
+    got = cytoprocess_predict(project, "plankton_cli.integrations.cytoprocess.classify",
+                              {MODEL_VARIABLE: str(model_file)})
+
+    assert len(got) == 12 and list(got["sample_id"].unique()) == [SAMPLE]
+    assert {"object_annotation_category", "object_annotation_status", "object_score",
+            "object_label_auto"} <= set(got.columns)
+    ids = [f"images/{oid.removeprefix(SAMPLE + '_')}_img.jpg" for oid in got["object_id"]]
+    want = expected.loc[ids]
+    assert list(got["object_annotation_category"]) == list(want["label"])  # thresholds 0: every object classified
+    assert set(got["object_annotation_status"]) == {"predicted"}
+    assert list(got["object_label_auto"]) == list(want["label_auto"])
+    np.testing.assert_allclose(got["object_score"], want["score"], atol=1e-6)
+    assert len(set(got["object_label_auto"])) > 1  # the images are told apart, not one answer for all
+
+
+def test_a_generated_model_py_serves_the_model_without_the_environment(project, model_file, tmp_path):
+    model_py = write_model_py(model_file, tmp_path / "model.py")
+    env = {k: v for k, v in os.environ.items() if k != MODEL_VARIABLE}
+    by_env = cytoprocess_predict(project, "plankton_cli.integrations.cytoprocess.classify",
+                                 {MODEL_VARIABLE: str(model_file)})
+    proc = subprocess.run([sys.executable, "-m", "cytoprocess", "predict", "--force", "--model",
+                           f"{model_py}::classify", str(project)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    by_file = pd.read_parquet(project / "work" / SAMPLE / "predictions.parquet")
+    pd.testing.assert_frame_equal(by_file, by_env)
+
+
+def test_unset_model_variable_is_one_clear_error(project, tmp_path):
+    """CytoProcess reports the function's error for the sample (and writes no predictions)."""
+    env = {k: v for k, v in os.environ.items() if k != MODEL_VARIABLE}
+    (project / "work" / SAMPLE / "predictions.parquet").unlink(missing_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "cytoprocess", "predict", "--model",
+                           "plankton_cli.integrations.cytoprocess.classify", str(project)],
+                          capture_output=True, text=True, env=env)
+    assert f"${MODEL_VARIABLE} is not set" in proc.stdout + proc.stderr
+    assert not (project / "work" / SAMPLE / "predictions.parquet").exists()
