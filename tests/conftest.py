@@ -55,3 +55,15 @@ def plankton(*args: str, env: dict | None = None, check: bool = False, **kw) -> 
     if check and proc.returncode != 0:
         raise AssertionError(f"plankton {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
     return proc
+
+
+def predict_files(model: Path, folder: Path, out: Path, *options: str):
+    """`plankton predict` on the image files under `folder` (the folders reader), as a frame indexed by object id
+    (`<folder name>/<path>`): label, label_auto, probabilities and the top probability `score`. What the
+    integrations (DEEPaaS, CytoProcess) are compared against."""
+    import pyarrow.parquet as pq
+
+    plankton("predict", "--model", str(model), "--format", "folders", *options, str(folder), "--to", "parquet",
+             "--out", str(out), check=True)
+    table = pq.read_table(out / "predictions.parquet").to_pandas()
+    return table.assign(score=[max(p) for p in table["probabilities"]]).set_index("object_id")

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
-from conftest import BUNDLED, plankton
+from conftest import BUNDLED, predict_files
 from test_predict import CLASSES, tiny_model
 
 pytest.importorskip("cytoprocess", reason="cytoprocess is in the test extra: pip install -e '.[test]'")
@@ -59,19 +58,9 @@ def cytoprocess_predict(project: Path, spec: str, env: dict[str, str]) -> pd.Dat
     return pd.read_parquet(project / "work" / SAMPLE / "predictions.parquet")
 
 
-def reference(model: Path, folder: Path, tmp_path: Path, *extra: str) -> pd.DataFrame:
-    """`plankton predict` on the files of `folder`: object id (`<folder name>/<file>`), label, label_auto, top
-    probability, every probability."""
-    out = tmp_path / "reference"
-    plankton("predict", "--model", str(model), "--format", "folders", *extra, str(folder), "--to", "parquet",
-             "--out", str(out), check=True)
-    table = pq.read_table(out / "predictions.parquet").to_pandas()
-    return table.assign(score=[max(p) for p in table["probabilities"]]).set_index("object_id")
-
-
 def test_cytoprocess_predict_calls_classify_and_gets_plankton_predicts_labels(project, model_file, tmp_path):
     images = project / "work" / SAMPLE / "images"
-    expected = reference(model_file, images, tmp_path, "--instrument", "CytoSense")
+    expected = predict_files(model_file, images, tmp_path / "reference", "--instrument", "CytoSense")
 
     got = cytoprocess_predict(project, "plankton_cli.integrations.cytoprocess.classify",
                               {MODEL_VARIABLE: str(model_file)})

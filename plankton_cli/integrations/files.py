@@ -64,9 +64,10 @@ def scorer(model_path: Path) -> Scorer:
     return Scorer(model_path)
 
 
-def classify_files(model: Scorer, paths: list[Path], *, instrument: str | None = None,
+def classify_files(model: Scorer, paths: list[Path], *, folder: Path | None = None, instrument: str | None = None,
                    batch_size: int = 64) -> list[Answer]:
-    """One answer per path, in the order given (an unreadable image gets an answer with its error)."""
+    """One answer per path, in the order given (an unreadable image gets an answer with its error). With `folder`
+    (which holds every path), the folder is read as `plankton predict FOLDER` reads it: ids relative to it."""
     from plankton_cli.predict import _batches, _source_items
 
     errors: dict[str, Rejection] = {}
@@ -75,7 +76,8 @@ def classify_files(model: Scorer, paths: list[Path], *, instrument: str | None =
         errors[rejection.source_file] = rejection
 
     options = ReadOptions(instrument=instrument, label_from="none")
-    items = _source_items([Path(p) for p in paths], "folders", options, rejected)
+    sources = [Path(folder)] if folder is not None else [Path(p) for p in paths]
+    items = _source_items(sources, "folders", options, rejected)
     answers: dict[str, Answer] = {}
     for batch in _batches(items, batch_size):
         probabilities, _ = model.score(batch)
