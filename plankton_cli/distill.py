@@ -117,6 +117,8 @@ class DistillConfig:
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
+    logger: str = "csv"  # also tensorboard or mlflow (plankton_cli.trackers); RUN/metrics.csv is always written
+    logger_uri: str | None = None  # MLflow's tracking URI
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -371,7 +373,10 @@ def distill(config: DistillConfig, echo: Callable[[str], None] = log.info) -> di
         write_summary,
     )
 
+    from plankton_cli.trackers import Tracker
+
     student_overrides(config)  # a bad --student or ViT options on a CNN fail before any work
+    tracker = Tracker.of(config, "distill")
     out = Path(config.out)
     refuse_other_settings(out, config.to_dict(), RESULT_KEYS)
     if (out / SUMMARY_FILE).exists():
@@ -432,7 +437,10 @@ def distill(config: DistillConfig, echo: Callable[[str], None] = log.info) -> di
     trainer = make_trainer(out, max_epochs=config.epochs, max_steps=config.max_steps,
                            accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
                            checkpoint_every_n_steps=config.checkpoint_every,
-                           log_every_n_steps=1 if len(train_loader) < 50 else 50)
+                           log_every_n_steps=1 if len(train_loader) < 50 else 50,
+                           tracker_logger=tracker.logger(out))
+    if trainer.is_global_zero:
+        tracker.log_params(out, {"config": config.to_dict()})
     resume = last_checkpoint(out)
     resumed_from = str(resume) if resume.exists() else None
     trainer.fit(module, train_loader, held_loader, ckpt_path=resumed_from)
@@ -451,6 +459,7 @@ def distill(config: DistillConfig, echo: Callable[[str], None] = log.info) -> di
         "held_out": parts.source, "global_step": trainer.global_step, "epochs": trainer.current_epoch,
         "resumed_from": resumed_from, **scores,
     }
+    tracker.log_results(out, {"summary": summary}, step=trainer.global_step)
     write_summary(out, summary)  # last: marks the run as done
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # model.safetensors holds the weights
     return summary

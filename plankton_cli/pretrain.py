@@ -43,6 +43,7 @@ from plankton_cli.models import warmup_cosine_scheduler
 from plankton_cli.models.mae import titled_panel
 from plankton_cli.pad_store import padding_rules
 from plankton_cli.recipe import resolve_recipe
+from plankton_cli.trackers import Tracker
 from plankton_cli.store import Store
 from plankton_cli.training import (
     is_rank_zero,
@@ -100,6 +101,8 @@ class PretrainConfig:
     accelerator: str = "auto"
     precision: str | None = None
     record_ids: bool = False  # debug: write the object ids each rank trained on to RUN/object_ids/
+    logger: str = "csv"  # also tensorboard or mlflow (plankton_cli.trackers); RUN/metrics.csv is always written
+    logger_uri: str | None = None  # MLflow's tracking URI
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved_resize(self) -> int:
@@ -269,6 +272,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
         raise UsageError(f"{config.model} is not a timm ViT: MAE pretraining takes ViTs only "
                          "(a timm CNN can be a `plankton distill --student`)")
     started = time.monotonic()
+    tracker = Tracker.of(config, "pretrain")
     store = Store(config.store)
     dataset = resolve_dataset(store, config.dataset)
     dataset_dir = store.root / dataset
@@ -344,6 +348,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
         checkpoint_every_n_steps=config.checkpoint_every,
         callbacks=[*([RecordObjectIds(run_dir)] if config.record_ids else []), *callbacks],
         enable_progress=enable_progress,
+        tracker_logger=tracker.logger(run_dir),
         num_sanity_val_steps=0,
     )
     resolved = {
@@ -358,6 +363,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
     if is_rank_zero():
         write_run_config(run_dir, resolved)
         write_json_atomic(run_dir / "recipe.json", recipe.to_dict())
+        tracker.log_params(run_dir, {"config": resolved})
         log.info("pretraining %s on %s/%s: %s", config.model, store.root, dataset, recipe.describe())
         for warning in recipe.warnings:
             log.warning("%s", warning)
@@ -397,6 +403,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
         "elapsed_seconds": round(time.monotonic() - started, 2),
     }
     write_summary(run_dir, summary)
+    tracker.log_results(run_dir, {"summary": summary}, step=trainer.global_step)
     return summary
 
 

@@ -156,6 +156,7 @@ def make_trainer(
     checkpoint_every_n_steps: int = 100,
     callbacks: Sequence[Callback] = (),
     enable_progress: bool | None = None,
+    tracker_logger: Any | None = None,
     **trainer_kwargs: Any,
 ) -> pl.Trainer:
     """A ``pl.Trainer`` writing into ``run_dir`` (see the module docstring for the layout).
@@ -170,6 +171,7 @@ def make_trainer(
       optimizer steps and at every epoch end, so a kill loses little. Resume with
       ``trainer.fit(module, loader, ckpt_path=last_checkpoint(run_dir))``.
     - ``enable_progress``: ``None`` = a rich bar on a terminal, log lines otherwise; ``False`` = neither.
+    - ``tracker_logger``: a TensorBoard or MLflow logger (``plankton_cli.trackers``) beside ``metrics.csv``.
     - ``trainer_kwargs`` go to ``pl.Trainer`` as they are (``gradient_clip_val``, ``limit_val_batches`` …).
     """
     run_dir = Path(run_dir)
@@ -208,7 +210,7 @@ def make_trainer(
         precision=precision,
         accumulate_grad_batches=accumulate_grad_batches,
         log_every_n_steps=max(1, min(log_every_n_steps, steps_per_epoch or log_every_n_steps)),
-        logger=RunCSVLogger(run_dir),
+        logger=[RunCSVLogger(run_dir), *([tracker_logger] if tracker_logger is not None else [])],
         callbacks=all_callbacks,
         enable_progress_bar=bool(enable_progress and interactive),
         enable_model_summary=False,

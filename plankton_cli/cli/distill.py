@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from plankton_cli.cli.dispatch import backend_options
-from plankton_cli.cli.options import require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
+from plankton_cli.cli.options import tracker_options, require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 log = logging.getLogger("plankton.distill")
@@ -20,6 +20,8 @@ DEFAULT_IMG_SIZE = 112
 
 @click.command(cls=Command, epilog="""\b
 Examples:
+  # the run in TensorBoard too: tensorboard --logdir runs/
+  plankton distill --teacher runs/ft/fold-0/model.safetensors --out runs/student --logger tensorboard
   plankton distill --teacher runs/ft-5/fold-0/model.safetensors --out runs/student
   plankton distill --teacher runs/ft-5/fold-0 --student vit_tiny_patch16_224 --img-size 112 --out runs/vit-ti
   # on the lab's GPU cluster; a killed or requeued job resumes from its last checkpoint
@@ -80,6 +82,7 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --teacher, other setti
 @click.option("--depth", type=click.IntRange(min=1), help="Override the ViT student's number of blocks.")
 @click.option("--embed-dim", type=click.IntRange(min=8), help="Override the ViT student's width.")
 @click.option("--num-heads", type=click.IntRange(min=1), help="Override the ViT student's attention heads.")
+@tracker_options
 @backend_options
 @store_option
 @json_option
@@ -88,7 +91,7 @@ def distill(ctx: click.Context, teacher: Path, out: Path, student: str, img_size
             epochs: int, max_steps: int | None, batch_size: int, lr: float, weight_decay: float, warmup_epochs: float,
             drop_path: float, temperature: float, alpha: float, held_out: float, target_precision: float, seed: int,
             workers: int, instruments: tuple[str, ...], label_status: tuple[str, ...], checkpoint_every: int,
-            patch_size: int | None, depth: int | None, embed_dim: int | None, num_heads: int | None, backend_opts,
+            patch_size: int | None, depth: int | None, embed_dim: int | None, num_heads: int | None, logger: str, logger_uri: str | None, backend_opts,
             store: Path, as_json: bool) -> None:
     """Distil a fine-tuned teacher into a small student for fast CPU prediction."""
     from plankton_cli.cli.dispatch import dispatch
@@ -109,6 +112,7 @@ def distill(ctx: click.Context, teacher: Path, out: Path, student: str, img_size
         label_status=[] if "any" in label_status else list(label_status), checkpoint_every=checkpoint_every,
         patch_size=patch_size, depth=depth, embed_dim=embed_dim, num_heads=num_heads,
         accelerator=backend_opts.accelerator, devices=backend_opts.devices, num_nodes=backend_opts.num_nodes,
+        logger=logger, logger_uri=logger_uri,
     )
     echo = (lambda text: log.info("%s", text)) if as_json else (lambda text: click.echo(text, err=True))
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from plankton_cli.cli.dispatch import backend_options
-from plankton_cli.cli.options import require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
+from plankton_cli.cli.options import tracker_options, require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 log = logging.getLogger("plankton.finetune")
@@ -16,6 +16,8 @@ log = logging.getLogger("plankton.finetune")
 
 @click.command(cls=Command, epilog="""\b
 Examples:
+  # every fold's epochs, test scores and baselines in MLflow (./mlruns, or --logger-uri)
+  plankton finetune --init runs/mae/encoder.safetensors --labels 5% --out runs/ft --logger mlflow
   plankton finetune --init runs/mae/encoder.safetensors --labels 5% --out runs/ft-5
   plankton finetune --init vit_large_patch16_224.augreg_in21k.pth --model vit_large_patch16_224 \\
       --labels 1% --out runs/imagenet-1       # the paper's ImageNet baseline, from a local file
@@ -115,6 +117,7 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
 @click.option("--depth", type=click.IntRange(min=1), help="Override the --model's number of blocks.")
 @click.option("--embed-dim", type=click.IntRange(min=8), help="Override the --model's width.")
 @click.option("--num-heads", type=click.IntRange(min=1), help="Override the --model's attention heads.")
+@tracker_options
 @backend_options
 @store_option
 @json_option
@@ -125,7 +128,7 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
              target_precision: float, seed: int, workers: int, instruments: tuple[str, ...],
              label_status: tuple[str, ...], features: str, max_steps: int | None, head: str,
              model_name: str | None, img_size: int | None, patch_size: int | None, depth: int | None,
-             embed_dim: int | None, num_heads: int | None, backend_opts, store: Path, as_json: bool) -> None:
+             embed_dim: int | None, num_heads: int | None, logger: str, logger_uri: str | None, backend_opts, store: Path, as_json: bool) -> None:
     """Fine-tune a ViT with few labels and test it by cross-validation.
 
     The encoder gets MAE's average-pool head input and a bottleneck head (Linear 512, LayerNorm,
@@ -169,7 +172,7 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
         features=features,
         model=model_name, img_size=img_size, patch_size=patch_size, depth=depth, embed_dim=embed_dim,
         num_heads=num_heads, accelerator=backend_opts.accelerator, devices=backend_opts.devices,
-        num_nodes=backend_opts.num_nodes,
+        num_nodes=backend_opts.num_nodes, logger=logger, logger_uri=logger_uri,
     )
     # Progress and Table-4 counts go to stderr, so that --json output stays parseable.
     echo = (lambda text: log.info("%s", text)) if as_json else (lambda text: click.echo(text, err=True))

@@ -73,3 +73,23 @@ lock_timeout_option = click.option(
     show_default=True,
     help="Seconds to wait for another writer to release the store; then exit 75.",
 )
+
+
+def _installed_logger(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from plankton_cli.trackers import require
+
+    return require(value)  # a tracker whose package is missing: one line naming the pip install, exit 2
+
+
+def tracker_options(command):
+    """`--logger` and `--logger-uri` (pretrain, finetune, distill): where the run is tracked besides metrics.csv."""
+    command = click.option(
+        "--logger-uri", metavar="URI",
+        help="MLflow tracking URI: a server (http://...) or a local folder [default: $MLFLOW_TRACKING_URI, else "
+             "./mlruns].")(command)
+    return click.option(
+        "--logger", type=click.Choice(["csv", "tensorboard", "mlflow"]), default="csv", show_default=True,
+        callback=_installed_logger,
+        help="Also track the run's recipe, per-epoch metrics and results in TensorBoard (RUN/tensorboard/) or "
+             "MLflow; RUN/metrics.csv is always written. Needs pip install 'plankton-cli[tensorboard]' or "
+             "'plankton-cli[mlflow]'.")(command)

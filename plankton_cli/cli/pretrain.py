@@ -7,12 +7,14 @@ from pathlib import Path
 import click
 
 from plankton_cli.cli.dispatch import backend_options, dispatch
-from plankton_cli.cli.options import require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
+from plankton_cli.cli.options import tracker_options, require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 
 @click.command(cls=Command, epilog="""\b
 Examples:
+  # track the run in MLflow (a local ./mlruns folder, or a server with --logger-uri)
+  plankton pretrain --out runs/mae-l --logger mlflow
   # the paper's recipe (ViT-L/16, 800 epochs, effective batch 4096) on one GPU
   plankton pretrain --out runs/mae-l --batch-size 256
   # a general plankton encoder, further pretrained on this station's images
@@ -78,6 +80,7 @@ and --resume was not given); with --wait, the job's exit status.""")
 @click.option("--decoder-heads", type=click.IntRange(min=1),
               help="MAE decoder attention heads [default: the paper's 16 under ViT-L, else width / 32].")
 @click.option("--record-ids", is_flag=True, hidden=True, help="Debug: write each rank's object ids to RUN/object_ids/.")
+@tracker_options
 @backend_options
 @store_option
 @json_option
@@ -88,7 +91,7 @@ def pretrain(ctx: click.Context, dataset: str | None, model: str, img_size: int,
              weight_decay: float, mask_ratio: float, init: Path | None, resume: bool, workers: int, seed: int,
              max_steps: int | None, gpu_augment: bool, compile_model: bool, recon_every: int, checkpoint_every: int,
              log_every: int, patch_size: int | None, depth: int | None, embed_dim: int | None, num_heads: int | None,
-             decoder_depth: int | None, decoder_dim: int | None, decoder_heads: int | None, record_ids: bool, backend_opts, store: Path,
+             decoder_depth: int | None, decoder_dim: int | None, decoder_heads: int | None, record_ids: bool, logger: str, logger_uri: str | None, backend_opts, store: Path,
              as_json: bool) -> None:
     """Pretrain a ViT encoder as a masked autoencoder on the store's images.
 
@@ -116,7 +119,7 @@ def pretrain(ctx: click.Context, dataset: str | None, model: str, img_size: int,
         init=init, workers=workers, seed=seed, max_steps=max_steps, gpu_augment=gpu_augment,
         compile=compile_model, recon_every=recon_every, checkpoint_every=checkpoint_every, log_every=log_every,
         devices=backend_opts.devices, num_nodes=backend_opts.num_nodes, accelerator=backend_opts.accelerator,
-        record_ids=record_ids,
+        record_ids=record_ids, logger=logger, logger_uri=logger_uri,
     )
     quiet = bool(ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
     try:

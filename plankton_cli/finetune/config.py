@@ -61,6 +61,8 @@ class FinetuneConfig:
     accelerator: str = "auto"
     devices: int = 1  # per node; more than one trains with DDP
     num_nodes: int = 1
+    logger: str = "csv"  # also tensorboard or mlflow (plankton_cli.trackers); RUN/metrics.csv is always written
+    logger_uri: str | None = None  # MLflow's tracking URI
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

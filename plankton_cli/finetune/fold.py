@@ -73,6 +73,7 @@ def run_fold(
     with those settings: a cheap head refitted on all of them, fine-tuning re-run from the initial weights for the
     chosen number of epochs on the same lr schedule. The ``paper`` protocol keeps the model chosen on validation.
     """
+    from plankton_cli.trackers import Tracker
     from plankton_cli.training import CHECKPOINT_DIR, write_json_atomic
 
     fold_dir = Path(config.out) / f"fold-{split.fold}"
@@ -207,6 +208,9 @@ def run_fold(
             M.plot_learning_curves(fold_dir / "metrics.csv", fold_dir / "learning_curves.png")
         except ValueError as error:  # e.g. --max-steps stopped before any epoch ended
             log.warning("fold %d: no learning curves: %s", split.fold, error)
+    Tracker.of(config, "finetune").log_results(fold_dir, {"test": {
+        **{name: result[name] for name in M.HEADLINE_METRICS}, "n_labelled": result["n_labelled"],
+        "n_test": result["n_test"], "baselines": result["baselines"]}})
     write_json_atomic(fold_dir / "result.json", result)  # last: marks the fold as done
     for run_dir in (fold_dir, fold_dir / "refit"):
         shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # model.safetensors holds the kept weights
@@ -224,7 +228,8 @@ def _train(
     a longer lr schedule."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from plankton_cli.training import CHECKPOINT_DIR, last_checkpoint, make_trainer
+    from plankton_cli.trackers import Tracker
+    from plankton_cli.training import CHECKPOINT_DIR, is_rank_zero, last_checkpoint, make_trainer
 
     train_loader, val_loader, test_loader = loader(train_ids, True), loader(val_ids, False), loader(test_ids, False)
     module = ClassifierModule(model, lr=recipe.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay,
@@ -237,12 +242,16 @@ def _train(
     # Every class too small to spare a validation image (see protocol._validation_part), or a refit on every
     # labelled object: no best epoch to pick, so the run keeps its last weights.
     validate = bool(val_ids)
+    tracker = Tracker.of(config, "finetune")
     trainer = make_trainer(
         run_dir, max_epochs=max_epochs or config.epochs, max_steps=config.max_steps, accelerator=config.accelerator,
         devices=config.devices, num_nodes=config.num_nodes, callbacks=[best_callback] if validate else [],
         # Few labels make short epochs: log every step then, so the loss and lr curves are complete.
         log_every_n_steps=1 if len(train_loader) < 50 else 50,
+        tracker_logger=tracker.logger(run_dir),
     )
+    if is_rank_zero():
+        tracker.log_params(run_dir, {"config": config.to_dict(), "recipe": recipe.to_dict()})
     resume = last_checkpoint(run_dir)
     trainer.fit(module, train_loader, val_loader if validate else None,
                 ckpt_path=str(resume) if resume.exists() else None)

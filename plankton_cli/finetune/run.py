@@ -28,6 +28,7 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = log.info) -> 
     (also written to OUT/summary.json).
     """
     from plankton_cli.store import Store
+    from plankton_cli.trackers import Tracker
     from plankton_cli.training import (
         is_rank_zero,
         refuse_other_settings,
@@ -100,7 +101,13 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = log.info) -> 
         if result is not None:
             echo(f"fold {split.fold}: test accuracy {result['accuracy']:.3f}, balanced accuracy "
                  f"{result['balanced_accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")
-    return summarise_run(out) if is_rank_zero() else {}
+    if not is_rank_zero():
+        return {}
+    summary = summarise_run(out)
+    tracker = Tracker.of(config, "finetune")  # the whole run's: its settings and the folds' mean ± std
+    tracker.log_params(out, {"config": config.to_dict()})
+    tracker.log_results(out, {"mean_std": summary["mean_std"], "baselines": summary["baselines"]})
+    return summary
 
 
 def _dataset_info(dataset_dir: Path, name: str) -> dict[str, Any]:
