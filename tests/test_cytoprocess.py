@@ -98,3 +98,33 @@ def test_unset_model_variable_is_one_clear_error(project, tmp_path):
                           capture_output=True, text=True, env=env)
     assert f"${MODEL_VARIABLE} is not set" in proc.stdout + proc.stderr
     assert not (project / "work" / SAMPLE / "predictions.parquet").exists()
+
+
+def test_cytoprocess_features_reach_a_model_trained_with_them_under_their_ecotaxa_names(project, tmp_path):
+    """A model fine-tuned on an EcoTaxa export of CytoProcess data reads `object_<feature>`: CytoProcess's own
+    feature columns are fed to it under those names, not as missing."""
+    import torch
+
+    from plankton_cli.features.inputs import FeatureScaling
+    from plankton_cli.integrations.cytoprocess import classify_with
+    from plankton_cli.integrations.files import scorer
+    from plankton_cli.models import Classifier, save_model
+
+    scaling = FeatureScaling.fit(["object_fws_total", "object_area"],
+                                 [{"object_fws_total": v, "object_area": 10 * v} for v in (1.0, 1.5, 2.0)])
+    torch.manual_seed(0)
+    model = Classifier("vit_tiny_patch16_224", len(CLASSES), img_size=32, patch_size=8, depth=2, embed_dim=64,
+                       num_heads=2, hidden_dim=32, feature_dim=scaling.width)
+    model_file = save_model(tmp_path / "fold-0", model.state_dict(), {
+        **model.arch, "classes": CLASSES, "mean": [0.5], "std": [0.25], "resize": 36, **PADDING,
+        **scaling.info_fields()})
+    work = project / "work" / SAMPLE
+    paths = sorted(str(p) for p in (work / "images").glob("*_img.jpg"))[:4]
+    features = pd.DataFrame({"fws_total": [1.0, 2.0, 1.0, 2.0], "area": [5.0, 30.0, 5.0, 30.0]})
+
+    with_features = classify_with(model_file, paths, features)
+    lacking = scorer(Path(model_file)).feature_inputs.report()
+    assert lacking == []  # every object had both features
+    without = classify_with(model_file, paths, features.iloc[:, :0])
+    assert scorer(Path(model_file)).feature_inputs.report()  # now they are reported missing
+    assert not np.allclose(with_features["score"], without["score"])  # and the answers change

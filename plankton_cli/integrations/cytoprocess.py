@@ -48,7 +48,9 @@ def classify_with(model_path: str | Path, paths: list[str], features: Any = None
 
     model = scorer(Path(model_path).expanduser())
     instrument = os.environ.get(INSTRUMENT_VARIABLE) or INSTRUMENT
-    answers = classify_files(model, [Path(p) for p in paths], instrument=instrument)
+    columns = [] if features is None else [{f"object_{k}": str(v) for k, v in row.items() if pd.notna(v)}
+                                           for row in features.to_dict("records")]
+    answers = classify_files(model, [Path(p) for p in paths], instrument=instrument, metadata=columns or None)
     failed = [a for a in answers if a.error]
     if failed:  # CytoProcess reports this for the sample and goes on with the next one
         raise DataError(f"{len(failed)} image(s) unreadable, e.g. {failed[0].path}: {failed[0].error}",

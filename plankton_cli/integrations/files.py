@@ -65,9 +65,11 @@ def scorer(model_path: Path) -> Scorer:
 
 
 def classify_files(model: Scorer, paths: list[Path], *, folder: Path | None = None, instrument: str | None = None,
-                   batch_size: int = 64) -> list[Answer]:
+                   metadata: list[dict[str, str]] | None = None, batch_size: int = 64) -> list[Answer]:
     """One answer per path, in the order given (an unreadable image gets an answer with its error). With `folder`
-    (which holds every path), the folder is read as `plankton predict FOLDER` reads it: ids relative to it."""
+    (which holds every path), the folder is read as `plankton predict FOLDER` reads it: ids relative to it.
+    `metadata` (one mapping per path) joins what the reader found, as a source's columns would (a model trained
+    with `object_*` features reads them there)."""
     from plankton_cli.predict import _batches, _source_items
 
     errors: dict[str, Rejection] = {}
@@ -78,8 +80,11 @@ def classify_files(model: Scorer, paths: list[Path], *, folder: Path | None = No
     options = ReadOptions(instrument=instrument, label_from="none")
     sources = [Path(folder)] if folder is not None else [Path(p) for p in paths]
     items = _source_items(sources, "folders", options, rejected)
+    given = {str(Path(p).absolute()): m for p, m in zip(paths, metadata or [])}
     answers: dict[str, Answer] = {}
     for batch in _batches(items, batch_size):
+        for item in batch:
+            item.metadata.update(given.get(str(item.source_file), {}))
         probabilities, _ = model.score(batch)
         for item, p in zip(batch, probabilities):
             answers[str(item.source_file)] = Answer(str(item.source_file), item.object_id, p, model.label(p),
