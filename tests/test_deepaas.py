@@ -4,6 +4,7 @@ by its entry point; an HTTP client reads the metadata, uploads an image and a zi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -128,7 +129,7 @@ def test_an_uploaded_zip_gets_one_answer_per_image_and_the_unreadable_one_its_er
 
 
 @pytest.mark.slow
-def test_train_fine_tunes_on_a_store_of_the_server(server, tmp_path):
+def test_train_fine_tunes_on_a_store_of_the_server(server, tmp_path, monkeypatch):
     store, out = tmp_path / "store", tmp_path / "run"
     plankton("ingest", str(DEMO), "--store", str(store), "--instrument", "FlowCam", check=True)
     args = {"store": str(store), "init": "scratch", "out": str(out), "labels": "all", "folds": "1", "epochs": "1",
@@ -144,3 +145,13 @@ def test_train_fine_tunes_on_a_store_of_the_server(server, tmp_path):
     result = status["result"]["output"]
     assert result["models"] == [str(out / "fold-0" / "model.safetensors")]
     assert (out / "fold-0" / "model.safetensors").exists() and (out / "summary.json").exists()
+
+    # The model it trained, as a server restarted on it describes it: its fold's test metrics and baselines.
+    from plankton_cli.integrations import deepaas
+
+    monkeypatch.setenv(MODEL_VARIABLE, result["models"][0])
+    meta = deepaas.get_metadata()["model"]
+    fold = json.loads((out / "fold-0" / "result.json").read_text())
+    assert meta["metrics"] == {m: fold[m] for m in ("accuracy", "balanced_accuracy", "macro_f1")}
+    assert meta["baselines"] == fold["baselines"] and meta["labelled_objects"] == fold["n_labelled"]
+    assert meta["instruments"] == ["FlowCam"] and meta["classes"] == CLASSES
