@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -198,8 +200,6 @@ class ModelInfo:
             if json_path.suffix == ".json" and json_path.exists():
                 data = json.loads(json_path.read_text(encoding="utf-8"))
             else:
-                from plankton_cli.models.checkpoints import load_encoder_info  # the safetensors header
-
                 data = load_encoder_info(path)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ModelInfoError(f"{json_path}: not valid JSON ({error})", path=json_path) from error
@@ -224,3 +224,46 @@ def _json_path(path: Path) -> Path:
     if path.is_dir():
         return next((p for p in (path / "encoder.json", path / "model.json") if p.exists()), path)
     return path.with_suffix(".json")
+
+
+def load_encoder_info(path: Path) -> dict[str, Any]:
+    """The raw info of an export: its ``.json``, else the safetensors header; ``path`` may be
+    the folder, the ``.safetensors`` or the ``.json``. ``ModelInfo.load`` validates and types it."""
+    from safetensors import safe_open  # only for an export without its JSON
+
+    path = Path(path)
+    if path.is_dir():
+        found = [p for p in (path / "encoder.json", path / "model.json") if p.exists()]
+        if not found:
+            raise FileNotFoundError(f"no encoder.json or model.json in {path}")
+        path = found[0]
+    json_path = path.with_suffix(".json")
+    if json_path.exists():
+        with _model_file(json_path):
+            info = json.loads(json_path.read_text(encoding="utf-8"))
+            if not isinstance(info, dict):
+                raise ValueError("not a JSON object")
+            return info
+    weights = path.with_suffix(".safetensors")
+    if weights.exists():
+        with _model_file(weights), safe_open(str(weights), framework="pt") as f:
+            text = (f.metadata() or {}).get("plankton_info")
+        if text:
+            with _model_file(weights):
+                return json.loads(text)
+    raise FileNotFoundError(f"no export info next to {path}")
+
+
+class ModelFileError(UsageError, ValueError):
+    """A model or encoder file that cannot be read (truncated, not safetensors, wrong JSON): exit 2, naming it."""
+
+
+@contextmanager
+def _model_file(path: Path) -> Iterator[None]:
+    """Turn whatever a broken weights or info file makes its parser raise into one `ModelFileError` naming it."""
+    try:
+        yield
+    except (ModelFileError, FileNotFoundError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors, json, torch and pickle each raise their own types
+        raise ModelFileError(f"{path}: not a readable model file ({type(exc).__name__}: {exc})", path=path) from exc

@@ -44,7 +44,7 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.strategies import DDPStrategy
 
 from plankton_cli.atomic import atomic_path, atomic_write_json
-from plankton_cli.cli.output import quiet_lightning
+from plankton_cli.lightning_logs import quiet_lightning
 
 log = logging.getLogger("plankton.training")
 

@@ -48,18 +48,14 @@ to a target ViT; see its docstring for what it changes.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import pickle
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import safetensors
 import torch
 from safetensors.torch import load_file, save_file
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
@@ -67,10 +63,17 @@ from timm.models import adapt_input_conv
 from torch import Tensor, nn
 
 from plankton_cli.atomic import atomic_path
-from plankton_cli.errors import UsageError
 from plankton_cli.models.classifier import Classifier, find_vit, is_vit
 from plankton_cli.models.fitted_heads import head_from_state
-from plankton_cli.model_info import ENCODER_FORMAT, FORMAT_VERSION, MODEL_FORMAT, ModelInfo
+from plankton_cli.model_info import (  # re-exported: the readers of an export's info live with its format
+    ENCODER_FORMAT,
+    FORMAT_VERSION,
+    MODEL_FORMAT,
+    ModelFileError,
+    ModelInfo,
+    _model_file,
+    load_encoder_info,
+)
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 
 # Checkpoint wrappers seen in the wild: Lightning ("state_dict"), MAE/timm train scripts
@@ -138,47 +141,6 @@ def _package_version() -> str:
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def load_encoder_info(path: Path) -> dict[str, Any]:
-    """The raw info of an export: its ``.json``, else the safetensors header; ``path`` may be
-    the folder, the ``.safetensors`` or the ``.json``. ``ModelInfo.load`` validates and types it."""
-    path = Path(path)
-    if path.is_dir():
-        found = [p for p in (path / "encoder.json", path / "model.json") if p.exists()]
-        if not found:
-            raise FileNotFoundError(f"no encoder.json or model.json in {path}")
-        path = found[0]
-    json_path = path.with_suffix(".json")
-    if json_path.exists():
-        with _model_file(json_path):
-            info = json.loads(json_path.read_text(encoding="utf-8"))
-            if not isinstance(info, dict):
-                raise ValueError("not a JSON object")
-            return info
-    weights = path.with_suffix(".safetensors")
-    if weights.exists():
-        with _model_file(weights), safetensors.safe_open(str(weights), framework="pt") as f:
-            text = (f.metadata() or {}).get("plankton_info")
-        if text:
-            with _model_file(weights):
-                return json.loads(text)
-    raise FileNotFoundError(f"no export info next to {path}")
-
-
-class ModelFileError(UsageError, ValueError):
-    """A model or encoder file that cannot be read (truncated, not safetensors, wrong JSON): exit 2, naming it."""
-
-
-@contextmanager
-def _model_file(path: Path) -> Iterator[None]:
-    """Turn whatever a broken weights or info file makes its parser raise into one `ModelFileError` naming it."""
-    try:
-        yield
-    except (ModelFileError, FileNotFoundError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - safetensors, json, torch and pickle each raise their own types
-        raise ModelFileError(f"{path}: not a readable model file ({type(exc).__name__}: {exc})", path=path) from exc
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Classifier, ModelInfo]:

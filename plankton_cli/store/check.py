@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -240,10 +241,11 @@ def _check_manifest(store: Store, files: dict, intact: set[str]) -> list[Problem
     return problems
 
 
-def repair(store: Store, *, lock_timeout: float = 60.0) -> CheckReport:
-    """Repair what `check` finds, then check again (the returned report is that second check's)."""
-    from plankton_cli.ingest import ingest
+def repair(store: Store, ingest: Callable[..., Any], *, lock_timeout: float = 60.0) -> CheckReport:
+    """Repair what `check` finds, then check again (the returned report is that second check's).
 
+    `ingest` is `plankton_cli.ingest.ingest`, passed in because the store sits below ingest: it reads the sources
+    of lost files again."""
     done: list[str] = []
     with StoreLock(store.root, timeout=lock_timeout):
         _finish_or_set_aside(store.root, done)
