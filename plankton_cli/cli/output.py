@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from plankton_cli.lightning_logs import set_lightning_level
+from plankton_cli.core.lightning_logs import set_lightning_level
 
 log = logging.getLogger("plankton")
 

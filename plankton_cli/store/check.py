@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from plankton_cli.atomic import atomic_write_bytes
-from plankton_cli.errors import DataError, StoreIOError
+from plankton_cli.core.atomic import atomic_write_bytes
+from plankton_cli.core.errors import DataError, StoreIOError
 from plankton_cli.store import Store
 from plankton_cli.store.layout import (COMMITTED, MANIFEST, MAX_NAME_BYTES, UnreadableFileList, checksum, hidden,
                                        read_committed)
@@ -369,8 +369,8 @@ def _entry_from_data(key: str, store: Store) -> dict | None:
     """A manifest entry for a source known only from its rows: its files found again through its reader."""
     from datetime import UTC, datetime
 
-    from plankton_cli import plugins
-    from plankton_cli.records import ReadOptions
+    from plankton_cli.core import plugins
+    from plankton_cli.core.records import ReadOptions
 
     table = store.dataset("objects").to_table(columns=["source_key", "source_file", "ingest_run"],
                                               filter=pc.field("source_key") == key)

@@ -21,11 +21,11 @@ import pytest
 from PIL import Image
 
 from conftest import BUNDLED
-from plankton_cli.features.dataset import compute_features
+from plankton_cli.prepare.features.dataset import compute_features
 from plankton_cli.ingest import ingest
-from plankton_cli.pad_store import pad_dataset
-from plankton_cli.predict import predict
-from plankton_cli.records import ReadOptions
+from plankton_cli.prepare.pad_store import pad_dataset
+from plankton_cli.infer.predict import predict
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
 from plankton_cli.store.layout import COMMITTED, MANIFEST, read_committed
 from test_predict import CLASSES, PADDING, tiny_model
