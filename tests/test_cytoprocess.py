@@ -1,5 +1,5 @@
 """plankton as CytoProcess's classifier: CytoProcess's own `predict` command (its real code, installed from PyPI)
-calls `plankton_cli.integrations.cytoprocess.classify`, and a generated model.py, on a project holding bundled
+calls `plankton_cli.infer.cytoprocess.classify`, and a generated model.py, on a project holding bundled
 images; its predictions must be `plankton predict`'s on the same files."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from test_predict import CLASSES, tiny_model
 
 pytest.importorskip("cytoprocess", reason="cytoprocess is in the test extra: pip install -e '.[test]'")
 
-from plankton_cli.integrations.cytoprocess import MODEL_VARIABLE, write_model_py  # noqa: E402
+from plankton_cli.infer.cytoprocess import MODEL_VARIABLE, write_model_py  # noqa: E402
 
 SAMPLE = "cs_2024-05-01_1200"
 PADDING = {"pad_settings": ["CytoSense: pad-v1 crop=0,0,0,0 size=keep"]}
@@ -62,7 +62,7 @@ def test_cytoprocess_predict_calls_classify_and_gets_plankton_predicts_labels(pr
     images = project / "work" / SAMPLE / "images"
     expected = predict_files(model_file, images, tmp_path / "reference", "--instrument", "CytoSense")
 
-    got = cytoprocess_predict(project, "plankton_cli.integrations.cytoprocess.classify",
+    got = cytoprocess_predict(project, "plankton_cli.infer.cytoprocess.classify",
                               {MODEL_VARIABLE: str(model_file)})
 
     assert len(got) == 12 and list(got["sample_id"].unique()) == [SAMPLE]
@@ -80,7 +80,7 @@ def test_cytoprocess_predict_calls_classify_and_gets_plankton_predicts_labels(pr
 def test_a_generated_model_py_serves_the_model_without_the_environment(project, model_file, tmp_path):
     model_py = write_model_py(model_file, tmp_path / "model.py")
     env = {k: v for k, v in os.environ.items() if k != MODEL_VARIABLE}
-    by_env = cytoprocess_predict(project, "plankton_cli.integrations.cytoprocess.classify",
+    by_env = cytoprocess_predict(project, "plankton_cli.infer.cytoprocess.classify",
                                  {MODEL_VARIABLE: str(model_file)})
     proc = subprocess.run([sys.executable, "-m", "cytoprocess", "predict", "--force", "--model",
                            f"{model_py}::classify", str(project)], capture_output=True, text=True, env=env)
@@ -94,7 +94,7 @@ def test_unset_model_variable_is_one_clear_error(project, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != MODEL_VARIABLE}
     (project / "work" / SAMPLE / "predictions.parquet").unlink(missing_ok=True)
     proc = subprocess.run([sys.executable, "-m", "cytoprocess", "predict", "--model",
-                           "plankton_cli.integrations.cytoprocess.classify", str(project)],
+                           "plankton_cli.infer.cytoprocess.classify", str(project)],
                           capture_output=True, text=True, env=env)
     assert f"${MODEL_VARIABLE} is not set" in proc.stdout + proc.stderr
     assert not (project / "work" / SAMPLE / "predictions.parquet").exists()
@@ -105,10 +105,10 @@ def test_cytoprocess_features_reach_a_model_trained_with_them_under_their_ecotax
     feature columns are fed to it under those names, not as missing."""
     import torch
 
-    from plankton_cli.features.inputs import FeatureScaling
-    from plankton_cli.integrations.cytoprocess import classify_with
-    from plankton_cli.integrations.files import scorer
-    from plankton_cli.models import Classifier, save_model
+    from plankton_cli.prepare.features.inputs import FeatureScaling
+    from plankton_cli.infer.cytoprocess import classify_with
+    from plankton_cli.infer.image_files import scorer
+    from plankton_cli.train.models import Classifier, save_model
 
     scaling = FeatureScaling.fit(["object_fws_total", "object_area"],
                                  [{"object_fws_total": v, "object_area": 10 * v} for v in (1.0, 1.5, 2.0)])

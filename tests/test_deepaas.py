@@ -1,4 +1,4 @@
-"""plankton served by DEEPaaS: the real `deepaas-run` server on localhost loads `plankton_cli.integrations.deepaas`
+"""plankton served by DEEPaaS: the real `deepaas-run` server on localhost loads `plankton_cli.serve.deepaas`
 by its entry point; an HTTP client reads the metadata, uploads an image and a zip (answers compared with
 `plankton predict` on the same files) and fine-tunes through the train endpoint."""
 
@@ -23,7 +23,7 @@ from test_predict import CLASSES, PADDING, tiny_model
 pytest.importorskip("deepaas", reason="deepaas is in the test extra: pip install -e '.[test]'")
 requests = pytest.importorskip("requests", reason="requests comes with deepaas")
 
-from plankton_cli.integrations.deepaas import MODEL_VARIABLE  # noqa: E402
+from plankton_cli.serve.deepaas import MODEL_VARIABLE  # noqa: E402
 
 DEMO = BUNDLED / "planktonclass-demo" / "demo-images"
 STARTUP_S = 240  # the worker imports torch and loads the model before the server listens (a busy 2-core VM)
@@ -147,7 +147,7 @@ def test_train_fine_tunes_on_a_store_of_the_server(server, tmp_path, monkeypatch
     assert (out / "fold-0" / "model.safetensors").exists() and (out / "summary.json").exists()
 
     # The model it trained, as a server restarted on it describes it: its fold's test metrics and baselines.
-    from plankton_cli.integrations import deepaas
+    from plankton_cli.serve import deepaas
 
     monkeypatch.setenv(MODEL_VARIABLE, result["models"][0])
     meta = deepaas.get_metadata()["model"]

@@ -19,7 +19,7 @@ pytest.importorskip("tensorboard", reason="tensorboard is in the test extra: pip
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from plankton_cli.trackers import RUN_TAG  # noqa: E402
+from plankton_cli.train.trackers import RUN_TAG  # noqa: E402
 
 DEMO = BUNDLED / "planktonclass-demo" / "demo-images"
 ARCH = ["--img-size", "32", "--patch-size", "8", "--depth", "2", "--embed-dim", "64", "--num-heads", "2"]

@@ -43,7 +43,7 @@ def missing_store(store: Path) -> str:
 
 def require_store(store: Path) -> None:
     """Exit 2 with `missing_store` unless `store` is a plankton store (it has store.json)."""
-    from plankton_cli.errors import UsageError
+    from plankton_cli.core.errors import UsageError
     from plankton_cli.store import Store
 
     if not Store(store).exists:
@@ -76,7 +76,7 @@ lock_timeout_option = click.option(
 
 
 def _installed_logger(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    from plankton_cli.trackers import require
+    from plankton_cli.train.trackers import require
 
     return require(value)  # a tracker whose package is missing: one line naming the pip install, exit 2
 
