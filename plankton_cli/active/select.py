@@ -170,6 +170,9 @@ def select(
         summary.predicted_now = done.predicted
         pool = stored_predictions(store, model_hash, candidates, embeddings=needs_embeddings)
         known = stored_predictions(store, model_hash, labelled, embeddings=True) if labelled else None
+    if needs_embeddings and len(pool.ids) < len(candidates):  # predicted just now, and still without embeddings
+        raise UsageError(f"{weights}: {len(candidates) - len(pool.ids)} candidates have no embedding from this model "
+                         f"after predicting them, which --strategy {strategy} needs: use margin, entropy or random")
     summary.labelled = len(known.ids) if known else 0
     if per_class_min:
         needed = sum(min(per_class_min, n) for n in Counter(pool.probabilities.argmax(1).tolist()).values())
