@@ -8,7 +8,8 @@ scaled; the forest on the features alone), which takes seconds. The strategies a
 (`plankton_cli.active.strategies.choose`), on the refitted head's probabilities and the frozen embeddings, the
 labelled objects' embeddings as what is labelled, exactly as select gets them from the store.
 
-Prints, per data set, test macro-F1 per round (mean ± std over seeds) per strategy, and the labels each strategy
+`/class` variants add `--per-class-min 1` (one object of every predicted class per round, when the round's budget
+allows). Prints, per data set, test macro-F1 per round (mean ± std over seeds) per strategy, and the labels each strategy
 needs to reach random's macro-F1 at 25 % (the first round whose mean reaches it; "—" if none does).
 
 Embeddings: a tiny MAE (the demo ViT, 48 px, patch 8, 4 blocks × 96) pretrained here once per data set on all of
@@ -44,15 +45,17 @@ DATASETS = {  # name -> (images, instrument)
     "flowcam-demo": (REPO / "tests" / "data" / "planktonclass-demo" / "demo-images", "FlowCam"),
 }
 DEMO_VIT = dict(model="vit_tiny_patch16_224", img_size=48, patch_size=8, depth=4, embed_dim=96, num_heads=3)
-# name -> (strategy, mix) as `plankton select --strategy S [--mix M]`
+# name -> (strategy, mix, per-class minimum) as `plankton select --strategy S [--mix M] [--per-class-min N]`
 STRATEGIES = {
-    "random": ("random", None),
-    "margin": ("margin", None),
-    "entropy": ("entropy", None),
-    "coreset": ("coreset", None),
-    "typiclust": ("typiclust", None),
-    "coreset+margin": ("coreset", "margin"),
-    "typiclust+margin": ("typiclust", "margin"),
+    "random": ("random", None, 0),
+    "margin": ("margin", None, 0),
+    "entropy": ("entropy", None, 0),
+    "coreset": ("coreset", None, 0),
+    "typiclust": ("typiclust", None, 0),
+    "coreset+margin": ("coreset", "margin", 0),
+    "typiclust+margin": ("typiclust", "margin", 0),
+    "margin/class": ("margin", None, 1),
+    "coreset+margin/class": ("coreset", "margin", 1),
 }
 
 
@@ -61,8 +64,9 @@ def echo(text: str) -> None:
 
 
 def prepare(name: str, work: Path, pretrain_epochs: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, labels, embeddings, features) of every object of data set `name`, cached in WORK/NAME/arrays.npz."""
-    cache = work / name / "arrays.npz"
+    """(ids, labels, embeddings, features) of every object of data set `name`, cached in
+    WORK/NAME/arrays-<epochs>ep.npz."""
+    cache = work / name / f"arrays-{pretrain_epochs}ep.npz"
     if cache.exists():
         data = np.load(cache, allow_pickle=False)
         return list(data["ids"]), data["labels"], data["embeddings"], data["features"]
@@ -90,7 +94,7 @@ def prepare(name: str, work: Path, pretrain_epochs: int) -> tuple[list[str], np.
         pretrain(PretrainConfig(store=store.root, out=encoder, epochs=pretrain_epochs, workers=0, recon_every=0,
                                 **DEMO_VIT), enable_progress=False)
     echo(f"{name}: store and MAE encoder ({pretrain_epochs} epochs) in {time.monotonic() - started:.0f} s")
-    wrap = work / name / "frozen"
+    wrap = work / name / f"frozen-{pretrain_epochs}ep"
     if not (wrap / "fold-0" / "model.safetensors").exists():  # the encoder as it is, in a model file
         finetune(FinetuneConfig(store=store.root, init=str(encoder / "encoder.safetensors"), out=wrap, labels="all",
                                 folds=1, head="linear", features="none", workers=0), echo=lambda text: None)
@@ -123,7 +127,8 @@ def design(embeddings: np.ndarray, features: np.ndarray, head: str) -> np.ndarra
 
 
 def simulate(labels: np.ndarray, embeddings: np.ndarray, x: np.ndarray, strategy: str, mix: str | None,
-             head: str, seed: int, start: float, step: float, stop: float) -> list[tuple[int, float]]:
+             per_class_min: int, head: str, seed: int, start: float, step: float, stop: float
+             ) -> list[tuple[int, float]]:
     """(labelled count, test macro-F1) after the start and after each round, for one strategy and seed."""
     from sklearn.metrics import f1_score
     from sklearn.model_selection import train_test_split
@@ -151,9 +156,10 @@ def simulate(labels: np.ndarray, embeddings: np.ndarray, x: np.ndarray, strategy
         unlabelled = np.setdiff1d(pool, labelled)
         probabilities = np.zeros((len(unlabelled), n_classes))
         probabilities[:, model.classes_] = model.predict_proba(x[unlabelled])
-        picks = choose(strategy, min(budget, final - len(labelled)), probabilities=probabilities,
-                       embeddings=embeddings[unlabelled], labelled=embeddings[labelled], mix=mix,
-                       seed=seed + len(labelled))
+        take = min(budget, final - len(labelled))
+        picks = choose(strategy, take, predicted=probabilities.argmax(1), per_class_min=min(per_class_min, take // n_classes),
+                       probabilities=probabilities, embeddings=embeddings[unlabelled], labelled=embeddings[labelled],
+                       mix=mix, seed=seed + len(labelled))
         labelled += unlabelled[picks.rows].tolist()
 
 

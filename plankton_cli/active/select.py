@@ -174,7 +174,7 @@ def select(
         raise UsageError(f"{weights}: {len(candidates) - len(pool.ids)} candidates have no embedding from this model "
                          f"after predicting them, which --strategy {strategy} needs: use margin, entropy or random")
     summary.labelled = len(known.ids) if known else 0
-    if per_class_min:
+    if per_class_min and pool.ids:
         needed = sum(min(per_class_min, n) for n in Counter(pool.probabilities.argmax(1).tolist()).values())
         if needed > budget:
             raise UsageError(f"--per-class-min {per_class_min} needs {needed} objects over the predicted classes, "
