@@ -5,7 +5,7 @@ pool) 1 % is labelled at random (at least one per class), then rounds of a fixed
 pool) are picked by each strategy and labelled, up to 25 % of the pool. After each round the model is refitted the
 cheap way, as `--head linear|knn|forest` does: a head on the frozen MAE embeddings and the objects' features (both
 scaled; the forest on the features alone), which takes seconds. The strategies are those of `plankton select`
-(`plankton_cli.active.strategies.choose`), on the refitted head's probabilities and the frozen embeddings, the
+(`plankton_cli.infer.select_strategies.choose`), on the refitted head's probabilities and the frozen embeddings, the
 labelled objects' embeddings as what is labelled, exactly as select gets them from the store.
 
 `/class` variants add `--per-class-min 1` (one object of every predicted class per round, when the round's budget
@@ -70,16 +70,16 @@ def prepare(name: str, work: Path, pretrain_epochs: int) -> tuple[list[str], np.
     if cache.exists():
         data = np.load(cache, allow_pickle=False)
         return list(data["ids"]), data["labels"], data["embeddings"], data["features"]
-    from plankton_cli.active.select import stored_predictions
-    from plankton_cli.features.dataset import compute_features
-    from plankton_cli.features.inputs import object_features
-    from plankton_cli.finetune import FinetuneConfig, finetune
-    from plankton_cli.finetune.baselines import feature_matrix, feature_names
+    from plankton_cli.infer.select import stored_predictions
+    from plankton_cli.prepare.features.dataset import compute_features
+    from plankton_cli.prepare.features.inputs import object_features
+    from plankton_cli.train.finetune import FinetuneConfig, finetune
+    from plankton_cli.train.finetune.baselines import feature_matrix, feature_names
     from plankton_cli.ingest import ingest
-    from plankton_cli.pad_store import pad_dataset
-    from plankton_cli.predict import predict
-    from plankton_cli.pretrain import PretrainConfig, pretrain
-    from plankton_cli.records import ReadOptions
+    from plankton_cli.prepare.pad_store import pad_dataset
+    from plankton_cli.infer.predict import predict
+    from plankton_cli.train.pretrain import PretrainConfig, pretrain
+    from plankton_cli.core.records import ReadOptions
     from plankton_cli.store import Store
     from plankton_cli.store.layout import checksum
 
@@ -133,8 +133,8 @@ def simulate(labels: np.ndarray, embeddings: np.ndarray, x: np.ndarray, strategy
     from sklearn.metrics import f1_score
     from sklearn.model_selection import train_test_split
 
-    from plankton_cli.active.strategies import choose
-    from plankton_cli.finetune.heads import make_head
+    from plankton_cli.infer.select_strategies import choose
+    from plankton_cli.train.finetune.heads import make_head
 
     n_classes = int(labels.max()) + 1
     rows = np.arange(len(labels))

@@ -24,10 +24,10 @@ V2_ROIS = 19
 
 def predict_all(store, model_path: Path, classes: list[str], dim: int) -> None:
     """A prediction with an embedding for every object this model has not predicted, through the store writer."""
-    from plankton_cli.predict import already_predicted
-    from plankton_cli.predictions import StoreWriter
-    from plankton_cli.summarize import model_info
-    from plankton_cli.writers import Prediction, PredictionRun
+    from plankton_cli.infer.predict import already_predicted
+    from plankton_cli.infer.predictions import StoreWriter
+    from plankton_cli.publish.summarize import model_info
+    from plankton_cli.core.writers import Prediction, PredictionRun
 
     info = model_info(model_path)
     done = already_predicted(store, info.model_hash)
@@ -64,7 +64,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "bench"))
     from summarize import copy_bins  # bench/summarize.py: the V2 bin under new bin ids
 
-    from plankton_cli.active.select import select, stored_predictions, candidate_ids
+    from plankton_cli.infer.select import select, stored_predictions, candidate_ids
     from plankton_cli.ingest import ingest
     from plankton_cli.store import Store
     from plankton_cli.store.layout import checksum

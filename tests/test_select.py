@@ -16,10 +16,10 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import shared_data
-from plankton_cli.active import strategies as S
+from plankton_cli.infer import select_strategies as S
 from plankton_cli.cli import cli
 from plankton_cli.ingest import ingest
-from plankton_cli.records import ReadOptions
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
 from plankton_plugins.ecotaxa.checker import check_import_zip
 from plankton_plugins.ecotaxa.tsv import TsvReader

@@ -67,8 +67,8 @@ predictions had to be stored first).""")
 def select(model_path, budget, strategy, mix, per_class_min, to, out_dir, instrument, since, seed, taxon_map,
            device, threads, store, lock_timeout, as_json):
     """Pick the objects experts should validate next (active learning), as a list and EcoTaxa files."""
-    from plankton_cli.active.select import select as run_select
-    from plankton_cli.predict import _check_out
+    from plankton_cli.infer.select import select as run_select
+    from plankton_cli.infer.predict import _check_out
     from plankton_cli.store import Store
 
     require_store(store)

@@ -1,11 +1,11 @@
 """`plankton select` as a library function: the objects an expert should validate next, and the files to do it.
 
 Candidates are the store's objects nobody validated (label status `none` or `predicted`), optionally of one
-instrument or acquired since a date. The strategies (`plankton_cli.active.strategies`) read the model's class
+instrument or acquired since a date. The strategies (`plankton_cli.infer.select_strategies`) read the model's class
 probabilities and embeddings of them from the store's `predictions` dataset (`plankton predict --to store --to
 embeddings` keeps both), and the embeddings of the validated objects as what is already labelled. What the store
 lacks (objects this model never predicted, or predicted without embeddings when the strategy needs them) is
-predicted first with the model, into the store (`plankton_cli.predict`, `only` those objects), so the next
+predicted first with the model, into the store (`plankton_cli.infer.predict`, `only` those objects), so the next
 selection with the same model reads it.
 
 Outputs in OUT, each written atomically:
@@ -37,14 +37,15 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from plankton_cli import __version__, plugins
-from plankton_cli.active.strategies import DIVERSITY, STRATEGIES, Picks, choose
-from plankton_cli.atomic import atomic_path
-from plankton_cli.errors import UsageError
-from plankton_cli.model_info import ModelInfo
+from plankton_cli import __version__
+from plankton_cli.core import plugins
+from plankton_cli.infer.select_strategies import DIVERSITY, STRATEGIES, Picks, choose
+from plankton_cli.core.atomic import atomic_path
+from plankton_cli.core.errors import UsageError
+from plankton_cli.train.model_info import ModelInfo
 from plankton_cli.store import Store
 from plankton_cli.store.layout import checksum as file_hash
-from plankton_cli.writers import Prediction, PredictionRun
+from plankton_cli.core.writers import Prediction, PredictionRun
 
 log = logging.getLogger("plankton.select")
 
@@ -138,7 +139,7 @@ def select(
     """Pick `budget` objects of `store` to validate next by `strategy` with the model at `model_path`, and write
     the selection list and the `to` outputs into `out_dir`. `predict_options` go to `predict` (device, threads,
     lock timeout...) when the store lacks predictions."""
-    from plankton_cli.predict import model_name, model_weights
+    from plankton_cli.infer.predict import model_name, model_weights
 
     if strategy not in STRATEGIES:
         raise UsageError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
@@ -161,7 +162,7 @@ def select(
     known = stored_predictions(store, model_hash, labelled, embeddings=True) if labelled else None
     missing = (set(candidates) - set(pool.ids)) | (set(labelled) - set(known.ids) if known else set())
     if missing:  # predicted once with the model, into the store: the next selection reads them
-        from plankton_cli.predict import predict
+        from plankton_cli.infer.predict import predict
 
         log.info("predicting %d objects this model has no stored prediction%s of", len(missing),
                  " with embeddings" if needs_embeddings else "")
@@ -248,7 +249,7 @@ def _write_list(table: pa.Table, out_dir: Path) -> list[str]:
 
 def _predictions(store: Store, pool: Pool, picks: Picks, classes: list[str]) -> list[Prediction]:
     """The picked objects as predict hands them to writers: stored object, stored probabilities, in pick order."""
-    from plankton_cli.predict import _prediction, _store_items
+    from plankton_cli.infer.predict import _prediction, _store_items
 
     rows = {pool.ids[i]: int(i) for i in picks.rows}
     items = {item.object_id: item for item in _store_items(store, only=set(rows))}
