@@ -215,3 +215,28 @@ def test_a_round_select_validate_ingest_finetune(qa, tmp_path):
     validated = {row["object_id"] for row in store.dataset("objects").to_table(
         columns=["object_id", "label_status"]).to_pylist() if row["label_status"] == "validated"}
     assert used and used <= validated  # finetune learns from the validated labels only (its default)
+
+
+def test_new_objects_go_to_import_zips_with_their_images_as_predict_writes_them(tmp_path, ifcb_bins):
+    """Objects not from EcoTaxa (real IFCB ROIs, unlabelled): import zips with images, rows and images equal to
+    those `plankton predict --to ecotaxa` wrote for the same objects from the same stored predictions."""
+    store = Store(tmp_path / "store")
+    ingest(store, [ifcb_bins])
+    model = tiny_model(tmp_path / "model" / "fold-0", ["diatom", "detritus"], {"pad_settings": []})
+    taxa = tmp_path / "taxa.tsv"
+    taxa.write_text("diatom\tBacillariophyta\ndetritus\tdetritus\n")
+    invoke("predict", "--store", store.root, "--model", model, "--to", "store", "--to", "ecotaxa", "--taxon-map",
+           taxa, "--out", tmp_path / "pred", "--json")
+    picked = invoke("select", "--store", store.root, "--model", model, "--budget", "5", "--strategy", "entropy",
+                    "--to", "ecotaxa", "--taxon-map", taxa, "--out", tmp_path / "sel", "--json")
+    assert picked["predicted_now"] == 0 and picked["selected"] == 5
+    ecotaxa = picked["writers"]["ecotaxa"]
+    assert ecotaxa["new_objects"] == 5 and ecotaxa["images"] == 5 and ecotaxa["classified"] == 5
+    by_name = {Path(z).name: z for z in (tmp_path / "pred" / "ecotaxa").glob("*.zip")}
+    for z in ecotaxa["files"]:
+        assert check_import_zip(z, mode="new", taxa={"Bacillariophyta": None, "detritus": None}) == []
+        ours, theirs = tsv_rows(z), tsv_rows(str(by_name[Path(z).name]))
+        with zipfile.ZipFile(z) as mine, zipfile.ZipFile(by_name[Path(z).name]) as predicted:
+            for oid, row in ours.items():
+                assert row == theirs[oid] and row["object_annotation_status"] == "predicted"
+                assert mine.read(row["img_file_name"]) == predicted.read(row["img_file_name"])
