@@ -55,7 +55,8 @@ def build_classifier(
         encoder = resolve(config.init)
         if encoder.architecture:
             overrides = {k: v if v is not None else encoder.model_args.get(k) for k, v in overrides.items()}
-            config = replace(config, model=encoder.architecture)
+            config = replace(config, model=encoder.architecture,
+                             img_size=config.img_size or encoder.model_args.get("img_size"))
     if info is not None:  # our encoder (or a fine-tuned model, to fine-tune again)
         if config.model or any(v is not None for v in overrides.values()):
             log.warning("--model and the architecture options are ignored: %s names its own architecture", path)
