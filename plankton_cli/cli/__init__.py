@@ -178,7 +178,7 @@ _SUMMARIES = {
     "finetune": "Fine-tune a ViT with few labels and test it by cross-validation.",
     "distill": "Distil a fine-tuned teacher into a small student for fast CPU prediction.",
     "predict": "Classify objects with a fine-tuned model and write the results.",
-    "export": "Write a model as ONNX (+ its preprocessing) or as a Hugging Face Hub folder with a model card.",
+    "export": "Write a model as ONNX, or as a Hugging Face Hub folder with its model card.",
     "evaluate": "Metrics, tables and plots from fine-tune runs or from predictions.",
     "summarize": "Counts and concentrations (per mL) per class and bin, sample or day, from a model's predictions.",
     "taxa": "Build an EcoTaxa taxon map (label -> taxon name and category id) from an EcoTaxa export or taxonomy.",
