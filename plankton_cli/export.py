@@ -236,10 +236,10 @@ def encoder_info(info: ModelInfo) -> ModelInfo:
 def timm_config(info: ModelInfo) -> dict[str, Any]:
     """timm's ``config.json`` for the encoder: ``timm.create_model("hf-hub:ORG/NAME")`` builds this shape (a
     model's encoder pools the patch tokens: ``global_pool="avg"``; an MAE encoder keeps timm's default)."""
-    model_args: dict[str, Any] = {"img_size": info.img_size, "in_chans": info.in_chans}
-    if info.patch_size is not None:
-        model_args.update(patch_size=info.patch_size, embed_dim=info.embed_dim, depth=info.depth,
-                          num_heads=info.num_heads)
+    model_args: dict[str, Any] = {"in_chans": info.in_chans}
+    if info.patch_size is not None:  # a ViT's shape; a CNN takes any input size and has no such keys
+        model_args.update(img_size=info.img_size, patch_size=info.patch_size, embed_dim=info.embed_dim,
+                          depth=info.depth, num_heads=info.num_heads)
         if info.is_model:
             model_args["global_pool"] = "avg"
     config = info.data_config()

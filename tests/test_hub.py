@@ -155,3 +155,17 @@ def test_export_hf_round_trips_through_the_cache_into_init_and_timm(offline_cach
     with torch.no_grad():
         assert torch.allclose(encoder(images), model.eval().forward_features(images), atol=1e-6)
 
+
+
+def test_export_hf_of_a_distilled_cnn_student_loads_in_timm(offline_cache, tmp_path):
+    """A CNN student's encoder is timm's own layout too (no ViT shape, no --init: that takes ViTs)."""
+    model = Classifier("mobilenetv3_small_050", 2, img_size=32, hidden_dim=16).eval()
+    weights = save_model(tmp_path / "student", model.state_dict(), {**model.arch, "classes": ["a", "b"],
+                                                                    "mean": [0.5], "std": [0.25]})
+    proc = plankton("export", str(weights), "--format", "hf", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    put_in_hub_cache(offline_cache, "plankton-lab/student", tmp_path / "out")
+    encoder = timm.create_model("hf-hub:plankton-lab/student", pretrained=True).eval()
+    images = torch.randn(2, 1, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(encoder(images), model.forward_features(images), atol=1e-6)
