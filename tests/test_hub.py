@@ -169,3 +169,19 @@ def test_export_hf_of_a_distilled_cnn_student_loads_in_timm(offline_cache, tmp_p
     images = torch.randn(2, 1, 48, 48)
     with torch.no_grad():
         assert torch.allclose(encoder(images), model.forward_features(images), atol=1e-6)
+
+
+def test_pretrain_from_a_hub_encoder_takes_its_architecture(offline_cache, tmp_path):
+    timm_repo(tmp_path / "repo", "vit_small_patch16_224", img_size=32, in_chans=1, **TINY)
+    put_in_hub_cache(offline_cache, "plankton-lab/tiny-mae", tmp_path / "repo")
+    store = tmp_path / "store"
+    plankton("ingest", str(BUNDLED / "planktonclass-demo" / "demo-images"), "--store", str(store), check=True)
+    proc = plankton("-v", "pretrain", "--init", "hf-hub:plankton-lab/tiny-mae", "--img-size", "32", "--epochs", "1",
+                    "--max-steps", "1", "--batch-size", "8", "--effective-batch", "8", "--workers", "0",
+                    "--decoder-depth", "1", "--decoder-dim", "32", "--decoder-heads", "2", "--store", str(store),
+                    "--out", str(tmp_path / "mae"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "encoder initialised from hf-hub:plankton-lab/tiny-mae" in proc.stderr
+    encoder = json.loads((tmp_path / "mae" / "encoder.json").read_text())
+    assert (encoder["architecture"], encoder["depth"], encoder["embed_dim"], encoder["patch_size"]) == \
+        ("vit_small_patch16_224", 2, 64, 8)  # no --model: the repository's config.json said so
