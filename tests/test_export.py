@@ -14,13 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import BUNDLED, plankton, shared_data
-from plankton_cli.data.transforms import EvalTransform
-from plankton_cli.features.dataset import compute_features
-from plankton_cli.features.inputs import PREFIX, image_features, metadata_features
-from plankton_cli.finetune import FinetuneConfig, finetune
+from plankton_cli.prepare.data.transforms import EvalTransform
+from plankton_cli.prepare.features.dataset import compute_features
+from plankton_cli.prepare.features.inputs import PREFIX, image_features, metadata_features
+from plankton_cli.train.finetune import FinetuneConfig, finetune
 from plankton_cli.ingest import ingest
-from plankton_cli.predict import predict
-from plankton_cli.records import ReadOptions
+from plankton_cli.infer.predict import predict
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
 
 TINY = dict(model="vit_small_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2)
@@ -119,8 +119,8 @@ def test_onnx_of_a_forest_model_reads_the_features_alone(demo, tmp_path):
 
 
 def test_export_refuses_an_encoder_as_onnx_and_an_unwritable_out(demo, tmp_path):
-    from plankton_cli.models.checkpoints import save_encoder
-    from plankton_cli.models.mae import create_vit, vit_arch
+    from plankton_cli.train.models.checkpoints import save_encoder
+    from plankton_cli.train.models.mae import create_vit, vit_arch
 
     vit = create_vit("vit_small_patch16_224", img_size=32, num_classes=0, patch_size=8, depth=2, embed_dim=64,
                      num_heads=2)

@@ -15,12 +15,12 @@ from huggingface_hub import constants
 from safetensors.torch import save_file
 
 from conftest import BUNDLED, plankton
-from plankton_cli import hub
-from plankton_cli.distill import DistillConfig, build_student, student_overrides
-from plankton_cli.errors import UsageError
-from plankton_cli.finetune import FinetuneConfig, build_classifier
-from plankton_cli.models import Classifier, load_model
-from plankton_cli.models.checkpoints import save_model
+from plankton_cli.train import hub
+from plankton_cli.train.distill import DistillConfig, build_student, student_overrides
+from plankton_cli.core.errors import UsageError
+from plankton_cli.train.finetune import FinetuneConfig, build_classifier
+from plankton_cli.train.models import Classifier, load_model
+from plankton_cli.train.models.checkpoints import save_model
 
 TINY = dict(patch_size=8, depth=2, embed_dim=64, num_heads=2)
 

@@ -13,7 +13,7 @@ from plankton_cli.cli.output import emit_json
 
 log = logging.getLogger("plankton.distill")
 
-# Spelled out here (not imported from plankton_cli.distill) so that --help does not import torch.
+# Spelled out here (not imported from plankton_cli.train.distill) so that --help does not import torch.
 DEFAULT_STUDENT = "mobilenetv3_small_100"
 DEFAULT_IMG_SIZE = 112
 
@@ -108,8 +108,8 @@ def distill(ctx: click.Context, teacher: Path, out: Path, student: str, init: Pa
         patch_size, depth = patch_size or shape.get("patch_size"), depth or shape.get("depth")
         embed_dim, num_heads = embed_dim or shape.get("embed_dim"), num_heads or shape.get("num_heads")
 
-    from plankton_cli.distill import DistillConfig
-    from plankton_cli.distill import distill as run_distill
+    from plankton_cli.train.distill import DistillConfig
+    from plankton_cli.train.distill import distill as run_distill
 
     config = DistillConfig(
         store=store, teacher=teacher, out=out, student=student, init=None if init is None else str(init),

@@ -9,7 +9,7 @@ import click
 from plankton_cli.cli.options import Command, json_option
 from plankton_cli.cli.output import emit_json
 
-FORMATS = ("onnx", "hf")  # plankton_cli.export.FORMATS, spelled out so that --help does not import torch
+FORMATS = ("onnx", "hf")  # plankton_cli.publish.export.FORMATS, spelled out so that --help does not import torch
 
 
 @click.command(cls=Command, epilog="""\b
@@ -43,7 +43,7 @@ def export(model: Path, out: Path, fmt: str, as_json: bool) -> None:
     MODEL is a fine-tuned or distilled model (model.safetensors, its .json or its folder); for
     hf, an encoder exported by `plankton pretrain` too.
     """
-    from plankton_cli.export import export as run_export
+    from plankton_cli.publish.export import export as run_export
 
     summary = run_export(model, fmt, out)
     if as_json:

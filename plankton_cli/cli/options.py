@@ -43,7 +43,7 @@ def missing_store(store: Path) -> str:
 
 def require_store(store: Path) -> None:
     """Exit 2 with `missing_store` unless `store` is a plankton store (it has store.json)."""
-    from plankton_cli.errors import UsageError
+    from plankton_cli.core.errors import UsageError
     from plankton_cli.store import Store
 
     if not Store(store).exists:
@@ -77,7 +77,7 @@ lock_timeout_option = click.option(
 
 class InitSource(click.ParamType):
     """``--init``: a local file or folder (which must exist), or a hub name (``hf-hub:ORG/NAME[@REV]``,
-    ``timm:NAME``) left as text: it is resolved where the command runs (``plankton_cli.hub``), so a SLURM job
+    ``timm:NAME``) left as text: it is resolved where the command runs (``plankton_cli.train.hub``), so a SLURM job
     fetches it on its node, from its cache. ``extra`` names other accepted words (finetune's ``scratch``)."""
 
     name = "init"
@@ -86,7 +86,7 @@ class InitSource(click.ParamType):
         self.extra = extra
 
     def convert(self, value, param, ctx):
-        from plankton_cli.hub import HF_HUB, TIMM
+        from plankton_cli.train.hub import HF_HUB, TIMM
 
         value = str(value)
         if value in self.extra or value.startswith((HF_HUB, TIMM)):
@@ -104,6 +104,6 @@ def hub_architecture(ctx: click.Context, init, option: str) -> tuple[str, dict[s
 
     if ctx.get_parameter_source(option) not in (ParameterSource.DEFAULT, None):
         return None
-    from plankton_cli.hub import architecture_of
+    from plankton_cli.train.hub import architecture_of
 
     return architecture_of(init)

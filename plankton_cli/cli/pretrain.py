@@ -113,8 +113,8 @@ def pretrain(ctx: click.Context, dataset: str | None, model: str, img_size: int,
         patch_size, depth = patch_size or shape.get("patch_size"), depth or shape.get("depth")
         embed_dim, num_heads = embed_dim or shape.get("embed_dim"), num_heads or shape.get("num_heads")
 
-    from plankton_cli.pretrain import PretrainConfig
-    from plankton_cli.pretrain import pretrain as run_pretrain
+    from plankton_cli.train.pretrain import PretrainConfig
+    from plankton_cli.train.pretrain import pretrain as run_pretrain
 
     config = PretrainConfig(
         store=store, out=out, dataset=dataset, model=model, img_size=img_size, resize=resize, epochs=epochs,
