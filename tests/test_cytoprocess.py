@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import BUNDLED, predict_files
+from conftest import BUNDLED, plankton, predict_files
 from test_predict import CLASSES, tiny_model
 
 pytest.importorskip("cytoprocess", reason="cytoprocess is in the test extra: pip install -e '.[test]'")
 
-from plankton_cli.infer.cytoprocess import MODEL_VARIABLE, write_model_py  # noqa: E402
+from plankton_cli.infer.cytoprocess import MODEL_VARIABLE  # noqa: E402
 
 SAMPLE = "cs_2024-05-01_1200"
 PADDING = {"pad_settings": ["CytoSense: pad-v1 crop=0,0,0,0 size=keep"]}
@@ -77,8 +77,10 @@ def test_cytoprocess_predict_calls_classify_and_gets_plankton_predicts_labels(pr
     assert len(set(got["object_label_auto"])) > 1  # the images are told apart, not one answer for all
 
 
-def test_a_generated_model_py_serves_the_model_without_the_environment(project, model_file, tmp_path):
-    model_py = write_model_py(model_file, tmp_path / "model.py")
+def test_export_writes_a_model_py_that_serves_the_model_without_the_environment(project, model_file, tmp_path):
+    """`plankton export --format cytoprocess` writes it (with `write_model_py`)."""
+    plankton("export", str(model_file), str(tmp_path / "cyto"), "--format", "cytoprocess", check=True)
+    model_py = tmp_path / "cyto" / "model.py"
     env = {k: v for k, v in os.environ.items() if k != MODEL_VARIABLE}
     by_env = cytoprocess_predict(project, "plankton_cli.infer.cytoprocess.classify",
                                  {MODEL_VARIABLE: str(model_file)})

@@ -171,9 +171,7 @@ class Scorer:
         from plankton_cli.train.models.checkpoints import load_model
 
         cpu_inference.set_threads(threads)
-        model_path = Path(model_path)
-        self.weights = (model_path / "model.safetensors" if model_path.is_dir()
-                        else model_path.with_suffix(".safetensors"))
+        self.weights = model_weights(model_path)
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
         model, self.info = load_model(self.weights, device=self.device)
@@ -323,6 +321,17 @@ def _source_items(paths: list[Path], fmt: str, options: ReadOptions,
                         rec.lat, rec.lon, rec.depth, str(rec.source_file), rec.pixel_size_um, dict(rec.metadata))
 
 
+def model_weights(model_path: Path) -> Path:
+    """The weights file of `--model` (a model.safetensors, its model.json, or their folder)."""
+    model_path = Path(model_path)
+    return model_path / "model.safetensors" if model_path.is_dir() else model_path.with_suffix(".safetensors")
+
+
+def model_name(weights: Path, info: ModelInfo) -> str:
+    """The model id predictions carry: model.json's, else `<run>/<fold>` from where the file is."""
+    return info.extra.get("model_id") or f"{weights.parent.parent.name}/{weights.parent.name}"
+
+
 def already_predicted(store: Store, model_hash: str) -> set[str]:
     if not store.files("predictions"):
         return set()
@@ -354,6 +363,7 @@ def predict(
     instrument: str | None = None,
     since: datetime | None = None,
     force: bool = False,
+    only: Set[str] | None = None,
     batch_size: int = 64,
     top_k: int = 3,
     embeddings: bool = False,
@@ -368,11 +378,12 @@ def predict(
     """Predict every object of `store` (or of `sources`) with the model at `model_path`, into the `to` writers.
 
     On CPU, `threads` sets torch's intra-op threads and `cpu_path` the arithmetic (`cpu_inference.CPU_PATHS`).
+    `only`: of the store's objects, only these ids (`plankton select` predicts what it lacks).
     """
     scorer = Scorer(model_path, device=device, compile=compile, threads=threads, cpu_path=cpu_path)
     info, classes, threshold_vec, weights = scorer.info, scorer.classes, scorer.thresholds, scorer.weights
     model_hash = file_hash(weights)
-    model_id = info.extra.get("model_id") or f"{weights.parent.parent.name}/{weights.parent.name}"
+    model_id = model_name(weights, info)
     summary = PredictSummary(model_id=model_id, model_hash=model_hash, cpu_path=scorer.cpu_path)
     options: dict[str, Any] = dict(writer_options or {})
     if store is not None:
@@ -394,7 +405,8 @@ def predict(
         # Objects an earlier run predicted but could not store (the store was locked) are stored with this run's.
         exclude = set() if force else already_predicted(store, model_hash) | pending_ids(store, model_hash)
         summary.skipped_already_predicted = len(exclude)
-        items = _store_items(store, instrument=instrument, since=since, exclude=exclude)
+        items = _store_items(store, instrument=instrument, since=since, exclude=exclude,
+                             only=None if only is None else set(only))
     else:
         raise ValueError("predict needs a store or sources")
 
