@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 from plankton_cli.atomic import atomic_write_bytes
 from plankton_cli.errors import DataError, StoreIOError
 from plankton_cli.store import Store
-from plankton_cli.store.layout import (COMMITTED, MANIFEST, MAX_NAME_BYTES, UnreadableFileList, checksum, hidden,
-                                       read_committed)
+from plankton_cli.store.layout import (COMMITTED, MANIFEST, MAX_NAME_BYTES, UnreadableFileList, checksum, file_stats,
+                                       hidden, read_committed)
 from plankton_cli.store.lock import StoreLock
 from plankton_cli.store.manifest import Manifest, fingerprint
 from plankton_cli.store.manifest import checksum as source_checksum
@@ -301,7 +301,8 @@ def _rebuild_file_list(root: Path, done: list[str]) -> None:
             pq.read_metadata(root / rel)
         except (OSError, pa.ArrowException):
             continue
-        files[rel] = {"size": (root / rel).stat().st_size, "checksum": checksum(root / rel)}
+        files[rel] = {"size": (root / rel).stat().st_size, "checksum": checksum(root / rel),
+                      "stats": file_stats(root / rel)}
     atomic_write_bytes(root / COMMITTED, json.dumps({"files": dict(sorted(files.items()))}).encode(), durable=True)
     done.append(f"rebuilt {COMMITTED} from the {len(files)} readable files on disk")
 
