@@ -179,6 +179,17 @@ def may_hold(stats: dict | None, column: str, values: Sequence) -> bool:
     return i < len(values) and values[i] <= stats["max"][column]
 
 
+def may_overlap(stats: dict | None, column: str, low: str, high: str) -> bool:
+    """Whether a file with `stats` may hold a `column` value in [low, high) (ISO text for timestamps)."""
+    if stats is None:
+        return True
+    if not stats.get("rows"):
+        return False
+    if column not in stats.get("min", {}):
+        return True
+    return stats["min"][column] < high and stats["max"][column] >= low
+
+
 def checksum(path: Path) -> str:
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
