@@ -37,7 +37,7 @@ def _dataset_info(store: Store, name: str, files: list[Path], *, top: int) -> di
         "rows": sum(pq.ParquetFile(f).metadata.num_rows if s is None else s["rows"] for f, s in stats.items()),
         "files": len(files),
         "bytes": sum(_size(f, entries.get(str(f.relative_to(store.root)))) for f in files),
-        "schema_version": _schema_version(files[0]) if files else None,
+        "schema_version": _schema_version(files[-1]) if files else None,  # the newest file's (names sort by time)
     }
     try:
         schema = load_schema(name)
