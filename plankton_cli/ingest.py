@@ -137,7 +137,7 @@ def _local_id(object_id: str) -> str | None:
 def _ecotaxa_index(store: Store, manifest: Manifest) -> dict[tuple[str, str, str | None], list[tuple[str, str]]]:
     """(id within its collection, content hash, label) -> [(object id, source key)] of the stored EcoTaxa objects:
     the data files of the manifest's EcoTaxa sources, four columns, their rows only."""
-    keys = {k for k, e in manifest.entries.items() if e.get("reader") == ECOTAXA}
+    keys = set(manifest.entries.keys_where("reader", ECOTAXA))
     files = sorted({f for k in keys for f in manifest.entries[k]["data_files"]})
     index: dict[tuple[str, str, str | None], list[tuple[str, str]]] = {}
     if not files:
@@ -242,8 +242,9 @@ class _Run:
         """The old rows of EcoTaxa source `changed` (it had some) go: every other EcoTaxa source that skipped
         objects is read again (those passed by this run at its end, the others by the next ingest that finds
         them)."""
-        for key, entry in self.manifest.entries.items():
-            if key != changed and entry.get("reader") == ECOTAXA and entry["n_skipped"] and entry["fingerprint"]:
+        for key in self.manifest.entries.keys_where("reader", ECOTAXA):
+            entry = self.manifest.entries[key]
+            if key != changed and entry["n_skipped"] and entry["fingerprint"]:
                 entry["fingerprint"] = entry["checksum"] = ""  # matches no source: read as changed
                 self.manifest.dirty = True
                 if key in self.seen:
@@ -352,8 +353,8 @@ def ingest(
                     since_commit = 0
             run.commit()
             _read_again(run, sources, options, summary, on_object)
-            summary.reread = sorted(k for k, e in run.manifest.entries.items()
-                                    if e["fingerprint"] == "" and e.get("reader") == ECOTAXA)
+            summary.reread = sorted(k for k in run.manifest.entries.keys_where("fingerprint", "")
+                                    if run.manifest.entries[k].get("reader") == ECOTAXA)
         except BaseException:
             run.session.abort()
             raise
