@@ -31,7 +31,7 @@ from pathlib import Path
 
 from plankton_cli.atomic import atomic_write_bytes, fsync_dir
 from plankton_cli.errors import StoreIOError
-from plankton_cli.store.layout import COMMITTED, checksum, file_stats, listed_files, read_committed, stats_of
+from plankton_cli.store.layout import COMMITTED, checksum, listed_files, read_committed, stats_of
 
 JOURNALS = ".journal"
 STAGING = ".staging"
@@ -100,8 +100,8 @@ class Transaction:
             with open(self.root / staged, "rb") as f:
                 os.fsync(f.fileno())
             files[final] = {"size": (self.root / staged).stat().st_size, "checksum": checksum(self.root / staged)}
-            if final.endswith(".parquet"):
-                files[final]["stats"] = file_stats(self.root / staged)
+            if final.endswith(".parquet") and (stats := stats_of(self.root, staged, None)) is not None:
+                files[final]["stats"] = stats  # (a file that is no Parquet gets none: readers then open it)
         for rel, entry in files.items():  # a store from before stats: its files get them once, at this commit
             if "stats" not in entry and rel.endswith(".parquet") and (stats := stats_of(self.root, rel, None)):
                 files[rel] = {**entry, "stats": stats}
