@@ -34,13 +34,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "tests/data/ifcb/pyifcb-testdata/white/D2013/D201305/D20130526/D20130526T095207_IFCB013"
 FIRST_NIGHT = date(2024, 1, 1)
-ADC_TRIGGER, ADC_START_BYTE = 0, 17  # V2 ADC columns (plugins/ifcb/bins.py SCHEMA_V2)
+ADC_TRIGGER, ADC_START_BYTE = 0, 17  # V2 ADC columns (plankton_plugins.ifcb.bins SCHEMA_V2)
 
 
 def make_bin(base: Path, rois: int) -> None:
     """A V2 bin at `base` (.hdr/.adc/.roi) with `rois` ROIs: the template's ROIs repeated, triggers and START_BYTE
     renumbered so every ROI has its own bytes."""
-    from plugins.ifcb.bins import SCHEMA_V2, allowed_column_counts, parse_adc
+    from plankton_plugins.ifcb.bins import SCHEMA_V2, allowed_column_counts, parse_adc
 
     adc = TEMPLATE.with_suffix(".adc").read_bytes()
     roi = TEMPLATE.with_suffix(".roi").read_bytes()
@@ -62,7 +62,7 @@ def make_bin(base: Path, rois: int) -> None:
 def clock(when: datetime):
     """The store writers' clock set to `when` (the simulated night): predictions and rejections carry its date."""
     import plankton_cli.ingest as ingest_module
-    import plankton_cli.predictions as predictions_module
+    import plankton_cli.infer.predictions as predictions_module
 
     class Night(datetime):
         @classmethod
@@ -118,24 +118,24 @@ class Station:
             return ingest(self.store, [self.data])
 
     def predict(self):
-        from plankton_cli.predict import predict
+        from plankton_cli.infer.predict import predict
 
         with clock(self.when):
             return predict(self.model, store=self.store, to=["store", "ifcb-h5"], out_dir=self.out, threads=2)
 
     def summarize(self):
-        from plankton_cli.summarize import summarize
+        from plankton_cli.publish.summarize import summarize
 
         return summarize(self.store, self.model, "bin", self.out / "summary")
 
     def report(self):
-        from plankton_cli.report import night_report
+        from plankton_cli.publish.report import night_report
 
         return night_report(self.store, self.model, self.out / "reports", night=self.night,
                             summary_dir=self.out / "summary")
 
     def info(self):
-        from plankton_cli.info import store_info
+        from plankton_cli.store.info import store_info
 
         return store_info(self.store)
 
@@ -228,7 +228,6 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20, help="stop adding nights after this long")
     parser.add_argument("--keep", type=Path, help="build the station here (kept) instead of a temporary folder")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
     at = sorted(set(args.at) | {1})
     deadline = time.monotonic() + args.minutes * 60
     points: dict[int, dict[str, float]] = {}

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO
-from plankton_cli.atomic import atomic_write_bytes
+from plankton_cli.core.atomic import atomic_write_bytes
 from plankton_cli.store.layout import COMMITTED, COVERS_KEY, checksum, read_committed
 
 BINS, ROIS = 2, 5
@@ -29,7 +29,6 @@ def load_bench():
     import importlib.util
     import sys
 
-    sys.path.insert(0, str(REPO))  # bench/scale.py makes bins with plugins.ifcb
     spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "scale.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
@@ -106,7 +105,7 @@ def test_a_night_opens_only_its_own_files_and_gives_the_full_scans_results(tmp_p
     assert table.num_rows == 2 * night == len(set(table["object_id"].to_pylist()))
     labels = pd.Series(table["label"].to_pylist()).value_counts().to_dict()
     assert info["datasets"]["predictions"]["by_label"] == labels
-    from plankton_cli.summarize import summarize
+    from plankton_cli.publish.summarize import summarize
 
     summarize(station.store, station.model, "bin", tmp_path / "rebuilt", rebuild=True, plots=False)
     incremental = pd.read_parquet(station.out / "summary" / "counts.parquet")
@@ -117,7 +116,7 @@ def test_a_night_opens_only_its_own_files_and_gives_the_full_scans_results(tmp_p
 def strip_to_old_format(root: Path, summary: Path) -> None:
     """The store as an older plankton-cli left it: no stats in the committed list, no covers in predictions; the
     summary without the list of predictions files it read."""
-    from plankton_cli.summarize import METADATA_KEY
+    from plankton_cli.publish.summarize import METADATA_KEY
 
     table = pq.read_table(summary)
     recorded = json.loads(table.schema.metadata[METADATA_KEY])

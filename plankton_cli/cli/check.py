@@ -57,8 +57,10 @@ def check(repair: bool, since: str | None, store: Path, lock_timeout: float, as_
     the_store = Store(store)
     if since is not None and repair:
         raise click.UsageError("--since checks a night's files; --repair repairs the whole store: give one")
-    if repair:
-        report = run_repair(the_store, lock_timeout=lock_timeout)  # locked: 75 at the edge
+    if repair:  # locked: 75 at the edge
+        from plankton_cli.ingest import ingest
+
+        report = run_repair(the_store, ingest, lock_timeout=lock_timeout)
     else:
         report = run_check(the_store, lock_timeout=lock_timeout, since=_since(since))
     for line in report.repaired:

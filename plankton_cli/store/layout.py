@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, unquote
 
-from plankton_cli.errors import StoreIOError, UsageError
+from plankton_cli.core.errors import StoreIOError, UsageError
 
 T = TypeVar("T")
 
@@ -103,7 +103,7 @@ COUNTED_COLUMNS = ("label", "command")
 MAX_COUNTED = 256
 COVERS_KEY = b"plankton.covers"
 """Parquet schema metadata key of a predictions file: the JSON list of objects files (store-relative) whose every
-row its model had predicted when it was committed (see `plankton_cli.predict`)."""
+row its model had predicted when it was committed (see `plankton_cli.infer.predict`)."""
 
 
 def _stat_value(value) -> str | float | int:

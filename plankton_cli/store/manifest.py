@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from plankton_cli.records import ReadOptions, Source
+from plankton_cli.core.records import ReadOptions, Source
 from plankton_cli.store.layout import MANIFEST
 from plankton_cli.store.schema import load_schema
 
