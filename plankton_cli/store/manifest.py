@@ -119,7 +119,10 @@ class Entries(MutableMapping[str, dict]):
         if self.table is None:
             return live.sort_by("source_key")
         kept = self.table.filter(pc.invert(pc.is_in(self.table["source_key"], pa.array(list(self.live), pa.string()))))
-        kept = pa.Table.from_batches(kept.select(schema.names).to_batches(), schema=schema)
+        for field in schema:  # a manifest written before a column existed: empty in its old entries
+            if field.name not in kept.column_names:
+                kept = kept.append_column(field.name, pa.nulls(kept.num_rows, field.type))
+        kept = pa.Table.from_batches(kept.select(schema.names).cast(schema).to_batches(), schema=schema)
         return pa.concat_tables([kept, live]).sort_by("source_key")
 
 
