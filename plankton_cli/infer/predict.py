@@ -325,6 +325,25 @@ def _source_items(paths: list[Path], fmt: str, options: ReadOptions,
                         rec.lat, rec.lon, rec.depth, str(rec.source_file), rec.pixel_size_um, dict(rec.metadata))
 
 
+def model_weights(model_path: Path) -> Path:
+    """The weights file of `--model` (a model.safetensors, its model.json, or their folder)."""
+    model_path = Path(model_path)
+    return model_path / "model.safetensors" if model_path.is_dir() else model_path.with_suffix(".safetensors")
+
+
+def model_name(weights: Path, info: ModelInfo) -> str:
+    """The model id predictions carry: model.json's, else `<run>/<fold>` from where the file is."""
+    return info.extra.get("model_id") or f"{weights.parent.parent.name}/{weights.parent.name}"
+
+
+def already_predicted(store: Store, model_hash: str) -> set[str]:
+    if not store.files("predictions"):
+        return set()
+    table = store.dataset("predictions").to_table(columns=["object_id"],
+                                                  filter=ds.field("model_hash") == model_hash)
+    return set(table["object_id"].to_pylist())
+
+
 def _batches(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
     batch: list[_Item] = []
     for item in items:
@@ -348,6 +367,7 @@ def predict(
     instrument: str | None = None,
     since: datetime | None = None,
     force: bool = False,
+    only: Set[str] | None = None,
     batch_size: int = 64,
     top_k: int = 3,
     embeddings: bool = False,
@@ -362,6 +382,7 @@ def predict(
     """Predict every object of `store` (or of `sources`) with the model at `model_path`, into the `to` writers.
 
     On CPU, `threads` sets torch's intra-op threads and `cpu_path` the arithmetic (`cpu_inference.CPU_PATHS`).
+    `only`: of the store's objects, only these ids (`plankton select` predicts what it lacks).
     """
     import torch
 
@@ -371,7 +392,7 @@ def predict(
     cpu_inference.set_threads(threads)
 
     model_path = Path(model_path)
-    weights = model_path / "model.safetensors" if model_path.is_dir() else model_path.with_suffix(".safetensors")
+    weights = model_weights(model_path)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     model, info = load_model(weights, device=dev)
@@ -385,7 +406,7 @@ def predict(
     threshold_vec = (np.array([float(thresholds.get(c, np.nan)) for c in classes], dtype=np.float64)
                      if thresholds else None)
     model_hash = file_hash(weights)
-    model_id = info.extra.get("model_id") or f"{weights.parent.parent.name}/{weights.parent.name}"
+    model_id = model_name(weights, info)
     summary = PredictSummary(model_id=model_id, model_hash=model_hash, cpu_path=cpu_path if dev.type == "cpu" else None)
     options: dict[str, Any] = dict(writer_options or {})
     if store is not None:
@@ -406,9 +427,10 @@ def predict(
         items = _source_items(list(sources), fmt, read_options or ReadOptions(), rejected)
     elif store is not None:
         # Objects an earlier run predicted but could not store (the store was locked) are stored with this run's.
-        todo = _todo(store, model_hash, force=force, filtered=bool(instrument or since))
+        todo = _todo(store, model_hash, force=force, filtered=bool(instrument or since or only is not None))
         summary.skipped_already_predicted = todo.skipped
-        items = _store_items(store, instrument=instrument, since=since, exclude=todo.exclude, files=todo.files)
+        items = _store_items(store, instrument=instrument, since=since, exclude=todo.exclude, files=todo.files,
+                             only=None if only is None else set(only))
         covers = todo.covers
     else:
         raise ValueError("predict needs a store or sources")
