@@ -66,8 +66,7 @@ def _dataset_info(store: Store, name: str, files: list[Path], *, top: int) -> di
     if "reason" in counts:
         entry |= _rejections(store.dataset(name, files).to_table(columns=REJECTION_KEY).to_pylist(), top)
     if {"ingest_run", "ingested_at", "label_status"} <= set(schema.arrow.names):
-        entry["ingest_runs"] = _ingest_runs(store.dataset(name, files).to_table(
-            columns=["ingest_run", "ingested_at", "label_status"]), top)
+        entry["ingest_runs"] = _ingest_runs(store, name, stats, top)
     return entry
 
 
@@ -83,20 +82,32 @@ def _stored_sources(store: Store) -> int:
     return sum(1 for n in pq.read_table(manifest, columns=["n_stored"])["n_stored"].to_pylist() if n)
 
 
-def _ingest_runs(table, top: int) -> list[dict]:
+def _ingest_runs(store: Store, name: str, stats: dict[Path, dict | None], top: int) -> list[dict]:
     """The objects each ingest run stored, by label status, latest `top` runs last: a labelling round's
     re-ingested export shows how many validated objects it brought (a changed source is stored again whole by
-    the run that reads it, so its other objects count there too)."""
+    the run that reads it, so its other objects count there too). A file of one run (what ingest writes) is
+    counted from its stats; a file holding several runs' rows (rewritten when a source changed) is read."""
+    counted: list[tuple[str, str | None, str | None, int]] = []  # (run, ingested at, label status, objects)
+    columns = ["ingest_run", "ingested_at", "label_status"]
+    for path, st in stats.items():
+        counts = (st or {}).get("counts", {})
+        if st is not None and len(counts.get("ingest_run", ())) == 1 and "label_status" in counts:
+            run = next(iter(counts["ingest_run"]))
+            at = st["min"].get("ingested_at")
+            counted += [(run, at, status or None, n) for status, n in counts["label_status"].items()]
+        elif st is None or st.get("rows"):
+            table = store.dataset(name, [path]).to_table(columns=columns)
+            counted += [(run, at.isoformat() if at else None, status, 1)
+                        for run, at, status in zip(*(table[c].to_pylist() for c in columns))]
     runs: dict[str, dict] = {}
-    for run, at, status in zip(*(table[c].to_pylist() for c in ("ingest_run", "ingested_at", "label_status"))):
+    for run, at, status, n in counted:
         entry = runs.setdefault(run, {"run": run, "ingested_at": at, "objects": 0, "by_status": Counter()})
-        entry["objects"] += 1
-        entry["by_status"][status or "none"] += 1
+        entry["objects"] += n
+        entry["by_status"][status or "none"] += n
         entry["ingested_at"] = min(entry["ingested_at"], at) if entry["ingested_at"] and at else \
             entry["ingested_at"] or at
-    ordered = sorted(runs.values(), key=lambda r: (r["ingested_at"] is None, r["ingested_at"] or 0, r["run"]))
-    return [r | {"by_status": dict(r["by_status"].most_common()),
-                 "ingested_at": r["ingested_at"].isoformat() if r["ingested_at"] else None} for r in ordered[-top:]]
+    ordered = sorted(runs.values(), key=lambda r: (r["ingested_at"] is None, r["ingested_at"] or "", r["run"]))
+    return [r | {"by_status": dict(r["by_status"].most_common())} for r in ordered[-top:]]
 
 
 REJECTION_KEY = ["source_key", "source_file", "source_row", "object_id", "reason"]

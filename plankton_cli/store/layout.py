@@ -96,9 +96,9 @@ def partition_values(path: Path, dataset_dir: str | Path) -> dict[str, str]:
     return values
 
 
-STAT_COLUMNS = ("object_id", "sample_id", "model_hash", "acquired_at", "predicted_at", "rejected_at")
+STAT_COLUMNS = ("object_id", "sample_id", "model_hash", "acquired_at", "predicted_at", "rejected_at", "ingested_at")
 """Columns whose min/max a file's stats hold: what nightly steps select files by (ids, samples, model, dates)."""
-COUNTED_COLUMNS = ("label", "command")
+COUNTED_COLUMNS = ("label", "command", "ingest_run", "label_status")
 """Columns whose value counts a file's stats hold, when they have at most MAX_COUNTED values (`plankton info`)."""
 MAX_COUNTED = 256
 COVERS_KEY = b"plankton.covers"
