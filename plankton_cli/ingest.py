@@ -29,10 +29,12 @@ Guarantees, each tested:
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -135,7 +137,7 @@ def _local_id(object_id: str) -> str | None:
 def _ecotaxa_index(store: Store, manifest: Manifest) -> dict[tuple[str, str, str | None], list[tuple[str, str]]]:
     """(id within its collection, content hash, label) -> [(object id, source key)] of the stored EcoTaxa objects:
     the data files of the manifest's EcoTaxa sources, four columns, their rows only."""
-    keys = {k for k, e in manifest.entries.items() if e.get("reader") == ECOTAXA}
+    keys = set(manifest.entries.keys_where("reader", ECOTAXA))
     files = sorted({f for k in keys for f in manifest.entries[k]["data_files"]})
     index: dict[tuple[str, str, str | None], list[tuple[str, str]]] = {}
     if not files:
@@ -155,14 +157,55 @@ def _ecotaxa_index(store: Store, manifest: Manifest) -> dict[tuple[str, str, str
     return index
 
 
-def _existing_ids(store: Store) -> dict[str, _Stored]:
-    ids: dict[str, _Stored] = {}
-    for f in store.files(DATASET):
-        table = pq.read_table(f, columns=["object_id", "source_key", "source_file", "content_hash"])
-        rel = str(f.relative_to(store.root))
-        for oid, key, file, h in zip(*(table[c].to_pylist() for c in table.column_names)):
-            ids[oid] = _Stored(key, file, h, rel)
-    return ids
+class _StoredIds:
+    """The stored objects' ids, read lazily: the stored rows an id may be among are those of the data files whose
+    id range (the committed list's stats) holds it. A night's new ids fall outside every old file's range, so an
+    ingest reads only the files its ids may clash with (none, for a station's bins named by time), never the
+    store; a file without stats is read on the first lookup."""
+
+    COLUMNS = ["object_id", "source_key", "source_file", "content_hash"]
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.ids: dict[str, _Stored] = {}
+        self.unread = [(str(path.relative_to(store.root)), stats)
+                       for path, stats in store.stats(DATASET).items()]
+        self._index()
+
+    def _index(self) -> None:
+        """Sorted (low, high) id ranges of the unread files, and the running max of `high`, for bisecting."""
+        ranged = sorted((stats["min"]["object_id"], stats["max"]["object_id"], rel) for rel, stats in self.unread
+                        if stats is not None and "object_id" in stats.get("min", {}))
+        self.unranged = [rel for rel, stats in self.unread if stats is None or "object_id" not in stats.get("min", {})
+                         and stats.get("rows", 1)]
+        self.lows = [low for low, _, _ in ranged]
+        self.ranged = ranged
+        self.reach = list(accumulate((high for _, high, _ in ranged), max))
+
+    def get(self, oid: str) -> _Stored | None:
+        i = bisect.bisect_right(self.lows, oid)
+        if self.unranged or (i and self.reach[i - 1] >= oid):
+            self._read({rel for low, high, rel in self.ranged[:i] if high >= oid} | set(self.unranged))
+        return self.ids.get(oid)
+
+    def _read(self, files: set[str]) -> None:
+        for rel in sorted(files):
+            path = self.store.root / rel
+            if path.exists():
+                table = pq.read_table(path, columns=self.COLUMNS)
+                for oid, key, file, h in zip(*(table[c].to_pylist() for c in self.COLUMNS)):
+                    self.ids[oid] = _Stored(key, file, h, rel)
+        self.unread = [(rel, stats) for rel, stats in self.unread if rel not in files]
+        self._index()
+
+    def moved(self, old: str, new: str | None) -> None:
+        """Data file `old` was rewritten as `new` (None: no row left): later lookups find its rows there."""
+        self.unread = [(new, stats) if rel == old else (rel, stats) for rel, stats in self.unread if rel != old
+                       or new is not None]
+        self._index()
+        for oid, stored in self.ids.items():
+            if stored.file == old:
+                self.ids[oid] = _Stored(stored.source_key, stored.source_file, stored.content_hash, new)
 
 
 class _Run:
@@ -173,7 +216,7 @@ class _Run:
         self.run_id = run_id
         self.on_conflict = on_conflict
         self.manifest = Manifest(store.root)
-        self.existing = _existing_ids(store)
+        self.existing = _StoredIds(store)
         self.objects_schema = load_schema(DATASET)
         self.session = WriteSession(store.root, run_id, "ingest")
         self.superseded: dict[str, list[str]] = {}  # source key -> its data files before this run
@@ -199,8 +242,9 @@ class _Run:
         """The old rows of EcoTaxa source `changed` (it had some) go: every other EcoTaxa source that skipped
         objects is read again (those passed by this run at its end, the others by the next ingest that finds
         them)."""
-        for key, entry in self.manifest.entries.items():
-            if key != changed and entry.get("reader") == ECOTAXA and entry["n_skipped"] and entry["fingerprint"]:
+        for key in self.manifest.entries.keys_where("reader", ECOTAXA):
+            entry = self.manifest.entries[key]
+            if key != changed and entry["n_skipped"] and entry["fingerprint"]:
                 entry["fingerprint"] = entry["checksum"] = ""  # matches no source: read as changed
                 self.manifest.dirty = True
                 if key in self.seen:
@@ -252,9 +296,7 @@ class _Run:
                           pc.is_in(table["object_id"], pa.array(sorted(replaced.get(rel, ())), pa.string())))
             new = self.session.remove_rows(rel, table, drop, self.objects_schema)
             self.manifest.replace_data_file(rel, new)
-            for oid, old in self.existing.items():  # later conflicts must find the rows where they are now
-                if old.file == rel:
-                    self.existing[oid] = _Stored(old.source_key, old.source_file, old.content_hash, new)
+            self.existing.moved(rel, new)  # later conflicts must find the rows where they are now
 
 
 def ingest(
@@ -311,8 +353,8 @@ def ingest(
                     since_commit = 0
             run.commit()
             _read_again(run, sources, options, summary, on_object)
-            summary.reread = sorted(k for k, e in run.manifest.entries.items()
-                                    if e["fingerprint"] == "" and e.get("reader") == ECOTAXA)
+            summary.reread = sorted(k for k in run.manifest.entries.keys_where("fingerprint", "")
+                                    if run.manifest.entries[k].get("reader") == ECOTAXA)
         except BaseException:
             run.session.abort()
             raise

@@ -20,6 +20,9 @@ Examples:
   # after a disk problem: drop damaged files, read their sources again, rebuild the manifest
   plankton check --repair --store /data/store
   plankton check --json | jq '.problems[].detail'
+  # a night's files only (a cron job after the nightly run): since a time, or since a commit id
+  plankton check --since 2024-01-31 --store /data/store
+  plankton check --since 20240131T230000Z-1a2b3c --store /data/store
 
 --repair never deletes a commit: a journal it cannot read or finish is moved to
 STORE/.quarantine/ and reported. A repair that was killed is finished by running it again.
@@ -32,10 +35,15 @@ another writer.""")
               help="Finish interrupted commits (setting unreadable journals aside), rebuild an unreadable "
                    "committed.json, drop damaged files, read their sources again, delete files outside the committed "
                    "list, rename over-long files and rebuild the manifest from the data; then check again.")
+@click.option("--since", metavar="DATE|COMMIT",
+              help="Verify only the files committed since this UTC date/time (2024-01-31, 2024-01-31T23:00) or commit "
+                   "id (20240131T230000Z-1a2b3c, as data file names carry it), and the manifest: a night's files in "
+                   "a night's time. The checks across the whole store (manifest against data, ids stored once) "
+                   "are a full check's.")
 @store_option
 @lock_timeout_option
 @json_option
-def check(repair: bool, store: Path, lock_timeout: float, as_json: bool) -> None:
+def check(repair: bool, since: str | None, store: Path, lock_timeout: float, as_json: bool) -> None:
     """Verify the store's files, manifest and ids; --repair makes it whole again.
 
     Checks every committed file (present, size, checksum, readable Parquet), the manifest
@@ -47,12 +55,14 @@ def check(repair: bool, store: Path, lock_timeout: float, as_json: bool) -> None
 
     require_store(store)
     the_store = Store(store)
+    if since is not None and repair:
+        raise click.UsageError("--since checks a night's files; --repair repairs the whole store: give one")
     if repair:  # locked: 75 at the edge
         from plankton_cli.ingest import ingest
 
         report = run_repair(the_store, ingest, lock_timeout=lock_timeout)
     else:
-        report = run_check(the_store, lock_timeout=lock_timeout)
+        report = run_check(the_store, lock_timeout=lock_timeout, since=_since(since))
     for line in report.repaired:
         log.warning("repaired: %s", line)
     for problem in report.problems:
@@ -67,3 +77,16 @@ def check(repair: bool, store: Path, lock_timeout: float, as_json: bool) -> None
         click.echo(f"{store}: {report.files} committed files, all intact"
                    + (f"; {len(report.twins)} objects stored under several collections" if report.twins else ""))
     sys.exit(report.exit_code)
+
+
+def _since(text: str | None):
+    """--since as a UTC datetime when it is a date or time, else as given (a commit id, checked by `check`)."""
+    from datetime import UTC, datetime
+
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when

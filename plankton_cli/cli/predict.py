@@ -153,13 +153,18 @@ def _threshold_line(model_path: Path, unclassified: int, predicted: int) -> str:
 
 
 def _store_instruments(store, instrument: str | None) -> dict[str, int]:
-    """The store's objects per instrument (only `instrument`'s when given): what a predict without SOURCES reads."""
+    """The store's objects per instrument (only `instrument`'s when given): what a predict without SOURCES reads.
+    From the instrument partition folders and the committed list's row counts: no data file is read."""
     from collections import Counter
 
-    if not store.files("objects"):
-        return {}
-    column = store.dataset("objects").to_table(columns=["instrument"])["instrument"].to_pylist()
-    return Counter(i for i in column if i and (instrument is None or i == instrument))
+    from plankton_cli.store.layout import partition_values
+
+    counts: Counter = Counter()
+    for path, stats in store.stats("objects").items():
+        name = partition_values(path, store.root / "objects").get("instrument")
+        if name and (instrument is None or name == instrument):
+            counts[name] += stats["rows"] if stats else 0
+    return counts
 
 
 def _warn_foreign_instruments(model_path: Path, counts: dict[str, int]) -> None:

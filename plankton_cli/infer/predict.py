@@ -31,7 +31,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence, Set
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence, Set
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -52,7 +52,7 @@ from plankton_cli.train.model_info import ModelInfo
 from plankton_cli.core.records import ReadOptions, Record, Rejection
 from plankton_cli.store import Store
 from plankton_cli.store.layout import checksum as file_hash  # a model file is hashed like a store file
-from plankton_cli.store.layout import iter_listed
+from plankton_cli.store.layout import iter_listed, may_hold
 from plankton_cli.store.images import ImageError, check, decode
 from plankton_cli.core.writers import UNCLASSIFIED, Prediction, PredictionRun
 
@@ -212,15 +212,27 @@ class Scorer:
 
 
 def _store_items(store: Store, *, instrument: str | None = None, since: datetime | None = None,
-                 exclude: Set[str] = frozenset(), only: set[str] | None = None) -> Iterator[_Item]:
+                 exclude: Set[str] = frozenset(), only: set[str] | None = None,
+                 files: Collection[Path] | None = None) -> Iterator[_Item]:
+    """The stored objects (of `files` only, when given), less those in `exclude`; filters are applied by pyarrow,
+    so only the rows to predict are turned into Python objects."""
     flt = None if only is None else ds.field("object_id").isin(pa.array(sorted(only), pa.string()))
+    if exclude:
+        keep = ~ds.field("object_id").isin(pa.array(sorted(exclude), pa.string()))
+        flt = keep if flt is None else flt & keep
     if instrument:
         flt = ds.field("instrument") == instrument if flt is None else flt & (ds.field("instrument") == instrument)
     if since is not None:
         recent = ds.field("acquired_at") >= pc.scalar(since)
         flt = recent if flt is None else flt & recent
+    if only is not None and files is None:  # the files whose id ranges may hold them
+        ids = sorted(only)
+        files = [path for path, stats in store.stats("objects").items() if may_hold(stats, "object_id", ids)]
+    wanted = None if files is None else set(files)
 
     def batches(path: Path) -> Iterator[pa.RecordBatch]:
+        if wanted is not None and path not in wanted:
+            return iter(())
         return store.dataset("objects", [path]).to_batches(columns=COLUMNS, filter=flt, batch_size=256)
 
     # File by file, going on over a fresh list if ingest commits and deletes a file meanwhile (predict does not
@@ -228,12 +240,57 @@ def _store_items(store: Store, *, instrument: str | None = None, since: datetime
     given: set[str] = set()
     for batch in iter_listed(store.root / "objects", batches):
         for row in batch.to_pylist():
-            if row["object_id"] in exclude or row["object_id"] in given:
+            if row["object_id"] in given:
                 continue
             given.add(row["object_id"])
             row["image"] = row["image"]["bytes"]
             row["metadata"] = {pair["key"]: pair["value"] for pair in row["metadata"] or ()}
             yield _Item(**row)
+
+
+@dataclass
+class _Todo:
+    """What a run over the store has to predict, found from the committed list's stats (`layout.file_stats`)."""
+
+    files: list[Path]  # the objects files to read
+    exclude: set[str]  # ids among them already predicted (or waiting in a spool)
+    skipped: int  # objects already predicted: rows of covered files + `exclude`
+    covers: list[str]  # objects files (store-relative) wholly predicted once this run commits
+
+
+def _todo(store: Store, model_hash: str, *, force: bool, filtered: bool) -> _Todo:
+    """The objects a run has to predict, in proportion to what is new, not to the store.
+
+    Each predictions file records the objects files whose every row its model had predicted when it was
+    committed (its `covers`, in its footer and the committed list). A run reads only the objects files no
+    predictions file of its model covers (the night's, a file rewritten by ingest; every file of a store from
+    before covers, once), and among them skips the ids its model already predicted, looked up only in its
+    predictions files whose id ranges reach them. Those files are then covered by this run's predictions: a run
+    with `--instrument`/`--since` covers nothing, as it may leave rows of them out."""
+    objects = store.stats("objects")
+    rel = {path: str(path.relative_to(store.root)) for path in objects}
+    if force:
+        return _Todo(list(objects), set(), 0, [] if filtered else sorted(rel.values()))
+    mine = {path: stats for path, stats in store.stats("predictions").items()
+            if may_hold(stats, "model_hash", [model_hash])}
+    covered = {f for stats in mine.values() if stats for f in stats.get("covers", ())}
+    todo = [path for path in objects if rel[path] not in covered]
+    skipped = sum((objects[path] or {}).get("rows", 0) for path in objects if rel[path] in covered)
+    ids: list[str] = []
+    for path in todo:
+        try:
+            ids += pq.read_table(path, columns=["object_id"])["object_id"].to_pylist()
+        except FileNotFoundError:  # rewritten by an ingest meanwhile: its new file is the next run's
+            continue
+    ids.sort()
+    exclude = pending_ids(store, model_hash) & set(ids)
+    done = ds.field("model_hash") == model_hash
+    for path, stats in mine.items():
+        if may_hold(stats, "object_id", ids):
+            found = store.dataset("predictions", [path]).to_table(
+                columns=["object_id"], filter=done & ds.field("object_id").isin(pa.array(ids, pa.string())))
+            exclude.update(found["object_id"].to_pylist())
+    return _Todo(todo, exclude, skipped + len(exclude), [] if filtered else sorted(rel[p] for p in todo))
 
 
 def _prediction(item: _Item, probabilities: np.ndarray, label: str, label_auto: str,
@@ -399,14 +456,16 @@ def predict(
         summary.rejected += 1
         log.warning("rejected %s", rej)
 
+    covers: list[str] = []  # objects files the store's new predictions file covers (see `_todo`)
     if sources:
         items = _source_items(list(sources), fmt, read_options or ReadOptions(), rejected)
     elif store is not None:
         # Objects an earlier run predicted but could not store (the store was locked) are stored with this run's.
-        exclude = set() if force else already_predicted(store, model_hash) | pending_ids(store, model_hash)
-        summary.skipped_already_predicted = len(exclude)
-        items = _store_items(store, instrument=instrument, since=since, exclude=exclude,
+        todo = _todo(store, model_hash, force=force, filtered=bool(instrument or since or only is not None))
+        summary.skipped_already_predicted = todo.skipped
+        items = _store_items(store, instrument=instrument, since=since, exclude=todo.exclude, files=todo.files,
                              only=None if only is None else set(only))
+        covers = todo.covers
     else:
         raise ValueError("predict needs a store or sources")
 
@@ -421,6 +480,7 @@ def predict(
             session = plugins.load("writer", name).open(Path(out_dir), run)
             if isinstance(session, StoreSession):
                 store_session = session
+                store_session.covers = covers
             else:
                 sessions[(name, str(out_dir))] = session
         own_files = [*sessions]  # this run's file writers, not outputs only owed to earlier runs (opened below)

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from plankton_cli.core.records import UNKNOWN_INSTRUMENT
 from plankton_cli.store import LockTimeout, Store
-from plankton_cli.store.layout import partition_dir
+from plankton_cli.store.layout import COVERS_KEY, may_hold, partition_dir
 from plankton_cli.store.schema import load_schema
 from plankton_cli.store.session import WriteSession
 from plankton_cli.store.transaction import new_run_id
@@ -218,6 +218,7 @@ class StoreSession:
         schema = self.schema.arrow.with_metadata({OUTPUTS_KEY: json.dumps(recorded, default=str).encode()})
         self._spool = pq.ParquetWriter(self._part, schema, compression="zstd")
         self._finished = False
+        self.covers: list[str] = []  # objects files wholly predicted once this commits (`plankton_cli.infer.predict._todo`)
 
     def write(self, batch: Sequence[Prediction]) -> None:
         if batch:
@@ -303,7 +304,10 @@ class StoreSession:
         if not len(ids):
             return 0
         removed = 0
-        for path in self.store.files(DATASET):
+        sorted_ids = ids.to_pylist()
+        for path, stats in self.store.stats(DATASET).items():  # only this model's files whose id ranges reach them
+            if not may_hold(stats, "model_hash", [self.run.model_hash]) or not may_hold(stats, "object_id", sorted_ids):
+                continue
             keys = pq.read_table(path, columns=["object_id", "model_hash"])
             hit = pc.and_(pc.equal(keys["model_hash"].cast(pa.string()), self.run.model_hash),
                           pc.is_in(keys["object_id"], value_set=ids))
@@ -319,6 +323,8 @@ class StoreSession:
                         ) -> list[str]:
         """Copy the surviving spooled rows into one staged file per instrument partition; returns their paths."""
         file_schema = with_classes(self.schema.file_schema, self.run.classes)
+        if self.covers:
+            file_schema = file_schema.with_metadata({**file_schema.metadata, COVERS_KEY: json.dumps(self.covers).encode()})
         writers: dict[str, pq.ParquetWriter] = {}
         finals: list[str] = []
         for spool in spools:

@@ -30,6 +30,7 @@ from plankton_cli.core.atomic import atomic_write_bytes
 from plankton_cli.store import Store
 from plankton_cli.publish.summarize import COUNTS, model_info
 from plankton_cli.core.writers import UNCLASSIFIED
+from plankton_cli.store.layout import may_hold, may_overlap
 
 TRAILING_NIGHTS = 7
 DRIFT_DROP = 0.05
@@ -66,7 +67,10 @@ def night_report(store: Store, model_path: Path, out_dir: Path, *, night: date |
     model = model_info(model_path)
     start, end = _between(night, 1)
     week_start, _ = _between(night - timedelta(days=TRAILING_NIGHTS), TRAILING_NIGHTS)
-    table = store.dataset("predictions").to_table(
+    files = [path for path, stats in store.stats("predictions").items()  # this model's week only (`layout.py`)
+             if may_hold(stats, "model_hash", [model.model_hash])
+             and may_overlap(stats, "predicted_at", week_start.isoformat(), end.isoformat())]
+    table = store.dataset("predictions", files).to_table(
         columns=["sample_id", "instrument", "label", "score", "predicted_at"],
         filter=(pc.field("model_hash") == model.model_hash) & (pc.field("predicted_at") >= pc.scalar(week_start))
         & (pc.field("predicted_at") < pc.scalar(end))).to_pandas()
@@ -100,7 +104,9 @@ def _rejections(store: Store, start: datetime, end: datetime) -> pd.Series:
     """Objects rejected in [start, end), counted by reason (a row rejected again by a retry counts once)."""
     if not store.files("rejections"):
         return pd.Series(dtype=int)
-    table = store.dataset("rejections").to_table(
+    files = [path for path, stats in store.stats("rejections").items()
+             if may_overlap(stats, "rejected_at", start.isoformat(), end.isoformat())]
+    table = store.dataset("rejections", files).to_table(
         columns=["source_file", "source_row", "object_id", "reason"],
         filter=(pc.field("rejected_at") >= pc.scalar(start)) & (pc.field("rejected_at") < pc.scalar(end)))
     frame = table.to_pandas().astype(object).drop_duplicates()

@@ -19,10 +19,13 @@ per_ml_auto, biovolume_um3_per_ml, acquired_at, instrument, samples`), `counts_w
 row per sample, one column per class, as iRfcb and ifcb-analysis write them), and `plots/` (a time series per class
 with any count, `overview.png` stacked).
 
-Incremental: `counts.parquet` records (in its schema metadata) the model, the grouping and which sample went into
-which row. A run reads the predictions' labels (cheap), and reads objects and features only for new samples; the
-groups they fall into are computed again (a day that got a new bin), every other row is kept as it was. With no new
-sample nothing is written.
+Incremental: `counts.parquet` records (in its schema metadata) the model, the grouping, which sample went into
+which row and which of the model's predictions files it has read. A run reads the labels of the model's files it
+has not read (the night's: found from the store's committed list, `store/layout.py`), and reads predictions,
+objects and features only for new samples, from the files whose sample or id ranges may hold them; the groups they
+fall into are computed again (a day that got a new bin), every other row is kept as it was. With no new sample
+nothing is written. So a night costs the same in a station's tenth year as in its first (the tables and plots are
+still written whole).
 
 The outputs are one unit: `counts.parquet` is written last, after the CSV tables and the plots, so it is the
 commit point. A run killed between its files leaves the old `counts.parquet`, whose groups lack the new samples: the
@@ -49,6 +52,7 @@ from plankton_cli.core.atomic import atomic_path
 from plankton_cli.core.errors import DataError
 from plankton_cli.train.model_info import ModelInfo
 from plankton_cli.store import Store
+from plankton_cli.store.layout import may_hold
 from plankton_cli.core.writers import UNCLASSIFIED
 
 log = logging.getLogger("plankton.summarize")
@@ -104,12 +108,17 @@ def summarize(store: Store, model_path: Path, by: str, out_dir: Path, *, plots: 
     model = model_info(model_path)
     out_dir = Path(out_dir)
     result = SummarizeResult(str(out_dir), model.model_id, by)
-    predictions = _predictions(store, model.model_hash, by, result.skipped)
-    if not len(predictions) and not result.skipped:  # not "no new samples": most likely the wrong store
+    mine = {path: stats for path, stats in store.stats("predictions").items()
+            if may_hold(stats, "model_hash", [model.model_hash])}
+    if not mine:  # not "no new samples": most likely the wrong store
         raise DataError(f"store {store.root} holds no predictions by model {model.model_id}: run `plankton predict "
                         f"--model {model_path} --to store` first, or give the store it predicted into with --store "
                         f"DIR or $PLANKTON_STORE", path=store.root)
-    previous, group_of = _previous(out_dir, model, by, rebuild)
+    previous, group_of, read = _previous(out_dir, model, by, rebuild)
+    fresh = [path for path in mine if str(path.relative_to(store.root)) not in read]
+    predictions = _predictions(store, fresh, model.model_hash, by, result.skipped)
+    read = {str(path.relative_to(store.root)) for path in mine} & (read | {str(p.relative_to(store.root))
+                                                                          for p in fresh})
     new = sorted(set(predictions["sample_id"].unique()) - set(group_of))
     result.new_samples = len(new)
     if not new:
@@ -122,6 +131,11 @@ def summarize(store: Store, model_path: Path, by: str, out_dir: Path, *, plots: 
     members = [s for s, g in group_of.items() if g in touched]
     if by == "day":  # old bins of a touched day: their volume and time are needed again
         samples = pd.concat([samples, _samples(store, sorted(set(members) - set(new)))])
+    if set(members) != set(new):  # old samples of a touched group (a day): their predictions, from their files
+        old = sorted(set(members) - set(new))
+        files = [path for path, stats in mine.items() if may_hold(stats, "sample_id", old)]
+        predictions = pd.concat([predictions, _predictions(store, files, model.model_hash, by, {})]).drop_duplicates(
+            "object_id", keep="first")
     rows = predictions[predictions["sample_id"].isin(members)].copy()
     rows["group"] = rows["sample_id"].map(group_of)
     biovolume = _biovolume(store, rows["object_id"])
@@ -136,15 +150,15 @@ def summarize(store: Store, model_path: Path, by: str, out_dir: Path, *, plots: 
                               else s, na_position="last", kind="stable").reset_index(drop=True)
     result.groups_written, result.groups_kept = len(touched), table["sample_id"].nunique() - len(touched)
     result.objects = int(len(predictions))
-    result.files = _write(out_dir, table, model, by, group_of, plots)
+    result.files = _write(out_dir, table, model, by, group_of, read, plots)
     log.info("summarize: %d new samples, %d rows of %d groups written", len(new), len(fresh), len(touched))
     return result
 
 
-def _predictions(store: Store, model_hash: str, by: str, skipped: Counter | dict) -> pd.DataFrame:
-    """object_id, sample_id, label, label_auto, instrument of this model's predictions (samples only)."""
+def _predictions(store: Store, files: list[Path], model_hash: str, by: str, skipped: Counter | dict) -> pd.DataFrame:
+    """object_id, sample_id, label, label_auto, instrument of this model's predictions in `files` (samples only)."""
     columns = ["object_id", "sample_id", "label", "label_auto", "instrument"]
-    table = store.dataset("predictions").to_table(columns=columns, filter=pc.field("model_hash") == model_hash)
+    table = store.dataset("predictions", files).to_table(columns=columns, filter=pc.field("model_hash") == model_hash)
     frame = table.to_pandas()
     for column in ("sample_id", "label", "label_auto", "instrument"):
         frame[column] = frame[column].astype(object)
@@ -159,17 +173,18 @@ def _predictions(store: Store, model_hash: str, by: str, skipped: Counter | dict
     return frame[reasons.isna()].reset_index(drop=True)
 
 
-def _previous(out_dir: Path, model: ModelRef, by: str, rebuild: bool) -> tuple[pd.DataFrame | None, dict]:
-    """The summary already in `out_dir` and its sample -> group map (none with `rebuild`)."""
+def _previous(out_dir: Path, model: ModelRef, by: str, rebuild: bool) -> tuple[pd.DataFrame | None, dict, set[str]]:
+    """The summary already in `out_dir`, its sample -> group map and the predictions files it has read (none with
+    `rebuild`; a summary from before it recorded them has read none: its first run reads them all, once)."""
     path = out_dir / COUNTS
     if rebuild or not path.exists():
-        return None, {}
+        return None, {}, set()
     table = pq.read_table(path)
     recorded = json.loads((table.schema.metadata or {}).get(METADATA_KEY, b"{}"))
     if recorded.get("model_hash") != model.model_hash or recorded.get("by") != by:
         raise ValueError(f"{path} summarises model {recorded.get('model_id')!r} by {recorded.get('by')!r}, not "
                          f"{model.model_id!r} by {by!r}: use another --out, or --rebuild to replace it")
-    return table.to_pandas(), dict(recorded["groups"])
+    return table.to_pandas(), dict(recorded["groups"]), set(recorded.get("predictions_files", ()))
 
 
 def _samples(store: Store, sample_ids: list[str]) -> pd.DataFrame:
@@ -178,7 +193,9 @@ def _samples(store: Store, sample_ids: list[str]) -> pd.DataFrame:
                           "ml_analyzed": np.nan})
     if not sample_ids:
         return frame
-    table = store.dataset("objects").to_table(
+    wanted = sorted(sample_ids)
+    files = [path for path, stats in store.stats("objects").items() if may_hold(stats, "sample_id", wanted)]
+    table = store.dataset("objects", files).to_table(
         columns=["sample_id", "acquired_at", "metadata"],
         filter=pc.field("sample_id").isin(pa.array(sample_ids, pa.string())))
     samples = table["sample_id"].combine_chunks().cast(pa.string())
@@ -205,7 +222,9 @@ def _biovolume(store: Store, object_ids: pd.Series) -> dict[str, float] | None:
     """object_id -> biovolume (µm³) from STORE/features, or None when the store has no features."""
     if not store.files("features"):
         return None
-    table = store.dataset("features").to_table(
+    wanted = sorted(object_ids.unique())
+    files = [path for path, stats in store.stats("features").items() if may_hold(stats, "object_id", wanted)]
+    table = store.dataset("features", files).to_table(
         columns=["object_id", "biovolume_um3"],
         filter=pc.field("object_id").isin(pa.array(object_ids.unique(), pa.string())))
     return dict(zip(table["object_id"].to_pylist(), table["biovolume_um3"].to_pylist()))
@@ -247,10 +266,10 @@ def _counts(rows: pd.DataFrame, samples: pd.DataFrame, group_of: dict[str, str],
     return out[COLUMNS]
 
 
-def _write(out_dir: Path, table: pd.DataFrame, model: ModelRef, by: str, group_of: dict[str, str],
+def _write(out_dir: Path, table: pd.DataFrame, model: ModelRef, by: str, group_of: dict[str, str], read: set[str],
            plots: bool) -> list[str]:
     recorded = {"model_hash": model.model_hash, "model_id": model.model_id, "by": by, "classes": model.classes,
-                "groups": dict(sorted(group_of.items()))}
+                "groups": dict(sorted(group_of.items())), "predictions_files": sorted(read)}
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     arrow = arrow.replace_schema_metadata({METADATA_KEY: json.dumps(recorded).encode()})
     files: list[Path] = []

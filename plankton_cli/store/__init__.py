@@ -54,6 +54,13 @@ class Store:
         """The committed data files of `dataset`, sorted (see `layout.py`)."""
         return layout.data_files(self.root, dataset)
 
+    def stats(self, dataset: str) -> dict[Path, dict | None]:
+        """The committed data files of `dataset` with their stats (`layout.file_stats`; None for a file whose
+        footer cannot be read), from the committed list: what a nightly step selects its few files by."""
+        entries = layout.read_committed(self.root) or {}
+        return {path: layout.stats_of(self.root, str(path.relative_to(self.root)), entries.get(
+            str(path.relative_to(self.root)))) for path in self.files(dataset)}
+
     def dataset(self, name: str, files: list[Path] | None = None) -> ds.Dataset:
         """A pyarrow dataset over `name` (or over `files` of it), with the schema from `schemas/` when there is one
         (so an empty dataset still has its columns); a dataset without a schema file (e.g. `plankton pad --target

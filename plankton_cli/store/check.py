@@ -19,10 +19,12 @@ that disagrees with the data; the next `check` says so and the next repair (or i
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +33,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from plankton_cli.core.atomic import atomic_write_bytes
-from plankton_cli.core.errors import DataError, StoreIOError
+from plankton_cli.core.errors import DataError, StoreIOError, UsageError
 from plankton_cli.store import Store
-from plankton_cli.store.layout import (COMMITTED, MANIFEST, MAX_NAME_BYTES, UnreadableFileList, checksum, hidden,
-                                       read_committed)
+from plankton_cli.store.layout import (COMMITTED, MANIFEST, MAX_NAME_BYTES, UnreadableFileList, checksum, file_stats,
+                                       hidden, read_committed)
 from plankton_cli.store.lock import StoreLock
 from plankton_cli.store.manifest import Manifest, fingerprint
 from plankton_cli.store.manifest import checksum as source_checksum
@@ -79,19 +81,45 @@ class CheckReport:
                 "repaired": self.repaired, "duplicates_across_collections": self.twins}
 
 
-def check(store: Store, *, lock_timeout: float = 60.0) -> CheckReport:
-    """Verify `store` under its writer lock, after finishing an interrupted commit as every writer would."""
+def check(store: Store, *, lock_timeout: float = 60.0, since: datetime | str | None = None) -> CheckReport:
+    """Verify `store` under its writer lock, after finishing an interrupted commit as every writer would.
+
+    `since` (a time, or a commit/run id such as `20240101T230000Z-1a2b3c`) verifies only the files committed
+    since then and the manifest (present, size, checksum, readable): a night's files, in the night's time. The
+    checks across the whole store (manifest against data, ids stored once, files outside the list) need it all
+    and are left to a full `check`."""
+    cutoff = None if since is None else _cutoff(since)
     with StoreLock(store.root, timeout=lock_timeout):
         try:
             recover(store.root)
         except StoreIOError as exc:
-            report = _check(store)
+            report = _check(store, cutoff)
             report.problems.insert(0, Problem("journal", "", str(exc), IO))
             return report
-        return _check(store)
+        return _check(store, cutoff)
 
 
-def _check(store: Store) -> CheckReport:
+_COMMIT_ID = re.compile(r"\d{8}T\d{6}Z(?:-[0-9a-f]+)*")
+_FILE_COMMIT = re.compile(r"part-(\d{8}T\d{6}Z-[0-9a-f]+(?:-\d+)?)-\d+\.parquet")
+
+
+def _cutoff(since: datetime | str) -> str:
+    """`since` as the text commit ids sort by (`transaction.new_run_id`: UTC time, then a random part)."""
+    if isinstance(since, datetime):
+        return since.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    if not _COMMIT_ID.fullmatch(since):
+        raise UsageError(f"--since {since!r}: give a date or time (2024-01-31, 2024-01-31T23:00) or a commit id "
+                         "(20240131T230000Z-1a2b3c, as data file names carry it)")
+    return since
+
+
+def _committed_since(rel: str, cutoff: str) -> bool:
+    """Whether store file `rel` was committed at or after `cutoff` (a file whose name has no commit id: yes)."""
+    found = _FILE_COMMIT.fullmatch(Path(rel).name)
+    return found is None or found.group(1) >= cutoff
+
+
+def _check(store: Store, cutoff: str | None = None) -> CheckReport:
     root = store.root
     report = CheckReport(str(root))
     add = report.problems.append
@@ -102,6 +130,8 @@ def _check(store: Store) -> CheckReport:
         return report
     if files is None:
         files = {rel: {"size": None, "checksum": None} for rel in store_files_on_disk(root)}
+    if cutoff is not None:
+        files = {rel: entry for rel, entry in files.items() if _committed_since(rel, cutoff)}
     report.files = len(files)
     for rel, entry in sorted(files.items()):
         damage = _check_file(root / rel, entry)
@@ -112,6 +142,8 @@ def _check(store: Store) -> CheckReport:
             add(Problem("long-name", rel, f"file name of {len(Path(rel).name.encode())} bytes, over "
                         f"{MAX_NAME_BYTES}: rewrites near the file system's 255-byte limit fail; "
                         "`check --repair` renames it", DATA))
+    if cutoff is not None:  # the rest reads the whole store
+        return report
     for rel in sorted(set(store_files_on_disk(root)) - set(files)):
         add(Problem("uncommitted", rel, "a data file outside the committed list (plain Parquet readers see it)",
                     DATA))
@@ -303,7 +335,8 @@ def _rebuild_file_list(root: Path, done: list[str]) -> None:
             pq.read_metadata(root / rel)
         except (OSError, pa.ArrowException):
             continue
-        files[rel] = {"size": (root / rel).stat().st_size, "checksum": checksum(root / rel)}
+        files[rel] = {"size": (root / rel).stat().st_size, "checksum": checksum(root / rel),
+                      "stats": file_stats(root / rel)}
     atomic_write_bytes(root / COMMITTED, json.dumps({"files": dict(sorted(files.items()))}).encode(), durable=True)
     done.append(f"rebuilt {COMMITTED} from the {len(files)} readable files on disk")
 

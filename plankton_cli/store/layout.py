@@ -10,14 +10,22 @@ A store written before `committed.json` existed is read by listing its folders; 
 
 A reader that took the list just before a commit may find a file of it deleted (a rewritten or superseded file):
 `read_listed` / `iter_listed` take the list again and retry, the one place readers handle that.
+
+Each entry of the list also holds the file's `stats` (`file_stats`: rows, min/max of the key columns, label
+counts, the objects files a predictions file covers), taken from the file when it is committed. So a nightly step
+finds the night's files (partition pruning on date, id ranges, predictions by model) from the list alone, without
+opening the store's other files: its cost follows the night, not the store. A store written before stats existed
+gets them for every file at its next commit (`Transaction.commit`); until then, readers take them from the files'
+footers (`stats_of`).
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, unquote
@@ -88,6 +96,100 @@ def partition_values(path: Path, dataset_dir: str | Path) -> dict[str, str]:
     return values
 
 
+STAT_COLUMNS = ("object_id", "sample_id", "model_hash", "acquired_at", "predicted_at", "rejected_at", "ingested_at")
+"""Columns whose min/max a file's stats hold: what nightly steps select files by (ids, samples, model, dates)."""
+COUNTED_COLUMNS = ("label", "command", "ingest_run", "label_status")
+"""Columns whose value counts a file's stats hold, when they have at most MAX_COUNTED values (`plankton info`)."""
+MAX_COUNTED = 256
+COVERS_KEY = b"plankton.covers"
+"""Parquet schema metadata key of a predictions file: the JSON list of objects files (store-relative) whose every
+row its model had predicted when it was committed (see `plankton_cli.infer.predict`)."""
+
+
+def _stat_value(value) -> str | float | int:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def file_stats(path: Path) -> dict:
+    """Facts about one Parquet data file, from its footer (and its label/command columns, read when present):
+    {"rows", "min": {column: value}, "max": {...}, "counts": {column: {value: n}}, "covers": [...]}. Timestamps
+    are ISO text (UTC, so they sort as text). A column lacking statistics in a row group with values gets no
+    min/max: a reader then cannot rule the file out by it."""
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    meta = parquet.metadata
+    stats: dict = {"rows": meta.num_rows, "min": {}, "max": {}}
+    lows: dict[str, list] = {}
+    highs: dict[str, list] = {}
+    unknown: set[str] = set()
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            column = group.column(c)
+            name = column.path_in_schema
+            if name not in STAT_COLUMNS:
+                continue
+            st = column.statistics
+            if st is not None and st.has_min_max:
+                lows.setdefault(name, []).append(_stat_value(st.min))
+                highs.setdefault(name, []).append(_stat_value(st.max))
+            elif st is None or st.null_count != column.num_values:  # values without statistics
+                unknown.add(name)
+    for name in set(lows) - unknown:
+        stats["min"][name], stats["max"][name] = min(lows[name]), max(highs[name])
+    counted = [c for c in COUNTED_COLUMNS if c in parquet.schema_arrow.names]
+    if counted and meta.num_rows:
+        table = parquet.read(columns=counted)
+        counts = {}
+        for name in counted:
+            values = table[name].value_counts()
+            if len(values) <= MAX_COUNTED:
+                counts[name] = {("" if v["values"] is None else str(v["values"])): v["counts"]
+                                for v in values.to_pylist()}
+        stats["counts"] = counts
+    covers = (parquet.schema_arrow.metadata or {}).get(COVERS_KEY)
+    if covers:
+        stats["covers"] = json.loads(covers)
+    return stats
+
+
+def stats_of(root: Path, rel: str, entry: dict | None) -> dict | None:
+    """The stats of committed file `rel`: its entry's, else (a store from before stats) from the file itself;
+    None when the file cannot be read (the caller then reads it as it would without stats)."""
+    if entry is not None and "stats" in entry:
+        return entry["stats"]
+    try:
+        return file_stats(Path(root) / rel)
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+        return None
+
+
+def may_hold(stats: dict | None, column: str, values: Sequence) -> bool:
+    """Whether a file with `stats` may hold one of the sorted `values` in `column`: False only when its stats rule
+    every value out (no rows, or none within its min/max); a file without stats, or without them for `column`,
+    may."""
+    if stats is None:
+        return True
+    if not stats.get("rows") or not values:
+        return False
+    if column not in stats.get("min", {}):
+        return True
+    i = bisect.bisect_left(values, stats["min"][column])
+    return i < len(values) and values[i] <= stats["max"][column]
+
+
+def may_overlap(stats: dict | None, column: str, low: str, high: str) -> bool:
+    """Whether a file with `stats` may hold a `column` value in [low, high) (ISO text for timestamps)."""
+    if stats is None:
+        return True
+    if not stats.get("rows"):
+        return False
+    if column not in stats.get("min", {}):
+        return True
+    return stats["min"][column] < high and stats["max"][column] >= low
+
+
 def checksum(path: Path) -> str:
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
@@ -100,6 +202,9 @@ class UnreadableFileList(StoreIOError):
     """`committed.json` is there but cannot be read: which files make up the store is unknown until a repair."""
 
 
+_read_cache: dict[Path, tuple[tuple[int, int, int], dict[str, dict]]] = {}
+
+
 def read_committed(root: Path) -> dict[str, dict] | None:
     """store-relative path → {"size", "checksum"} of every committed file, or None for a store without a list.
 
@@ -107,10 +212,18 @@ def read_committed(root: Path) -> dict[str, dict] | None:
     from its folders could show a reader rows that were deleted or never committed; `check --repair` rebuilds it."""
     path = Path(root) / COMMITTED
     try:
+        # The list is replaced (a new inode), never written in place: the same inode, size and mtime is the same
+        # list, read once per process however many times a command asks (it grows with the store's files).
+        st = path.stat()
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = _read_cache.get(path)
+        if cached is not None and cached[0] == key:
+            return dict(cached[1])
         files = json.loads(path.read_bytes())["files"]
         if not isinstance(files, dict) or not all(isinstance(e, dict) for e in files.values()):
             raise TypeError("'files' is not a mapping of file entries")
-        return files
+        _read_cache[path] = (key, files)
+        return dict(files)
     except FileNotFoundError:
         return None
     except (ValueError, TypeError, KeyError) as exc:

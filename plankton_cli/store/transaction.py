@@ -2,7 +2,8 @@
 
 A writer stages every new file under `STORE/.staging/<txn>/` (invisible to Parquet readers, which skip names
 starting with `.` or `_`). To commit it flushes the staged files, then writes a journal `STORE/.journal/<txn>.json`
-holding the renames, the deletions and the store's new file list with each file's size and checksum. The journal
+holding the renames, the deletions and the store's new file list with each file's size, checksum and stats
+(`layout.file_stats`: what nightly steps find their files by, so they never open the rest). The journal
 reaching the disk is the commit point:
 
 - Before it, the commit can be abandoned: `abort()` deletes the staging folder and the store is as it was.
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from plankton_cli.core.atomic import atomic_write_bytes, fsync_dir
 from plankton_cli.core.errors import StoreIOError
-from plankton_cli.store.layout import COMMITTED, checksum, listed_files, read_committed
+from plankton_cli.store.layout import COMMITTED, checksum, listed_files, read_committed, stats_of
 
 JOURNALS = ".journal"
 STAGING = ".staging"
@@ -99,6 +100,11 @@ class Transaction:
             with open(self.root / staged, "rb") as f:
                 os.fsync(f.fileno())
             files[final] = {"size": (self.root / staged).stat().st_size, "checksum": checksum(self.root / staged)}
+            if final.endswith(".parquet") and (stats := stats_of(self.root, staged, None)) is not None:
+                files[final]["stats"] = stats  # (a file that is no Parquet gets none: readers then open it)
+        for rel, entry in files.items():  # a store from before stats: its files get them once, at this commit
+            if "stats" not in entry and rel.endswith(".parquet") and (stats := stats_of(self.root, rel, None)):
+                files[rel] = {**entry, "stats": stats}
         for folder in sorted({(self.root / staged).parent for staged, _ in self._adds}):
             fsync_dir(folder)  # the staged names too must survive a power cut once the journal points to them
         plan = {"adds": self._adds, "deletes": self._deletes, "files": dict(sorted(files.items()))}

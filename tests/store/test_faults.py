@@ -27,7 +27,7 @@ from plankton_cli.prepare.pad_store import pad_dataset
 from plankton_cli.infer.predict import predict
 from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
-from plankton_cli.store.layout import COMMITTED, MANIFEST, read_committed
+from plankton_cli.store.layout import COMMITTED, MANIFEST, file_stats, read_committed
 from test_predict import CLASSES, PADDING, tiny_model
 
 ERRNOS = (errno.EIO, errno.ENOSPC, errno.EPERM)
@@ -158,13 +158,22 @@ def content(root: Path) -> dict:
     return out
 
 
+def assert_stats_match(root: Path) -> None:
+    """Every committed data file's stats in the list (what nightly steps select files by) are the file's own."""
+    for rel, entry in (read_committed(root) or {}).items():
+        if rel != MANIFEST:  # the one file replaced under its own name; only writers read it, after recover()
+            assert entry["stats"] == file_stats(root / rel), rel
+
+
 def assert_consistent(root: Path) -> None:
-    """What readers of the committed file list see right after a fault: every listed file there, nothing twice."""
+    """What readers of the committed file list see right after a fault: every listed file there with its stats,
+    nothing twice."""
     store = Store(root)
     files = read_committed(root) or {}
     for rel, entry in files.items():
         if rel != MANIFEST:  # the one file replaced under its own name; only writers read it, after recover()
             assert (root / rel).stat().st_size == entry["size"], rel
+    assert_stats_match(root)
     for name, key in (("objects", ["object_id"]), ("padded", ["object_id"]), ("features", ["object_id"]),
                       ("predictions", ["object_id", "model_hash"])):
         if store.files(name):
@@ -181,6 +190,7 @@ def assert_clean(root: Path) -> None:
     on_disk = {str(p.relative_to(root)) for p in root.rglob("*.parquet") if not p.relative_to(root).parts[0]
                .startswith(".")}
     assert listed == on_disk
+    assert_stats_match(root)
 
 
 @pytest.fixture(autouse=True)
