@@ -57,6 +57,7 @@ class Transaction:
         self.journaled = False  # past the commit point: from here on only roll forward
         self._adds: list[tuple[str, str]] = []  # (staged, final), relative to root
         self._deletes: list[str] = []
+        self._adopted: dict[str, dict] = {}  # staged -> its committed-file entry, for files staged elsewhere
         self._names = 0
 
     def new_name(self, folder: str | Path) -> str:
@@ -74,6 +75,14 @@ class Transaction:
         staged.parent.mkdir(parents=True, exist_ok=True)
         self._adds.append((str(staged.relative_to(self.root)), str(final)))
         return staged
+
+    def adopt(self, staged: str, final: str, entry: dict) -> None:
+        """Move a file another process staged inside the store (a shard's, `shards.py`: flushed, its `entry`, size
+        and checksum, measured there) to `final` on commit."""
+        if not (self.root / staged).is_file():
+            raise FileNotFoundError(self.root / staged)
+        self._adds.append((staged, final))
+        self._adopted[staged] = entry
 
     def delete(self, final: str | Path) -> None:
         """Remove `final` (relative to the store) on commit."""
@@ -96,10 +105,13 @@ class Transaction:
         for rel in self._deletes:
             files.pop(rel, None)
         for staged, final in self._adds:
+            if staged in self._adopted:  # flushed and measured by the process that staged it
+                files[final] = self._adopted[staged]
+                continue
             with open(self.root / staged, "rb") as f:
                 os.fsync(f.fileno())
             files[final] = {"size": (self.root / staged).stat().st_size, "checksum": checksum(self.root / staged)}
-        for folder in sorted({(self.root / staged).parent for staged, _ in self._adds}):
+        for folder in sorted({(self.root / staged).parent for staged, _ in self._adds if staged not in self._adopted}):
             fsync_dir(folder)  # the staged names too must survive a power cut once the journal points to them
         plan = {"adds": self._adds, "deletes": self._deletes, "files": dict(sorted(files.items()))}
         journal = self.root / JOURNALS / f"{self.id}.json"
