@@ -22,7 +22,8 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from multiprocessing.pool import Pool
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,7 @@ class FanOut:
     shards: int = 1
     resources: Resources | None = None  # for a cluster backend
     run_dir: Path = Path(".")  # where a cluster backend keeps its scripts and logs
-    pool: Pool | None = field(default=None, repr=False)
+    pool: ProcessPoolExecutor | None = field(default=None, repr=False)
 
     @property
     def count(self) -> int:
@@ -61,8 +62,10 @@ class FanOut:
         if self.backend != "local" or self.workers <= 1:
             yield self
             return
-        # fork: the workers inherit the imported modules; each opens the files it reads itself
-        with multiprocessing.get_context("fork").Pool(self.workers) as pool:
+        # fork: the workers inherit the imported modules; each opens the files it reads itself. An executor, not
+        # a Pool: a worker that dies (killed, out of memory) fails its shard instead of hanging the run.
+        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            pool.submit(int).result()  # a fork executor starts every worker on its first task: now, before the lock
             self.pool = pool
             try:
                 yield self
@@ -76,7 +79,8 @@ class FanOut:
             if self.pool is None:
                 failures = [f for f in map(_Guarded(work), range(self.count)) if f]
             else:
-                failures = [f for f in self.pool.imap_unordered(_Guarded(work), range(self.count)) if f]
+                futures = {k: self.pool.submit(_Guarded(work), k) for k in range(self.count)}
+                failures = [f for f in map(_outcome, futures.items()) if f]
             for failure in failures:
                 log.error("%s", failure)
             return f": {failures[0].splitlines()[0]}" if failures else ""
@@ -87,6 +91,25 @@ class FanOut:
         if submit_array is None:
             raise plugins.PluginError(f"backend {self.backend!r} cannot run job arrays (no submit_array)")
         return submit_array(work, self.count, self.resources, Path(self.run_dir).absolute())
+
+
+@dataclass
+class Shard:
+    """What one shard of a store's objects is (for `predict`): the run, where its output goes, its row groups."""
+
+    run_id: str
+    index: int
+    folder: Path  # the shard's own folder inside the store (`store.shards`)
+    row_groups: dict[str, list[int]]  # store-relative objects file -> row group numbers
+
+
+def _outcome(shard: tuple[int, Future]) -> str:
+    """What a worker's shard came to ("" when it ran), also when the worker died."""
+    k, future = shard
+    try:
+        return future.result()
+    except BrokenProcessPool as exc:
+        return f"shard {k} failed: its worker process died ({exc})"
 
 
 class _Guarded:

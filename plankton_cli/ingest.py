@@ -469,7 +469,7 @@ class _Candidate:
     content_hash: str
     label: str | None
     source_file: str
-    source_row: object
+    source_row: int | str
     ecotaxa_id: bool  # it carries EcoTaxa's own object id (its twins are looked for)
 
     COLUMNS = ("object_id", "content_hash", "label", "source_file", "source_row", "metadata")

@@ -50,7 +50,7 @@ class IngestShard:
         done = []
         for index, source in self.slices[k]:
             reader = plugins.load("reader", source.reader)
-            read, rejected = 0, Counter()
+            read, rejected = 0, Counter[str]()
             now = datetime.now(UTC)
             items = None
             while True:
@@ -147,8 +147,9 @@ def _decide(store: Store, run: _Run, planned: list, sealed: list[Sealed], option
             summary.stored_by_reader[source.reader] += counts["stored"]
         recorded.append((source, facts, dict(counts), stored_in, found_in))
     final_of = _stage_kept(store, run, sealed, sizes, kept)
-    for source, facts, counts, stored_in, found_in in recorded:
-        run.manifest.record(source, facts, counts, [final_of[s] for s in stored_in], run.run_id, found_in, options)
+    for source, facts, source_counts, stored_in, found_in in recorded:
+        run.manifest.record(source, facts, source_counts, [final_of[s] for s in stored_in], run.run_id, found_in,
+                            options)
 
 
 def _stage_kept(store: Store, run: _Run, sealed: list[Sealed], sizes: dict[str, int], kept: dict[str, list[int]]

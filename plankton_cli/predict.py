@@ -32,6 +32,7 @@ import errno
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence, Set
+from itertools import chain
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +46,7 @@ import pyarrow.parquet as pq
 
 from plankton_cli import __version__, plugins
 from plankton_cli.errors import CantCreate
+from plankton_cli.fanout import FanOut, Shard
 from plankton_cli.predictions import StoreSession, StoreWriter, pending_ids, spool_outputs
 from plankton_cli.features.inputs import PREFIX, FeatureScaling, image_features, metadata_features
 from plankton_cli.model_info import ModelInfo
@@ -158,7 +160,10 @@ class FeatureInputs:
 
 
 def _store_items(store: Store, *, instrument: str | None = None, since: datetime | None = None,
-                 exclude: Set[str] = frozenset(), only: set[str] | None = None) -> Iterator[_Item]:
+                 exclude: Set[str] = frozenset(), only: set[str] | None = None,
+                 row_groups: dict[str, list[int]] | None = None) -> Iterator[_Item]:
+    """The store's objects (filtered), file by file; `row_groups`: only these row groups (store-relative file ->
+    row group numbers) of the files (a shard's)."""
     flt = None if only is None else ds.field("object_id").isin(pa.array(sorted(only), pa.string()))
     if instrument:
         flt = ds.field("instrument") == instrument if flt is None else flt & (ds.field("instrument") == instrument)
@@ -167,7 +172,12 @@ def _store_items(store: Store, *, instrument: str | None = None, since: datetime
         flt = recent if flt is None else flt & recent
 
     def batches(path: Path) -> Iterator[pa.RecordBatch]:
-        return store.dataset("objects", [path]).to_batches(columns=COLUMNS, filter=flt, batch_size=256)
+        dataset = store.dataset("objects", [path])
+        if row_groups is not None:
+            groups = row_groups.get(str(path.relative_to(store.root)), [])
+            fragments = [f.subset(row_group_ids=groups) for f in dataset.get_fragments()] if groups else []
+            dataset = ds.FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
+        return dataset.to_batches(columns=COLUMNS, filter=flt, batch_size=256)
 
     # File by file, going on over a fresh list if ingest commits and deletes a file meanwhile (predict does not
     # hold the store lock while it reads); a file that commit rewrote comes again, so ids already given are skipped.
@@ -275,6 +285,46 @@ def already_predicted(store: Store, model_hash: str) -> set[str]:
     return set(table["object_id"].to_pylist())
 
 
+class _Net:
+    """The model on its device with its preprocessing, loaded when the first batch comes."""
+
+    def __init__(self, weights: Path, info: ModelInfo, device: str, compile: bool, cpu_path: str,
+                 threads: int | None):
+        import torch
+
+        from plankton_cli import cpu_inference
+        from plankton_cli.models.checkpoints import load_model
+
+        cpu_inference.set_threads(threads)
+        self.dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                ("cpu" if device == "auto" else device))
+        model, _ = load_model(weights, device=self.dev)
+        self.autocast = torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.dev.type == "cuda")
+        self.cpu_path: str | None = None
+        if self.dev.type == "cpu":
+            model, self.autocast, self.cpu_path = cpu_inference.prepare(model, cpu_path)
+        self.model = torch.compile(model) if compile else model
+        self.preprocess = Preprocessor(info)
+        scaling = FeatureScaling.from_info(info)
+        self.feature_inputs = FeatureInputs(scaling) if scaling else None
+
+    def __call__(self, batch: list[_Item], embeddings: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """(class probabilities, embeddings when kept) of a batch."""
+        import torch
+
+        with torch.inference_mode():
+            inputs = torch.stack([self.preprocess(item) for item in batch]).to(self.dev, non_blocking=True)
+            extra = (torch.from_numpy(self.feature_inputs(batch)).to(self.dev, non_blocking=True)
+                     if self.feature_inputs else None)
+            with self.autocast:  # a forest head reads the features only: no encoder to run unless embeddings are kept
+                model = self.model
+                features = model.forward_features(inputs) if model.reads_image or embeddings else None
+                logits = model.classify(features, extra)
+            probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            feats = features.float().cpu().numpy() if embeddings and features is not None else None
+        return probs, feats
+
+
 def _batches(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
     batch: list[_Item] = []
     for item in items:
@@ -308,39 +358,40 @@ def predict(
     threads: int | None = None,
     cpu_path: str = "auto",
     on_batch: Callable[[int], None] | None = None,
+    fanout: FanOut | None = None,
+    shard: Shard | None = None,
+    adopt: Sequence[Path] = (),
 ) -> PredictSummary:
     """Predict every object of `store` (or of `sources`) with the model at `model_path`, into the `to` writers.
 
     On CPU, `threads` sets torch's intra-op threads and `cpu_path` the arithmetic (`cpu_inference.CPU_PATHS`).
+    The model is loaded when there is something to predict: a run with nothing new imports no torch.
+    `fanout`: predict the store's objects in worker processes or cluster tasks, each a share of its row groups,
+    and commit them here at once (`predict_fanout`); `shard` is one of them, `adopt` the shards' predictions.
     """
-    import torch
+    if fanout is not None and fanout.fanned and not sources and store is not None:
+        from plankton_cli.predict_fanout import predict_fanned
 
-    from plankton_cli import cpu_inference
-    from plankton_cli.models.checkpoints import load_model
-
-    cpu_inference.set_threads(threads)
-
+        return predict_fanned(fanout, model_path, store=store, to=to, out_dir=out_dir, instrument=instrument,
+                              since=since, force=force, batch_size=batch_size, top_k=top_k, embeddings=embeddings,
+                              writer_options=writer_options, device=device, compile=compile,
+                              lock_timeout=lock_timeout, threads=threads, cpu_path=cpu_path, on_batch=on_batch)
     model_path = Path(model_path)
     weights = model_path / "model.safetensors" if model_path.is_dir() else model_path.with_suffix(".safetensors")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    model, info = load_model(weights, device=dev)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-    if dev.type == "cpu":
-        model, autocast, cpu_path = cpu_inference.prepare(model, cpu_path)
-    if compile:
-        model = torch.compile(model)
+    info = ModelInfo.load(weights)
     classes: list[str] = list(info.classes)
     thresholds = info.thresholds or None
     threshold_vec = (np.array([float(thresholds.get(c, np.nan)) for c in classes], dtype=np.float64)
                      if thresholds else None)
     model_hash = file_hash(weights)
     model_id = info.extra.get("model_id") or f"{weights.parent.parent.name}/{weights.parent.name}"
-    summary = PredictSummary(model_id=model_id, model_hash=model_hash, cpu_path=cpu_path if dev.type == "cpu" else None)
+    summary = PredictSummary(model_id=model_id, model_hash=model_hash)
     options: dict[str, Any] = dict(writer_options or {})
     if store is not None:
         options.setdefault("store", str(store.root))
         options.setdefault("lock_timeout", lock_timeout)
+    if shard is not None:
+        options["run_id"] = shard.run_id  # every shard's rows carry the run's id
     run = PredictionRun(
         model_id=model_id, model_hash=model_hash, classes=classes, thresholds=threshold_vec,
         classifier_name=f"plankton-cli {info.architecture} {model_id}", top_k=top_k,
@@ -351,13 +402,17 @@ def predict(
         summary.rejected += 1
         log.warning("rejected %s", rej)
 
+    items: Iterable[_Item]
     if sources:
         items = _source_items(list(sources), fmt, read_options or ReadOptions(), rejected)
+    elif adopt:
+        items = ()  # the shards predicted them
     elif store is not None:
         # Objects an earlier run predicted but could not store (the store was locked) are stored with this run's.
         exclude = set() if force else already_predicted(store, model_hash) | pending_ids(store, model_hash)
         summary.skipped_already_predicted = len(exclude)
-        items = _store_items(store, instrument=instrument, since=since, exclude=exclude)
+        items = _store_items(store, instrument=instrument, since=since, exclude=exclude,
+                             row_groups=None if shard is None else shard.row_groups)
     else:
         raise ValueError("predict needs a store or sources")
 
@@ -367,8 +422,11 @@ def predict(
     options["outputs"] = {name: str(out_dir) for name in files}  # what the store's spool says this run owes
     sessions: dict[tuple[str, str], Any] = {}  # (writer, OUT) -> session; the store's is closed apart, last
     store_session: StoreSession | None = None
+    feature_inputs: FeatureInputs | None = None
     try:
-        for name in to:
+        if shard is not None and store is not None:  # a shard: its predictions wait in its folder for the run
+            store_session = StoreSession(store, run, spool_dir=shard.folder, claim=False)
+        for name in () if shard is not None else to:
             session = plugins.load("writer", name).open(Path(out_dir), run)
             if isinstance(session, StoreSession):
                 store_session = session
@@ -377,40 +435,42 @@ def predict(
         own_files = [*sessions]  # this run's file writers, not outputs only owed to earlier runs (opened below)
         own = [*sessions.values(), *([store_session] if store_session else [])]
         if store_session is not None and store is not None:
+            for path in adopt:  # the shards' predictions: committed with this run's
+                store_session.adopt(path)
             for spool in store_session.earlier.values():  # finish what ended runs left: their outputs first
                 _finish_outputs(store, spool, run, sessions, own_files, batch_size)
-        preprocess = Preprocessor(info)
-        scaling = FeatureScaling.from_info(info)
-        feature_inputs = FeatureInputs(scaling) if scaling else None
+        elif store is not None:
+            for path in adopt:  # no store writer: the shards' predictions go to the file writers only
+                with open(path, "rb") as spooled:
+                    _finish_outputs(store, spooled, run, sessions, own_files, batch_size)
         counts: dict[str, int] = {}
-        with torch.inference_mode():
-            for batch in _batches(items, batch_size):
-                inputs = torch.stack([preprocess(item) for item in batch]).to(dev, non_blocking=True)
-                extra = (torch.from_numpy(feature_inputs(batch)).to(dev, non_blocking=True) if feature_inputs
-                         else None)
-                with autocast:  # a forest head reads the features only: no encoder to run unless embeddings are kept
-                    features = model.forward_features(inputs) if model.reads_image or embeddings else None
-                    logits = model.classify(features, extra)
-                probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
-                feats = features.float().cpu().numpy() if embeddings and features is not None else None
-                preds = []
-                for i, item in enumerate(batch):
-                    p = probs[i]
-                    best = int(p.argmax())
-                    label = classes[best]
-                    if threshold_vec is not None and p[best] < threshold_vec[best]:
-                        label = UNCLASSIFIED
-                        summary.unclassified_by_threshold += 1
-                    counts[label] = counts.get(label, 0) + 1
-                    instrument_key = item.instrument or ""
-                    summary.by_instrument[instrument_key] = summary.by_instrument.get(instrument_key, 0) + 1
-                    preds.append(_prediction(item, p.astype(np.float32), label, classes[best],
-                                             None if feats is None else feats[i]))
-                for session in own:
-                    session.write(preds)
-                summary.predicted += len(preds)
-                if on_batch:
-                    on_batch(len(preds))
+        batches = _batches(items, batch_size)
+        first = next(batches, None)
+        net = None if first is None else _Net(weights, info, device, compile, cpu_path, threads)
+        if net is not None:
+            summary.cpu_path = net.cpu_path
+            feature_inputs = net.feature_inputs
+        for batch in [] if first is None else chain([first], batches):
+            assert net is not None
+            probs, feats = net(batch, embeddings)
+            preds = []
+            for i, item in enumerate(batch):
+                p = probs[i]
+                best = int(p.argmax())
+                label = classes[best]
+                if threshold_vec is not None and p[best] < threshold_vec[best]:
+                    label = UNCLASSIFIED
+                    summary.unclassified_by_threshold += 1
+                counts[label] = counts.get(label, 0) + 1
+                instrument_key = item.instrument or ""
+                summary.by_instrument[instrument_key] = summary.by_instrument.get(instrument_key, 0) + 1
+                preds.append(_prediction(item, p.astype(np.float32), label, classes[best],
+                                         None if feats is None else feats[i]))
+            for session in own:
+                session.write(preds)
+            summary.predicted += len(preds)
+            if on_batch:
+                on_batch(len(preds))
         if store_session is not None:
             store_session.finish()  # durable: a run that fails or dies from here on is finished without predicting
     except BaseException:
@@ -428,6 +488,9 @@ def predict(
             failure = failure or _output_failure(exc, kept=store_session is not None)
     if store_session is not None:
         if failure is not None:  # not done: the finished spool stays for the next run, which writes the outputs
+            store_session.release()
+        elif shard is not None:  # the run commits it with the other shards'
+            summary.writers[StoreWriter.name] = {"spool": str(store_session.spool_path)}
             store_session.release()
         else:
             summary.writers[StoreWriter.name] = store_session.commit()  # the commit point of the whole run
