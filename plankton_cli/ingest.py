@@ -472,8 +472,6 @@ class _Candidate:
     source_row: int | str
     ecotaxa_id: bool  # it carries EcoTaxa's own object id (its twins are looked for)
 
-    COLUMNS = ("object_id", "content_hash", "label", "source_file", "source_row", "metadata")
-
     @classmethod
     def of(cls, row: dict) -> _Candidate:
         return cls(row["object_id"], row["content_hash"], row["label"], row["source_file"], row["source_row"],

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from plankton_cli import plugins
 from plankton_cli.fanout import FanOut, split
-from plankton_cli.ingest import (DATASET, ECOTAXA, IngestSummary, _admit, _Candidate, _prepare, _reject, _Run,
+from plankton_cli.ingest import (DATASET, ECOTAXA, ECOTAXA_ID, IngestSummary, _admit, _Candidate, _prepare, _reject, _Run,
                                  reason_kind)
 from plankton_cli.records import ReadOptions, Record, Rejection, Source
 from plankton_cli.store import Store
@@ -109,16 +109,13 @@ def _decide(store: Store, run: _Run, planned: list, sealed: list[Sealed], option
             summary: IngestSummary) -> None:
     """Take every prepared row's fate in source order, stage the shards' files accordingly, record the manifest."""
     shard_of = {entry["index"]: entry for seal in sealed for entry in seal.result["sources"]}
+    ecotaxa = {source.key for _, source, _, _, _ in planned if source.reader == ECOTAXA}
     rows: dict[str, list[tuple[str, int, _Candidate]]] = {}  # source key -> (staged file, row, candidate)
     sizes: dict[str, int] = {}
     for seal in sealed:
         for staged, final, _ in seal.files:
             if final.startswith(f"{DATASET}/"):
-                table = pq.read_table(store.root / staged, columns=list(_Candidate.COLUMNS) + ["source_key"])
-                sizes[staged] = table.num_rows
-                for i, row in enumerate(table.to_pylist()):
-                    row["metadata"] = row["metadata"] or []
-                    rows.setdefault(row.pop("source_key"), []).append((staged, i, _Candidate.of(row)))
+                sizes[staged] = _candidates(store.root / staged, staged, ecotaxa, rows)
     kept: dict[str, list[int]] = {staged: [] for staged in sizes}
     recorded = []
     for index, (_, source, found_in, status, facts) in enumerate(planned):
@@ -150,6 +147,25 @@ def _decide(store: Store, run: _Run, planned: list, sealed: list[Sealed], option
     for source, facts, source_counts, stored_in, found_in in recorded:
         run.manifest.record(source, facts, source_counts, [final_of[s] for s in stored_in], run.run_id, found_in,
                             options)
+
+
+def _candidates(path: Path, staged: str, ecotaxa: set[str], rows: dict[str, list[tuple[str, int, _Candidate]]]
+                ) -> int:
+    """Add the prepared rows of the shard file `path` to `rows` (per source key, in file order); returns how many.
+    Column by column, and the metadata (large: every ADC column of an IFCB ROI) only when the file holds rows of
+    `ecotaxa` sources, the only ones whose decision reads it (EcoTaxa's own object id)."""
+    names = ["object_id", "content_hash", "label", "source_file", "source_row", "source_key"]
+    table = pq.read_table(path, columns=names)
+    ids, hashes, labels, files, source_rows, keys = (table[name].to_pylist() for name in names)
+    flags = [False] * table.num_rows
+    if ecotaxa & set(keys):
+        metadata = pq.read_table(path, columns=["metadata"])["metadata"].to_pylist()
+        flags = [key in ecotaxa and any(pair["key"] == ECOTAXA_ID for pair in pairs)
+                 for key, pairs in zip(keys, metadata)]
+    for i, key in enumerate(keys):
+        cand = _Candidate(ids[i], hashes[i], labels[i], files[i], source_rows[i], flags[i])
+        rows.setdefault(key, []).append((staged, i, cand))
+    return table.num_rows
 
 
 def _stage_kept(store: Store, run: _Run, sealed: list[Sealed], sizes: dict[str, int], kept: dict[str, list[int]]

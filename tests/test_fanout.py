@@ -85,6 +85,18 @@ def test_duplicates_read_by_different_shards_are_skipped_as_in_one_process(tmp_p
     assert_same_store(tmp_path / "one", tmp_path / "two")
 
 
+def test_ecotaxa_twins_read_by_different_shards_are_skipped_as_in_one_process(tmp_path: Path) -> None:
+    from conftest import shared_data
+
+    exports = shared_data("ecotaxa", "ecotaxa-back-qa", "ref_exports")
+    layouts = [exports / name for name in ("tsv_by_acquisition", "bak_all_images", "doi")]
+    one = ingest(Store(tmp_path / "one"), layouts, fmt="ecotaxa")
+    two = ingest(Store(tmp_path / "two"), layouts, fmt="ecotaxa", fanout=FanOut(workers=2))
+    assert one.skipped_twin == 22 and one.relabelled == 1
+    assert (two.stored, two.skipped_twin, two.relabelled) == (one.stored, one.skipped_twin, one.relabelled)
+    assert_same_store(tmp_path / "one", tmp_path / "two")
+
+
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from test_predict import CLASSES, PADDING, tiny_model
