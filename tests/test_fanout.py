@@ -97,6 +97,21 @@ def test_ecotaxa_twins_read_by_different_shards_are_skipped_as_in_one_process(tm
     assert_same_store(tmp_path / "one", tmp_path / "two")
 
 
+def test_pad_and_features_in_two_workers_store_what_one_process_does(tmp_path: Path) -> None:
+    from plankton_cli.features.dataset import compute_features
+    from plankton_cli.pad_store import pad_dataset
+
+    for name in ("one", "two"):
+        ingest(Store(tmp_path / name), SOURCES)
+    pad_dataset(Store(tmp_path / "one"), workers=1)
+    compute_features(Store(tmp_path / "one"))
+    two = FanOut(workers=2)
+    padded = pad_dataset(Store(tmp_path / "two"), workers=1, fanout=two)
+    measured = compute_features(Store(tmp_path / "two"), fanout=two)
+    assert padded.padded == 129 and measured.computed + measured.n_rejected == 129
+    assert_same_store(tmp_path / "one", tmp_path / "two")
+
+
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from test_predict import CLASSES, PADDING, tiny_model
@@ -180,6 +195,22 @@ def test_a_failed_array_task_commits_nothing_names_it_and_a_rerun_completes(clus
     done = plankton(*args, timeout=300)
     assert done.returncode == 0, done.stderr
     assert_same_store(store, _one_process(tmp_path / "one", SOURCES))
+
+
+@pytest.mark.slurm
+def test_pad_and_features_as_slurm_job_arrays_store_what_one_process_does(cluster, tmp_path: Path) -> None:
+    from plankton_cli.features.dataset import compute_features
+    from plankton_cli.pad_store import pad_dataset
+
+    for name in ("one", "two"):
+        ingest(Store(tmp_path / name), SOURCES)
+    pad_dataset(Store(tmp_path / "one"), workers=1)
+    compute_features(Store(tmp_path / "one"))
+    for command in ("pad", "features"):
+        proc = plankton(command, "--store", str(tmp_path / "two"), "--backend", "slurm", "--shards", "2",
+                        "--time", "5", timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    assert_same_store(tmp_path / "one", tmp_path / "two")
 
 
 @pytest.mark.slurm

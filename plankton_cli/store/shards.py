@@ -29,7 +29,7 @@ from plankton_cli.atomic import atomic_write_bytes, fsync_dir
 from plankton_cli.errors import PlanktonError
 from plankton_cli.store.layout import checksum
 from plankton_cli.store.session import WriteSession
-from plankton_cli.store.transaction import Transaction
+from plankton_cli.store.transaction import JOURNALS, Transaction
 
 SHARDS = ".spool/shards"
 
@@ -139,8 +139,14 @@ class ShardSpace:
         return found
 
     def close(self) -> None:
-        """Remove the folder (after the commit, or when the run gives up) and release it."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Remove the folder (after the commit, or when the run gives up) and release it. A journal that points
+        into it (a commit that passed its commit point, then failed) keeps it: `recover()` finishes that commit
+        first, then `remove_ended` removes what is left."""
+        mine = f"{SHARDS}/{self.run_id}/"
+        journals = self.root / JOURNALS
+        if not any(mine in journal.read_text(errors="replace") for journal in
+                   (journals.glob("*.json") if journals.is_dir() else ())):
+            shutil.rmtree(self.folder, ignore_errors=True)
         if self._lock is not None:
             self._lock.close()
             self._lock = None
