@@ -31,6 +31,7 @@ from plankton_cli.records import ReadOptions, Record, Rejection, Source
 from plankton_cli.store import Store
 from plankton_cli.store.shards import Sealed, ShardSession, ShardSpace
 from plankton_cli.store.layout import ROW_GROUP_ROWS
+from plankton_cli.store.manifest import checksum
 from plankton_cli.store.writer import parquet_options
 
 log = logging.getLogger("plankton.ingest")
@@ -71,7 +72,8 @@ class IngestShard:
                     _stage_rejection(session, item, source, now, rejected)
                 else:
                     session.add(DATASET, item)
-            done.append({"index": index, "read": read, "rejected": dict(rejected)})
+            # the manifest's checksum of a source read for the first time: here, in parallel, not in the commit
+            done.append({"index": index, "read": read, "rejected": dict(rejected), "checksum": checksum(source.files)})
         session.seal({"sources": done})
 
 
@@ -142,7 +144,7 @@ def _decide(store: Store, run: _Run, planned: list, sealed: list[Sealed], option
         summary.skipped_twin += counts["twins"]
         if counts["stored"]:
             summary.stored_by_reader[source.reader] += counts["stored"]
-        recorded.append((source, facts, dict(counts), stored_in, found_in))
+        recorded.append((source, {"checksum": done["checksum"], **facts}, dict(counts), stored_in, found_in))
     final_of = _stage_kept(store, run, sealed, sizes, kept)
     for source, facts, source_counts, stored_in, found_in in recorded:
         run.manifest.record(source, facts, source_counts, [final_of[s] for s in stored_in], run.run_id, found_in,
