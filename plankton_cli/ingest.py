@@ -338,6 +338,8 @@ def _fanned(run: _Run, sources: list, fan: FanOut, options: ReadOptions, retry_r
         if status == "unchanged" and retry_rejected and run.manifest.entries[source.key]["n_rejected"]:
             status = "retried"
         planned.append((reader, source, found_in, status, facts))
+    if all(status == "unchanged" for _, _, _, status, _ in planned):
+        return False  # nothing to read: no shard to start (a nightly re-run)
     if needs_one_process(run, planned):
         log.info("a changed EcoTaxa source supersedes stored objects: this run reads its sources in one process")
         return False

@@ -425,7 +425,7 @@ def pad_dataset(
         run = _Run(store, run_id, target, files_by_id, gone)
         work = partial(_pad_task, preset=preset, crop=crop, size=size, on_read=on_read)
         try:
-            if fan is not None:
+            if fan is not None and tasks:
                 _pad_fanned(store, run, tasks, fan, replaced, summary, preset=preset, crop=crop, size=size,
                             on_read=on_read)
                 return summary

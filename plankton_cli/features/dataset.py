@@ -84,6 +84,7 @@ def compute_features(store: Store, *, lock_timeout: float = 60.0,
         session.writer(DATASET, schema)
         try:
             tasks, to_drop = _plan(store, done, summary)
+            fan = fan if tasks else None  # nothing to measure: no shard to start
             with ShardSpace(store.root, run_id) if fan else nullcontext() as space:  # the shards' files until the commit
                 if fan is None:
                     for task in tasks:
