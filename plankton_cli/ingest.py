@@ -227,8 +227,8 @@ class _Run:
             return mine[0]
         if self.twins is None:
             self.twins = _ecotaxa_index(self.store, self.manifest)
-            for (local_id, image, label), found in self.twins.items():
-                self.by_image.setdefault((local_id, image), (found[0][0], label))
+            for (local_id, image, stored_label), found in self.twins.items():
+                self.by_image.setdefault((local_id, image), (found[0][0], stored_label))
         for oid, key in self.twins.get((local, content_hash, label), ()):
             if oid != object_id and key not in self.superseded and oid not in self.stored_ids:
                 return oid
