@@ -60,7 +60,7 @@ class InTurn:
     def __new__(cls):
         from contextlib import nullcontext
 
-        from plankton_cli.fanout import FanOut
+        from plankton_cli.jobs.fanout import FanOut
 
         class Timed(FanOut):
             shard_s = 0.0
@@ -79,7 +79,7 @@ class InTurn:
 
 
 def fanout(workers: int | str):
-    from plankton_cli.fanout import FanOut
+    from plankton_cli.jobs.fanout import FanOut
 
     return InTurn() if workers == "in turn" else FanOut(workers=workers) if workers > 1 else None
 
@@ -97,23 +97,27 @@ def timed_ingest(bins: Path, root: Path, workers: int | str) -> tuple[float, flo
 
 def timed_predict(model: Path, ingested: Path, store: Path, workers: int | str) -> tuple[float, float]:
     """Predict a fresh copy of the `ingested` store."""
-    from plankton_cli.predict import predict
+    from plankton_cli.infer.predict import predict
+    from plankton_cli.infer.predict_fanout import predict_fanned
     from plankton_cli.store import Store
 
     shutil.rmtree(store, ignore_errors=True)
     shutil.copytree(ingested, store)
     fan = fanout(workers)
     t0 = time.perf_counter()
-    predict(model, store=Store(store), to=["store"], cpu_path="fp32", batch_size=64,
-            threads=os.cpu_count() if workers == 1 else 1, fanout=fan)
+    options = {"to": ["store"], "cpu_path": "fp32", "batch_size": 64}
+    if fan is None:
+        predict(model, store=Store(store), threads=os.cpu_count(), **options)
+    else:
+        predict_fanned(fan, model, store=Store(store), threads=1, **options)
     return time.perf_counter() - t0, getattr(type(fan), "shard_s", 0.0)
 
 
 def make_model(folder: Path) -> Path:
     import torch
 
-    from plankton_cli.models import Classifier
-    from plankton_cli.models.checkpoints import save_model
+    from plankton_cli.train.models import Classifier
+    from plankton_cli.train.models.checkpoints import save_model
 
     torch.manual_seed(0)
     classes = [f"class{i}" for i in range(10)]

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import BUNDLED, plankton
-from plankton_cli.fanout import FanOut, split
+from plankton_cli.jobs.fanout import FanOut, split
 from plankton_cli.ingest import ingest
-from plankton_cli.records import ReadOptions
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
 
 # What differs between two runs whatever they do: their ids and clocks.
@@ -98,8 +98,8 @@ def test_ecotaxa_twins_read_by_different_shards_are_skipped_as_in_one_process(tm
 
 
 def test_pad_and_features_in_two_workers_store_what_one_process_does(tmp_path: Path) -> None:
-    from plankton_cli.features.dataset import compute_features
-    from plankton_cli.pad_store import pad_dataset
+    from plankton_cli.prepare.features.dataset import compute_features
+    from plankton_cli.prepare.pad_store import pad_dataset
 
     for name in ("one", "two"):
         ingest(Store(tmp_path / name), SOURCES)
@@ -120,20 +120,21 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_predict_in_two_workers_stores_and_writes_what_one_process_does(tmp_path: Path, model_file: Path) -> None:
-    from plankton_cli.predict import predict
+    from plankton_cli.infer.predict import predict
+    from plankton_cli.infer.predict_fanout import predict_fanned
 
     for name in ("one", "two"):
         ingest(Store(tmp_path / name), SOURCES)
     # fp32 on one thread each: the same arithmetic in both runs (int8 scales activations per batch)
     common = {"to": ["store", "csv"], "cpu_path": "fp32", "threads": 1}
     one = predict(model_file, store=Store(tmp_path / "one"), out_dir=tmp_path / "out-one", **common)
-    two = predict(model_file, store=Store(tmp_path / "two"), out_dir=tmp_path / "out-two", fanout=FanOut(workers=2),
-                  **common)
+    two = predict_fanned(FanOut(workers=2), model_file, store=Store(tmp_path / "two"), out_dir=tmp_path / "out-two",
+                         **common)
     assert one.predicted == two.predicted == 129 and one.by_label == two.by_label
     assert_same_store(tmp_path / "one", tmp_path / "two")
     csv = [sorted((tmp_path / out / "predictions.csv").read_text().splitlines()) for out in ("out-one", "out-two")]
     assert csv[0] == csv[1] and len(csv[0]) == 130
-    again = predict(model_file, store=Store(tmp_path / "two"), fanout=FanOut(workers=2), **common)
+    again = predict_fanned(FanOut(workers=2), model_file, store=Store(tmp_path / "two"), **common)
     assert again.predicted == 0 and again.skipped_already_predicted == 129
 
 
@@ -199,8 +200,8 @@ def test_a_failed_array_task_commits_nothing_names_it_and_a_rerun_completes(clus
 
 @pytest.mark.slurm
 def test_pad_and_features_as_slurm_job_arrays_store_what_one_process_does(cluster, tmp_path: Path) -> None:
-    from plankton_cli.features.dataset import compute_features
-    from plankton_cli.pad_store import pad_dataset
+    from plankton_cli.prepare.features.dataset import compute_features
+    from plankton_cli.prepare.pad_store import pad_dataset
 
     for name in ("one", "two"):
         ingest(Store(tmp_path / name), SOURCES)
@@ -215,7 +216,7 @@ def test_pad_and_features_as_slurm_job_arrays_store_what_one_process_does(cluste
 
 @pytest.mark.slurm
 def test_predict_as_a_slurm_job_array_stores_what_one_process_does(cluster, tmp_path: Path, model_file: Path) -> None:
-    from plankton_cli.predict import predict
+    from plankton_cli.infer.predict import predict
 
     for name in ("one", "two"):
         ingest(Store(tmp_path / name), SOURCES)

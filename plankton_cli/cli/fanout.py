@@ -1,5 +1,5 @@
 """The fan-out options of `ingest`, `pad`, `features` and `predict`: `--workers N` processes here, or
-`--backend slurm --shards N` array tasks on a cluster; either way this command commits once (`plankton_cli.fanout`).
+`--backend slurm --shards N` array tasks on a cluster; either way this command commits once (`plankton_cli.jobs.fanout`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ again does all of it."""
 def fanout_options(*, workers_default: int = 1, workers_default_text: str | None = None,
                    accelerator: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: adds --workers, --backend, --shards and the cluster options, and passes the command one
-    `fanout` argument (a `plankton_cli.fanout.FanOut`, whose cluster logs go under the command's `--store`)."""
+    `fanout` argument (a `plankton_cli.jobs.fanout.FanOut`, whose cluster logs go under the command's `--store`)."""
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         options = [
@@ -46,7 +46,7 @@ def fanout_options(*, workers_default: int = 1, workers_default_text: str | None
 
         @functools.wraps(command)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from plankton_cli.fanout import FanOut
+            from plankton_cli.jobs.fanout import FanOut
 
             backend, workers, shards = kwargs.pop("backend"), kwargs.pop("workers"), kwargs.pop("shards")
             ctx = click.get_current_context()

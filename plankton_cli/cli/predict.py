@@ -102,10 +102,10 @@ def predict(sources, model_path, to, out_dir, fmt, instrument, since, force, bat
     if sources and fanout.fanned:
         raise click.UsageError("--workers/--backend fan out the store's objects; SOURCES are read in one process "
                                "(ingest them first to fan out)")
-    from plankton_cli import plugins
+    from plankton_cli.core import plugins
     from plankton_cli.cli.output import progress
-    from plankton_cli.predict import predict as run_predict
-    from plankton_cli.records import ReadOptions
+    from plankton_cli.infer.predict import predict as run_predict
+    from plankton_cli.core.records import ReadOptions
     from plankton_cli.store import Store
 
     options = {"ecotaxa_mode": ecotaxa_mode}
@@ -129,14 +129,20 @@ def predict(sources, model_path, to, out_dir, fmt, instrument, since, force, bat
         _warn_foreign_instruments(model_path, _store_instruments(the_store, instrument))
     with progress("predict", unit="objects") as advance:
         try:
-            summary = run_predict(
-                model_path, store=the_store if (the_store.exists or "store" in to) else None, sources=list(sources),
-                fmt=fmt, read_options=ReadOptions(instrument=instrument), to=list(to), out_dir=out_dir,
-                instrument=None if sources else instrument,
-                since=since.replace(tzinfo=UTC) if since else None, force=force, batch_size=batch_size,
-                top_k=top_k, embeddings="embeddings" in to, writer_options=options, device=device,
-                compile=compile_model, threads=threads, cpu_path=cpu_path, lock_timeout=lock_timeout, on_batch=advance,
-                fanout=fanout)
+            common = dict(
+                to=list(to), out_dir=out_dir, since=since.replace(tzinfo=UTC) if since else None, force=force,
+                batch_size=batch_size, top_k=top_k, embeddings="embeddings" in to, writer_options=options,
+                device=device, compile=compile_model, threads=threads, cpu_path=cpu_path, lock_timeout=lock_timeout,
+                on_batch=advance)
+            if fanout.fanned:
+                from plankton_cli.infer.predict_fanout import predict_fanned
+
+                summary = predict_fanned(fanout, model_path, store=the_store, instrument=instrument, **common)
+            else:
+                summary = run_predict(
+                    model_path, store=the_store if (the_store.exists or "store" in to) else None,
+                    sources=list(sources), fmt=fmt, read_options=ReadOptions(instrument=instrument),
+                    instrument=None if sources else instrument, **common)
         except plugins.PluginError as exc:
             raise click.UsageError(str(exc)) from exc
     if sources:
@@ -158,7 +164,7 @@ def predict(sources, model_path, to, out_dir, fmt, instrument, since, force, bat
 
 def _threshold_line(model_path: Path, unclassified: int, predicted: int) -> str:
     """Why so many are `unclassified`, and what changes it: the thresholds come from finetune's --target-precision."""
-    from plankton_cli.model_info import ModelInfo
+    from plankton_cli.train.model_info import ModelInfo
 
     precision = ModelInfo.load(model_path).threshold_target_precision
     target = f"precision {precision:g}" if precision else "their target precision"
@@ -179,9 +185,9 @@ def _store_instruments(store, instrument: str | None) -> dict[str, int]:
 def _warn_foreign_instruments(model_path: Path, counts: dict[str, int]) -> None:
     """Warn about objects of an instrument the model was not fine-tuned on (a FlowCam model on IFCB ROIs), with
     their number (`counts`: objects per instrument)."""
-    from plankton_cli.errors import PlanktonError
-    from plankton_cli.mismatch import instrument_warnings
-    from plankton_cli.model_info import ModelInfo
+    from plankton_cli.core.errors import PlanktonError
+    from plankton_cli.core.mismatch import instrument_warnings
+    from plankton_cli.train.model_info import ModelInfo
 
     try:
         info = ModelInfo.load(model_path).to_dict()

@@ -1,4 +1,4 @@
-"""Files written by several processes, committed by one: the store side of a fanned-out run (`plankton_cli.fanout`).
+"""Files written by several processes, committed by one: the store side of a fanned-out run (`plankton_cli.jobs.fanout`).
 
 A run split into shards (worker processes here, SLURM array tasks elsewhere) gets one folder,
 `STORE/.spool/shards/<run>/` (hidden from Parquet readers; on a cluster the store must be on a file system every
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from plankton_cli.atomic import atomic_write_bytes, fsync_dir
-from plankton_cli.errors import PlanktonError
+from plankton_cli.core.atomic import atomic_write_bytes, fsync_dir
+from plankton_cli.core.errors import PlanktonError
 from plankton_cli.store.layout import checksum
 from plankton_cli.store.session import WriteSession
 from plankton_cli.store.transaction import JOURNALS, Transaction

@@ -27,7 +27,7 @@ from typing import Any
 import click
 import submitit
 
-from plankton_cli.fanout import run_shard
+from plankton_cli.jobs.fanout import run_shard
 from plankton_cli.jobs.base import (EXIT_NOT_FINISHED, FINISHED_STATES, PLANKTON_CLI, Job, Resources, load_cli,
                                     run_plankton)
 
@@ -88,7 +88,7 @@ def _accepts_option(cli: click.Command, argv: list[str], option: str) -> bool:
 
 
 class ShardTask(submitit.helpers.Checkpointable):
-    """What each array task of a fanned-out command runs: its shard of the work (`plankton_cli.fanout`).
+    """What each array task of a fanned-out command runs: its shard of the work (`plankton_cli.jobs.fanout`).
 
     Checkpointable: on timeout or preemption submitit requeues the task with the same shard, which starts again
     (a shard seals its output only when done, so a half-done one leaves nothing to resume from)."""
