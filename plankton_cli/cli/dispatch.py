@@ -104,19 +104,9 @@ def parse_time(value: str) -> int:
     return max(1, -(-seconds // 60))
 
 
-def backend_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator: adds the backend options and passes them to the command as one ``backend_opts`` argument."""
-    options = [
-        click.option("--backend", default="local", show_default=True, metavar="NAME",
-                     help="Where to run: local (this process) or a backend plugin such as slurm "
-                          "(see `plankton plugins`)."),
-        click.option("--devices", "--gpus-per-node", "devices", type=click.IntRange(min=1), default=1,
-                     show_default=True, help="Processes per node: one per GPU, or CPU processes with "
-                                             "--accelerator cpu. DDP when devices × nodes > 1."),
-        click.option("--num-nodes", "--nodes", "num_nodes", type=click.IntRange(min=1), default=1,
-                     show_default=True, help="Nodes to train on."),
-        click.option("--accelerator", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
-                     show_default=True, help="auto: a GPU when there is one."),
+def cluster_options() -> list[Any]:
+    """The options that only matter to a cluster backend (`[cluster]` in --help)."""
+    return [
         click.option("--partition", help="[cluster] SLURM partition."),
         click.option("--cpus-per-task", type=click.IntRange(min=1),
                      help="[cluster] CPUs per task (DataLoader workers + 1 is a good start)."),
@@ -131,6 +121,45 @@ def backend_options(command: Callable[..., Any]) -> Callable[..., Any]:
                           "a bare KEY is a flag)."),
         click.option("--setup", multiple=True, metavar="LINE",
                      help="[cluster] Shell line to run before the command, e.g. 'module load cuda' (repeatable)."),
+    ]
+
+
+def backend_choice(value: str) -> str:
+    if value not in _backend_names():
+        raise click.BadParameter(f"unknown backend {value!r}; installed: {', '.join(_backend_names())}",
+                                 param_hint="--backend")
+    return value
+
+
+def pop_cluster_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The `BackendOptions` fields of the cluster options, taken out of a command's `kwargs`."""
+    extra: dict[str, str] = {}
+    for item in kwargs.pop("sbatch"):
+        key, sep, value = item.partition("=")
+        if not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--sbatch")
+        extra[key.lstrip("-")] = value if sep else ""
+    mem = kwargs.pop("mem")
+    return {"partition": kwargs.pop("partition"), "cpus_per_task": kwargs.pop("cpus_per_task"),
+            "mem_gb": parse_mem(mem) if mem else None, "time_min": parse_time(kwargs.pop("time")),
+            "account": kwargs.pop("account"), "qos": kwargs.pop("qos"), "sbatch": extra,
+            "setup": list(kwargs.pop("setup"))}
+
+
+def backend_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: adds the backend options and passes them to the command as one ``backend_opts`` argument."""
+    options = [
+        click.option("--backend", default="local", show_default=True, metavar="NAME",
+                     help="Where to run: local (this process) or a backend plugin such as slurm "
+                          "(see `plankton plugins`)."),
+        click.option("--devices", "--gpus-per-node", "devices", type=click.IntRange(min=1), default=1,
+                     show_default=True, help="Processes per node: one per GPU, or CPU processes with "
+                                             "--accelerator cpu. DDP when devices × nodes > 1."),
+        click.option("--num-nodes", "--nodes", "num_nodes", type=click.IntRange(min=1), default=1,
+                     show_default=True, help="Nodes to train on."),
+        click.option("--accelerator", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
+                     show_default=True, help="auto: a GPU when there is one."),
+        *cluster_options(),
         click.option("--wait", is_flag=True, help="[cluster] Follow the submitted job until it ends; exit with its "
                                                   "status."),
         click.option("--dry-run", is_flag=True, help="Print what would be run or submitted (the job script), "
@@ -139,30 +168,13 @@ def backend_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        backend = kwargs.pop("backend")
-        if backend not in _backend_names():
-            raise click.BadParameter(f"unknown backend {backend!r}; installed: {', '.join(_backend_names())}",
-                                     param_hint="--backend")
-        extra: dict[str, str] = {}
-        for item in kwargs.pop("sbatch"):
-            key, sep, value = item.partition("=")
-            if not key:
-                raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--sbatch")
-            extra[key.lstrip("-")] = value if sep else ""
-        mem = kwargs.pop("mem")
+        backend = backend_choice(kwargs.pop("backend"))
         kwargs["backend_opts"] = BackendOptions(
             backend=backend,
             devices=kwargs.pop("devices"),
             num_nodes=kwargs.pop("num_nodes"),
             accelerator=kwargs.pop("accelerator"),
-            partition=kwargs.pop("partition"),
-            cpus_per_task=kwargs.pop("cpus_per_task"),
-            mem_gb=parse_mem(mem) if mem else None,
-            time_min=parse_time(kwargs.pop("time")),
-            account=kwargs.pop("account"),
-            qos=kwargs.pop("qos"),
-            sbatch=extra,
-            setup=list(kwargs.pop("setup")),
+            **pop_cluster_options(kwargs),
             wait=kwargs.pop("wait"),
             dry_run=kwargs.pop("dry_run"),
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from plankton_cli.cli.fanout import FANOUT_HELP, fanout_options
 from plankton_cli.cli.options import require_store, json_option, lock_timeout_option, store_option
 from plankton_cli.cli.output import emit_json
 
@@ -19,6 +20,8 @@ Examples:
   plankton features                          # objects -> features, only what is new or changed
   plankton features --json | jq .computed
   plankton finetune --init runs/mae --features auto --out runs/ft   # then use them beside the image
+  plankton features --workers 2              # 2 processes, one commit
+  plankton features --store /shared/store --backend slurm --shards 32   # an archive, on a cluster
 
 \b
 Columns (pixels; the _um ones in micrometres when the object has a pixel size): area, perimeter,
@@ -32,12 +35,16 @@ Li's threshold on the difference to it, holes filled; legends (ZooProcess scale 
 banner) are cut first, as `plankton pad` cuts them.
 
 Exit codes: 0 done (rejections are reported, not fatal), 65 something was rejected and
---strict was given, 75 the store is locked by another writer.""")
+--strict was given, 75 the store is locked by another writer (or a shard failed: nothing
+committed).
+
+""" + FANOUT_HELP)
 @click.option("--strict", is_flag=True, help="Exit 65 when any object was rejected (e.g. no object found).")
+@fanout_options()
 @store_option
 @lock_timeout_option
 @json_option
-def features(strict: bool, store: Path, lock_timeout: float, as_json: bool) -> None:
+def features(strict: bool, store: Path, lock_timeout: float, as_json: bool, fanout) -> None:
     """Measure every object's morphometrics (scikit-image) into the store's features dataset.
 
     Segments the object in each image of `objects` and stores its size, shape and grey-level
@@ -54,7 +61,8 @@ def features(strict: bool, store: Path, lock_timeout: float, as_json: bool) -> N
         raise click.UsageError(f"dataset 'objects' of {the_store.root} is empty; run `plankton ingest` first")
     with progress("features", unit="objects") as advance:
         try:
-            data = compute_features(the_store, lock_timeout=lock_timeout, on_progress=advance).to_dict()
+            data = compute_features(the_store, lock_timeout=lock_timeout, on_progress=advance,
+                                    fanout=fanout).to_dict()
         except LockTimeout as exc:
             log.error("%s", exc)
             sys.exit(75)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from plankton_cli.cli.fanout import FANOUT_HELP, fanout_options
 from plankton_cli.cli.options import Command, json_option, lock_timeout_option, store_option
 from plankton_cli.cli.output import emit_json, is_interactive
 
@@ -32,11 +33,16 @@ Examples:
   plankton ingest fixed-export/ --on-conflict replace
   # nightly, from cron: only new or changed bins are read; exit 75 if another writer holds the store
   plankton -q --log-file ingest.log ingest /data/ifcb --store /data/store --json
+  # an archive: 2 processes here, or 64 tasks of a SLURM job array (the store on a shared file system)
+  plankton ingest /data/ifcb --workers 2
+  plankton ingest /archive/ifcb --store /shared/store --backend slurm --shards 64 --time 2:00:00
 
 Exit codes: 0 done (rejections are reported, not fatal), 65 something was rejected (an id
 conflict included) or warned about (labels that look like one class spelled twice, objects
 stored again under another collection) and --strict was given, 2 usage error, 74 I/O error (disk full, read-only
-or corrupt store), 75 the store is locked by another writer.""")
+or corrupt store), 75 the store is locked by another writer, or a shard failed (nothing committed).
+
+""" + FANOUT_HELP)
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--format", "fmt", default="auto", show_default=True,
               help="Reader plugin to use (see `plankton plugins`); auto sniffs each source.")
@@ -50,18 +56,18 @@ or corrupt store), 75 the store is locked by another writer.""")
               help="Extra option passed to the reader plugin (repeatable).")
 @click.option("--retry-rejected", is_flag=True, help="Read again the sources that had rejected objects.")
 @click.option("--commit-every", type=click.IntRange(min=0), default=0, metavar="N",
-              help="Also commit after every N sources, so a long backlog keeps its progress if interrupted.")
+              help="Also commit after every N sources, so a long backlog keeps its progress if interrupted (one process: a fanned-out run commits once).")
 @click.option("--on-conflict", type=click.Choice(["reject", "replace"]), default="reject", show_default=True,
               help="An object id already stored with other pixels from another source: reject it (recorded "
                    "with both sources) or replace the stored object.")
 @click.option("--strict", is_flag=True, help="Exit 65 when any object was rejected (conflicts included) or a guardrail warned.")
+@fanout_options()
 @store_option
 @lock_timeout_option
 @json_option
 def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_from: str, collection: str | None,
            reader_options: tuple[str, ...], retry_rejected: bool, on_conflict: str, commit_every: int, strict: bool,
-           store: Path,
-           lock_timeout: float, as_json: bool) -> None:
+           store: Path, lock_timeout: float, as_json: bool, fanout) -> None:
     """Read IFCB bins, EcoTaxa exports or image folders into the store.
 
     Each object becomes one row of the store's `objects` dataset, with its image (lossless),
@@ -102,7 +108,7 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
         try:
             summary = run_ingest(Store(store), list(sources), fmt=fmt, options=options, lock_timeout=lock_timeout,
                                  retry_rejected=retry_rejected, on_conflict=on_conflict, commit_every=commit_every,
-                                 on_source=on_source)
+                                 on_source=on_source, fanout=fanout)
         except plugins.PluginError as exc:
             raise click.UsageError(str(exc)) from exc
 

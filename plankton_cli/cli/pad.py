@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from plankton_cli.cli.fanout import FANOUT_HELP, fanout_options
 from plankton_cli.cli.options import (require_store, WORKERS_DEFAULT_TEXT, default_workers, json_option, lock_timeout_option,
                                       store_option)
 from plankton_cli.cli.output import emit_json
@@ -24,6 +25,7 @@ Examples:
   plankton pad --dry-run --preview 24 pad.png --preset cytosense   # look first, write nothing
   plankton pad --preset none --crop-bottom 31                      # crop exactly what you say
   plankton pad --store-pixels        # also store the padded PNGs (for pyarrow/duckdb/HF readers)
+  plankton pad --store /shared/store --backend slurm --shards 32   # an archive, on a cluster
 
 \b
 Presets (--preset auto picks one from the instrument column):
@@ -36,7 +38,11 @@ says which crop each instrument group got.
 --crop-top / --crop-bottom add to what the preset crops.
 
 Exit codes: 0 done (rejections are reported, not fatal), 65 something was rejected and
---strict was given, 2 usage error, 75 the store is locked by another writer.""")
+--strict was given, 2 usage error, 75 the store is locked by another writer (or a shard
+failed: nothing committed).
+
+--workers pad row groups in forked processes, this one writing them in objects order.
+""" + FANOUT_HELP)
 @click.option("--source", default="objects", show_default=True, help="Dataset of the store to read.")
 @click.option("--target", default="padded", show_default=True, help="Dataset of the store to write.")
 @click.option("--preset", type=click.Choice(_PRESETS), default="auto", show_default=True,
@@ -50,19 +56,17 @@ Exit codes: 0 done (rejections are reported, not fatal), 65 something was reject
 @click.option("--store-pixels", is_flag=True,
               help="Store the padded squares as PNGs too. By default only the crop and pad parameters are stored "
                    "and training pads the originals on read (same pixels, a fraction of the disk).")
-@click.option("--workers", type=click.IntRange(min=1), default=default_workers(1), show_default=WORKERS_DEFAULT_TEXT,
-              metavar="N", help="Pad in N processes.")
 @click.option("--preview", nargs=2, type=(click.IntRange(min=1), click.Path(dir_okay=False, path_type=Path)),
               metavar="N FILE", help="Write a PNG contact sheet of N random objects before and after padding.")
 @click.option("--dry-run", is_flag=True, help="Write only the --preview sheet, not the dataset.")
 @click.option("--strict", is_flag=True, help="Exit 65 when any object was rejected.")
+@fanout_options(workers_default=default_workers(1), workers_default_text=WORKERS_DEFAULT_TEXT)
 @store_option
 @lock_timeout_option
 @json_option
 def pad(source: str, target: str, preset: str, crop_top: int, crop_bottom: int, size: int | None, store_pixels: bool,
-        workers: int,
         preview: tuple[int, Path] | None, dry_run: bool, strict: bool, store: Path, lock_timeout: float,
-        as_json: bool) -> None:
+        as_json: bool, fanout) -> None:
     """Crop instrument legends and pad every image to a square with its own background.
 
     Reads a dataset of the store (default `objects`) and writes, per object, the crop and pad it
@@ -99,7 +103,8 @@ def pad(source: str, target: str, preset: str, crop_top: int, crop_bottom: int, 
         with progress("pad", unit="objects") as advance:
             try:
                 summary = pad_dataset(the_store, source=source, target=target, preset=preset, crop=crop, size=size,
-                                      store_pixels=store_pixels, workers=workers, lock_timeout=lock_timeout, on_progress=advance)
+                                      store_pixels=store_pixels, workers=fanout.workers, lock_timeout=lock_timeout,
+                                      on_progress=advance, fanout=fanout if fanout.backend != "local" else None)
             except ValueError as exc:
                 raise click.UsageError(str(exc)) from exc
         data = summary.to_dict()

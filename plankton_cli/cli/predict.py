@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from plankton_cli.cli.dispatch import backend_options, dispatch
+from plankton_cli.cli.fanout import FANOUT_HELP, fanout_options
 from plankton_cli.cli.options import require_store, Command, json_option, lock_timeout_option, store_option
 from plankton_cli.cli.output import describe, emit_json
 
@@ -27,8 +27,10 @@ Examples:
   # nightly, from cron: exit 75 if another writer holds the store past 10 minutes; the predictions made
   # are kept in the store and the next run stores them without computing them again
   plankton predict --model model.safetensors --to store --lock-timeout 600
-  # a station's batch on the lab's GPU cluster (--out on a shared filesystem)
-  plankton predict --model m.safetensors new-bins/ --to ifcb-h5 --out /shared/out --backend slurm --wait
+  # the store's objects in 2 processes here, or in 16 GPU tasks of a SLURM job array (store and --out on a
+  # shared file system); either way one commit, and the file outputs written here
+  plankton predict --model m.safetensors --to store --to ifcb-h5 --out classified/ --workers 2
+  plankton predict --model m.safetensors --store /shared/store --to store --backend slurm --shards 16 --time 1:00:00
   # a station's 2 CPU cores: a distilled student (`plankton distill`), int8 Linear layers (the default on CPU)
   plankton predict --model runs/student/model.safetensors --threads 2 --to ifcb-h5 --out classified/
 
@@ -37,9 +39,15 @@ ifcb-h5 writes OUT/ifcb-h5/D<year>/D<yyyymmdd>/<bin>_class.h5 (V1 bins: D<year>/
 point IFCB Dashboard's class_scores data directory (version 3) at OUT/ifcb-h5.
 
 Exit codes: 0 done, 2 usage error, 65 --strict and a label without a confirmed EcoTaxa category,
-73 OUT or an output in it cannot be created, 75 the store is locked by another writer. With
---to store, predictions are kept on 73 and 75: the next run writes the outputs and stores them
-without predicting again.""")
+73 OUT or an output in it cannot be created, 75 the store is locked by another writer (or a
+shard failed: nothing committed). With --to store, predictions are kept on 73 and 75: the next
+run writes the outputs and stores them without predicting again.
+
+Fan-out predicts the store's objects (not SOURCES), each shard a share of its row groups,
+with --threads (default: the CPUs shared between --workers, or --cpus-per-task) each.
+--devices/--num-nodes are gone: use --workers or --shards.
+
+""" + FANOUT_HELP)
 @click.argument("sources", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True, path_type=Path),
               help="A fine-tuned model: model.safetensors (with model.json beside it) or its folder.")
@@ -72,23 +80,28 @@ without predicting again.""")
               help="Arithmetic on CPU: int8 (dynamic int8 Linear layers: the fastest measured where the CPU has "
                    "VNNI, top-1 agreement with fp32 >= 99 % on UVP6); bf16 autocast (CPUs with AVX512-BF16/AMX); "
                    "fp32 as trained; auto = int8 on CPUs with VNNI, else fp32. See bench/predict_cpu.py.")
-@backend_options
+@fanout_options(accelerator=True)
+@click.option("--devices", "--num-nodes", "removed", hidden=True, expose_value=True,
+              help="Removed: predict fans out with --workers N or --backend slurm --shards N.")
 @store_option
 @lock_timeout_option
 @json_option
-@click.pass_context
-def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force, batch_size, top_k, taxon_map,
-            ecotaxa_mode, strict, writer_options, device, compile_model, threads, cpu_path, backend_opts, store, lock_timeout,
-            as_json):
+def predict(sources, model_path, to, out_dir, fmt, instrument, since, force, batch_size, top_k, taxon_map,
+            ecotaxa_mode, strict, writer_options, device, compile_model, threads, cpu_path, fanout, removed, store,
+            lock_timeout, as_json):
     """Classify objects with a fine-tuned model and write the results.
 
     Without SOURCES, predicts the objects of the store that this model has not predicted yet
     (so a nightly run only does the new ones). Preprocessing (crops, padding, size, mean/std)
     is read from the model file, so it always matches training.
     """
-    if dispatch(ctx, backend_opts.backend, backend_opts.resources(), out_dir, wait=backend_opts.wait,
-                dry_run=backend_opts.dry_run, record_dir=store):
-        return
+    if removed is not None:
+        raise click.UsageError("predict --devices/--num-nodes are gone: predict the store in N processes here with "
+                               "--workers N, or in N SLURM array tasks with --backend slurm --shards N (one GPU each "
+                               "with --accelerator gpu)")
+    if sources and fanout.fanned:
+        raise click.UsageError("--workers/--backend fan out the store's objects; SOURCES are read in one process "
+                               "(ingest them first to fan out)")
     from plankton_cli.core import plugins
     from plankton_cli.cli.output import progress
     from plankton_cli.infer.predict import predict as run_predict
@@ -116,13 +129,20 @@ def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force
         _warn_foreign_instruments(model_path, _store_instruments(the_store, instrument))
     with progress("predict", unit="objects") as advance:
         try:
-            summary = run_predict(
-                model_path, store=the_store if (the_store.exists or "store" in to) else None, sources=list(sources),
-                fmt=fmt, read_options=ReadOptions(instrument=instrument), to=list(to), out_dir=out_dir,
-                instrument=None if sources else instrument,
-                since=since.replace(tzinfo=UTC) if since else None, force=force, batch_size=batch_size,
-                top_k=top_k, embeddings="embeddings" in to, writer_options=options, device=device,
-                compile=compile_model, threads=threads, cpu_path=cpu_path, lock_timeout=lock_timeout, on_batch=advance)
+            common = dict(
+                to=list(to), out_dir=out_dir, since=since.replace(tzinfo=UTC) if since else None, force=force,
+                batch_size=batch_size, top_k=top_k, embeddings="embeddings" in to, writer_options=options,
+                device=device, compile=compile_model, threads=threads, cpu_path=cpu_path, lock_timeout=lock_timeout,
+                on_batch=advance)
+            if fanout.fanned:
+                from plankton_cli.infer.predict_fanout import predict_fanned
+
+                summary = predict_fanned(fanout, model_path, store=the_store, instrument=instrument, **common)
+            else:
+                summary = run_predict(
+                    model_path, store=the_store if (the_store.exists or "store" in to) else None,
+                    sources=list(sources), fmt=fmt, read_options=ReadOptions(instrument=instrument),
+                    instrument=None if sources else instrument, **common)
         except plugins.PluginError as exc:
             raise click.UsageError(str(exc)) from exc
     if sources:

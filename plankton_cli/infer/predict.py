@@ -33,6 +33,7 @@ import logging
 import os
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence, Set
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -47,6 +48,7 @@ from plankton_cli import __version__
 from plankton_cli.core import plugins
 from plankton_cli.core.errors import CantCreate
 from plankton_cli.infer.predictions import StoreSession, StoreWriter, pending_ids, spool_outputs
+from plankton_cli.jobs.fanout import Shard
 from plankton_cli.prepare.features.inputs import PREFIX, FeatureScaling, image_features, metadata_features
 from plankton_cli.train.model_info import ModelInfo
 from plankton_cli.core.records import ReadOptions, Record, Rejection
@@ -213,9 +215,11 @@ class Scorer:
 
 def _store_items(store: Store, *, instrument: str | None = None, since: datetime | None = None,
                  exclude: Set[str] = frozenset(), only: set[str] | None = None,
-                 files: Collection[Path] | None = None) -> Iterator[_Item]:
-    """The stored objects (of `files` only, when given), less those in `exclude`; filters are applied by pyarrow,
-    so only the rows to predict are turned into Python objects."""
+                 files: Collection[Path] | None = None,
+                 row_groups: dict[str, list[int]] | None = None) -> Iterator[_Item]:
+    """The stored objects (of `files` only, when given; of these row groups only, store-relative file -> row group
+    numbers, for a shard), less those in `exclude`; filters are applied by pyarrow, so only the rows to predict are
+    turned into Python objects."""
     flt = None if only is None else ds.field("object_id").isin(pa.array(sorted(only), pa.string()))
     if exclude:
         keep = ~ds.field("object_id").isin(pa.array(sorted(exclude), pa.string()))
@@ -233,7 +237,12 @@ def _store_items(store: Store, *, instrument: str | None = None, since: datetime
     def batches(path: Path) -> Iterator[pa.RecordBatch]:
         if wanted is not None and path not in wanted:
             return iter(())
-        return store.dataset("objects", [path]).to_batches(columns=COLUMNS, filter=flt, batch_size=256)
+        dataset = store.dataset("objects", [path])
+        if row_groups is not None:
+            groups = row_groups.get(str(path.relative_to(store.root)), [])
+            fragments = [f.subset(row_group_ids=groups) for f in dataset.get_fragments()] if groups else []
+            dataset = ds.FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
+        return dataset.to_batches(columns=COLUMNS, filter=flt, batch_size=256)
 
     # File by file, going on over a fresh list if ingest commits and deletes a file meanwhile (predict does not
     # hold the store lock while it reads); a file that commit rewrote comes again, so ids already given are skipped.
@@ -431,21 +440,33 @@ def predict(
     threads: int | None = None,
     cpu_path: str = "auto",
     on_batch: Callable[[int], None] | None = None,
+    shard: Shard | None = None,
+    adopt: Sequence[Path] = (),
+    covers: Sequence[str] = (),
 ) -> PredictSummary:
     """Predict every object of `store` (or of `sources`) with the model at `model_path`, into the `to` writers.
 
     On CPU, `threads` sets torch's intra-op threads and `cpu_path` the arithmetic (`cpu_inference.CPU_PATHS`).
     `only`: of the store's objects, only these ids (`plankton select` predicts what it lacks).
+    The model is loaded when there is something to predict: a run with nothing new imports no torch.
+    `shard`: one shard of a fanned-out run (`infer.predict_fanout`): its row groups, into its spool; `adopt`: the
+    shards' spools, committed with this run, and `covers` the objects files they predicted whole (see `_todo`).
     """
-    scorer = Scorer(model_path, device=device, compile=compile, threads=threads, cpu_path=cpu_path)
-    info, classes, threshold_vec, weights = scorer.info, scorer.classes, scorer.thresholds, scorer.weights
+    weights = model_weights(Path(model_path))
+    info = ModelInfo.load(weights)
+    classes: list[str] = list(info.classes)
+    thresholds = info.thresholds or None
+    threshold_vec = (np.array([float(thresholds.get(c, np.nan)) for c in classes], dtype=np.float64)
+                     if thresholds else None)
     model_hash = file_hash(weights)
     model_id = model_name(weights, info)
-    summary = PredictSummary(model_id=model_id, model_hash=model_hash, cpu_path=scorer.cpu_path)
+    summary = PredictSummary(model_id=model_id, model_hash=model_hash)
     options: dict[str, Any] = dict(writer_options or {})
     if store is not None:
         options.setdefault("store", str(store.root))
         options.setdefault("lock_timeout", lock_timeout)
+    if shard is not None:
+        options["run_id"] = shard.run_id  # every shard's rows carry the run's id
     run = PredictionRun(
         model_id=model_id, model_hash=model_hash, classes=classes, thresholds=threshold_vec,
         classifier_name=f"plankton-cli {info.architecture} {model_id}", top_k=top_k,
@@ -456,16 +477,20 @@ def predict(
         summary.rejected += 1
         log.warning("rejected %s", rej)
 
-    covers: list[str] = []  # objects files the store's new predictions file covers (see `_todo`)
+    items: Iterable[_Item]
+    covered = list(covers)  # objects files the store's new predictions file covers (see `_todo`)
     if sources:
         items = _source_items(list(sources), fmt, read_options or ReadOptions(), rejected)
+    elif adopt:
+        items = ()  # the shards predicted them
     elif store is not None:
         # Objects an earlier run predicted but could not store (the store was locked) are stored with this run's.
         todo = _todo(store, model_hash, force=force, filtered=bool(instrument or since or only is not None))
         summary.skipped_already_predicted = todo.skipped
         items = _store_items(store, instrument=instrument, since=since, exclude=todo.exclude, files=todo.files,
-                             only=None if only is None else set(only))
-        covers = todo.covers
+                             only=None if only is None else set(only),
+                             row_groups=None if shard is None else shard.row_groups)
+        covered = [] if shard is not None else todo.covers  # a shard predicts a slice: the run says what is covered
     else:
         raise ValueError("predict needs a store or sources")
 
@@ -475,21 +500,36 @@ def predict(
     options["outputs"] = {name: str(out_dir) for name in files}  # what the store's spool says this run owes
     sessions: dict[tuple[str, str], Any] = {}  # (writer, OUT) -> session; the store's is closed apart, last
     store_session: StoreSession | None = None
+    scorer: Scorer | None = None
     try:
-        for name in to:
+        if shard is not None and store is not None:  # a shard: its predictions wait in its folder for the run
+            store_session = StoreSession(store, run, spool_dir=shard.folder, claim=False)
+        for name in () if shard is not None else to:
             session = plugins.load("writer", name).open(Path(out_dir), run)
             if isinstance(session, StoreSession):
                 store_session = session
-                store_session.covers = covers
+                store_session.covers = covered
             else:
                 sessions[(name, str(out_dir))] = session
         own_files = [*sessions]  # this run's file writers, not outputs only owed to earlier runs (opened below)
         own = [*sessions.values(), *([store_session] if store_session else [])]
         if store_session is not None and store is not None:
+            for path in adopt:  # the shards' predictions: committed with this run's
+                store_session.adopt(path)
             for spool in store_session.earlier.values():  # finish what ended runs left: their outputs first
                 _finish_outputs(store, spool, run, sessions, own_files, batch_size)
+        elif store is not None:
+            for path in adopt:  # no store writer: the shards' predictions go to the file writers only
+                with open(path, "rb") as spooled:
+                    _finish_outputs(store, spooled, run, sessions, own_files, batch_size)
         counts: dict[str, int] = {}
-        for batch in _batches(items, batch_size):
+        batches = _batches(items, batch_size)
+        first = next(batches, None)
+        if first is not None:
+            scorer = Scorer(model_path, device=device, compile=compile, threads=threads, cpu_path=cpu_path)
+            summary.cpu_path = scorer.cpu_path
+        for batch in [] if first is None else chain([first], batches):
+            assert scorer is not None
             probs, feats = scorer.score(batch, embeddings=embeddings)
             preds = []
             for i, item in enumerate(batch):
@@ -525,11 +565,14 @@ def predict(
     if store_session is not None:
         if failure is not None:  # not done: the finished spool stays for the next run, which writes the outputs
             store_session.release()
+        elif shard is not None:  # the run commits it with the other shards'
+            summary.writers[StoreWriter.name] = {"spool": str(store_session.spool_path)}
+            store_session.release()
         else:
             summary.writers[StoreWriter.name] = store_session.commit()  # the commit point of the whole run
     if failure is not None:
         raise failure
-    if scorer.feature_inputs:
+    if scorer is not None and scorer.feature_inputs:
         summary.features_lacking = scorer.feature_inputs.report()
         for line in summary.features_lacking:
             log.warning("features: %s", line)

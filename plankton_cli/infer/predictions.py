@@ -199,16 +199,20 @@ def _rows_in(spools: list[Path]) -> int:
 
 
 class StoreSession:
-    def __init__(self, store: Store, run: PredictionRun, *, lock_timeout: float = 60.0):
+    def __init__(self, store: Store, run: PredictionRun, *, lock_timeout: float = 60.0,
+                 spool_dir: Path | None = None, claim: bool = True):
+        """`spool_dir`: spool there instead of with the model's other runs (a shard of a fanned-out run, which
+        the run commits: `claim=False`, it takes no earlier run's spools)."""
         self.store = store
         self.run = run
         self.lock_timeout = lock_timeout
         self.run_id = run.options.get("run_id") or new_run_id()
         self.predicted_at = datetime.now(UTC)
         self.schema = load_schema(DATASET)
-        folder = _spool_dir(store, run.model_hash)
+        folder = spool_dir or _spool_dir(store, run.model_hash)
         folder.mkdir(parents=True, exist_ok=True)
-        self.earlier = _claim(store, run.model_hash)  # finished spools of ended runs: this run commits them
+        # finished spools of ended runs: this run commits them
+        self.earlier = _claim(store, run.model_hash) if claim else {}
         self._spool_path = folder / f"{self.run_id}.parquet"
         self._part = folder / f"{self.run_id}.part"
         self._part_lock = open(self._part, "wb")  # noqa: SIM115 - held until commit; see pending_spools and _claim
@@ -224,6 +228,17 @@ class StoreSession:
         if batch:
             self._spool.write_table(prediction_table(batch, self.run, run_id=self.run_id,
                                                      predicted_at=self.predicted_at))
+
+    @property
+    def spool_path(self) -> Path:
+        return self._spool_path
+
+    def adopt(self, path: Path) -> None:
+        """Commit the finished spool `path` (a shard's, in the run's folder) with this run's, holding it as a
+        claimed one."""
+        f = open(path, "rb")  # noqa: SIM115 - held until this run commits or ends, like a claimed spool
+        fcntl.flock(f, fcntl.LOCK_EX)
+        self.earlier[Path(path)] = f
 
     def finish(self) -> None:
         """Make the spool durable under its finished name: from here on a later run never predicts it again."""

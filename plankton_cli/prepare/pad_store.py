@@ -25,7 +25,7 @@ import logging
 import multiprocessing
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache, partial
@@ -48,7 +48,9 @@ from plankton_cli.store import Store
 from plankton_cli.store.images import ImageError, decode, encode_png
 from plankton_cli.store.layout import MAX_FILE_BYTES, dataset_files, dataset_name, partition_values
 from plankton_cli.store.schema import load_schema
+from plankton_cli.jobs.fanout import FanOut, split
 from plankton_cli.store.session import WriteSession
+from plankton_cli.store.shards import ShardSession, ShardSpace
 from plankton_cli.store.transaction import new_run_id
 
 log = logging.getLogger("plankton.pad")
@@ -390,8 +392,12 @@ def pad_dataset(
     workers: int = 1,
     lock_timeout: float = 60.0,
     on_progress: Callable[[int], None] | None = None,
+    fanout: FanOut | None = None,
 ) -> PadSummary:
     """Crop and pad every image of `source` not yet padded into `target`, in `workers` processes.
+
+    `fanout` (a cluster's job array): the row groups to pad split between its shards, which stage their files;
+    committed here at once (`_pad_fanned`).
 
     `preset` picks the crop per image (see `PRESETS`); `crop` adds fixed crops on top of it; `size` resizes the
     padded square. `store_pixels` stores the padded PNGs too (else readers pad on read). `on_progress(n)` is called
@@ -409,7 +415,9 @@ def pad_dataset(
                          settings=f"preset={preset} crop={crop_text} size={size or 'keep'} "
                                   f"pixels={'stored' if store_pixels else 'on-read'}")
     on_read = None if store_pixels else source
-    with _worker_pool(workers) as pool, store.locked(timeout=lock_timeout):
+    fan = fanout if fanout is not None and fanout.fanned else None
+    with fan.started() if fan else nullcontext(), _worker_pool(1 if fan else workers) as pool, \
+            store.locked(timeout=lock_timeout):
         tasks, files_by_id, replaced, gone = _plan(store, source, target, preset, crop, size, on_read,
                                                         summary)
         if not store.files(source):
@@ -417,26 +425,18 @@ def pad_dataset(
         run = _Run(store, run_id, target, files_by_id, gone)
         work = partial(_pad_task, preset=preset, crop=crop, size=size, on_read=on_read)
         try:
+            if fan is not None and tasks:
+                _pad_fanned(store, run, tasks, fan, replaced, summary, preset=preset, crop=crop, size=size,
+                            on_read=on_read)
+                return summary
             for rows, rejections in _results(tasks, work, pool):
                 now = datetime.now(UTC)
+                _account(summary, rows, rejections, preset, crop)
                 for row in rows:
-                    spec = crop_for(row["instrument"], preset, crop)
-                    if spec.scale_bar:
-                        summary.scale_bar_checked += 1
-                        summary.crops.setdefault(f"scale-bar {SCALE_BAR_HEIGHT}px", 0)
-                    if spec.banner:
-                        summary.banner_checked += 1
-                        summary.crops.setdefault(f"banner {CYTOSENSE_BANNER_HEIGHT}px", 0)
-                    summary.crops[row["pad_preset"]] += 1
-                    group = summary.crops_by_instrument.setdefault(row["instrument"] or "unknown", Counter())
-                    group[row["pad_preset"]] += 1
-                    summary.padded += 1
                     run.session.add(target, row)
                     if row["object_id"] in replaced:
                         run.to_drop.add(row["object_id"])
                 for rej in rejections:
-                    summary.rejected[rej["reason"].split(":", 1)[0]] += 1
-                    log.warning("rejected %s: %s", rej["object_id"], rej["reason"])
                     run.session.reject(rej | {"rejected_at": now})
                     if rej["object_id"] in replaced:  # its old padded row was made with other settings or content
                         run.to_drop.add(rej["object_id"])
@@ -449,6 +449,76 @@ def pad_dataset(
             run.session.abort()
             raise
     return summary
+
+
+def _account(summary: PadSummary, rows: list[dict], rejections: list[dict], preset: str, crop: CropSpec | None
+             ) -> None:
+    """Count what a row group's padding came to (crops per instrument, what was looked for, rejections)."""
+    for row in rows:
+        spec = crop_for(row["instrument"], preset, crop)
+        if spec.scale_bar:
+            summary.scale_bar_checked += 1
+            summary.crops.setdefault(f"scale-bar {SCALE_BAR_HEIGHT}px", 0)
+        if spec.banner:
+            summary.banner_checked += 1
+            summary.crops.setdefault(f"banner {CYTOSENSE_BANNER_HEIGHT}px", 0)
+        summary.crops[row["pad_preset"]] += 1
+        group = summary.crops_by_instrument.setdefault(row["instrument"] or "unknown", Counter())
+        group[row["pad_preset"]] += 1
+        summary.padded += 1
+    for rej in rejections:
+        summary.rejected[rej["reason"].split(":", 1)[0]] += 1
+        log.warning("rejected %s: %s", rej["object_id"], rej["reason"])
+
+
+@dataclass
+class PadShard:
+    """Shard k's work: pad its row groups, stage the rows and rejections, seal them (picklable: plain data)."""
+
+    root: str
+    run_id: str
+    target: str
+    slices: list[list[_Task]]
+    preset: str
+    crop: CropSpec | None
+    size: int | None
+    on_read: str | None
+
+    def __call__(self, k: int) -> None:
+        session = ShardSession(Path(self.root), self.run_id, "pad", k)
+        session.writer(self.target, load_schema("padded"))
+        counts = PadSummary(run=self.run_id, store=self.root, source="", target=self.target, settings="")
+        for task in self.slices[k]:
+            rows, rejections = _pad_task(task, self.preset, self.crop, self.size, self.on_read)
+            now = datetime.now(UTC)
+            _account(counts, rows, rejections, self.preset, self.crop)
+            for row in rows:
+                session.add(self.target, row)
+            for rej in rejections:
+                session.reject(rej | {"rejected_at": now})
+        session.seal({"padded": counts.padded, "rejected": counts.rejected, "crops": counts.crops,
+                      "crops_by_instrument": counts.crops_by_instrument, "scale_bar_checked": counts.scale_bar_checked,
+                      "banner_checked": counts.banner_checked})
+
+
+def _pad_fanned(store: Store, run: _Run, tasks: list[_Task], fan: FanOut, replaced: set[str], summary: PadSummary,
+                **settings) -> None:
+    """Pad `tasks` in `fan`'s shards; adopt their files, drop the rows they replace, commit once (under the lock)."""
+    slices = [[tasks[i] for i in s] for s in split([len(t.rows) for t in tasks], fan.count)]
+    with ShardSpace(store.root, summary.run) as space:
+        where = fan.run(PadShard(str(store.root), summary.run, run.target, slices, **settings))
+        for seal in space.sealed(fan.count, where):
+            seal.adopt_into(run.session.txn)
+            done = seal.result
+            summary.padded += done["padded"]
+            summary.rejected.update(done["rejected"])
+            summary.crops.update(done["crops"])
+            for instrument, crops in done["crops_by_instrument"].items():
+                summary.crops_by_instrument.setdefault(instrument, Counter()).update(crops)
+            summary.scale_bar_checked += done["scale_bar_checked"]
+            summary.banner_checked += done["banner_checked"]
+        run.to_drop |= replaced  # every object to pad again was padded or rejected by a shard
+        summary.removed += run.commit()
 
 
 # --- Preview -----------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from plankton_cli.store import layout
 from plankton_cli.store.lock import LockTimeout, StoreLock
 from plankton_cli.store.schema import DatasetSchema, load_schema
 from plankton_cli.core.atomic import atomic_write_bytes
+from plankton_cli.store.shards import remove_ended
 from plankton_cli.store.transaction import Transaction, recover
 
 __all__ = ["Store", "LockTimeout", "load_schema", "DatasetSchema"]
@@ -88,6 +89,7 @@ class Store:
         """Hold the writer lock (waiting up to `timeout` s) after finishing any interrupted commit."""
         with StoreLock(self.root, timeout=timeout):
             recover(self.root)
+            remove_ended(self.root)  # shard folders of fanned-out runs that ended (no journal points there now)
             if not self.exists:
                 atomic_write_bytes(self.root / "store.json", json.dumps({"format": FORMAT_VERSION}).encode(), durable=True)
             yield self

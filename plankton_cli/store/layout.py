@@ -198,11 +198,21 @@ def checksum(path: Path) -> str:
     return h.hexdigest()
 
 
+def committed_entry(root: Path, staged: str, final: str) -> dict:
+    """The file list's entry for staged file `staged` that commits as `final`: size, checksum and, for Parquet,
+    the stats readers prune by (a file that is no Parquet gets none: readers then open it)."""
+    path = Path(root) / staged
+    entry: dict = {"size": path.stat().st_size, "checksum": checksum(path)}
+    if final.endswith(".parquet") and (stats := stats_of(root, staged, None)) is not None:
+        entry["stats"] = stats
+    return entry
+
+
 class UnreadableFileList(StoreIOError):
     """`committed.json` is there but cannot be read: which files make up the store is unknown until a repair."""
 
 
-_read_cache: dict[Path, tuple[tuple[int, int, int], dict[str, dict]]] = {}
+_read_cache: dict[Path, tuple[bytes, dict[str, dict]]] = {}
 
 
 def read_committed(root: Path) -> dict[str, dict] | None:
@@ -212,17 +222,16 @@ def read_committed(root: Path) -> dict[str, dict] | None:
     from its folders could show a reader rows that were deleted or never committed; `check --repair` rebuilds it."""
     path = Path(root) / COMMITTED
     try:
-        # The list is replaced (a new inode), never written in place: the same inode, size and mtime is the same
-        # list, read once per process however many times a command asks (it grows with the store's files).
-        st = path.stat()
-        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        # Parsed once per process however many times a command asks (it grows with the store's files). The bytes
+        # are the key: an inode, size and mtime can all repeat (a freed inode reused within a coarse NFS mtime).
+        raw = path.read_bytes()
         cached = _read_cache.get(path)
-        if cached is not None and cached[0] == key:
+        if cached is not None and cached[0] == raw:
             return dict(cached[1])
-        files = json.loads(path.read_bytes())["files"]
+        files = json.loads(raw)["files"]
         if not isinstance(files, dict) or not all(isinstance(e, dict) for e in files.values()):
             raise TypeError("'files' is not a mapping of file entries")
-        _read_cache[path] = (key, files)
+        _read_cache[path] = (raw, files)
         return dict(files)
     except FileNotFoundError:
         return None

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from plankton_cli.core.atomic import atomic_write_bytes, fsync_dir
 from plankton_cli.core.errors import StoreIOError
-from plankton_cli.store.layout import COMMITTED, checksum, listed_files, read_committed, stats_of
+from plankton_cli.store.layout import COMMITTED, committed_entry, listed_files, read_committed, stats_of
 
 JOURNALS = ".journal"
 STAGING = ".staging"
@@ -58,6 +58,7 @@ class Transaction:
         self.journaled = False  # past the commit point: from here on only roll forward
         self._adds: list[tuple[str, str]] = []  # (staged, final), relative to root
         self._deletes: list[str] = []
+        self._adopted: dict[str, dict] = {}  # staged -> its committed-file entry, for files staged elsewhere
         self._names = 0
 
     def new_name(self, folder: str | Path) -> str:
@@ -75,6 +76,14 @@ class Transaction:
         staged.parent.mkdir(parents=True, exist_ok=True)
         self._adds.append((str(staged.relative_to(self.root)), str(final)))
         return staged
+
+    def adopt(self, staged: str, final: str, entry: dict) -> None:
+        """Move a file another process staged inside the store (a shard's, `shards.py`: flushed, its `entry`, size
+        and checksum, measured there) to `final` on commit."""
+        if not (self.root / staged).is_file():
+            raise FileNotFoundError(self.root / staged)
+        self._adds.append((staged, final))
+        self._adopted[staged] = entry
 
     def delete(self, final: str | Path) -> None:
         """Remove `final` (relative to the store) on commit."""
@@ -97,15 +106,17 @@ class Transaction:
         for rel in self._deletes:
             files.pop(rel, None)
         for staged, final in self._adds:
+            if staged in self._adopted:  # flushed and measured by the process that staged it
+                files[final] = self._adopted[staged]
+                continue
             with open(self.root / staged, "rb") as f:
                 os.fsync(f.fileno())
-            files[final] = {"size": (self.root / staged).stat().st_size, "checksum": checksum(self.root / staged)}
-            if final.endswith(".parquet") and (stats := stats_of(self.root, staged, None)) is not None:
-                files[final]["stats"] = stats  # (a file that is no Parquet gets none: readers then open it)
+            files[final] = committed_entry(self.root, staged, final)
         for rel, entry in files.items():  # a store from before stats: its files get them once, at this commit
-            if "stats" not in entry and rel.endswith(".parquet") and (stats := stats_of(self.root, rel, None)):
-                files[rel] = {**entry, "stats": stats}
-        for folder in sorted({(self.root / staged).parent for staged, _ in self._adds}):
+            if rel not in added and "stats" not in entry and rel.endswith(".parquet"):
+                if (stats := stats_of(self.root, rel, None)) is not None:
+                    files[rel] = {**entry, "stats": stats}
+        for folder in sorted({(self.root / staged).parent for staged, _ in self._adds if staged not in self._adopted}):
             fsync_dir(folder)  # the staged names too must survive a power cut once the journal points to them
         plan = {"adds": self._adds, "deletes": self._deletes, "files": dict(sorted(files.items()))}
         journal = self.root / JOURNALS / f"{self.id}.json"

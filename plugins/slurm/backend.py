@@ -27,7 +27,9 @@ from typing import Any
 import click
 import submitit
 
-from plankton_cli.jobs.base import EXIT_NOT_FINISHED, FINISHED_STATES, PLANKTON_CLI, Job, load_cli, run_plankton
+from plankton_cli.jobs.fanout import run_shard
+from plankton_cli.jobs.base import (EXIT_NOT_FINISHED, FINISHED_STATES, PLANKTON_CLI, Job, Resources, load_cli,
+                                    run_plankton)
 
 RESUME_FLAG = "--resume"
 
@@ -83,6 +85,20 @@ def _accepts_option(cli: click.Command, argv: list[str], option: str) -> bool:
         if sub is not None:
             command = sub
     return any(option in param.opts for param in command.params)
+
+
+class ShardTask(submitit.helpers.Checkpointable):
+    """What each array task of a fanned-out command runs: its shard of the work (`plankton_cli.jobs.fanout`).
+
+    Checkpointable: on timeout or preemption submitit requeues the task with the same shard, which starts again
+    (a shard seals its output only when done, so a half-done one leaves nothing to resume from)."""
+
+    def __init__(self, work: Any) -> None:
+        self.work = work
+
+    def __call__(self, k: int) -> int:
+        run_shard(self.work, k)
+        return 0
 
 
 class SlurmJobHandle:
@@ -148,6 +164,20 @@ class SlurmBackend:
     def submit(self, job: Job) -> SlurmJobHandle:
         submitted = self._executor(job).submit(PlanktonCommand(job.argv, self.cli))
         return SlurmJobHandle(submitted)  # the command reports the id and log paths (cli/dispatch.py)
+
+    def submit_array(self, work: Any, shards: int, resources: Resources | None, run_dir: Path) -> str:
+        """Run `work(k)` for k < `shards` as one job array (one task per shard, all at once if the cluster has
+        room), wait for every task; returns "" when all finished, else which failed and their logs."""
+        job = Job(argv=[], resources=resources or Resources(accelerator="cpu"), run_dir=run_dir,
+                  name="plankton-shards")
+        executor = self._executor(job)
+        executor.update_parameters(slurm_array_parallelism=shards)
+        tasks = executor.map_array(ShardTask(work), range(shards))
+        click.echo(f"submitted {shards} shards to slurm: job array {tasks[0].job_id.split('_')[0]} "
+                   f"(logs in {run_dir / 'slurm'})", err=True)
+        failed = [f"shard {k} (job {task.job_id}, exit {status}, log {task.paths.stderr})"
+                  for k, task in enumerate(tasks) if (status := SlurmJobHandle(task).wait()) != 0]
+        return ": " + "; ".join(failed) if failed else ""
 
     def dry_run(self, job: Job) -> str:
         """The sbatch script `submit` would write, rendered by submitit itself (nothing is submitted)."""

@@ -33,6 +33,7 @@ import bisect
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import accumulate
 from datetime import UTC, datetime
@@ -44,6 +45,7 @@ import pyarrow.parquet as pq
 
 from plankton_cli.core import plugins
 from plankton_cli.core.records import UNKNOWN_INSTRUMENT, ReadOptions, Record, Rejection, Source
+from plankton_cli.jobs.fanout import FanOut
 from plankton_cli.store import Store
 from plankton_cli.store.images import ImageError, check
 from plankton_cli.store.manifest import Manifest
@@ -257,22 +259,22 @@ class _Run:
         for twin in [t for t, (_, k) in self.run_twins.items() if k == key]:
             del self.run_twins[twin]
 
-    def twin(self, rec: Record, content_hash: str) -> str | None:
+    def twin(self, object_id: str, label: str | None, content_hash: str) -> str | None:
         """The id of the same EcoTaxa object stored under another collection, if a copy that stays. The label
         must match too: a later export whose experts changed the label is news, not a copy (it is stored, and
         `check` reports the pair)."""
-        local = _local_id(rec.object_id)
+        local = _local_id(object_id)
         if local is None:
             return None
-        mine = self.run_twins.get((local, content_hash, rec.label))
-        if mine is not None and mine[0] != rec.object_id:
+        mine = self.run_twins.get((local, content_hash, label))
+        if mine is not None and mine[0] != object_id:
             return mine[0]
         if self.twins is None:
             self.twins = _ecotaxa_index(self.store, self.manifest)
-            for (local_id, image, label), found in self.twins.items():
-                self.by_image.setdefault((local_id, image), (found[0][0], label))
-        for oid, key in self.twins.get((local, content_hash, rec.label), ()):
-            if oid != rec.object_id and key not in self.superseded and oid not in self.stored_ids:
+            for (local_id, image, stored_label), found in self.twins.items():
+                self.by_image.setdefault((local_id, image), (found[0][0], stored_label))
+        for oid, key in self.twins.get((local, content_hash, label), ()):
+            if oid != object_id and key not in self.superseded and oid not in self.stored_ids:
                 return oid
         return None
 
@@ -312,6 +314,7 @@ def ingest(
     on_start: Callable[[int], None] | None = None,
     on_source: Callable[[Source, str], None] | None = None,
     on_object: Callable[[], None] | None = None,
+    fanout: FanOut | None = None,
 ) -> IngestSummary:
     """Ingest `paths` into `store`.
 
@@ -321,7 +324,8 @@ def ingest(
 
     `commit_every=N` commits after every N sources read (besides every ~256 MB and at the end), so a long
     backlog keeps its progress if interrupted. `on_start(n_sources)`, `on_source(source, status)` and
-    `on_object()` feed progress displays.
+    `on_object()` feed progress displays. `fanout`: read the sources in worker processes or cluster tasks and
+    commit once (`ingest.fanout`; `commit_every` and `on_object` do not apply).
     """
     options = options or ReadOptions()
     run_id = new_run_id()
@@ -329,8 +333,11 @@ def ingest(
     sources = list(discover(paths, fmt, options))
     if on_start:
         on_start(len(sources))
-    with store.locked(timeout=lock_timeout):
+    fan = fanout if fanout is not None and fanout.fanned else None
+    with fan.started() if fan else nullcontext(), store.locked(timeout=lock_timeout):
         run = _Run(store, run_id, on_conflict)
+        if fan and _fanned(run, sources, fan, options, retry_rejected, summary, on_source):
+            return summary
         since_commit = 0
         try:
             for reader, source, found_in in sources:
@@ -359,6 +366,37 @@ def ingest(
             run.session.abort()
             raise
     return summary
+
+
+def _fanned(run: _Run, sources: list, fan: FanOut, options: ReadOptions, retry_rejected: bool,
+            summary: IngestSummary, on_source: Callable[[Source, str], None] | None) -> bool:
+    """Ingest `sources` in `fan`'s shards (`ingest.fanout`); False, having done nothing, when the run must be one
+    process."""
+    from plankton_cli.ingest.fanout import ingest_fanned, needs_one_process
+
+    planned = []
+    for reader, source, found_in in sources:
+        status, facts = run.manifest.status(source)
+        if status == "unchanged" and retry_rejected and run.manifest.entries[source.key]["n_rejected"]:
+            status = "retried"
+        planned.append((reader, source, found_in, status, facts))
+    if all(status == "unchanged" for _, _, _, status, _ in planned):
+        return False  # nothing to read: no shard to start (a nightly re-run)
+    if needs_one_process(run, planned):
+        log.info("a changed EcoTaxa source supersedes stored objects: this run reads its sources in one process")
+        return False
+    for _, source, _, status, _ in planned:
+        summary.sources[status] += 1
+        if on_source:
+            on_source(source, status)
+    try:
+        ingest_fanned(run.store, run, planned, fan, options, summary)
+        summary.reread = sorted(k for k, e in run.manifest.entries.items()
+                                if e["fingerprint"] == "" and e.get("reader") == ECOTAXA)
+    except BaseException:
+        run.session.abort()
+        raise
+    return True
 
 
 def _read_again(run: _Run, sources: list, options: ReadOptions, summary: IngestSummary, on_object) -> None:
@@ -420,6 +458,18 @@ def _ingest_source(run: _Run, reader, source: Source, options: ReadOptions, summ
 
 def _store_record(run: _Run, rec: Record, source: Source, now: datetime, counts: Counter,
                   data_files: list[str], summary: IngestSummary) -> Rejection | None:
+    row = _prepare(rec, source, run.run_id, now)
+    if isinstance(row, Rejection):
+        return row
+    verdict = _admit(run, _Candidate.of(row), source, counts, summary)
+    if verdict is True:
+        data_files.append(run.session.add(DATASET, row))
+    return verdict if isinstance(verdict, Rejection) else None
+
+
+def _prepare(rec: Record, source: Source, run_id: str, now: datetime) -> dict | Rejection:
+    """The row a record becomes, or why it cannot be stored whatever the store holds (the costly part: the image
+    is decoded and hashed; it runs in the shards of a fanned-out run)."""
     if rec.label is not None and rec.label.strip().casefold() == UNCLASSIFIED:
         return Rejection(rec.source_file, rec.source_row, f"reserved label: {rec.label!r} is predict's own label "
                          "for objects below their class threshold; rename the class (folder or category)",
@@ -428,38 +478,7 @@ def _store_record(run: _Run, rec: Record, source: Source, now: datetime, counts:
         img = check(rec.image)
     except ImageError as exc:
         return Rejection(rec.source_file, rec.source_row, str(exc), rec.object_id)
-    earlier = run.stored_ids.get(rec.object_id)
-    stored = run.existing.get(rec.object_id)
-    if stored is not None and stored.source_key not in run.superseded and earlier is None:
-        earlier = stored
-    if earlier is not None:
-        if earlier.content_hash == img.content_hash:
-            counts["skipped"] += 1  # the same object again
-            return None
-        if run.on_conflict != "replace" or earlier.file is None or earlier.source_key == source.key:
-            return Rejection(rec.source_file, rec.source_row,
-                             f"conflict: object id {rec.object_id!r} is already stored with other pixels from "
-                             f"{earlier.source_file} (source {earlier.source_key}); see --on-conflict",
-                             rec.object_id)
-        run.replaced.setdefault(earlier.file, set()).add(rec.object_id)
-        if earlier.source_key in run.manifest.entries:  # the replaced source keeps one row fewer
-            run.manifest.entries[earlier.source_key]["n_stored"] -= 1
-            run.manifest.dirty = True
-    elif source.reader == ECOTAXA and ECOTAXA_ID in rec.metadata:
-        twin = run.twin(rec, img.content_hash)
-        if twin is not None:  # the same EcoTaxa object from another layout of the export: one object
-            counts["skipped"] += 1
-            counts["twins"] += 1
-            if len(summary.twin_examples) < 3:
-                summary.twin_examples.append([rec.object_id, twin])
-            log.debug("skipped %s: the same EcoTaxa object and image as %s, already stored", rec.object_id, twin)
-            return None
-        other = run.by_image.get((_local_id(rec.object_id) or "", img.content_hash))
-        if other is not None and other[0] != rec.object_id:  # the same object, but EcoTaxa now says another label
-            summary.relabelled += 1
-            if len(summary.relabelled_examples) < 3:
-                summary.relabelled_examples.append([rec.object_id, rec.label, *other])
-    row = {
+    return {
         "object_id": rec.object_id,
         "image": {"bytes": img.data, "path": rec.metadata.get("image_path") or rec.object_id.rsplit("/", 1)[-1]},
         "height": img.height,
@@ -480,19 +499,73 @@ def _store_record(run: _Run, rec: Record, source: Source, now: datetime, counts:
         "source_row": rec.source_row,
         "source_key": source.key,
         "content_hash": img.content_hash,
-        "ingest_run": run.run_id,
+        "ingest_run": run_id,
         "ingested_at": now,
         "metadata": _pairs(rec.metadata),
     }
-    data_files.append(run.session.add(DATASET, row))
-    run.stored_ids[rec.object_id] = _Stored(source.key, rec.source_file, img.content_hash, None)
-    if source.reader == ECOTAXA and ECOTAXA_ID in rec.metadata and (local := _local_id(rec.object_id)):
-        run.run_twins.setdefault((local, img.content_hash, rec.label), (rec.object_id, source.key))
-        run.by_image.setdefault((local, img.content_hash), (rec.object_id, rec.label))
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """What deciding whether a prepared row is stored needs of it (a fanned-out run reads only these columns)."""
+
+    object_id: str
+    content_hash: str
+    label: str | None
+    source_file: str
+    source_row: int | str
+    ecotaxa_id: bool  # it carries EcoTaxa's own object id (its twins are looked for)
+
+    @classmethod
+    def of(cls, row: dict) -> _Candidate:
+        return cls(row["object_id"], row["content_hash"], row["label"], row["source_file"], row["source_row"],
+                   any(key == ECOTAXA_ID for key, _ in row["metadata"]))
+
+
+def _admit(run: _Run, cand: _Candidate, source: Source, counts: Counter, summary: IngestSummary
+           ) -> Rejection | bool:
+    """Whether the prepared row `cand` is stored (True), skipped (False: already stored) or rejected (a conflict),
+    given what the store and this run hold; a stored one is noted as this run's. Cheap, and run in source order:
+    a fanned-out run decides here, in one process, exactly as one process does."""
+    earlier = run.stored_ids.get(cand.object_id)
+    stored = run.existing.get(cand.object_id)
+    if stored is not None and stored.source_key not in run.superseded and earlier is None:
+        earlier = stored
+    if earlier is not None:
+        if earlier.content_hash == cand.content_hash:
+            counts["skipped"] += 1  # the same object again
+            return False
+        if run.on_conflict != "replace" or earlier.file is None or earlier.source_key == source.key:
+            return Rejection(cand.source_file, cand.source_row,
+                             f"conflict: object id {cand.object_id!r} is already stored with other pixels from "
+                             f"{earlier.source_file} (source {earlier.source_key}); see --on-conflict",
+                             cand.object_id)
+        run.replaced.setdefault(earlier.file, set()).add(cand.object_id)
+        if earlier.source_key in run.manifest.entries:  # the replaced source keeps one row fewer
+            run.manifest.entries[earlier.source_key]["n_stored"] -= 1
+            run.manifest.dirty = True
+    elif source.reader == ECOTAXA and cand.ecotaxa_id:
+        twin = run.twin(cand.object_id, cand.label, cand.content_hash)
+        if twin is not None:  # the same EcoTaxa object from another layout of the export: one object
+            counts["skipped"] += 1
+            counts["twins"] += 1
+            if len(summary.twin_examples) < 3:
+                summary.twin_examples.append([cand.object_id, twin])
+            log.debug("skipped %s: the same EcoTaxa object and image as %s, already stored", cand.object_id, twin)
+            return False
+        other = run.by_image.get((_local_id(cand.object_id) or "", cand.content_hash))
+        if other is not None and other[0] != cand.object_id:  # the same object, but EcoTaxa now says another label
+            summary.relabelled += 1
+            if len(summary.relabelled_examples) < 3:
+                summary.relabelled_examples.append([cand.object_id, cand.label, *other])
+    run.stored_ids[cand.object_id] = _Stored(source.key, cand.source_file, cand.content_hash, None)
+    if source.reader == ECOTAXA and cand.ecotaxa_id and (local := _local_id(cand.object_id)):
+        run.run_twins.setdefault((local, cand.content_hash, cand.label), (cand.object_id, source.key))
+        run.by_image.setdefault((local, cand.content_hash), (cand.object_id, cand.label))
     counts["stored"] += 1
-    if rec.label:
-        summary.labels.add(rec.label)
-    return None
+    if cand.label:
+        summary.labels.add(cand.label)
+    return True
 
 
 def _pairs(metadata: dict) -> list[tuple[str, str]]:
