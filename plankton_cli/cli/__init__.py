@@ -19,7 +19,7 @@ import click
 
 from plankton_cli import __version__
 from plankton_cli.cli.output import setup_logging
-from plankton_cli.errors import ConfigError, PlanktonError, StoreIOError
+from plankton_cli.core.errors import ConfigError, PlanktonError, StoreIOError
 
 # name -> "module:attribute"; commands appear in `--help` in this order.
 COMMANDS = {
@@ -32,6 +32,8 @@ COMMANDS = {
     "finetune": "plankton_cli.cli.finetune:finetune",
     "distill": "plankton_cli.cli.distill:distill",
     "predict": "plankton_cli.cli.predict:predict",
+    "select": "plankton_cli.cli.select:select",
+    "export": "plankton_cli.cli.export:export",
     "evaluate": "plankton_cli.cli.evaluate:evaluate",
     "summarize": "plankton_cli.cli.summarize:summarize",
     "taxa": "plankton_cli.cli.taxa:taxa",
@@ -113,7 +115,7 @@ class LazyGroup(click.Group):
         return result
 
     def _invoke(self, ctx: click.Context) -> object:
-        """The ONE place where exceptions become exit statuses (see `plankton_cli.errors`).
+        """The ONE place where exceptions become exit statuses (see `plankton_cli.core.errors`).
 
         A known failure prints one line naming the file; anything else (a bug) one line too, unless `-v`
         was given, which shows the traceback of either."""
@@ -132,7 +134,7 @@ class LazyGroup(click.Group):
         except (click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
-            from plankton_cli.errors import as_plankton_error
+            from plankton_cli.core.errors import as_plankton_error
 
             error = as_plankton_error(exc)
             if error is not None:
@@ -177,6 +179,8 @@ _SUMMARIES = {
     "finetune": "Fine-tune a ViT with few labels and test it by cross-validation.",
     "distill": "Distil a fine-tuned teacher into a small student for fast CPU prediction.",
     "predict": "Classify objects with a fine-tuned model and write the results.",
+    "select": "Pick the objects experts should validate next (active learning), as a list and EcoTaxa files.",
+    "export": "Write a model as ONNX, or as a Hugging Face Hub folder with its model card.",
     "evaluate": "Metrics, tables and plots from fine-tune runs or from predictions.",
     "summarize": "Counts and concentrations (per mL) per class and bin, sample or day, from a model's predictions.",
     "taxa": "Build an EcoTaxa taxon map (label -> taxon name and category id) from an EcoTaxa export or taxonomy.",
