@@ -1,6 +1,6 @@
 """Which arithmetic runs a model fastest on this CPU: forward img/s and top-1 agreement with fp32, all paths in one run.
 
-Paths: `fp32` and `int8` (predict's own, `plankton_cli.cpu_inference.prepare`), `bf16` (only where the CPU has it),
+Paths: `fp32` and `int8` (predict's own, `plankton_cli.infer.cpu_inference.prepare`), `bf16` (only where the CPU has it),
 `compile` (`torch.compile` of the fp32 model, mode default; its compile time is timed apart and left out of the
 rate), `ort` (the model exported with `torch.onnx.export` and run by ONNX Runtime fp32 on `--threads` intra-op
 threads) and `ort-int8` (that graph through `onnxruntime.quantization.quantize_dynamic`). Each rate is the best of
@@ -53,7 +53,7 @@ def preprocess(files: list[tuple[Path, str]], info) -> np.ndarray:
     """The vignettes as predict feeds them to the model of `info` (its crop, padding, resize, mean/std)."""
     from types import SimpleNamespace
 
-    from plankton_cli.predict import Preprocessor
+    from plankton_cli.infer.predict import Preprocessor
 
     prepare = Preprocessor(info)
     items = (SimpleNamespace(image=file.read_bytes(), instrument=instrument, object_id=file.name)
@@ -107,7 +107,7 @@ def build(path: str, model, example: tuple[np.ndarray, np.ndarray | None], work:
     ONNX export and quantisation."""
     import torch
 
-    from plankton_cli.cpu_inference import prepare
+    from plankton_cli.infer.cpu_inference import prepare
 
     start = time.perf_counter()
     if path in ("fp32", "int8", "bf16"):
@@ -171,7 +171,7 @@ class Subject:
                  args: argparse.Namespace, work: Path) -> None:
         import torch
 
-        from plankton_cli.cpu_inference import bf16_supported
+        from plankton_cli.infer.cpu_inference import bf16_supported
 
         rng = np.random.default_rng(0)
         count = args.batch_size if images is None else len(images)
@@ -236,9 +236,9 @@ def main() -> None:
     import timm
     import torch
 
-    from plankton_cli.cpu_inference import set_threads
-    from plankton_cli.models import Classifier
-    from plankton_cli.models.checkpoints import load_model
+    from plankton_cli.infer.cpu_inference import set_threads
+    from plankton_cli.train.models import Classifier
+    from plankton_cli.train.models.checkpoints import load_model
 
     set_threads(args.threads)
     files = vignettes(args.images)

@@ -36,8 +36,8 @@ def main() -> None:
     from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
 
-    from plankton_cli.features.morphometrics import PIXEL_FEATURES, NoObject, measure
-    from plankton_cli.square_pad import pad_to_square
+    from plankton_cli.prepare.features.morphometrics import PIXEL_FEATURES, NoObject, measure
+    from plankton_cli.prepare.square_pad import pad_to_square
 
     root = UVP6 if UVP6.is_dir() else DEMO
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[: args.limit]

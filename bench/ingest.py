@@ -56,8 +56,8 @@ def bench_png_files(bin_dir: Path, work: Path) -> float:
     """Reference: parse the same bin, write every ROI as <roi_id>.png with Pillow's defaults."""
     from PIL import Image
 
-    from plankton_cli import plugins
-    from plankton_cli.records import ReadOptions
+    from plankton_cli.core import plugins
+    from plankton_cli.core.records import ReadOptions
 
     reader = plugins.load("reader", "ifcb")
     out = work / f"png-{time.monotonic_ns()}"

@@ -29,8 +29,8 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
-from plankton_cli.data import ResizeTransform, StoreDataLoader, StoreDataset, TrainTransform
-from plankton_cli.data.transforms import torchvision_train_transform
+from plankton_cli.prepare.data import ResizeTransform, StoreDataLoader, StoreDataset, TrainTransform
+from plankton_cli.prepare.data.transforms import torchvision_train_transform
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "images" / "uvp6-vignettes"
 IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])

@@ -2,7 +2,7 @@
 
 Issue 9's third target is "MAE ≥ scratch + 5 points macro-F1 at 5–10 % labels". This bench asks the question
 under it: is the frozen encoder still getting better when pretraining stops? It pretrains the demo ViT of
-bench/quality.py (48 px, patch 8, 4 blocks × 96; every recipe value from ``plankton_cli.recipe``) once for
+bench/quality.py (48 px, patch 8, 4 blocks × 96; every recipe value from ``plankton_cli.train.recipe``) once for
 ``--epochs`` on all 1,250 UVP6 images (labels unused), snapshots the encoder at epochs 0 (random init), 5, 10,
 20, 40, 80 (those within ``--epochs``, and the last), and for each snapshot measures:
 
@@ -55,9 +55,9 @@ def pretrain_with_snapshots(store: Path, run: Path, epochs: int, workers: int) -
     RUN/snapshots/epoch-NNNN (an encoder export, as finetune --init reads)."""
     from pytorch_lightning.callbacks import Callback
 
-    from plankton_cli.model_info import ModelInfo
-    from plankton_cli.models import save_encoder
-    from plankton_cli.pretrain import pretrain
+    from plankton_cli.train.model_info import ModelInfo
+    from plankton_cli.train.models import save_encoder
+    from plankton_cli.train.pretrain import pretrain
 
     wanted = snapshot_epochs(epochs)
     paths = [run / "snapshots" / f"epoch-{e:04d}" for e in wanted]
@@ -99,9 +99,9 @@ def epoch_losses(run: Path) -> dict[int, float]:
 def embeddings(encoder: Path, store: Path, dataset_dir: Path, ids: list[str], classes: list[str],
                workers: int) -> dict[str, np.ndarray]:
     """object_id → the frozen encoder's pooled embedding (what ``--head knn`` fits on), eval transform."""
-    from plankton_cli.data import EvalTransform
-    from plankton_cli.finetune import FinetuneConfig, build_classifier, default_resize, store_loader
-    from plankton_cli.finetune.heads import embed
+    from plankton_cli.prepare.data import EvalTransform
+    from plankton_cli.train.finetune import FinetuneConfig, build_classifier, default_resize, store_loader
+    from plankton_cli.train.finetune.heads import embed
 
     config = FinetuneConfig(store=store, init=str(encoder), out=Path(tempfile.gettempdir()), workers=workers)
     model, inherited = build_classifier(config, len(classes))
@@ -116,8 +116,8 @@ def embeddings(encoder: Path, store: Path, dataset_dir: Path, ids: list[str], cl
 def knn_scores(vectors: dict[str, np.ndarray], splits: list, label_of: dict[str, str],
                classes: list[str]) -> dict[str, list[float]]:
     """Per fold: macro-F1 and accuracy of the cosine kNN head fitted on the fold's training ids."""
-    from plankton_cli import metrics as M
-    from plankton_cli.finetune.heads import fit_head, head_probabilities
+    from plankton_cli.train import metrics as M
+    from plankton_cli.train.finetune.heads import fit_head, head_probabilities
 
     index = {name: i for i, name in enumerate(classes)}
     scores: dict[str, list[float]] = {"macro_f1": [], "accuracy": []}
@@ -134,7 +134,7 @@ def knn_scores(vectors: dict[str, np.ndarray], splits: list, label_of: dict[str,
 
 
 def plot(rows: list[dict], losses: dict[int, float], pixel: dict, path: Path) -> None:
-    from plankton_cli.metrics import _new_figure, _save
+    from plankton_cli.train.metrics import _new_figure, _save
 
     figure = _new_figure(10, 3.6)
     left, right = figure.subplots(1, 2)
@@ -166,12 +166,12 @@ def main() -> None:
     started = start(args)
     store = prepare_store(args.work)
 
-    from plankton_cli import metrics as M
-    from plankton_cli.finetune import labelled_pool
-    from plankton_cli.finetune.baselines import pixel_matrix
-    from plankton_cli.protocol import make_folds, restrict_train
+    from plankton_cli.train import metrics as M
+    from plankton_cli.train.finetune import labelled_pool
+    from plankton_cli.train.finetune.baselines import pixel_matrix
+    from plankton_cli.train.protocol import make_folds, restrict_train
     from plankton_cli.store import Store
-    from plankton_cli.training import resolve_dataset
+    from plankton_cli.train.training import resolve_dataset
 
     dataset_dir = store / resolve_dataset(Store(store), None)
     pool = labelled_pool(dataset_dir)

@@ -1,4 +1,4 @@
-"""Throughput of `plankton_cli.square_pad.pad_to_square` on real images, single-threaded.
+"""Throughput of `plankton_cli.prepare.square_pad.pad_to_square` on real images, single-threaded.
 
 Decodes the UVP6 vignettes and the IFCB ROIs of the V2 test bin first, then times only the padding. Each line
 compares against a reference measured in the same run: plain `np.pad(mode="constant")` filled with the image's
@@ -22,7 +22,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from plankton_cli.square_pad import pad_to_square, preset_for  # noqa: E402
+from plankton_cli.prepare.square_pad import pad_to_square, preset_for  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 UVP6 = SHARED_DATA / "images" / "uvp6-vignettes"

@@ -27,11 +27,11 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 from loader import DEFAULT_IMAGES, time_epoch
-from plankton_cli.data import StoreDataLoader, StoreDataset, TrainTransform
-from plankton_cli.data.transforms import torchvision_train_transform
+from plankton_cli.prepare.data import StoreDataLoader, StoreDataset, TrainTransform
+from plankton_cli.prepare.data.transforms import torchvision_train_transform
 from plankton_cli.ingest import ingest
-from plankton_cli.pad_store import pad_dataset
-from plankton_cli.records import ReadOptions
+from plankton_cli.prepare.pad_store import pad_dataset
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
 
 

@@ -43,8 +43,8 @@ def parse_model(spec: str) -> tuple[str, int]:
 def make_store(root: Path, images: int) -> tuple[object, list[str]]:
     """A padded store of up to `images` real vignettes (spread over the classes); returns it and the pad rules."""
     from plankton_cli.ingest import ingest
-    from plankton_cli.pad_store import pad_dataset, padding_rules
-    from plankton_cli.records import ReadOptions
+    from plankton_cli.prepare.pad_store import pad_dataset, padding_rules
+    from plankton_cli.core.records import ReadOptions
     from plankton_cli.store import Store
 
     source = UVP6 if UVP6.is_dir() else DEMO
@@ -66,7 +66,7 @@ def forward_rate(model, batch_size: int, img_size: int, seconds: float, path: st
     `seconds / slices` each (on a shared machine other processes only ever slow a slice down)."""
     import torch
 
-    from plankton_cli.cpu_inference import prepare
+    from plankton_cli.infer.cpu_inference import prepare
 
     model, autocast, _ = prepare(model, path)
     x = torch.randn(batch_size, 1, img_size, img_size)
@@ -99,10 +99,10 @@ def end_to_end_rate(predict, path: Path, store, out: Path, cpu_path: str, args: 
 def speed(args: argparse.Namespace) -> None:
     import torch
 
-    from plankton_cli.cpu_inference import set_threads
-    from plankton_cli.models import Classifier
-    from plankton_cli.models.checkpoints import save_model
-    from plankton_cli.predict import predict
+    from plankton_cli.infer.cpu_inference import set_threads
+    from plankton_cli.train.models import Classifier
+    from plankton_cli.train.models.checkpoints import save_model
+    from plankton_cli.infer.predict import predict
 
     set_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,7 +139,7 @@ def student_arch(text: str | None) -> dict[str, int]:
 
 
 def quality(args: argparse.Namespace) -> None:
-    from plankton_cli.distill import DistillConfig, distill
+    from plankton_cli.train.distill import DistillConfig, distill
 
     run = Path(args.quality)
     name, size = parse_model(args.student)
@@ -167,8 +167,8 @@ def quality(args: argparse.Namespace) -> None:
         shape = f" depth {info['depth']} patch {info['patch_size']}" if info.get("patch_size") else ""  # a CNN: none
         return f"{info['architecture']}{shape} width {info['embed_dim']} {info['img_size']} px"
 
-    from plankton_cli.cpu_inference import set_threads
-    from plankton_cli.predict import predict
+    from plankton_cli.infer.cpu_inference import set_threads
+    from plankton_cli.infer.predict import predict
     from plankton_cli.store import Store
 
     set_threads(args.threads)

@@ -3,7 +3,7 @@
 For each model (ViT-B/16, ViT-L/16 at 224, bf16) and each of eager / ``torch.compile``:
 
 - end-to-end: ``StoreDataLoader`` (decode + crop on CPU workers, or ``--gpu-augment``) → Lightning trainer from
-  ``plankton_cli.training.make_trainer`` → ``MAEPretrainModule``: what ``plankton pretrain`` runs;
+  ``plankton_cli.train.training.make_trainer`` → ``MAEPretrainModule``: what ``plankton pretrain`` runs;
 - synthetic: the same MAE, AdamW and bf16 autocast on a random tensor already on the GPU (the ceiling);
 
 and prints img/s for both and their ratio (goal ≥ 0.95: the input pipeline keeps up).
@@ -31,7 +31,7 @@ DEMO = REPO / "tests" / "data" / "planktonclass-demo" / "demo-images"
 def make_store(store: Path, n: int, seed: int = 0) -> None:
     """A store of ``n`` distinct PNG vignettes: random crops, flips and rotations of the bundled demo images."""
     from plankton_cli.ingest import ingest
-    from plankton_cli.records import ReadOptions
+    from plankton_cli.core.records import ReadOptions
     from plankton_cli.store import Store
 
     if Store(store).files("objects"):
@@ -52,7 +52,7 @@ def make_store(store: Path, n: int, seed: int = 0) -> None:
 
 def synthetic(model: str, batch: int, compile_model: bool, steps: int, warmup: int) -> float:
     """img/s of MAE training steps on a random bf16-autocast batch that never leaves the GPU."""
-    from plankton_cli.models import MAE, param_groups_weight_decay
+    from plankton_cli.train.models import MAE, param_groups_weight_decay
 
     torch.manual_seed(0)
     mae = MAE(model).cuda()
@@ -101,11 +101,11 @@ class _Timer:
 def end_to_end(store: Path, model: str, batch: int, compile_model: bool, steps: int, warmup: int, workers: int,
                gpu_augment: bool, run_dir: Path) -> float:
     """img/s of the real pretraining path, from the store's Parquet files to the optimizer step."""
-    from plankton_cli.data import GpuAugment, ResizeTransform, StoreDataLoader, StoreDataset, TrainTransform
-    from plankton_cli.data import load_or_compute_stats
-    from plankton_cli.models import MAE
-    from plankton_cli.pretrain import MAEPretrainModule
-    from plankton_cli.training import make_trainer
+    from plankton_cli.prepare.data import GpuAugment, ResizeTransform, StoreDataLoader, StoreDataset, TrainTransform
+    from plankton_cli.prepare.data import load_or_compute_stats
+    from plankton_cli.train.models import MAE
+    from plankton_cli.train.pretrain import MAEPretrainModule
+    from plankton_cli.train.training import make_trainer
 
     dataset_dir = store / "objects"
     stats = load_or_compute_stats(dataset_dir, resize=256, max_images=1000)

@@ -37,7 +37,7 @@ Data sets (``--dataset``): ``uvp6`` (the default) and ``flowcam``, the 105 FlowC
 folds keep their last epoch). Its numbers say whether a choice holds on another instrument, not by how much.
 
 The ViT is the demo's CPU size (48 px, patch 8, 4 blocks × 96); every recipe value other than the epochs comes
-from `plankton_cli.recipe` (nothing tuned here). Pretraining with labels unused on the images that are later
+from `plankton_cli.train.recipe` (nothing tuned here). Pretraining with labels unused on the images that are later
 test images is the paper's "with target data" setting.
 
     .venv/bin/python bench/quality.py --quick          # 10 % labels, 2 folds, short runs: a few minutes
@@ -117,8 +117,8 @@ def prepare_store(work: Path, features: bool = False, dataset: str = "uvp6") -> 
     """The ``dataset`` ingested and padded once into WORK/store; with ``features``, `plankton features` run on it
     too (incremental: objects already measured are skipped)."""
     from plankton_cli.ingest import ingest
-    from plankton_cli.pad_store import pad_dataset
-    from plankton_cli.records import ReadOptions
+    from plankton_cli.prepare.pad_store import pad_dataset
+    from plankton_cli.core.records import ReadOptions
     from plankton_cli.store import Store
 
     folder, instrument, _ = DATASETS[dataset]
@@ -126,7 +126,7 @@ def prepare_store(work: Path, features: bool = False, dataset: str = "uvp6") -> 
     ingest(store, [folder], options=ReadOptions(instrument=instrument))
     pad_dataset(store)
     if features:
-        from plankton_cli.features.dataset import compute_features
+        from plankton_cli.prepare.features.dataset import compute_features
 
         summary = compute_features(store)
         echo(f"features: {summary.computed} computed, {summary.skipped} already there, {summary.n_rejected} rejected")
@@ -135,8 +135,8 @@ def prepare_store(work: Path, features: bool = False, dataset: str = "uvp6") -> 
 
 def pretrain_config(store: Path, work: Path, epochs: int, workers: int):
     """The one pretraining run of this bench per epoch count (bench/mae_scale.py trains the same one, with
-    snapshots, into the same folder): the demo ViT, every recipe value from ``plankton_cli.recipe``."""
-    from plankton_cli.pretrain import PretrainConfig
+    snapshots, into the same folder): the demo ViT, every recipe value from ``plankton_cli.train.recipe``."""
+    from plankton_cli.train.pretrain import PretrainConfig
 
     return PretrainConfig(store=store, out=work / f"mae-{epochs}ep", epochs=epochs, workers=workers, recon_every=0,
                           **DEMO_VIT)
@@ -144,7 +144,7 @@ def pretrain_config(store: Path, work: Path, epochs: int, workers: int):
 
 def pretrain_encoder(store: Path, work: Path, epochs: int, workers: int) -> tuple[Path, dict]:
     """The MAE encoder (recipe-scaled), trained once per epoch count."""
-    from plankton_cli.pretrain import pretrain
+    from plankton_cli.train.pretrain import pretrain
 
     config = pretrain_config(store, work, epochs, workers)
     out = config.out
@@ -158,7 +158,7 @@ def pretrain_encoder(store: Path, work: Path, epochs: int, workers: int) -> tupl
 def finetune_run(store: Path, out: Path, init: str, labels: str, folds: int, epochs: int, head: str,
                  features: str, workers: int, protocol: str = "budget") -> list[dict]:
     """Every fold's result.json of one finetune run (finished folds are not trained again)."""
-    from plankton_cli.finetune import FinetuneConfig, finetune
+    from plankton_cli.train.finetune import FinetuneConfig, finetune
 
     arch = DEMO_VIT if init == "scratch" else {}
     started = time.monotonic()
@@ -176,7 +176,7 @@ def self_trained_forest(x_labelled: np.ndarray, y_labelled: np.ndarray, x_pool: 
     fitted so far labels the pool, and per class the objects it is surest of join the training set, as many as the
     class has labels (so the pseudo-labels keep the labels' class balance instead of flooding with the commonest
     class). Then the final forest is fitted on labels + pseudo-labels."""
-    from plankton_cli.finetune.baselines import features_rf
+    from plankton_cli.train.finetune.baselines import features_rf
 
     x, y, left = x_labelled, y_labelled, np.arange(len(x_pool))
     classes, counts = np.unique(y_labelled, return_counts=True)
@@ -208,11 +208,11 @@ def features_hgb(x_train: np.ndarray, y_train: np.ndarray, seed: int = 0):
 def encoder_embeddings(store: Path, dataset: str, ids: list[str], classes: list[str],
                        encoder: Path) -> dict[str, np.ndarray]:
     """object_id -> the frozen encoder's pooled embedding (what ``--head linear|knn`` read), eval transform."""
-    from plankton_cli.data import EvalTransform, load_or_compute_stats
-    from plankton_cli.finetune import FinetuneConfig
-    from plankton_cli.finetune.heads import embed
-    from plankton_cli.finetune.model import build_classifier, default_resize
-    from plankton_cli.finetune.pool import store_loader
+    from plankton_cli.prepare.data import EvalTransform, load_or_compute_stats
+    from plankton_cli.train.finetune import FinetuneConfig
+    from plankton_cli.train.finetune.heads import embed
+    from plankton_cli.train.finetune.model import build_classifier, default_resize
+    from plankton_cli.train.finetune.pool import store_loader
 
     config = FinetuneConfig(store=store, init=str(encoder), out=store / "unused", features="none")
     model, inherited = build_classifier(config, 1, 0)
@@ -231,11 +231,11 @@ def candidate_scores(store: Path, run: Path, folds: int, encoder: Path, columns:
     forest, plus the fold's unlabelled non-test objects, whose labels are never read."""
     from sklearn.decomposition import PCA
 
-    from plankton_cli import metrics as M
-    from plankton_cli.features.inputs import object_features
-    from plankton_cli.finetune.baselines import feature_matrix, feature_names, features_rf
-    from plankton_cli.finetune.pool import labelled_pool
-    from plankton_cli.protocol import load_split
+    from plankton_cli.train import metrics as M
+    from plankton_cli.prepare.features.inputs import object_features
+    from plankton_cli.train.finetune.baselines import feature_matrix, feature_names, features_rf
+    from plankton_cli.train.finetune.pool import labelled_pool
+    from plankton_cli.train.protocol import load_split
 
     dataset = json.loads((run / "config.json").read_text())["dataset"]
     pool = labelled_pool(store / dataset)
@@ -371,7 +371,7 @@ def main() -> None:
 def write_table(args: argparse.Namespace, rows: list[dict], columns: list[str], document: dict, mae_summary: dict,
                 seconds: float) -> str:
     """The table so far with its header, written to WORK/quality.{md,json}."""
-    from plankton_cli.metrics import format_table_markdown
+    from plankton_cli.train.metrics import format_table_markdown
 
     table = format_table_markdown(rows, ["labels", "labelled", *columns, "gap img", "gap feat", "auto chose",
                                          "MAE+feat chose"])

@@ -33,10 +33,10 @@ def copy_bins(source: Path, target: Path, first: int, count: int) -> None:
 
 def predict_all(store, model_path: Path, classes: list[str]) -> None:
     """Predictions for every object this model has not predicted yet, through the real store writer."""
-    from plankton_cli.predict import already_predicted
-    from plankton_cli.predictions import StoreWriter
-    from plankton_cli.summarize import model_info
-    from plankton_cli.writers import Prediction, PredictionRun
+    from plankton_cli.infer.predict import already_predicted
+    from plankton_cli.infer.predictions import StoreWriter
+    from plankton_cli.publish.summarize import model_info
+    from plankton_cli.core.writers import Prediction, PredictionRun
 
     info = model_info(model_path)
     done = already_predicted(store, info.model_hash)
@@ -63,7 +63,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "tests"))
     from plankton_cli.ingest import ingest
     from plankton_cli.store import Store
-    from plankton_cli.summarize import summarize
+    from plankton_cli.publish.summarize import summarize
     from test_predict import PADDING, tiny_model
 
     classes = [f"class_{i:02d}" for i in range(20)]

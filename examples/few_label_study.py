@@ -80,7 +80,7 @@ def main() -> None:
             summary = json.loads((out / "summary.json").read_text())
             rows += [{"init": name, "labels": labels, **fold} for fold in summary["folds"]]
 
-    from plankton_cli.metrics import format_mean_std, format_table_markdown, plot_few_label_curve, summarise_folds
+    from plankton_cli.train.metrics import format_mean_std, format_table_markdown, plot_few_label_curve, summarise_folds
 
     table = []
     for labels in LABELS:

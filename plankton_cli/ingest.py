@@ -40,8 +40,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from plankton_cli import plugins
-from plankton_cli.records import UNKNOWN_INSTRUMENT, ReadOptions, Record, Rejection, Source
+from plankton_cli.core import plugins
+from plankton_cli.core.records import UNKNOWN_INSTRUMENT, ReadOptions, Record, Rejection, Source
 from plankton_cli.store import Store
 from plankton_cli.store.images import ImageError, check
 from plankton_cli.store.manifest import Manifest
@@ -49,7 +49,7 @@ from plankton_cli.store.schema import load_schema
 from plankton_cli.store.layout import MAX_FILE_BYTES
 from plankton_cli.store.session import WriteSession
 from plankton_cli.store.transaction import new_run_id
-from plankton_cli.writers import UNCLASSIFIED
+from plankton_cli.core.writers import UNCLASSIFIED
 
 log = logging.getLogger("plankton.ingest")
 

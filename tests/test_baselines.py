@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import shared_data
-from plankton_cli.features.inputs import object_features
-from plankton_cli.finetune.baselines import feature_names, score_baselines
-from plankton_cli.finetune.heads import design_matrix, fit_head, head_probabilities
+from plankton_cli.prepare.features.inputs import object_features
+from plankton_cli.train.finetune.baselines import feature_names, score_baselines
+from plankton_cli.train.finetune.heads import design_matrix, fit_head, head_probabilities
 from plankton_cli.ingest import ingest
 from plankton_cli.store import Store
 

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from conftest import BUNDLED, plankton, shared_data
-from plankton_cli import cpu_inference
-from plankton_cli.finetune import FinetuneConfig, finetune
+from plankton_cli.infer import cpu_inference
+from plankton_cli.train.finetune import FinetuneConfig, finetune
 from plankton_cli.ingest import ingest
-from plankton_cli.models import Classifier
-from plankton_cli.models.checkpoints import save_model
-from plankton_cli.predict import predict
-from plankton_cli.records import ReadOptions
+from plankton_cli.train.models import Classifier
+from plankton_cli.train.models.checkpoints import save_model
+from plankton_cli.infer.predict import predict
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
 
 TINY = dict(patch_size=8, depth=2, embed_dim=64, num_heads=2)

@@ -21,11 +21,11 @@ from click.testing import CliRunner
 
 from conftest import BUNDLED, plankton, shared_data
 from plankton_cli.cli import cli
-from plankton_cli.features.inputs import FeatureScaling, feature_matrix
-from plankton_cli.model_info import ModelInfo
-from plankton_cli.models import load_model
-from plankton_cli.predict import FeatureInputs, _store_items, file_hash, predict
-from plankton_cli.protocol import load_split
+from plankton_cli.prepare.features.inputs import FeatureScaling, feature_matrix
+from plankton_cli.train.model_info import ModelInfo
+from plankton_cli.train.models import load_model
+from plankton_cli.infer.predict import FeatureInputs, _store_items, file_hash, predict
+from plankton_cli.train.protocol import load_split
 from plankton_cli.store import Store
 
 DEMO_IMAGES = BUNDLED / "planktonclass-demo" / "demo-images"  # Apache-2.0, 105 images in 6 classes
@@ -255,8 +255,8 @@ def test_feature_teacher_on_a_store_without_its_features_is_refused_in_one_line(
 
 
 def test_feature_no_image_of_the_store_has_is_refused_by_name(feature_teacher):
-    from plankton_cli.distill import feature_inputs
-    from plankton_cli.errors import UsageError
+    from plankton_cli.train.distill import feature_inputs
+    from plankton_cli.core.errors import UsageError
 
     _, store, model = feature_teacher
     info = ModelInfo.load(model)

@@ -1,5 +1,5 @@
 """The error model at the CLI edge: each bad input gives one line naming the file and its exit status; a traceback
-only with -v (plankton_cli/errors.py, plankton_cli/cli/__init__.py)."""
+only with -v (plankton_cli/core/errors.py, plankton_cli/cli/__init__.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import plankton
-from plankton_cli.errors import CantCreate, ConfigError, DataError, StoreIOError, StoreLocked, UsageError
+from plankton_cli.core.errors import CantCreate, ConfigError, DataError, StoreIOError, StoreLocked, UsageError
 from plankton_cli.ingest import ingest
-from plankton_cli.records import ReadOptions
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import LockTimeout, Store
 
 

@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from conftest import plankton
-from plankton_cli.evaluate import evaluate
+from plankton_cli.publish.evaluate import evaluate
 
 CASE = {  # two folds of a hand-made three-class problem, two instruments
     "fold-0": (["a", "a", "b", "b", "c", "c"], ["a", "b", "b", "b", "c", "a"], ["IFCB"] * 3 + ["FlowCam"] * 3),

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from skimage.draw import ellipse
 
 from plankton_cli.cli import cli
-from plankton_cli.features.inputs import (
+from plankton_cli.prepare.features.inputs import (
     COVERAGE,
     PREFIX,
     FeatureScaling,
@@ -26,11 +26,11 @@ from plankton_cli.features.inputs import (
     object_features,
     select_features,
 )
-from plankton_cli.features.morphometrics import FEATURES, NoObject, measure
-from plankton_cli.models import Classifier, load_model, save_model
-from plankton_cli.model_info import ModelInfo
-from plankton_cli.predict import FeatureInputs, _source_items, _store_items
-from plankton_cli.records import ReadOptions
+from plankton_cli.prepare.features.morphometrics import FEATURES, NoObject, measure
+from plankton_cli.train.models import Classifier, load_model, save_model
+from plankton_cli.train.model_info import ModelInfo
+from plankton_cli.infer.predict import FeatureInputs, _source_items, _store_items
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
 from conftest import shared_data
 
@@ -280,7 +280,7 @@ def test_forest_head_without_features_is_refused_in_one_line(ecotaxa_store, tmp_
 
 
 def test_new_settings_measure_again_and_replace_the_old_rows_in_one_commit(tmp_path, ifcb_bins, monkeypatch):
-    from plankton_cli.features import dataset as features_dataset
+    from plankton_cli.prepare.features import dataset as features_dataset
 
     store = Store(tmp_path / "store")
     invoke("ingest", ifcb_bins, "--store", store.root, "--json")

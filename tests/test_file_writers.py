@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from plankton_cli.records import Record
-from plankton_cli.writers import UNCLASSIFIED, Prediction, PredictionRun
+from plankton_cli.core.records import Record
+from plankton_cli.core.writers import UNCLASSIFIED, Prediction, PredictionRun
 from plankton_plugins.files.writers import CsvWriter, EmbeddingsWriter, ParquetWriter
 from plankton_plugins.ifcb.reader import IFCBBinReader
 

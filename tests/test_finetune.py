@@ -19,11 +19,11 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from plankton_cli.model_info import ModelInfo
+from plankton_cli.train.model_info import ModelInfo
 from plankton_cli.cli import COMMANDS, cli
-from plankton_cli.finetune import precision_thresholds
-from plankton_cli.models import load_model
-from plankton_cli.protocol import load_split, make_folds, restrict_budget, subset_counts
+from plankton_cli.train.finetune import precision_thresholds
+from plankton_cli.train.models import load_model
+from plankton_cli.train.protocol import load_split, make_folds, restrict_budget, subset_counts
 from conftest import SHARED
 
 REPO = Path(__file__).resolve().parents[1]
@@ -295,7 +295,7 @@ def test_a_fold_without_validation_images_keeps_its_last_weights(tmp_path):
 KILL_AT_EPOCH = """
 import os, signal, sys
 import pytorch_lightning as pl
-import plankton_cli.training as training
+import plankton_cli.train.training as training
 
 class KillAtEpochStart(pl.Callback):  # the checkpoint of the epoch before is on disk: a kill -9 at the worst time
     def on_train_epoch_start(self, trainer, pl_module):
@@ -340,8 +340,8 @@ def test_a_killed_and_resumed_fold_ends_exactly_as_an_uninterrupted_one(demo_sto
 def finetune_spied(monkeypatch, store: Path, out: Path, **settings) -> tuple[dict, dict[str, set]]:
     """Fold 0 of a tiny 2-fold run through the library, recording which objects the model's loaders read and
     which ones the baselines were fitted on. Returns (fold 0's result.json, {"model": ids, "baselines": ids})."""
-    from plankton_cli.finetune import FinetuneConfig, finetune
-    from plankton_cli.finetune import fold as fold_module
+    from plankton_cli.train.finetune import FinetuneConfig, finetune
+    from plankton_cli.train.finetune import fold as fold_module
 
     seen: dict[str, set] = {"model": set(), "baselines": set()}
     loader, baselines = fold_module.store_loader, fold_module.score_baselines
@@ -388,8 +388,8 @@ def test_the_baselines_are_fitted_on_every_label_the_model_used(demo_store, tmp_
 
 def reload_and_predict(fold_dir: Path, dataset_dir: Path, ids: list[str]) -> tuple[list[str], np.ndarray]:
     """The fold's model file loaded as predict loads it, run on ``ids``: (ids, class probabilities)."""
-    from plankton_cli.data import EvalTransform
-    from plankton_cli.finetune import store_loader
+    from plankton_cli.prepare.data import EvalTransform
+    from plankton_cli.train.finetune import store_loader
 
     model, info = load_model(fold_dir)
     loader = store_loader(dataset_dir, ids, info.classes, EvalTransform(info.resize, info.crop, info.mean[0],

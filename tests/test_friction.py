@@ -11,7 +11,7 @@ from conftest import BUNDLED, plankton
 from plankton_cli.cli import cli
 from plankton_cli.cli.options import default_workers
 from plankton_cli.cli.output import describe
-from plankton_cli.info import reason_kind, store_info
+from plankton_cli.store.info import reason_kind, store_info
 from plankton_cli.ingest import ingest
 from plankton_cli.store import Store
 
@@ -20,7 +20,7 @@ def test_lightning_banners_and_tips_stay_silent_after_lightning_is_imported():
     code = textwrap.dedent("""
         from plankton_cli.cli.output import setup_logging
         setup_logging(quiet=True)
-        import plankton_cli.training  # imports pytorch_lightning, which resets its loggers to INFO
+        import plankton_cli.train.training  # imports pytorch_lightning, which resets its loggers to INFO
         from pytorch_lightning.utilities.rank_zero import rank_zero_info
         from lightning_fabric.utilities.rank_zero import rank_zero_info as fabric_info
         rank_zero_info("GPU available: False, used: False")
@@ -66,7 +66,7 @@ def test_rejections_are_grouped_by_reason_and_a_retried_row_counts_once(tmp_path
 
 
 def test_a_model_predicting_an_instrument_it_never_saw_warns(tmp_path, demo_images):
-    from plankton_cli.records import ReadOptions
+    from plankton_cli.core.records import ReadOptions
     from test_predict import PADDING, tiny_model
 
     model = tiny_model(tmp_path / "model" / "fold-0", ["a", "b"], PADDING)  # trained on FlowCam and IFCB
@@ -78,7 +78,7 @@ def test_a_model_predicting_an_instrument_it_never_saw_warns(tmp_path, demo_imag
 
 
 def test_runs_from_different_stores_or_class_sets_are_named_before_they_share_a_curve():
-    from plankton_cli.mismatch import run_warnings
+    from plankton_cli.core.mismatch import run_warnings
 
     same = {"store": "/s", "classes": ["a", "b"], "instruments": None}
     assert run_warnings([{"run": "r1", **same}, {"run": "r2", **same}]) == []

@@ -70,7 +70,7 @@ def test_ctrl_c_in_pretrain_is_an_interruption_not_a_bug(tmp_path, monkeypatch):
     import os
     import signal
 
-    import plankton_cli.pretrain
+    import plankton_cli.train.pretrain
     from plankton_cli.store import Store
 
     def pretrain(config, **kwargs):
@@ -79,7 +79,7 @@ def test_ctrl_c_in_pretrain_is_an_interruption_not_a_bug(tmp_path, monkeypatch):
         except KeyboardInterrupt:
             raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Interrupt") from None
 
-    monkeypatch.setattr(plankton_cli.pretrain, "pretrain", pretrain)
+    monkeypatch.setattr(plankton_cli.train.pretrain, "pretrain", pretrain)
     with Store(tmp_path / "store").locked():
         pass
     result = run("pretrain", "--out", str(tmp_path / "run"), "--store", str(tmp_path / "store"))
@@ -136,7 +136,7 @@ def test_a_class_folder_typo_beside_the_same_ecotaxa_id_is_warned_once_and_fails
 
 def test_labelled_objects_of_status_predicted_are_counted_when_finetune_skips_them(tmp_path):
     from conftest import shared_data
-    from plankton_cli.finetune.pool import LabelledPool, labelled_pool
+    from plankton_cli.train.finetune.pool import LabelledPool, labelled_pool
     from plankton_cli.ingest import ingest
     from plankton_cli.store import Store
 
@@ -166,14 +166,14 @@ def test_predict_says_how_many_are_unclassified_by_threshold_and_which_option_se
 
 
 def test_finetune_before_pad_warns_with_what_to_run(tmp_path, demo_images, monkeypatch):
-    import plankton_cli.training
+    import plankton_cli.train.training
     from plankton_cli.ingest import ingest
     from plankton_cli.store import Store
 
     def stop(store, dataset):  # the warning comes before the dataset is resolved: no need to train
         raise ValueError("stopped after the warning")
 
-    monkeypatch.setattr(plankton_cli.training, "resolve_dataset", stop)
+    monkeypatch.setattr(plankton_cli.train.training, "resolve_dataset", stop)
     store = tmp_path / "store"
     ingest(Store(store), [demo_images / "Tripos"], fmt="folders")
     args = ["finetune", "--init", "scratch", "--model", "vit_tiny_patch16_224", "--labels", "all",
@@ -346,8 +346,8 @@ def test_an_ifcb_ingest_does_not_read_the_ecotaxa_lookup(tmp_path, ifcb_bins, mo
 def test_pretrain_on_a_cpu_for_over_an_hour_warns_with_the_measured_estimate_and_a_smaller_model():
     import torch
 
-    from plankton_cli.models import MAE
-    from plankton_cli.pretrain import cpu_time_warning
+    from plankton_cli.train.models import MAE
+    from plankton_cli.train.pretrain import cpu_time_warning
 
     torch.manual_seed(0)
     mae = MAE("vit_small_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2, in_chans=1,

@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import plankton
 from plankton_cli.ingest import ingest
-from plankton_cli.records import ReadOptions
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
 from plankton_cli.store.images import decode
 

@@ -17,7 +17,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from plankton_cli.metrics import (
+from plankton_cli.train.metrics import (
     classification_metrics,
     format_mean_std,
     format_table_markdown,

@@ -116,7 +116,7 @@ def test_the_shipped_example_runs_twice_unedited_and_the_second_run_does_nothing
 
 KILLER = """\
 import os, sys
-from plankton_cli.predictions import StoreSession
+from plankton_cli.infer.predictions import StoreSession
 
 def killed_after(method):
     real = getattr(StoreSession, method)

@@ -16,7 +16,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from conftest import SHARED
-from plankton_cli.square_pad import (
+from plankton_cli.prepare.square_pad import (
     SCALE_BAR_HEIGHT,
     CropSpec,
     PadResult,
@@ -159,7 +159,7 @@ def test_same_id_same_bytes_in_this_and_another_process(ifcb):
     digest = hashlib.sha256(first.image.tobytes()).hexdigest()
     child = f"""
 import hashlib, numpy as np
-from plankton_cli.square_pad import pad_to_square
+from plankton_cli.prepare.square_pad import pad_to_square
 img = np.frombuffer(bytes.fromhex({img.tobytes().hex()!r}), dtype=np.uint8).reshape({img.shape})
 print(hashlib.sha256(pad_to_square(img, {object_id!r}).image.tobytes()).hexdigest())
 """

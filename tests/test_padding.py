@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 
 from conftest import BUNDLED, plankton, shared_data
-from plankton_cli.data.pad_on_read import pad_on_read_plan
+from plankton_cli.prepare.data.pad_on_read import pad_on_read_plan
 from plankton_cli.ingest import ingest
-from plankton_cli.square_pad import CropSpec, pad_to_square
-from plankton_cli.pad_store import pad_dataset, preview, preview_pairs
-from plankton_cli.records import ReadOptions
+from plankton_cli.prepare.square_pad import CropSpec, pad_to_square
+from plankton_cli.prepare.pad_store import pad_dataset, preview, preview_pairs
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
 from plankton_cli.store.images import decode, encode_png
 from plankton_cli.store.lock import StoreLock
@@ -233,7 +233,7 @@ def test_auto_preset_finds_crops_in_the_pixels_when_the_instrument_is_unknown(tm
         assert (row["crop_bottom"], row["pad_preset"]) == ((31, "scale-bar 31px") if zoo else (0, "none"))
         assert row["pad_settings"].endswith("+scale-bar+banner size=keep on-read=objects")
     # Predict re-pads with the rule the model records: the detection flags survive the round trip.
-    from plankton_cli.pad_store import padding_rules, parse_padding_rule
+    from plankton_cli.prepare.pad_store import padding_rules, parse_padding_rule
     (rule,) = padding_rules(store.root / "padded")
     assert parse_padding_rule(rule)[1] == CropSpec(scale_bar=True, banner=True)
 

@@ -14,12 +14,12 @@ import torch
 
 from conftest import BUNDLED, plankton
 from plankton_cli.ingest import ingest
-from plankton_cli.models import Classifier
-from plankton_cli.models.checkpoints import save_model
-from plankton_cli.square_pad import CropSpec
-from plankton_cli.pad_store import pad_dataset
-from plankton_cli.predict import Preprocessor, _Item, predict
-from plankton_cli.records import ReadOptions
+from plankton_cli.train.models import Classifier
+from plankton_cli.train.models.checkpoints import save_model
+from plankton_cli.prepare.square_pad import CropSpec
+from plankton_cli.prepare.pad_store import pad_dataset
+from plankton_cli.infer.predict import Preprocessor, _Item, predict
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
 
 CLASSES = ["Actinoptychus", "Bacillariophyceae", "Ciliophora", "Dinoflagellata", "Noctilucales", "Tripos"]
@@ -62,10 +62,10 @@ def test_predicts_the_store_once_then_only_new_objects(demo_store, model_file, t
 
 def test_preprocessing_equals_the_padded_training_pixels(demo_store, tmp_path):
     """Predict pads on the fly; it must give exactly the tensor training got from the `padded` dataset."""
-    from plankton_cli.data import StoreDataset
-    from plankton_cli.data.transforms import EvalTransform
-    from plankton_cli.model_info import ModelInfo
-    from plankton_cli.pad_store import padding_rules
+    from plankton_cli.prepare.data import StoreDataset
+    from plankton_cli.prepare.data.transforms import EvalTransform
+    from plankton_cli.train.model_info import ModelInfo
+    from plankton_cli.prepare.pad_store import padding_rules
 
     pad_dataset(demo_store, crop=CropSpec(top=3, left=2))  # some crop, so that forgetting it would show
     rules = padding_rules(demo_store.root / "padded")  # what finetune records in model.json

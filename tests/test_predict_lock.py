@@ -10,8 +10,8 @@ import pytest
 
 from conftest import plankton
 from plankton_cli.ingest import ingest
-from plankton_cli.predict import predict
-from plankton_cli.records import ReadOptions
+from plankton_cli.infer.predict import predict
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
 from test_predict import CLASSES, PADDING, tiny_model
 

@@ -1,5 +1,5 @@
 """Issue 19: a predict's file outputs are part of its work. With `--to store` and a file writer, the store commit
-comes last (see `plankton_cli.predict`): killed at any operation, the next run writes every output once, as a run
+comes last (see `plankton_cli.infer.predict`): killed at any operation, the next run writes every output once, as a run
 that was never killed, and predicts nothing the killed run had spooled for good.
 
 Fault injection as in tests/store/test_faults.py (the same `Faults`), over the store and OUT together, in "kill"
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import BUNDLED, load_test_module
-from plankton_cli.errors import CantCreate
+from plankton_cli.core.errors import CantCreate
 from plankton_cli.ingest import ingest
-from plankton_cli.predict import predict
+from plankton_cli.infer.predict import predict
 from plankton_cli.store import Store
 from plankton_cli.store.layout import read_committed
 from test_predict import CLASSES, PADDING, tiny_model

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from plankton_cli.ingest import ingest
-from plankton_cli.records import ReadOptions
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
 from conftest import plankton, shared_data
 
@@ -77,8 +77,8 @@ def test_tiny_pretrain_exports_an_encoder_that_timm_loads(store: Path, tmp_path:
 
 
 def test_loss_falls_when_overfitting_a_fixed_batch(store: Path) -> None:
-    from plankton_cli.models import MAE
-    from plankton_cli.pretrain import MAEPretrainModule, fixed_batch
+    from plankton_cli.train.models import MAE
+    from plankton_cli.train.pretrain import MAEPretrainModule, fixed_batch
 
     torch.manual_seed(0)
     images = fixed_batch(store / "objects", img_size=32, resize=37, mean=0.02, std=0.07, n=8)
@@ -101,7 +101,7 @@ def test_loss_falls_when_overfitting_a_fixed_batch(store: Path) -> None:
 
 
 def test_init_from_an_rgb_timm_checkpoint_of_another_size(store: Path, tmp_path: Path) -> None:
-    from plankton_cli.pretrain import PretrainConfig, pretrain
+    from plankton_cli.train.pretrain import PretrainConfig, pretrain
 
     rgb = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, in_chans=3,
                             img_size=48, patch_size=8, depth=2, embed_dim=64, num_heads=2)
@@ -131,7 +131,7 @@ def test_extra_callbacks_see_the_encoder_at_each_epoch(store: Path, tmp_path: Pa
     (what bench/mae_scale.py does); the last snapshot is the exported encoder."""
     from pytorch_lightning.callbacks import Callback
 
-    from plankton_cli.pretrain import PretrainConfig, pretrain
+    from plankton_cli.train.pretrain import PretrainConfig, pretrain
 
     class Snapshots(Callback):
         def __init__(self) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import plankton
-from plankton_cli.data import list_row_groups
+from plankton_cli.prepare.data import list_row_groups
 from test_pretrain import TINY, make_store
 
 

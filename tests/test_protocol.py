@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plankton_cli.protocol import (
+from plankton_cli.train.protocol import (
     LabelSpec,
     describe_counts,
     few_label_subset,

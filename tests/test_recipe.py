@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from plankton_cli.recipe import resolve_recipe
+from plankton_cli.train.recipe import resolve_recipe
 
 
 def test_paper_scale_pretrain_is_the_paper_recipe():

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from PIL import Image
 
-from plankton_cli.predictions import StoreWriter
-from plankton_cli.report import night_report
+from plankton_cli.infer.predictions import StoreWriter
+from plankton_cli.publish.report import night_report
 from plankton_cli.store import Store
-from plankton_cli.summarize import model_info
-from plankton_cli.writers import UNCLASSIFIED, Prediction, PredictionRun
+from plankton_cli.publish.summarize import model_info
+from plankton_cli.core.writers import UNCLASSIFIED, Prediction, PredictionRun
 from test_predict import PADDING, tiny_model
 
 CLASSES = ["a", "b", "c"]

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from plankton_cli.ingest import ingest
-from plankton_cli.predictions import StoreWriter
+from plankton_cli.infer.predictions import StoreWriter
 from plankton_cli.store import Store
-from plankton_cli.writers import UNCLASSIFIED, Prediction, PredictionRun
+from plankton_cli.core.writers import UNCLASSIFIED, Prediction, PredictionRun
 
 DATA = Path(__file__).resolve().parent / "data"
 CLASSES = ["Ciliophora", "Mesodinium_rubrum", "detritus"]

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 
 from conftest import BUNDLED, plankton
-from plankton_cli.features.dataset import compute_features
+from plankton_cli.prepare.features.dataset import compute_features
 from plankton_cli.ingest import ingest
-from plankton_cli.predict import predict
+from plankton_cli.infer.predict import predict
 from plankton_cli.store import Store
-from plankton_cli.summarize import COUNTS, summarize
-from plankton_cli.writers import UNCLASSIFIED
+from plankton_cli.publish.summarize import COUNTS, summarize
+from plankton_cli.core.writers import UNCLASSIFIED
 from test_predict import PADDING, tiny_model
 
 IFCB = BUNDLED / "ifcb" / "pyifcb-testdata"

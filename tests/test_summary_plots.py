@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from plankton_cli.summary_plots import display_name, plot_summary, segments
+from plankton_cli.publish.summary_plots import display_name, plot_summary, segments
 
 
 def table(times: list[str]) -> pd.DataFrame:

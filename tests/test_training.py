@@ -1,8 +1,8 @@
-"""The shared training plumbing (plankton_cli/training.py)."""
+"""The shared training plumbing (plankton_cli/train/training.py)."""
 
 import csv
 
-from plankton_cli.training import RunCSVLogger
+from plankton_cli.train.training import RunCSVLogger
 
 
 def test_resumed_metrics_csv_keeps_columns_only_the_killed_run_logged(tmp_path):
@@ -28,7 +28,7 @@ def test_short_epochs_train_without_the_logging_interval_warning_or_a_line_per_e
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from plankton_cli.training import make_trainer
+    from plankton_cli.train.training import make_trainer
 
     class Tiny(pl.LightningModule):
         def __init__(self):

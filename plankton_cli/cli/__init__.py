@@ -19,7 +19,7 @@ import click
 
 from plankton_cli import __version__
 from plankton_cli.cli.output import setup_logging
-from plankton_cli.errors import ConfigError, PlanktonError, StoreIOError
+from plankton_cli.core.errors import ConfigError, PlanktonError, StoreIOError
 
 # name -> "module:attribute"; commands appear in `--help` in this order.
 COMMANDS = {
@@ -113,7 +113,7 @@ class LazyGroup(click.Group):
         return result
 
     def _invoke(self, ctx: click.Context) -> object:
-        """The ONE place where exceptions become exit statuses (see `plankton_cli.errors`).
+        """The ONE place where exceptions become exit statuses (see `plankton_cli.core.errors`).
 
         A known failure prints one line naming the file; anything else (a bug) one line too, unless `-v`
         was given, which shows the traceback of either."""
@@ -132,7 +132,7 @@ class LazyGroup(click.Group):
         except (click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
-            from plankton_cli.errors import as_plankton_error
+            from plankton_cli.core.errors import as_plankton_error
 
             error = as_plankton_error(exc)
             if error is not None:

@@ -47,7 +47,12 @@ def check(repair: bool, store: Path, lock_timeout: float, as_json: bool) -> None
 
     require_store(store)
     the_store = Store(store)
-    report = (run_repair if repair else run_check)(the_store, lock_timeout=lock_timeout)  # locked: 75 at the edge
+    if repair:  # locked: 75 at the edge
+        from plankton_cli.ingest import ingest
+
+        report = run_repair(the_store, ingest, lock_timeout=lock_timeout)
+    else:
+        report = run_check(the_store, lock_timeout=lock_timeout)
     for line in report.repaired:
         log.warning("repaired: %s", line)
     for problem in report.problems:

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from plankton_cli.errors import ConfigError
+from plankton_cli.core.errors import ConfigError
 
 
 def bad_config_value(exc: click.BadParameter, config: Path | None) -> ConfigError | None:

@@ -72,7 +72,7 @@ class BackendOptions:
 
 
 def _backend_names() -> list[str]:
-    from plankton_cli import plugins
+    from plankton_cli.core import plugins
 
     return plugins.names("backend") or ["local"]
 
@@ -255,7 +255,7 @@ def dispatch(
     """
     if backend == "local" and not dry_run:
         return False
-    from plankton_cli import plugins
+    from plankton_cli.core import plugins
     from plankton_cli.jobs import Job, record
 
     try:

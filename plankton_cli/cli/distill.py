@@ -13,7 +13,7 @@ from plankton_cli.cli.output import emit_json
 
 log = logging.getLogger("plankton.distill")
 
-# Spelled out here (not imported from plankton_cli.distill) so that --help does not import torch.
+# Spelled out here (not imported from plankton_cli.train.distill) so that --help does not import torch.
 DEFAULT_STUDENT = "mobilenetv3_small_100"
 DEFAULT_IMG_SIZE = 112
 
@@ -98,8 +98,8 @@ def distill(ctx: click.Context, teacher: Path, out: Path, student: str, img_size
         return
     require_store(store)  # here, not before dispatch: a cluster job checks the store where it runs
 
-    from plankton_cli.distill import DistillConfig
-    from plankton_cli.distill import distill as run_distill
+    from plankton_cli.train.distill import DistillConfig
+    from plankton_cli.train.distill import distill as run_distill
 
     config = DistillConfig(
         store=store, teacher=teacher, out=out, student=student, img_size=img_size, dataset=dataset, epochs=epochs,

@@ -28,7 +28,7 @@ Macro averages are over the classes present in each fold's true labels (scikit-l
 @json_option
 def evaluate(runs, predictions, out_dir, store, as_json):
     """Metrics, tables and plots from fine-tune runs or from predictions."""
-    from plankton_cli.evaluate import evaluate as run_evaluate
+    from plankton_cli.publish.evaluate import evaluate as run_evaluate
     from plankton_cli.store import Store
 
     if not runs and predictions is None:
@@ -39,7 +39,7 @@ def evaluate(runs, predictions, out_dir, store, as_json):
     if as_json:
         emit_json(report)
         return
-    from plankton_cli.metrics import format_table_markdown
+    from plankton_cli.train.metrics import format_table_markdown
 
     if report["table"]:
         click.echo(format_table_markdown(report["table"]))

@@ -45,7 +45,7 @@ def features(strict: bool, store: Path, lock_timeout: float, as_json: bool) -> N
     last run are measured; rows of objects that left the store are removed.
     """
     from plankton_cli.cli.output import progress
-    from plankton_cli.features.dataset import compute_features
+    from plankton_cli.prepare.features.dataset import compute_features
     from plankton_cli.store import LockTimeout, Store
 
     require_store(store)

@@ -137,7 +137,7 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
     fold-K/recipe.json.
     """
     from plankton_cli.cli.dispatch import dispatch
-    from plankton_cli.protocol import parse_label_fraction
+    from plankton_cli.train.protocol import parse_label_fraction
 
     try:
         parse_label_fraction(labels)
@@ -156,8 +156,8 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
         return
     require_store(store)  # here, not before dispatch: a cluster job checks the store where it runs
 
-    from plankton_cli.finetune import FinetuneConfig
-    from plankton_cli.finetune import finetune as run_finetune
+    from plankton_cli.train.finetune import FinetuneConfig
+    from plankton_cli.train.finetune import finetune as run_finetune
 
     config = FinetuneConfig(
         store=store, init=init, out=out, dataset=dataset, labels=labels, protocol=protocol, folds=folds, fold=fold,

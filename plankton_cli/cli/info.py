@@ -19,7 +19,7 @@ Examples:
 @json_option
 def info(top: int, store: Path, as_json: bool) -> None:
     """Show what the store holds: counts by dataset, instrument, label and source."""
-    from plankton_cli.info import store_info
+    from plankton_cli.store.info import store_info
     from plankton_cli.store import Store
 
     data = store_info(Store(store), top=top)

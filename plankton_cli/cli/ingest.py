@@ -16,7 +16,7 @@ log = logging.getLogger("plankton.ingest")
 
 
 def _reader_names() -> list[str]:
-    from plankton_cli import plugins
+    from plankton_cli.core import plugins
 
     return ["auto", *plugins.names("reader")]
 
@@ -69,10 +69,10 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
     are skipped, changed ones replace their old rows, and every rejected object is reported
     with file, row and reason.
     """
-    from plankton_cli import plugins
+    from plankton_cli.core import plugins
     from plankton_cli.cli.output import progress
     from plankton_cli.ingest import ingest as run_ingest
-    from plankton_cli.records import ReadOptions
+    from plankton_cli.core.records import ReadOptions
     from plankton_cli.store import Store
 
     extra = {}
@@ -106,7 +106,7 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
         except plugins.PluginError as exc:
             raise click.UsageError(str(exc)) from exc
 
-    from plankton_cli.mismatch import label_twins
+    from plankton_cli.core.mismatch import label_twins
 
     # only pairs with a label this run stored (old pairs were warned about when they came in); a run that stored
     # no labelled object, such as a nightly IFCB ingest, reads no labels at all
@@ -156,7 +156,7 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
     if strict and summary.n_rejected:
         sys.exit(65)
     if strict and (twins or copies or relabelled):
-        from plankton_cli.errors import DataError
+        from plankton_cli.core.errors import DataError
 
         if relabelled and not (twins or copies):
             raise DataError(f"--strict: {relabelled}")

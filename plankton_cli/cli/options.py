@@ -43,7 +43,7 @@ def missing_store(store: Path) -> str:
 
 def require_store(store: Path) -> None:
     """Exit 2 with `missing_store` unless `store` is a plankton store (it has store.json)."""
-    from plankton_cli.errors import UsageError
+    from plankton_cli.core.errors import UsageError
     from plankton_cli.store import Store
 
     if not Store(store).exists:

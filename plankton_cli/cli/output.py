@@ -12,9 +12,9 @@ from typing import Any
 
 import click
 
+from plankton_cli.core.lightning_logs import set_lightning_level
+
 log = logging.getLogger("plankton")
-LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric", "lightning")
-_lightning_level = logging.WARNING
 
 
 def is_interactive() -> bool:
@@ -37,9 +37,7 @@ def setup_logging(verbose: int = 0, quiet: bool = False, log_file: Path | None =
         console_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     console_handler.setLevel(level)
     root.addHandler(console_handler)
-    global _lightning_level
-    _lightning_level = logging.INFO if verbose else logging.WARNING
-    quiet_lightning()
+    set_lightning_level(logging.INFO if verbose else logging.WARNING)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         # WatchedFileHandler reopens the file after logrotate moves it.
@@ -47,15 +45,6 @@ def setup_logging(verbose: int = 0, quiet: bool = False, log_file: Path | None =
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         fh.setLevel(logging.DEBUG if verbose else logging.INFO)
         root.addHandler(fh)
-
-
-def quiet_lightning() -> None:
-    """Lightning's banners (accelerator, litlogger/litmodels tips) are noise next to our own summaries: only with -v.
-
-    Importing pytorch_lightning or lightning_fabric sets their loggers to INFO, after `setup_logging` ran (commands
-    import them lazily), so the module that imports them calls this again."""
-    for name in LIGHTNING_LOGGERS:
-        logging.getLogger(name).setLevel(_lightning_level)
 
 
 def describe(name: str, info: dict[str, Any]) -> list[str]:

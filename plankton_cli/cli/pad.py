@@ -73,10 +73,10 @@ def pad(source: str, target: str, preset: str, crop_top: int, crop_bottom: int, 
     since the last run are padded.
     """
     from plankton_cli.cli.output import progress
-    from plankton_cli.errors import UsageError as PlanktonUsageError
-    from plankton_cli.pad_store import pad_dataset
-    from plankton_cli.pad_store import preview as write_preview
-    from plankton_cli.square_pad import CropSpec
+    from plankton_cli.core.errors import UsageError as PlanktonUsageError
+    from plankton_cli.prepare.pad_store import pad_dataset
+    from plankton_cli.prepare.pad_store import preview as write_preview
+    from plankton_cli.prepare.square_pad import CropSpec
     from plankton_cli.store import Store
 
     if dry_run and not preview:

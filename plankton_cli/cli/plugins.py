@@ -17,7 +17,7 @@ plankton.writers and plankton.backends (see examples/ in the repository).""")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def plugins_command(as_json: bool) -> None:
     """List installed reader, writer and backend plugins (and broken ones)."""
-    from plankton_cli import plugins
+    from plankton_cli.core import plugins
 
     infos = plugins.describe()
     if as_json:

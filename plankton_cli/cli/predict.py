@@ -89,10 +89,10 @@ def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force
     if dispatch(ctx, backend_opts.backend, backend_opts.resources(), out_dir, wait=backend_opts.wait,
                 dry_run=backend_opts.dry_run, record_dir=store):
         return
-    from plankton_cli import plugins
+    from plankton_cli.core import plugins
     from plankton_cli.cli.output import progress
-    from plankton_cli.predict import predict as run_predict
-    from plankton_cli.records import ReadOptions
+    from plankton_cli.infer.predict import predict as run_predict
+    from plankton_cli.core.records import ReadOptions
     from plankton_cli.store import Store
 
     options = {"ecotaxa_mode": ecotaxa_mode}
@@ -144,7 +144,7 @@ def predict(ctx, sources, model_path, to, out_dir, fmt, instrument, since, force
 
 def _threshold_line(model_path: Path, unclassified: int, predicted: int) -> str:
     """Why so many are `unclassified`, and what changes it: the thresholds come from finetune's --target-precision."""
-    from plankton_cli.model_info import ModelInfo
+    from plankton_cli.train.model_info import ModelInfo
 
     precision = ModelInfo.load(model_path).threshold_target_precision
     target = f"precision {precision:g}" if precision else "their target precision"
@@ -165,9 +165,9 @@ def _store_instruments(store, instrument: str | None) -> dict[str, int]:
 def _warn_foreign_instruments(model_path: Path, counts: dict[str, int]) -> None:
     """Warn about objects of an instrument the model was not fine-tuned on (a FlowCam model on IFCB ROIs), with
     their number (`counts`: objects per instrument)."""
-    from plankton_cli.errors import PlanktonError
-    from plankton_cli.mismatch import instrument_warnings
-    from plankton_cli.model_info import ModelInfo
+    from plankton_cli.core.errors import PlanktonError
+    from plankton_cli.core.mismatch import instrument_warnings
+    from plankton_cli.train.model_info import ModelInfo
 
     try:
         info = ModelInfo.load(model_path).to_dict()

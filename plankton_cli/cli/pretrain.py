@@ -105,8 +105,8 @@ def pretrain(ctx: click.Context, dataset: str | None, model: str, img_size: int,
         return
     require_store(store)  # here, not before dispatch: a cluster job checks the store where it runs
 
-    from plankton_cli.pretrain import PretrainConfig
-    from plankton_cli.pretrain import pretrain as run_pretrain
+    from plankton_cli.train.pretrain import PretrainConfig
+    from plankton_cli.train.pretrain import pretrain as run_pretrain
 
     config = PretrainConfig(
         store=store, out=out, dataset=dataset, model=model, img_size=img_size, resize=resize, epochs=epochs,

@@ -36,7 +36,7 @@ rejected objects by reason, the unclassified share, and the mean confidence agai
 def report(model_path: Path, out_dir: Path, summary_dir: Path | None, night: datetime | None, drift_drop: float,
            store: Path, as_json: bool) -> None:
     """Write one HTML page about a night's classification: counts, new bins, rejections, drift."""
-    from plankton_cli.report import night_report
+    from plankton_cli.publish.report import night_report
     from plankton_cli.store import Store
 
     require_store(store)

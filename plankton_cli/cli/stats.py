@@ -29,7 +29,7 @@ def stats(dataset: str | None, resize: int, max_images: int, seed: int, store: P
     normalise with. The result is cached in the dataset's folder (`_stats.json`) and computed
     again only when the dataset or these options change.
     """
-    from plankton_cli.data.stats import STATS_FILE, load_or_compute_stats
+    from plankton_cli.prepare.data.stats import STATS_FILE, load_or_compute_stats
     from plankton_cli.store import Store
 
     require_store(store)

@@ -38,7 +38,7 @@ def summarize(model_path: Path, by: str, out_dir: Path, rebuild: bool, plots: bo
               as_json: bool) -> None:
     """Counts and concentrations (per mL) per class and bin, sample or day, from a model's predictions."""
     from plankton_cli.store import Store
-    from plankton_cli.summarize import summarize as run_summarize
+    from plankton_cli.publish.summarize import summarize as run_summarize
 
     require_store(store)
     the_store = Store(store)

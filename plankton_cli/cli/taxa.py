@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from plankton_cli.atomic import atomic_write_bytes
+from plankton_cli.core.atomic import atomic_write_bytes
 from plankton_cli.cli.options import Command, json_option
 from plankton_cli.cli.output import emit_json
 

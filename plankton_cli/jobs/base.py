@@ -5,7 +5,7 @@ for. A `Backend` runs that command line: in this process (`local`), on a SLURM c
 (`slurm`), or anywhere a third party knows how to reach. Any command (pretrain, finetune, predict) can be
 dispatched this way, and a backend never needs to know what the command does.
 
-Backends register under the ``plankton.backends`` entry-point group (see `plankton_cli.plugins`).
+Backends register under the ``plankton.backends`` entry-point group (see `plankton_cli.core.plugins`).
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def list_jobs(
 
 def _lookup(backends: Mapping[str, Backend] | Callable[[str], Backend] | None) -> Callable[[str], Backend]:
     if backends is None:
-        from plankton_cli import plugins
+        from plankton_cli.core import plugins
 
         return lambda name: plugins.load("backend", name)
     if isinstance(backends, Mapping):

@@ -27,7 +27,7 @@ import pyarrow.dataset as ds
 from plankton_cli.store import layout
 from plankton_cli.store.lock import LockTimeout, StoreLock
 from plankton_cli.store.schema import DatasetSchema, load_schema
-from plankton_cli.atomic import atomic_write_bytes
+from plankton_cli.core.atomic import atomic_write_bytes
 from plankton_cli.store.transaction import Transaction, recover
 
 __all__ = ["Store", "LockTimeout", "load_schema", "DatasetSchema"]

@@ -21,16 +21,17 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from plankton_cli.atomic import atomic_write_bytes
-from plankton_cli.errors import DataError, StoreIOError
+from plankton_cli.core.atomic import atomic_write_bytes
+from plankton_cli.core.errors import DataError, StoreIOError
 from plankton_cli.store import Store
 from plankton_cli.store.layout import (COMMITTED, MANIFEST, MAX_NAME_BYTES, UnreadableFileList, checksum, hidden,
                                        read_committed)
@@ -240,10 +241,11 @@ def _check_manifest(store: Store, files: dict, intact: set[str]) -> list[Problem
     return problems
 
 
-def repair(store: Store, *, lock_timeout: float = 60.0) -> CheckReport:
-    """Repair what `check` finds, then check again (the returned report is that second check's)."""
-    from plankton_cli.ingest import ingest
+def repair(store: Store, ingest: Callable[..., Any], *, lock_timeout: float = 60.0) -> CheckReport:
+    """Repair what `check` finds, then check again (the returned report is that second check's).
 
+    `ingest` is `plankton_cli.ingest.ingest`, passed in because the store sits below ingest: it reads the sources
+    of lost files again."""
     done: list[str] = []
     with StoreLock(store.root, timeout=lock_timeout):
         _finish_or_set_aside(store.root, done)
@@ -367,8 +369,8 @@ def _entry_from_data(key: str, store: Store) -> dict | None:
     """A manifest entry for a source known only from its rows: its files found again through its reader."""
     from datetime import UTC, datetime
 
-    from plankton_cli import plugins
-    from plankton_cli.records import ReadOptions
+    from plankton_cli.core import plugins
+    from plankton_cli.core.records import ReadOptions
 
     table = store.dataset("objects").to_table(columns=["source_key", "source_file", "ingest_run"],
                                               filter=pc.field("source_key") == key)

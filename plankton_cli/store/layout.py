@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, unquote
 
-from plankton_cli.errors import StoreIOError, UsageError
+from plankton_cli.core.errors import StoreIOError, UsageError
 
 T = TypeVar("T")
 

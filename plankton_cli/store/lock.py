@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from plankton_cli.errors import StoreLocked
+from plankton_cli.core.errors import StoreLocked
 
 
 class LockTimeout(StoreLocked):

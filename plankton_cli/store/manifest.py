@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from plankton_cli.records import ReadOptions, Source
+from plankton_cli.core.records import ReadOptions, Source
 from plankton_cli.store.layout import MANIFEST
 from plankton_cli.store.schema import load_schema
 

@@ -28,8 +28,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from plankton_cli.atomic import atomic_write_bytes, fsync_dir
-from plankton_cli.errors import StoreIOError
+from plankton_cli.core.atomic import atomic_write_bytes, fsync_dir
+from plankton_cli.core.errors import StoreIOError
 from plankton_cli.store.layout import COMMITTED, checksum, listed_files, read_committed
 
 JOURNALS = ".journal"

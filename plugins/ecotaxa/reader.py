@@ -22,8 +22,8 @@ from datetime import date, datetime, time, timezone
 from pathlib import Path
 from typing import Protocol
 
-from plankton_cli.records import ReadOptions, Record, Rejection, Source
-from plankton_cli.instruments import canonical_instrument
+from plankton_cli.core.records import ReadOptions, Record, Rejection, Source
+from plankton_cli.core.instruments import canonical_instrument
 from plankton_plugins.ecotaxa.tsv import BinaryOpener, TsvReader, utf16_codec, normalize_category
 
 TSV_NAME = re.compile(r"^ecotaxa.*\.(tsv|txt)$", re.IGNORECASE)

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from plankton_cli.records import ReadOptions
+from plankton_cli.core.records import ReadOptions
 from plankton_plugins.ecotaxa.reader import EcoTaxaReader, _category_id
 from plankton_plugins.ecotaxa.tsv import TsvReader, normalize_category
 
@@ -234,6 +234,6 @@ def class_names(model_path: Path) -> list[str]:
     """The classes a model file (or its folder) predicts, from its `model.json`."""
     model_path = Path(model_path)
     weights = model_path / "model.safetensors" if model_path.is_dir() else model_path
-    from plankton_cli.model_info import ModelInfo
+    from plankton_cli.train.model_info import ModelInfo
 
     return list(ModelInfo.load(weights).classes)

@@ -39,7 +39,7 @@ category.
 folder, so EcoTaxa never invents `__DUMMY_ID__` parents.
 
 A batch may hold several samples and a sample may span batches, so rows and images are spooled per sample to a
-hidden folder in OUT (`plankton_cli.spool`, removed at `close()` or `abort()`, or by the next run after a kill) and
+hidden folder in OUT (`plankton_cli.core.spool`, removed at `close()` or `abort()`, or by the next run after a kill) and
 each zip is built at `close()`: rows sorted by object_id and image rank (an image predicted twice keeps its last
 prediction), members in fixed order with fixed timestamps, so the same predictions give the same bytes. Each zip is
 written under a temporary name, checked with `checker.check_import_zip` (against the confirmed taxa too; a problem
@@ -66,11 +66,11 @@ import numpy as np
 from PIL import Image
 
 import plankton_cli
-from plankton_cli.atomic import atomic_path
-from plankton_cli.predictions import probability_matrix, top_k
-from plankton_cli.spool import Spool
-from plankton_cli.writers import UNCLASSIFIED, Prediction, PredictionRun
-from plankton_cli.instruments import canonical_instrument
+from plankton_cli.core.atomic import atomic_path
+from plankton_cli.infer.predictions import probability_matrix, top_k
+from plankton_cli.core.spool import Spool
+from plankton_cli.core.writers import UNCLASSIFIED, Prediction, PredictionRun
+from plankton_cli.core.instruments import canonical_instrument
 from plankton_plugins.ecotaxa.checker import check_import_zip
 from plankton_plugins.ecotaxa.reader import NATIVE_ID
 from plankton_plugins.ecotaxa.tsv import normalize_category
@@ -265,7 +265,7 @@ class EcoTaxaSession:
         self.store_taxa = store_taxa(options["store"]) if options.get("store") else {}
         unconfirmed = [c for c in run.classes if c != UNCLASSIFIED and self._taxon(c) is None]
         if str(options.get("strict", "")).lower() in ("1", "true", "yes") and unconfirmed:
-            from plankton_cli.errors import DataError
+            from plankton_cli.core.errors import DataError
 
             raise DataError(f"ecotaxa: {len(unconfirmed)} of the model's {len(run.classes)} labels have no EcoTaxa "
                             f"category confirmed by a taxon map or by labels read from EcoTaxa "
@@ -273,7 +273,7 @@ class EcoTaxaSession:
                             f"{FIX_HINT}")
         self.k = max(1, min(run.top_k, MAX_TOP_K, len(run.classes)))
         self.version = run.package_version or plankton_cli.__version__
-        self._spooled = Spool(out_dir, EcoTaxaWriter.name)  # beside the output, not in /tmp: see plankton_cli.spool
+        self._spooled = Spool(out_dir, EcoTaxaWriter.name)  # beside the output, not in /tmp: see plankton_cli.core.spool
         self._spool = self._spooled.path
         self._samples: dict[tuple[str, str], Path] = {}  # (mode, sample name) -> its spool folder
         self._seq = 0

@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from plankton_cli.predictions import prediction_table, probability_matrix, top_k, with_classes
+from plankton_cli.infer.predictions import prediction_table, probability_matrix, top_k, with_classes
 from plankton_cli.store.transaction import new_run_id
-from plankton_cli.writers import Prediction, PredictionRun
+from plankton_cli.core.writers import Prediction, PredictionRun
 
 
 class _AtomicFile:

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 
-from plankton_cli.records import ReadOptions, Record, Rejection, Source
-from plankton_cli.instruments import canonical_instrument
+from plankton_cli.core.records import ReadOptions, Record, Rejection, Source
+from plankton_cli.core.instruments import canonical_instrument
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"})
 LABEL_SOURCES = ("folder", "none")

@@ -24,7 +24,7 @@ transliterated (`µm` -> `um`), a warning names it, and the original labels are 
 dataset's `original_labels` attribute (JSON). Arrays are gzip-compressed in chunks, like the reference files.
 Root attributes `model_id`, `model_hash` and `software` record provenance. Predictions whose sample is not an IFCB
 bin are counted and skipped. A bin may span batches, so each bin's scores are spooled to a hidden folder in OUT
-(`plankton_cli.spool`) and its file is written at `close()` (to a temporary name, then renamed), sorted by ROI
+(`plankton_cli.core.spool`) and its file is written at `close()` (to a temporary name, then renamed), sorted by ROI
 number; a ROI predicted twice keeps its last prediction.
 """
 
@@ -41,9 +41,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from plankton_cli.atomic import atomic_path
-from plankton_cli.spool import Spool
-from plankton_cli.writers import Prediction, PredictionRun
+from plankton_cli.core.atomic import atomic_path
+from plankton_cli.core.spool import Spool
+from plankton_cli.core.writers import Prediction, PredictionRun
 from plankton_plugins.ifcb.bins import BinId, parse_bin_id
 
 FOLDER = "ifcb-h5"
@@ -162,7 +162,7 @@ class IFCBClassScoresSession:
                 duplicates += len(rows) - len(last)
                 order = [last[roi] for roi in sorted(last)]
                 path = class_file(self.out_dir, self._bins[name])
-                # the temporary file in the spool: a killed run's goes with it (see plankton_cli.spool)
+                # the temporary file in the spool: a killed run's goes with it (see plankton_cli.core.spool)
                 write_class_file(
                     path, scores[order], self.run.classes, np.array(sorted(last), np.int32),
                     [rows[i][1] for i in order], [rows[i][2] for i in order], thresholds,

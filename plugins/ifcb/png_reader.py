@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from plankton_cli.records import ReadOptions, Record, Rejection, Source
+from plankton_cli.core.records import ReadOptions, Record, Rejection, Source
 from plankton_plugins.ifcb.bins import PIXEL_SIZE_UM, BinId, parse_bin_id
 
 INSTRUMENT = "IFCB"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plankton_cli.records import ReadOptions, Record, Rejection, Source
+from plankton_cli.core.records import ReadOptions, Record, Rejection, Source
 from plankton_plugins.ifcb.bins import (
     PIXEL_SIZE_UM,
     SCHEMAS,

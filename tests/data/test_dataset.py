@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from plankton_cli.data import (
+from plankton_cli.prepare.data import (
     ResizeTransform,
     StoreDataLoader,
     StoreDataset,
@@ -23,7 +23,7 @@ from plankton_cli.data import (
     list_row_groups,
     load_or_compute_stats,
 )
-from plankton_cli.data.transforms import resize_to_array
+from plankton_cli.prepare.data.transforms import resize_to_array
 from plankton_cli.store.schema import load_schema
 import conftest
 

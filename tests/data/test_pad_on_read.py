@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import BUNDLED, SHARED
-from plankton_cli.data import EvalTransform, StoreDataset, TrainTransform
-from plankton_cli.data.stats import compute_mean_std
+from plankton_cli.prepare.data import EvalTransform, StoreDataset, TrainTransform
+from plankton_cli.prepare.data.stats import compute_mean_std
 from plankton_cli.ingest import ingest
-from plankton_cli.pad_store import pad_dataset
-from plankton_cli.records import ReadOptions
+from plankton_cli.prepare.pad_store import pad_dataset
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
 
 DEMO = BUNDLED / "planktonclass-demo" / "demo-images"

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from plankton_cli.data import EvalTransform, GpuAugment, ResizeTransform, TrainTransform, decode_gray
-from plankton_cli.data.transforms import torchvision_train_transform
+from plankton_cli.prepare.data import EvalTransform, GpuAugment, ResizeTransform, TrainTransform, decode_gray
+from plankton_cli.prepare.data.transforms import torchvision_train_transform
 import conftest
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,15 +9,15 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from plankton_cli.models.checkpoints import (
+from plankton_cli.train.models.checkpoints import (
     load_encoder_info,
     load_model,
     load_vit_weights,
     save_encoder,
     save_model,
 )
-from plankton_cli.models.classifier import Classifier
-from plankton_cli.models.mae import MAE, create_vit
+from plankton_cli.train.models.classifier import Classifier
+from plankton_cli.train.models.mae import MAE, create_vit
 
 VIT = dict(patch_size=8, depth=2, embed_dim=64, num_heads=2)
 PREPROCESS = dict(mean=[0.12], std=[0.2], pad_mode="edge-mode-noise", resize=36, source="test run")
@@ -194,7 +194,7 @@ def test_save_and_load_fine_tuned_model(tmp_path):
 def test_real_lightning_checkpoint(tmp_path):
     """A checkpoint written by a real Lightning Trainer (with a Path hyper-parameter) loads."""
     pl = pytest.importorskip("pytorch_lightning")
-    from plankton_cli.models.mae import param_groups_weight_decay
+    from plankton_cli.train.models.mae import param_groups_weight_decay
 
     class Pretrain(pl.LightningModule):
         def __init__(self, data_dir: Path = Path("/data"), lr: float = 1e-3):

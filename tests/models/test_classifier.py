@@ -8,8 +8,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from plankton_cli.models.classifier import Classifier, group_of, layer_decay_param_groups
-from plankton_cli.models.schedules import warmup_cosine, warmup_cosine_scheduler
+from plankton_cli.train.models.classifier import Classifier, group_of, layer_decay_param_groups
+from plankton_cli.train.models.schedules import warmup_cosine, warmup_cosine_scheduler
 
 TINY = dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2)
 
@@ -133,7 +133,7 @@ def test_cnn_refuses_vit_options_and_unknown_names():
 
 
 def test_cnn_model_file_round_trip_gives_identical_logits_and_no_vit_keys(tmp_path):
-    from plankton_cli.models.checkpoints import load_model, save_model
+    from plankton_cli.train.models.checkpoints import load_model, save_model
 
     torch.manual_seed(0)
     model = Classifier(CNN, 3, img_size=32, in_chans=1, drop_path_rate=0.0).eval()
@@ -150,8 +150,8 @@ def test_cnn_model_file_round_trip_gives_identical_logits_and_no_vit_keys(tmp_pa
 
 
 def test_model_file_of_a_vit_without_its_shape_is_refused(tmp_path):
-    from plankton_cli.model_info import ModelInfo, ModelInfoError
-    from plankton_cli.models.checkpoints import ModelFileError, load_model, save_model
+    from plankton_cli.train.model_info import ModelInfo, ModelInfoError
+    from plankton_cli.train.models.checkpoints import ModelFileError, load_model, save_model
 
     model = tiny_classifier(num_classes=2)
     weights = save_model(tmp_path / "vit", model.state_dict(), {**model.arch, "classes": ["a", "b"], "mean": [0.5],

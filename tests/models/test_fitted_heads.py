@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from plankton_cli.features.inputs import FeatureScaling
-from plankton_cli.finetune.heads import fit_head, head_probabilities, make_head
-from plankton_cli.models import load_model, save_model
-from plankton_cli.models.classifier import Classifier
-from plankton_cli.models.fitted_heads import FITTED_HEADS, ForestHead, LinearHead, fitted_head
+from plankton_cli.prepare.features.inputs import FeatureScaling
+from plankton_cli.train.finetune.heads import fit_head, head_probabilities, make_head
+from plankton_cli.train.models import load_model, save_model
+from plankton_cli.train.models.classifier import Classifier
+from plankton_cli.train.models.fitted_heads import FITTED_HEADS, ForestHead, LinearHead, fitted_head
 
 N_CLASSES = 5  # class 3 never appears in training: its probability must stay 0
 

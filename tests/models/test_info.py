@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from plankton_cli.model_info import MODEL_FORMAT, ModelInfo, ModelInfoError
+from plankton_cli.train.model_info import MODEL_FORMAT, ModelInfo, ModelInfoError
 
 # An encoder.json exactly as `plankton pretrain` wrote it before ModelInfo existed: scalar mean/std, provenance keys.
 OLD_ENCODER = {

@@ -7,7 +7,7 @@ import timm
 import torch
 from PIL import Image
 
-from plankton_cli.models.mae import (
+from plankton_cli.train.models.mae import (
     MAE,
     masked_patch_loss,
     param_groups_weight_decay,
@@ -155,7 +155,7 @@ def test_reconstruct_returns_pixel_images_and_grid():
 
 
 def test_reconstruction_panels_name_their_columns():
-    from plankton_cli.models.mae import titled_panel
+    from plankton_cli.train.models.mae import titled_panel
 
     images = uvp6_batch(n=2)
     masked, recon, original = tiny_mae().reconstruct(images, mean=0.5, std=0.25)

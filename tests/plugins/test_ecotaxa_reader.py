@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from plankton_cli.records import ReadOptions, Record, Rejection
+from plankton_cli.core.records import ReadOptions, Record, Rejection
 from plankton_plugins.ecotaxa.reader import EcoTaxaReader, parse_coordinate, parse_time
 from plankton_plugins.ecotaxa.tsv import TsvReader, detect_encoding, normalize_category
 from conftest import SHARED

@@ -16,8 +16,8 @@ import pytest
 
 from conftest import plankton, shared_data
 from plankton_cli.ingest import ingest
-from plankton_cli.predict import predict
-from plankton_cli.records import ReadOptions
+from plankton_cli.infer.predict import predict
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
 from plankton_plugins.ecotaxa.checker import PREDEFINED, check_import_zip
 from plankton_plugins.ecotaxa.reader import (

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, load_test_module, shared_data
 from plankton_cli.ingest import ingest
-from plankton_cli.predict import predict
+from plankton_cli.infer.predict import predict
 from plankton_cli.store import Store
 from plankton_plugins.ecotaxa.checker import check_import_zip
 from test_predict import tiny_model

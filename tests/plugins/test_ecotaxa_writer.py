@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from plankton_cli.records import ReadOptions, Record
+from plankton_cli.core.records import ReadOptions, Record
 from plankton_cli.store.images import encode_png
-from plankton_cli.writers import UNCLASSIFIED, Prediction, PredictionRun
+from plankton_cli.core.writers import UNCLASSIFIED, Prediction, PredictionRun
 from plankton_plugins.ecotaxa.checker import check_import_zip
 from plankton_plugins.ecotaxa.reader import EcoTaxaReader
 from plankton_plugins.ecotaxa.writer import EcoTaxaWriter, load_taxon_map
@@ -485,7 +485,7 @@ def test_a_folder_label_s_id_is_never_written(tmp_path):
 
 
 def test_strict_refuses_a_run_with_unconfirmed_labels_before_anything_is_written(tmp_path):
-    from plankton_cli.errors import DataError
+    from plankton_cli.core.errors import DataError
 
     with pytest.raises(DataError, match=r"2 of the model's 3 labels .*Mesodinium_rubrum, detritus.*plankton taxa"):
         write(tmp_path, ifcb_predictions(), taxon_map=str(confirm(tmp_path, "Ciliophora\tCiliophora\t11514")),

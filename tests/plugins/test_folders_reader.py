@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from plankton_cli.records import ReadOptions, Record, Rejection
+from plankton_cli.core.records import ReadOptions, Record, Rejection
 from plankton_plugins.folders.reader import ImageFolderReader
 from conftest import SHARED
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from plankton_cli.records import Record
-from plankton_cli.writers import UNCLASSIFIED, Prediction, PredictionRun
+from plankton_cli.core.records import Record
+from plankton_cli.core.writers import UNCLASSIFIED, Prediction, PredictionRun
 from plankton_plugins.ifcb.class_scores import IFCBClassScoresWriter, class_file
 from plankton_plugins.ifcb.bins import parse_bin_id
 from plankton_plugins.ifcb.reader import IFCBBinReader

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from plankton_cli import plugins
-from plankton_cli.records import ReadOptions, Record, Rejection
+from plankton_cli.core import plugins
+from plankton_cli.core.records import ReadOptions, Record, Rejection
 from plankton_plugins.ifcb.png_reader import IFCBPngReader, parse_png_name
 from plankton_plugins.ifcb.reader import IFCBBinReader
 

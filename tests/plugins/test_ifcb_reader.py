@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plankton_cli import plugins
-from plankton_cli.records import ReadOptions, Record, Rejection
+from plankton_cli.core import plugins
+from plankton_cli.core.records import ReadOptions, Record, Rejection
 from plankton_plugins.ifcb.reader import IFCBBinReader
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "ifcb"
@@ -275,7 +275,7 @@ def test_damaged_v1_pair_is_rejected_together(tmp_path):
 
 
 def test_unreadable_bin_id_is_one_rejection(tmp_path):
-    from plankton_cli.records import Source
+    from plankton_cli.core.records import Source
 
     source = Source(key=str(tmp_path / "not_a_bin"), files=(), reader="ifcb")
     (item,) = READER.read(source, OPTIONS)

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from conftest import BUNDLED, shared_data
-from plankton_cli import plugins
+from plankton_cli.core import plugins
 from plankton_cli.ingest import ingest
-from plankton_cli.records import LABEL_STATUSES, ReadOptions, Record, Rejection
+from plankton_cli.core.records import LABEL_STATUSES, ReadOptions, Record, Rejection
 from plankton_cli.store import Store
 
 V2_BIN = BUNDLED / "ifcb/pyifcb-testdata/white/D2013/D201305/D20130526/D20130526T095207_IFCB013"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import load_test_module
-from plankton_cli.spool import Spool, remove_stale
+from plankton_cli.core.spool import Spool, remove_stale
 from plankton_plugins.ecotaxa.writer import EcoTaxaWriter
 from plankton_plugins.ifcb.class_scores import IFCBClassScoresWriter
 

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import plankton
 from plankton_cli.ingest import ingest
-from plankton_cli.records import ReadOptions
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
 
 
@@ -201,7 +201,7 @@ def test_pad_refuses_a_target_that_is_not_its_own_dataset_before_writing_anythin
 
 
 def test_dataset_names_are_checked_where_the_store_reads_them(store):
-    from plankton_cli.errors import UsageError
+    from plankton_cli.core.errors import UsageError
     from plankton_cli.store.layout import dataset_name
 
     assert dataset_name("padded-224") == "padded-224" and dataset_name("padded", written_by="pad") == "padded"

@@ -21,11 +21,11 @@ import pytest
 from PIL import Image
 
 from conftest import BUNDLED
-from plankton_cli.features.dataset import compute_features
+from plankton_cli.prepare.features.dataset import compute_features
 from plankton_cli.ingest import ingest
-from plankton_cli.pad_store import pad_dataset
-from plankton_cli.predict import predict
-from plankton_cli.records import ReadOptions
+from plankton_cli.prepare.pad_store import pad_dataset
+from plankton_cli.infer.predict import predict
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
 from plankton_cli.store.layout import COMMITTED, MANIFEST, read_committed
 from test_predict import CLASSES, PADDING, tiny_model
@@ -333,7 +333,7 @@ def test_a_garbage_journal_beside_a_committed_one_loses_no_commit(tmp_path, monk
             with twin.locked():  # what the committed journal alone comes to
                 pass
             (store.root / ".journal" / f"{garbage}.json").write_bytes(b"\x00{not a journal")
-            report = repair(store)
+            report = repair(store, ingest)
             assert report.exit_code == 0, [str(p) for p in report.problems]
             assert any("unreadable journal" in line and garbage in line for line in report.repaired)
             assert "finished 1 interrupted commit" in report.repaired
@@ -363,7 +363,7 @@ def test_garbage_committed_list_after_a_kill_at_every_operation_is_rebuilt_from_
         with twin.locked():
             pass
         (store.root / COMMITTED).write_bytes(b'{"files": {"objects/')
-        report = repair(store)
+        report = repair(store, ingest)
         assert report.exit_code == 0, [str(p) for p in report.problems]
         rebuilt += any("rebuilt committed.json" in line for line in report.repaired)
         assert content(store.root) == content(twin.root), f"kill at {k}"
@@ -390,11 +390,11 @@ def test_a_repair_killed_at_every_operation_ends_with_every_row_when_run_again(t
     assert pq.read_metadata(lost).num_rows > 0
     lost.unlink()
 
-    for k, store, fired in faulted(monkeypatch, template, tmp_path, mode, lambda store: repair(store, lock_timeout=5)):
+    for k, store, fired in faulted(monkeypatch, template, tmp_path, mode, lambda store: repair(store, ingest, lock_timeout=5)):
         if fired:
             assert check(store).exit_code != 0 or content(store.root) == expected, \
                 f"kill at {k}: rows are missing and check calls the store whole"
-            report = repair(store, lock_timeout=5)
+            report = repair(store, ingest, lock_timeout=5)
             assert report.exit_code == 0, [str(p) for p in report.problems]
         assert content(store.root) == expected, f"repair killed at operation {k}, then run again"
         assert_clean(store.root)

@@ -38,7 +38,7 @@ def test_16_bit_grey_is_scaled_to_8_bits_not_clipped():
     assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I")  # really a 16-bit file
     expected = np.array([[0, 1, 4, 117, 255]], np.uint8)  # round(v * 255 / 65535)
     assert np.array_equal(decode(check(buf.getvalue()).data), expected)
-    from plankton_cli.data.transforms import decode_gray  # training decodes it the same way
+    from plankton_cli.prepare.data.transforms import decode_gray  # training decodes it the same way
 
     assert np.array_equal(np.asarray(decode_gray(buf.getvalue())), expected)
 

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 
-from plankton_cli.data.dataset import list_row_groups
-from plankton_cli.finetune import labelled_pool
+from plankton_cli.prepare.data.dataset import list_row_groups
+from plankton_cli.train.finetune import labelled_pool
 from plankton_cli.ingest import ingest
-from plankton_cli.pad_store import pad_dataset, padding_rules
-from plankton_cli.records import ReadOptions
+from plankton_cli.prepare.pad_store import pad_dataset, padding_rules
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
 from plankton_cli.store.layout import partition_dir, partition_values
 

@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 
 from conftest import BUNDLED, plankton
-from plankton_cli.data.dataset import list_row_groups
-from plankton_cli.errors import StoreIOError
-from plankton_cli.info import store_info
+from plankton_cli.prepare.data.dataset import list_row_groups
+from plankton_cli.core.errors import StoreIOError
+from plankton_cli.store.info import store_info
 from plankton_cli.ingest import ingest
-from plankton_cli.predict import _store_items
-from plankton_cli.records import ReadOptions
+from plankton_cli.infer.predict import _store_items
+from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store, layout
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from plankton_cli.store import LockTimeout, Store
 from plankton_cli.store.lock import StoreLock
-from plankton_cli.atomic import atomic_write_bytes
+from plankton_cli.core.atomic import atomic_write_bytes
 from plankton_cli.store.transaction import Transaction, recover
 
 

@@ -1,0 +1,283 @@
+"""Counts and concentrations per class, the numbers a monitoring station publishes (`plankton summarize`).
+
+For one model (its predictions in `STORE/predictions`), per sample or day and per class:
+
+- `count`: objects with that label after the model's per-class thresholds (`unclassified` is a class of its own,
+  so the counts of a sample add up to its predicted objects); `count_auto`: objects whose argmax is that class.
+  These are iRfcb's `classcountTB_above_optthresh` and `classcountTB` (`ifcb_summarize_class_counts` ->
+  `summarize_TBclass` counts `class_name` and `class_name_auto` of each class file).
+- `per_ml` = count / `ml_analyzed` (and `per_ml_auto`), `ml_analyzed` being the volume the store holds for each
+  IFCB bin (objects' metadata key `ml_analyzed`, from the bin's header and ADC file). A day sums its bins' volumes;
+  a sample without a volume gets empty concentrations, never a guess.
+- `biovolume_um3_per_ml`: the summed `biovolume_um3` of the class's objects / `ml_analyzed`, when the store has a
+  `features` dataset (`plankton features`; µm³ where the instrument's pixel size is known); absent otherwise.
+
+`--by bin` summarises IFCB bins (other samples are counted and left out), `--by sample` every sample id, `--by day`
+the UTC acquisition day (its `sample_id` is `YYYY-MM-DD`). Outputs in OUT (each written atomically):
+`counts.parquet` and `counts.csv` (long form: `sample_id, class, count, ml_analyzed, per_ml, count_auto,
+per_ml_auto, biovolume_um3_per_ml, acquired_at, instrument, samples`), `counts_wide.csv` and `per_ml_wide.csv` (one
+row per sample, one column per class, as iRfcb and ifcb-analysis write them), and `plots/` (a time series per class
+with any count, `overview.png` stacked).
+
+Incremental: `counts.parquet` records (in its schema metadata) the model, the grouping and which sample went into
+which row. A run reads the predictions' labels (cheap), and reads objects and features only for new samples; the
+groups they fall into are computed again (a day that got a new bin), every other row is kept as it was. With no new
+sample nothing is written.
+
+The outputs are one unit: `counts.parquet` is written last, after the CSV tables and the plots, so it is the
+commit point. A run killed between its files leaves the old `counts.parquet`, whose groups lack the new samples: the
+next run finds them new again and writes every table from the same rows, so the three CSV tables always end up
+agreeing with each other and with `counts.parquet`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from plankton_cli.core.atomic import atomic_path
+from plankton_cli.core.errors import DataError
+from plankton_cli.train.model_info import ModelInfo
+from plankton_cli.store import Store
+from plankton_cli.core.writers import UNCLASSIFIED
+
+log = logging.getLogger("plankton.summarize")
+
+GROUPINGS = ("bin", "sample", "day")
+COUNTS = "counts.parquet"
+METADATA_KEY = b"plankton.summary"
+COLUMNS = ["sample_id", "class", "count", "ml_analyzed", "per_ml", "count_auto", "per_ml_auto",
+           "biovolume_um3_per_ml", "acquired_at", "instrument", "samples"]
+_BIN_ID = re.compile(r"D\d{8}T\d{6}_IFCB\d{3}|IFCB\d_\d{4}_\d{3}_\d{6}")  # bins.parse_bin_id's shapes
+
+
+@dataclass
+class ModelRef:
+    model_hash: str
+    model_id: str
+    classes: list[str]
+
+
+@dataclass
+class SummarizeResult:
+    out_dir: str
+    model_id: str
+    by: str
+    new_samples: int = 0
+    groups_written: int = 0
+    groups_kept: int = 0
+    objects: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    biovolume: bool = False
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def model_info(model_path: Path) -> ModelRef:
+    """Hash, id and classes of a fine-tuned model file (or its folder), as predict records them."""
+    from plankton_cli.infer.predict import file_hash
+
+    model_path = Path(model_path)
+    weights = model_path / "model.safetensors" if model_path.is_dir() else model_path.with_suffix(".safetensors")
+    info = ModelInfo.load(weights)
+    model_id = info.extra.get("model_id") or f"{weights.parent.parent.name}/{weights.parent.name}"
+    return ModelRef(file_hash(weights), model_id, list(info.classes))
+
+
+def summarize(store: Store, model_path: Path, by: str, out_dir: Path, *, plots: bool = True,
+              rebuild: bool = False) -> SummarizeResult:
+    """Write (or bring up to date) the summary of `model_path`'s predictions in `store` to `out_dir`."""
+    if by not in GROUPINGS:
+        raise ValueError(f"--by must be one of {GROUPINGS}, not {by!r}")
+    model = model_info(model_path)
+    out_dir = Path(out_dir)
+    result = SummarizeResult(str(out_dir), model.model_id, by)
+    predictions = _predictions(store, model.model_hash, by, result.skipped)
+    if not len(predictions) and not result.skipped:  # not "no new samples": most likely the wrong store
+        raise DataError(f"store {store.root} holds no predictions by model {model.model_id}: run `plankton predict "
+                        f"--model {model_path} --to store` first, or give the store it predicted into with --store "
+                        f"DIR or $PLANKTON_STORE", path=store.root)
+    previous, group_of = _previous(out_dir, model, by, rebuild)
+    new = sorted(set(predictions["sample_id"].unique()) - set(group_of))
+    result.new_samples = len(new)
+    if not new:
+        result.groups_kept = 0 if previous is None else previous["sample_id"].nunique()
+        return result
+    samples = _samples(store, new)
+    for sample in new:
+        group_of[sample] = sample if by != "day" else _day(samples.loc[sample, "acquired_at"])
+    touched = {group_of[s] for s in new}
+    members = [s for s, g in group_of.items() if g in touched]
+    if by == "day":  # old bins of a touched day: their volume and time are needed again
+        samples = pd.concat([samples, _samples(store, sorted(set(members) - set(new)))])
+    rows = predictions[predictions["sample_id"].isin(members)].copy()
+    rows["group"] = rows["sample_id"].map(group_of)
+    biovolume = _biovolume(store, rows["object_id"])
+    result.biovolume = biovolume is not None
+    if biovolume is not None:
+        rows["biovolume"] = rows["object_id"].map(biovolume)
+    fresh = _counts(rows, samples.loc[members], group_of, model.classes, by, biovolume is not None)
+    kept = previous[~previous["sample_id"].isin(touched)] if previous is not None else fresh.iloc[:0]
+    table = pd.concat([kept, fresh], ignore_index=True) if len(kept) else fresh
+    order = {name: i for i, name in enumerate([*model.classes, UNCLASSIFIED])}
+    table = table.sort_values(["acquired_at", "sample_id", "class"], key=lambda s: s.map(order) if s.name == "class"
+                              else s, na_position="last", kind="stable").reset_index(drop=True)
+    result.groups_written, result.groups_kept = len(touched), table["sample_id"].nunique() - len(touched)
+    result.objects = int(len(predictions))
+    result.files = _write(out_dir, table, model, by, group_of, plots)
+    log.info("summarize: %d new samples, %d rows of %d groups written", len(new), len(fresh), len(touched))
+    return result
+
+
+def _predictions(store: Store, model_hash: str, by: str, skipped: Counter | dict) -> pd.DataFrame:
+    """object_id, sample_id, label, label_auto, instrument of this model's predictions (samples only)."""
+    columns = ["object_id", "sample_id", "label", "label_auto", "instrument"]
+    table = store.dataset("predictions").to_table(columns=columns, filter=pc.field("model_hash") == model_hash)
+    frame = table.to_pandas()
+    for column in ("sample_id", "label", "label_auto", "instrument"):
+        frame[column] = frame[column].astype(object)
+    reasons = pd.Series(None, index=frame.index, dtype=object)
+    reasons[frame["sample_id"].isna()] = "no sample id"
+    if by == "bin":
+        not_bin = frame["sample_id"].notna() & ~frame["sample_id"].astype(str).str.fullmatch(_BIN_ID.pattern)
+        reasons[not_bin] = "not an IFCB bin"
+    for reason, n in reasons.value_counts().items():
+        skipped[reason] = int(n)
+        log.warning("summarize: %d predictions left out: %s", n, reason)
+    return frame[reasons.isna()].reset_index(drop=True)
+
+
+def _previous(out_dir: Path, model: ModelRef, by: str, rebuild: bool) -> tuple[pd.DataFrame | None, dict]:
+    """The summary already in `out_dir` and its sample -> group map (none with `rebuild`)."""
+    path = out_dir / COUNTS
+    if rebuild or not path.exists():
+        return None, {}
+    table = pq.read_table(path)
+    recorded = json.loads((table.schema.metadata or {}).get(METADATA_KEY, b"{}"))
+    if recorded.get("model_hash") != model.model_hash or recorded.get("by") != by:
+        raise ValueError(f"{path} summarises model {recorded.get('model_id')!r} by {recorded.get('by')!r}, not "
+                         f"{model.model_id!r} by {by!r}: use another --out, or --rebuild to replace it")
+    return table.to_pandas(), dict(recorded["groups"])
+
+
+def _samples(store: Store, sample_ids: list[str]) -> pd.DataFrame:
+    """acquired_at (earliest object) and ml_analyzed per sample, indexed by sample_id (NaT/NaN where unknown)."""
+    frame = pd.DataFrame({"acquired_at": pd.Series(pd.NaT, index=sample_ids, dtype="datetime64[us, UTC]"),
+                          "ml_analyzed": np.nan})
+    if not sample_ids:
+        return frame
+    table = store.dataset("objects").to_table(
+        columns=["sample_id", "acquired_at", "metadata"],
+        filter=pc.field("sample_id").isin(pa.array(sample_ids, pa.string())))
+    samples = table["sample_id"].combine_chunks().cast(pa.string())
+    first = pa.table({"sample_id": samples, "acquired_at": table["acquired_at"]}).group_by("sample_id").aggregate(
+        [("acquired_at", "min")]).to_pandas().set_index("sample_id")["acquired_at_min"]
+    frame.loc[first.index, "acquired_at"] = first
+    # ml_analyzed is a bin's value, carried by every object of the bin: any one of them will do
+    metadata = table["metadata"].combine_chunks()
+    entries = pc.list_flatten(metadata)
+    hit = pc.equal(entries.field("key"), "ml_analyzed")
+    owners = pc.take(samples, pc.filter(pc.list_parent_indices(metadata), hit))
+    volumes = pd.Series(pd.to_numeric(entries.field("value").filter(hit).to_pandas(), errors="coerce").to_numpy(),
+                        index=owners.to_pylist())
+    volumes = volumes[~volumes.index.duplicated()]
+    frame.loc[volumes.index, "ml_analyzed"] = volumes
+    return frame
+
+
+def _day(when) -> str:
+    return "unknown-day" if pd.isna(when) else pd.Timestamp(when).strftime("%Y-%m-%d")
+
+
+def _biovolume(store: Store, object_ids: pd.Series) -> dict[str, float] | None:
+    """object_id -> biovolume (µm³) from STORE/features, or None when the store has no features."""
+    if not store.files("features"):
+        return None
+    table = store.dataset("features").to_table(
+        columns=["object_id", "biovolume_um3"],
+        filter=pc.field("object_id").isin(pa.array(object_ids.unique(), pa.string())))
+    return dict(zip(table["object_id"].to_pylist(), table["biovolume_um3"].to_pylist()))
+
+
+def _counts(rows: pd.DataFrame, samples: pd.DataFrame, group_of: dict[str, str], classes: list[str], by: str,
+            with_biovolume: bool) -> pd.DataFrame:
+    """Long-form rows for every group in `rows` x every class (zeros included, as the wide tables need them)."""
+    samples = samples[~samples.index.duplicated()].copy()
+    samples["group"] = samples.index.map(group_of)
+    groups = samples.groupby("group").agg(
+        ml_analyzed=("ml_analyzed", lambda v: v.sum() if v.notna().all() else np.nan),
+        acquired_at=("acquired_at", "min"), samples=("ml_analyzed", "size"))
+    if by == "day":  # a day's row is dated at its start
+        groups["acquired_at"] = [pd.Timestamp(day, tz="UTC") if day != "unknown-day" else pd.NaT
+                                 for day in groups.index]
+    all_classes = [*classes, UNCLASSIFIED]
+    index = pd.MultiIndex.from_product([sorted(rows["group"].unique()), all_classes], names=["sample_id", "class"])
+    count = rows.groupby(["group", "label"]).size()
+    count_auto = rows.groupby(["group", "label_auto"]).size()
+    out = pd.DataFrame(index=index)
+    out["count"] = count.reindex(index, fill_value=0).to_numpy()
+    out["count_auto"] = count_auto.reindex(index, fill_value=0).to_numpy()
+    out = out.reset_index()
+    info = groups.reindex(out["sample_id"])
+    out["ml_analyzed"] = info["ml_analyzed"].to_numpy()
+    out["per_ml"] = out["count"] / out["ml_analyzed"]
+    out["per_ml_auto"] = out["count_auto"] / out["ml_analyzed"]
+    if with_biovolume:
+        summed = rows.groupby(["group", "label"])["biovolume"].sum(min_count=1)
+        out["biovolume_um3_per_ml"] = summed.reindex(index).fillna(0.0).to_numpy() / out["ml_analyzed"]
+    else:
+        out["biovolume_um3_per_ml"] = np.nan
+    out["acquired_at"] = info["acquired_at"].to_numpy()
+    instruments = rows.groupby("group")["instrument"].agg(lambda v: "+".join(sorted(set(v.dropna()))))
+    out["instrument"] = instruments.reindex(out["sample_id"]).to_numpy()
+    out["samples"] = info["samples"].to_numpy().astype(np.int64)
+    out["acquired_at"] = pd.to_datetime(out["acquired_at"], utc=True)
+    return out[COLUMNS]
+
+
+def _write(out_dir: Path, table: pd.DataFrame, model: ModelRef, by: str, group_of: dict[str, str],
+           plots: bool) -> list[str]:
+    recorded = {"model_hash": model.model_hash, "model_id": model.model_id, "by": by, "classes": model.classes,
+                "groups": dict(sorted(group_of.items()))}
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    arrow = arrow.replace_schema_metadata({METADATA_KEY: json.dumps(recorded).encode()})
+    files: list[Path] = []
+    # Rounded floats: pandas writes them at C speed, a float_format would format each value in Python.
+    csv = table.assign(acquired_at=table["acquired_at"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")).round(6)
+    for name, frame in (("counts.csv", csv), ("counts_wide.csv", _wide(csv, "count")),
+                        ("per_ml_wide.csv", _wide(csv, "per_ml"))):
+        with atomic_path(out_dir / name) as tmp:
+            frame.to_csv(tmp, index=False)
+        files.append(out_dir / name)
+    if plots:
+        try:
+            from plankton_cli.publish.summary_plots import plot_summary
+
+            files += plot_summary(table, out_dir / "plots")
+        except ImportError as exc:  # matplotlib comes with the [train] extra; the tables do not need it
+            log.warning("summarize: no plots (%s); install plankton-cli[train] for them", exc)
+    # Last: what it records is what the next run takes as done (see the module doc)
+    with atomic_path(out_dir / COUNTS) as tmp:
+        pq.write_table(arrow, tmp, compression="zstd")
+    return [str(f) for f in [out_dir / COUNTS, *files]]
+
+
+def _wide(long: pd.DataFrame, value: str) -> pd.DataFrame:
+    """One row per sample (sample_id, acquired_at, ml_analyzed), one column per class, in the long table's order."""
+    keys = long.drop_duplicates("sample_id").set_index("sample_id")[["acquired_at", "ml_analyzed"]]
+    wide = long.pivot(index="sample_id", columns="class", values=value)
+    wide = wide[list(dict.fromkeys(long["class"]))]
+    wide.columns.name = None
+    return keys.join(wide).loc[keys.index].reset_index()
