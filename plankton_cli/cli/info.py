@@ -47,6 +47,14 @@ def info(top: int, store: Path, as_json: bool) -> None:
                 for k, v in d[key].items():
                     table.add_row(str(k), f"{v:,}")
                 console.print(table)
+        if d.get("ingest_runs"):
+            runs = Table(title_justify="left", box=None, pad_edge=False)
+            for column in ("ingest run (round)", "ingested at", "objects", "by label status"):
+                runs.add_column(column, justify="right" if column == "objects" else "left")
+            for r in d["ingest_runs"]:
+                runs.add_row(r["run"], (r["ingested_at"] or "")[:19], f"{r['objects']:,}",
+                             ", ".join(f"{k} {v:,}" for k, v in r["by_status"].items()))
+            console.print(runs)
         if "labels" in d and d["labels"] > len(d.get("by_label", {})) - ("(none)" in d.get("by_label", {})):
             console.print(f"  ({d['labels']} labels in all; --top N shows more)")
     if data.get("sources_by_reader"):

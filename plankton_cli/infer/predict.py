@@ -268,6 +268,17 @@ def _source_items(paths: list[Path], fmt: str, options: ReadOptions,
                         rec.lat, rec.lon, rec.depth, str(rec.source_file), rec.pixel_size_um, dict(rec.metadata))
 
 
+def model_weights(model_path: Path) -> Path:
+    """The weights file of `--model` (a model.safetensors, its model.json, or their folder)."""
+    model_path = Path(model_path)
+    return model_path / "model.safetensors" if model_path.is_dir() else model_path.with_suffix(".safetensors")
+
+
+def model_name(weights: Path, info: ModelInfo) -> str:
+    """The model id predictions carry: model.json's, else `<run>/<fold>` from where the file is."""
+    return info.extra.get("model_id") or f"{weights.parent.parent.name}/{weights.parent.name}"
+
+
 def already_predicted(store: Store, model_hash: str) -> set[str]:
     if not store.files("predictions"):
         return set()
@@ -299,6 +310,7 @@ def predict(
     instrument: str | None = None,
     since: datetime | None = None,
     force: bool = False,
+    only: Set[str] | None = None,
     batch_size: int = 64,
     top_k: int = 3,
     embeddings: bool = False,
@@ -313,6 +325,7 @@ def predict(
     """Predict every object of `store` (or of `sources`) with the model at `model_path`, into the `to` writers.
 
     On CPU, `threads` sets torch's intra-op threads and `cpu_path` the arithmetic (`cpu_inference.CPU_PATHS`).
+    `only`: of the store's objects, only these ids (`plankton select` predicts what it lacks).
     """
     import torch
 
@@ -322,7 +335,7 @@ def predict(
     cpu_inference.set_threads(threads)
 
     model_path = Path(model_path)
-    weights = model_path / "model.safetensors" if model_path.is_dir() else model_path.with_suffix(".safetensors")
+    weights = model_weights(model_path)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     model, info = load_model(weights, device=dev)
@@ -336,7 +349,7 @@ def predict(
     threshold_vec = (np.array([float(thresholds.get(c, np.nan)) for c in classes], dtype=np.float64)
                      if thresholds else None)
     model_hash = file_hash(weights)
-    model_id = info.extra.get("model_id") or f"{weights.parent.parent.name}/{weights.parent.name}"
+    model_id = model_name(weights, info)
     summary = PredictSummary(model_id=model_id, model_hash=model_hash, cpu_path=cpu_path if dev.type == "cpu" else None)
     options: dict[str, Any] = dict(writer_options or {})
     if store is not None:
@@ -358,7 +371,8 @@ def predict(
         # Objects an earlier run predicted but could not store (the store was locked) are stored with this run's.
         exclude = set() if force else already_predicted(store, model_hash) | pending_ids(store, model_hash)
         summary.skipped_already_predicted = len(exclude)
-        items = _store_items(store, instrument=instrument, since=since, exclude=exclude)
+        items = _store_items(store, instrument=instrument, since=since, exclude=exclude,
+                             only=None if only is None else set(only))
     else:
         raise ValueError("predict needs a store or sources")
 

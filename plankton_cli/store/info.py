@@ -52,7 +52,26 @@ def _dataset_info(store: Store, name: str, files: list[Path], *, top: int) -> di
         entry["sources"] = len(counts["source_key"])
     if "reason" in counts:
         entry |= _rejections(store.dataset(name, files).to_table(columns=REJECTION_KEY).to_pylist(), top)
+    if {"ingest_run", "ingested_at", "label_status"} <= set(schema.arrow.names):
+        entry["ingest_runs"] = _ingest_runs(store.dataset(name, files).to_table(
+            columns=["ingest_run", "ingested_at", "label_status"]), top)
     return entry
+
+
+def _ingest_runs(table, top: int) -> list[dict]:
+    """The objects each ingest run stored, by label status, latest `top` runs last: a labelling round's
+    re-ingested export shows how many validated objects it brought (a changed source is stored again whole by
+    the run that reads it, so its other objects count there too)."""
+    runs: dict[str, dict] = {}
+    for run, at, status in zip(*(table[c].to_pylist() for c in ("ingest_run", "ingested_at", "label_status"))):
+        entry = runs.setdefault(run, {"run": run, "ingested_at": at, "objects": 0, "by_status": Counter()})
+        entry["objects"] += 1
+        entry["by_status"][status or "none"] += 1
+        entry["ingested_at"] = min(entry["ingested_at"], at) if entry["ingested_at"] and at else \
+            entry["ingested_at"] or at
+    ordered = sorted(runs.values(), key=lambda r: (r["ingested_at"] is None, r["ingested_at"] or 0, r["run"]))
+    return [r | {"by_status": dict(r["by_status"].most_common()),
+                 "ingested_at": r["ingested_at"].isoformat() if r["ingested_at"] else None} for r in ordered[-top:]]
 
 
 REJECTION_KEY = ["source_key", "source_file", "source_row", "object_id", "reason"]

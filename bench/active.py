@@ -1,0 +1,221 @@
+"""Active learning, simulated: does `plankton select` reach random sampling's macro-F1 with fewer expert labels?
+
+The true labels are the oracle. Per data set, per seed: a stratified 20 % test part is set aside; of the rest (the
+pool) 1 % is labelled at random (at least one per class), then rounds of a fixed budget (`--round-budget` % of the
+pool) are picked by each strategy and labelled, up to 25 % of the pool. After each round the model is refitted the
+cheap way, as `--head linear|knn|forest` does: a head on the frozen MAE embeddings and the objects' features (both
+scaled; the forest on the features alone), which takes seconds. The strategies are those of `plankton select`
+(`plankton_cli.infer.select_strategies.choose`), on the refitted head's probabilities and the frozen embeddings, the
+labelled objects' embeddings as what is labelled, exactly as select gets them from the store.
+
+`/class` variants add `--per-class-min 1` (one object of every predicted class per round, when the round's budget
+allows). Prints, per data set, test macro-F1 per round (mean ± std over seeds) per strategy, and the labels each strategy
+needs to reach random's macro-F1 at 25 % (the first round whose mean reaches it; "—" if none does).
+
+Embeddings: a tiny MAE (the demo ViT, 48 px, patch 8, 4 blocks × 96) pretrained here once per data set on all of
+its images, labels unused (the paper's "with target data" setting), and cached in --work; `plankton finetune
+--head linear --labels all` wraps it in a model file (the encoder unchanged) and `plankton predict --to store --to
+embeddings` stores every object's embedding, which this bench reads back as select does. Features: `plankton
+features` on the padded store plus the export's own numbers (`--features auto`'s rule). Not done here: the
+fine-tuning of the final model (minutes per strategy and seed on a shared CPU).
+
+Data sets: UVP6 vignettes (../shared/data, GPL-3.0, 1,250 images, 10 classes; skipped with the reason when absent)
+and the bundled FlowCam-like planktonclass demo (tests/data, Apache-2.0, 105 images, 6 classes: its pool of 84
+objects makes 1 % one per class, and rounds of a handful of labels; read its numbers as a sanity check, not a
+measure).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/active.py                       # both sets, 5 seeds, linear head
+    OMP_NUM_THREADS=1 .venv/bin/python bench/active.py --datasets uvp6 --seeds 2 --strategies margin random
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO / ".." / "shared" / "data"
+DATASETS = {  # name -> (images, instrument)
+    "uvp6": (SHARED_DATA / "images" / "uvp6-vignettes", "UVP6"),
+    "flowcam-demo": (REPO / "tests" / "data" / "planktonclass-demo" / "demo-images", "FlowCam"),
+}
+DEMO_VIT = dict(model="vit_tiny_patch16_224", img_size=48, patch_size=8, depth=4, embed_dim=96, num_heads=3)
+# name -> (strategy, mix, per-class minimum) as `plankton select --strategy S [--mix M] [--per-class-min N]`
+STRATEGIES = {
+    "random": ("random", None, 0),
+    "margin": ("margin", None, 0),
+    "entropy": ("entropy", None, 0),
+    "coreset": ("coreset", None, 0),
+    "typiclust": ("typiclust", None, 0),
+    "coreset+margin": ("coreset", "margin", 0),
+    "typiclust+margin": ("typiclust", "margin", 0),
+    "margin/class": ("margin", None, 1),
+    "coreset+margin/class": ("coreset", "margin", 1),
+}
+
+
+def echo(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def prepare(name: str, work: Path, pretrain_epochs: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, labels, embeddings, features) of every object of data set `name`, cached in
+    WORK/NAME/arrays-<epochs>ep.npz."""
+    cache = work / name / f"arrays-{pretrain_epochs}ep.npz"
+    if cache.exists():
+        data = np.load(cache, allow_pickle=False)
+        return list(data["ids"]), data["labels"], data["embeddings"], data["features"]
+    from plankton_cli.infer.select import stored_predictions
+    from plankton_cli.prepare.features.dataset import compute_features
+    from plankton_cli.prepare.features.inputs import object_features
+    from plankton_cli.train.finetune import FinetuneConfig, finetune
+    from plankton_cli.train.finetune.baselines import feature_matrix, feature_names
+    from plankton_cli.ingest import ingest
+    from plankton_cli.prepare.pad_store import pad_dataset
+    from plankton_cli.infer.predict import predict
+    from plankton_cli.train.pretrain import PretrainConfig, pretrain
+    from plankton_cli.core.records import ReadOptions
+    from plankton_cli.store import Store
+    from plankton_cli.store.layout import checksum
+
+    images, instrument = DATASETS[name]
+    started = time.monotonic()
+    store = Store(work / name / "store")
+    ingest(store, [images], options=ReadOptions(instrument=instrument))
+    pad_dataset(store)
+    compute_features(store)
+    encoder = work / name / f"mae-{pretrain_epochs}ep"
+    if not (encoder / "summary.json").exists():
+        pretrain(PretrainConfig(store=store.root, out=encoder, epochs=pretrain_epochs, workers=0, recon_every=0,
+                                **DEMO_VIT), enable_progress=False)
+    echo(f"{name}: store and MAE encoder ({pretrain_epochs} epochs) in {time.monotonic() - started:.0f} s")
+    wrap = work / name / f"frozen-{pretrain_epochs}ep"
+    if not (wrap / "fold-0" / "model.safetensors").exists():  # the encoder as it is, in a model file
+        finetune(FinetuneConfig(store=store.root, init=str(encoder / "encoder.safetensors"), out=wrap, labels="all",
+                                folds=1, head="linear", features="none", workers=0), echo=lambda text: None)
+    model = wrap / "fold-0" / "model.safetensors"
+    predict(model, store=store, to=["store"], embeddings=True, threads=1)
+    objects = store.dataset("objects").to_table(columns=["object_id", "label"]).to_pylist()
+    label_of = {row["object_id"]: row["label"] for row in objects}
+    pool = stored_predictions(store, checksum(model), sorted(label_of), embeddings=True)
+    assert pool.embeddings is not None
+    values = object_features(store.root, "objects", pool.ids)
+    features = feature_matrix(values, pool.ids, feature_names(values, pool.ids))
+    classes = sorted(set(label_of.values()))
+    labels = np.array([classes.index(label_of[i]) for i in pool.ids])
+    np.savez(cache, ids=np.array(pool.ids), labels=labels, embeddings=pool.embeddings, features=features)
+    echo(f"{name}: {len(pool.ids)} objects, {len(classes)} classes, embeddings {pool.embeddings.shape[1]}, "
+         f"{features.shape[1]} features, in {time.monotonic() - started:.0f} s")
+    return pool.ids, labels, pool.embeddings, features
+
+
+def design(embeddings: np.ndarray, features: np.ndarray, head: str) -> np.ndarray:
+    """What the head reads (as `--features auto` feeds it): scaled embeddings + median/IQR-scaled features with
+    missing values at 0; the forest reads the features alone."""
+    from sklearn.preprocessing import RobustScaler, StandardScaler
+
+    scaled = np.nan_to_num(RobustScaler().fit_transform(features), nan=0.0) if features.shape[1] else features
+    scaled = np.clip(scaled, -10, 10)
+    if head == "forest":
+        return scaled
+    return np.hstack([StandardScaler().fit_transform(embeddings), scaled]).astype(np.float32)
+
+
+def simulate(labels: np.ndarray, embeddings: np.ndarray, x: np.ndarray, strategy: str, mix: str | None,
+             per_class_min: int, head: str, seed: int, start: float, step: float, stop: float
+             ) -> list[tuple[int, float]]:
+    """(labelled count, test macro-F1) after the start and after each round, for one strategy and seed."""
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import train_test_split
+
+    from plankton_cli.infer.select_strategies import choose
+    from plankton_cli.train.finetune.heads import make_head
+
+    n_classes = int(labels.max()) + 1
+    rows = np.arange(len(labels))
+    pool, test = train_test_split(rows, test_size=0.2, stratify=labels, random_state=seed)
+    rng = np.random.default_rng(seed)
+    first = [int(rng.choice(pool[labels[pool] == c])) for c in range(n_classes)]  # at least one per class
+    more = max(0, round(start * len(pool)) - len(first))
+    rest = np.setdiff1d(pool, first)
+    labelled = list(first) + rng.choice(rest, more, replace=False).tolist()
+    budget = max(1, round(step * len(pool)))
+    final = round(stop * len(pool))
+    curve = []
+    while True:
+        model = make_head(head, len(labelled), seed).fit(x[labelled], labels[labelled])
+        predicted = model.predict(x[test])
+        curve.append((len(labelled), float(f1_score(labels[test], predicted, average="macro", zero_division=0))))
+        if len(labelled) >= final:
+            return curve
+        unlabelled = np.setdiff1d(pool, labelled)
+        probabilities = np.zeros((len(unlabelled), n_classes))
+        probabilities[:, model.classes_] = model.predict_proba(x[unlabelled])
+        take = min(budget, final - len(labelled))
+        picks = choose(strategy, take, predicted=probabilities.argmax(1), per_class_min=min(per_class_min, take // n_classes),
+                       probabilities=probabilities, embeddings=embeddings[unlabelled], labelled=embeddings[labelled],
+                       mix=mix, seed=seed + len(labelled))
+        labelled += unlabelled[picks.rows].tolist()
+
+
+def report(name: str, curves: dict[str, list[list[tuple[int, float]]]]) -> None:
+    counts = [n for n, _ in curves["random"][0]]
+    print(f"\n### {name}: test macro-F1 (mean ± std over {len(curves['random'])} seeds) by labelled objects\n")
+    print("| strategy | " + " | ".join(str(n) for n in counts) + " | labels to reach random's final |")
+    print("|---|" + "---|" * (len(counts) + 1))
+    target = float(np.mean([c[-1][1] for c in curves["random"]]))
+    for strategy, runs in curves.items():
+        scores = np.array([[f for _, f in run] for run in runs])
+        mean, std = scores.mean(0), scores.std(0)
+        reached = next((counts[i] for i in range(len(counts)) if mean[i] >= target - 1e-9), None)
+        needed = "—" if reached is None else f"{reached} ({reached / counts[-1]:.0%})"
+        print(f"| {strategy} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, std)) + f" | {needed} |",
+              flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--head", choices=["linear", "knn", "forest"], default="linear")
+    parser.add_argument("--start", type=float, default=0.01, help="fraction of the pool labelled at first")
+    parser.add_argument("--round-budget", type=float, default=0.02, help="fraction of the pool per round")
+    parser.add_argument("--stop", type=float, default=0.25, help="fraction of the pool labelled at the end")
+    parser.add_argument("--pretrain-epochs", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/plankton-bench-active"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if "random" not in args.strategies:
+        args.strategies = ["random", *args.strategies]
+    for name in args.datasets:
+        if not DATASETS[name][0].is_dir():
+            echo(f"{name}: skipped, needs {DATASETS[name][0]} (GPL-3.0, not shipped with the repository)")
+            continue
+        ids, labels, embeddings, features = prepare(name, args.work, args.pretrain_epochs)
+        x = design(embeddings, features, args.head)
+        curves: dict[str, list] = {s: [] for s in args.strategies}
+        started = time.monotonic()
+        for strategy in args.strategies:
+            for seed in range(args.seeds):
+                curves[strategy].append(simulate(labels, embeddings, x, *STRATEGIES[strategy], args.head, seed,
+                                                 args.start, args.round_budget, args.stop))
+            echo(f"{name} {strategy}: {time.monotonic() - started:.0f} s")
+        reads = "features" if args.head == "forest" else \
+            f"MAE embeddings ({embeddings.shape[1]}) + features ({features.shape[1]})"
+        print(f"\n{name}: {len(ids)} objects, head {args.head} on {reads}, pool 80 %, start {args.start:.0%}, "
+              f"rounds of {args.round_budget:.0%}, to {args.stop:.0%}")
+        report(name, curves)
+
+
+if __name__ == "__main__":
+    main()
