@@ -1,4 +1,4 @@
-"""Recognition quality on UVP6 vignettes: does the model beat what a plankton lab would fit in a second?
+"""Recognition quality on UVP6 vignettes (or a second set): does the model beat what a lab would fit in a second?
 
 One table of test macro-F1 (mean ± std over folds) per labelled fraction, every column on the same folds and
 labelled objects (the finetune protocol, `--protocol budget` by default: `--labels` is every label a fold uses,
@@ -20,11 +20,21 @@ them per fold (training + validation = total), and every baseline is fitted on a
     MAE+feat no refit  the same head before the budget protocol refits it on training + validation labels
     RF self-trained  (--self-training) the features' forest self-trained on the fold's unlabelled non-test objects
                    (``self_trained_forest``): a bench candidate, not a `--head`
+    features HGB   (--candidates) scikit-learn's HistGradientBoosting on the features, on the same labelled objects:
+                   a second baseline (``features_hgb``), so that a stronger one than the forest is never hidden
+    RF feat+MAE    (--candidates) the forest on the features joined to the frozen MAE encoder's embedding reduced to
+                   16 principal components (EcoTaxa's recipe with its CNN's deep features; the PCA is fitted on the
+                   fold's non-test images, labels unused): a bench candidate for a `--head`
     gap img        auto − pixel logreg: the reference measured in the same run
-    gap feat       MAE+feat − the best baseline (pixel logreg or features RF)
+    gap feat       MAE+feat − the best baseline (pixel logreg, features RF or, with --candidates, features HGB)
 
 The image-only columns (kNN, linear, scratch, MAE, auto) pass `--features none`: the store has features, and the
 finetune default `auto` would use them.
+
+Data sets (``--dataset``): ``uvp6`` (the default) and ``flowcam``, the 105 FlowCam-like images of PyPI
+`planktonclass` 0.1.5 (Apache-2.0) bundled in tests/data: 6 classes of 13-23 images, so a fold's test part holds
+21 images (2-5 per class) and 5 % of the labels is one image per class (no validation part can be spared: the
+folds keep their last epoch). Its numbers say whether a choice holds on another instrument, not by how much.
 
 The ViT is the demo's CPU size (48 px, patch 8, 4 blocks × 96); every recipe value other than the epochs comes
 from `plankton_cli.train.recipe` (nothing tuned here). Pretraining with labels unused on the images that are later
@@ -50,8 +60,15 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-UVP6 = SHARED_DATA / "images" / "uvp6-vignettes"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO / ".." / "shared" / "data"
+# --dataset NAME -> (folder of class folders, instrument, how the tables name it). The UVP6 set is GPL-3.0 and stays
+# in ../shared/data; the FlowCam-like set is Apache-2.0 and ships with the tests.
+DATASETS = {
+    "uvp6": (SHARED_DATA / "images" / "uvp6-vignettes", "UVP6", "UVP6"),
+    "flowcam": (REPO / "tests" / "data" / "planktonclass-demo" / "demo-images", "FlowCam",
+                "FlowCam-like (planktonclass demo, 105 images)"),
+}
 DEMO_VIT = dict(model="vit_tiny_patch16_224", img_size=48, patch_size=8, depth=4, embed_dim=96, num_heads=3)
 # Fine-tuning runs per labelled fraction: folder prefix -> (init, --head, --features).
 VARIANTS = {
@@ -82,10 +99,11 @@ def echo(text: str) -> None:
 
 
 def start(args: argparse.Namespace) -> float:
-    """What both UVP6 benches do first: check the data is there, quiet logging, ``--threads``, the work folder.
+    """What both benches do first: check the data is there, quiet logging, ``--threads``, the work folder.
     Returns the start time."""
-    if not UVP6.is_dir():
-        sys.exit(f"needs the UVP6 vignettes at {UVP6}")
+    folder = DATASETS[getattr(args, "dataset", "uvp6")][0]
+    if not folder.is_dir():
+        sys.exit(f"needs the images at {folder}")
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         import torch
@@ -95,16 +113,17 @@ def start(args: argparse.Namespace) -> float:
     return time.monotonic()
 
 
-def prepare_store(work: Path, features: bool = False) -> Path:
-    """UVP6 ingested and padded once into WORK/store; with ``features``, `plankton features` run on it too
-    (incremental: objects already measured are skipped)."""
+def prepare_store(work: Path, features: bool = False, dataset: str = "uvp6") -> Path:
+    """The ``dataset`` ingested and padded once into WORK/store; with ``features``, `plankton features` run on it
+    too (incremental: objects already measured are skipped)."""
     from plankton_cli.ingest import ingest
     from plankton_cli.prepare.pad_store import pad_dataset
     from plankton_cli.core.records import ReadOptions
     from plankton_cli.store import Store
 
+    folder, instrument, _ = DATASETS[dataset]
     store = Store(work / "store")
-    ingest(store, [UVP6], options=ReadOptions(instrument="UVP6"))
+    ingest(store, [folder], options=ReadOptions(instrument=instrument))
     pad_dataset(store)
     if features:
         from plankton_cli.prepare.features.dataset import compute_features
@@ -174,13 +193,47 @@ def self_trained_forest(x_labelled: np.ndarray, y_labelled: np.ndarray, x_pool: 
     return features_rf(x, y, seed)
 
 
-def self_training_scores(store: Path, run: Path, folds: int) -> list[float]:
-    """Test macro-F1 per fold of ``self_trained_forest`` on the features, on the run's saved splits: the same
-    labelled objects (training + validation) and test part as the model and the fair forest, plus the fold's
-    unlabelled non-test objects, whose labels are never read."""
+EMBEDDING_COMPONENTS = 16
+
+
+def features_hgb(x_train: np.ndarray, y_train: np.ndarray, seed: int = 0):
+    """Gradient-boosted trees on the raw features (NaN handled natively). Leaves of at least 5 objects, not the
+    default 20: with 50 labels in 10 classes 20 leaves most classes without a split of their own."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(learning_rate=0.05, max_iter=200, min_samples_leaf=5,
+                                          random_state=seed).fit(x_train, y_train)
+
+
+def encoder_embeddings(store: Path, dataset: str, ids: list[str], classes: list[str],
+                       encoder: Path) -> dict[str, np.ndarray]:
+    """object_id -> the frozen encoder's pooled embedding (what ``--head linear|knn`` read), eval transform."""
+    from plankton_cli.prepare.data import EvalTransform, load_or_compute_stats
+    from plankton_cli.train.finetune import FinetuneConfig
+    from plankton_cli.train.finetune.heads import embed
+    from plankton_cli.train.finetune.model import build_classifier, default_resize
+    from plankton_cli.train.finetune.pool import store_loader
+
+    config = FinetuneConfig(store=store, init=str(encoder), out=store / "unused", features="none")
+    model, inherited = build_classifier(config, 1, 0)
+    stats = load_or_compute_stats(store / dataset)
+    mean, std = (float(np.ravel(inherited.get(key, stats[key]))[0]) for key in ("mean", "std"))
+    size = model.arch["img_size"]
+    transform = EvalTransform(int(inherited.get("resize") or default_resize(size)), size, mean, std)
+    loader = store_loader(store / dataset, ids, classes, transform, train=False, batch_size=256, workers=0, seed=0)
+    out_ids, _, rows = embed(model, loader)
+    return dict(zip(out_ids, rows))
+
+
+def candidate_scores(store: Path, run: Path, folds: int, encoder: Path, columns: list[str]) -> dict[str, list[float]]:
+    """Test macro-F1 per fold of the bench-only ``columns`` (RF self-trained, features HGB, RF feat+MAE), on the
+    run's saved splits: the same labelled objects (training + validation) and test part as the model and the fair
+    forest, plus the fold's unlabelled non-test objects, whose labels are never read."""
+    from sklearn.decomposition import PCA
+
     from plankton_cli.train import metrics as M
     from plankton_cli.prepare.features.inputs import object_features
-    from plankton_cli.train.finetune.baselines import feature_matrix, feature_names
+    from plankton_cli.train.finetune.baselines import feature_matrix, feature_names, features_rf
     from plankton_cli.train.finetune.pool import labelled_pool
     from plankton_cli.train.protocol import load_split
 
@@ -188,16 +241,29 @@ def self_training_scores(store: Path, run: Path, folds: int) -> list[float]:
     pool = labelled_pool(store / dataset)
     label_of = pool.label_of()
     values = object_features(store, dataset, pool.object_ids)
-    scores = []
+    embedding = encoder_embeddings(store, dataset, pool.object_ids, pool.classes, encoder) if "RF feat+MAE" in columns else {}
+    scores: dict[str, list[float]] = {column: [] for column in columns}
     for k in range(folds):
         split = load_split(run / f"fold-{k}" / "split.json")
         labelled, test = split.labelled, split.test
         unlabelled = sorted(set(pool.object_ids) - set(labelled) - set(test))
         names = feature_names(values, labelled)
-        forest = self_trained_forest(feature_matrix(values, labelled, names), np.array([label_of[i] for i in labelled]),
-                                     feature_matrix(values, unlabelled, names))
-        predicted = forest.predict(feature_matrix(values, test, names))
-        scores.append(M.classification_metrics([label_of[i] for i in test], list(predicted))["macro_f1"])
+        x, x_test = feature_matrix(values, labelled, names), feature_matrix(values, test, names)
+        y = np.array([label_of[i] for i in labelled])
+        fitted = {}
+        if "RF self-trained" in columns:
+            fitted["RF self-trained"] = (self_trained_forest(x, y, feature_matrix(values, unlabelled, names)), x_test)
+        if "features HGB" in columns:
+            fitted["features HGB"] = (features_hgb(x, y), x_test)
+        if "RF feat+MAE" in columns:
+            rows = {part: np.stack([embedding[i] for i in ids]) for part, ids in
+                    (("labelled", labelled), ("test", test), ("fit", [*labelled, *unlabelled]))}
+            pca = PCA(min(EMBEDDING_COMPONENTS, len(rows["fit"])), random_state=0).fit(rows["fit"])
+            fitted["RF feat+MAE"] = (features_rf(np.hstack([x, pca.transform(rows["labelled"])]), y),
+                                     np.hstack([x_test, pca.transform(rows["test"])]))
+        for column, (model, x_column) in fitted.items():
+            predicted = model.predict(x_column)
+            scores[column].append(M.classification_metrics([label_of[i] for i in test], list(predicted))["macro_f1"])
     return scores
 
 
@@ -236,17 +302,26 @@ def main() -> None:
     parser.add_argument("--scratch-feat", action="store_true", help="Also scratch with --features auto.")
     parser.add_argument("--self-training", action="store_true",
                         help="Also the features' forest self-trained on each fold's unlabelled pool (RF self-trained).")
+    parser.add_argument("--candidates", action="store_true",
+                        help="Also HistGradientBoosting on the features (features HGB) and the forest on the features "
+                             "+ 16 principal components of the MAE embedding (RF feat+MAE).")
+    parser.add_argument("--dataset", choices=list(DATASETS), default="uvp6",
+                        help="uvp6, or flowcam: the 105-image FlowCam-like set bundled in tests/data (WORK/flowcam).")
     parser.add_argument("--quick", action="store_true", help="10 %% labels, 2 folds, 10 + 10 epochs.")
     args = parser.parse_args()
     if args.quick:
         args.labels, args.folds, args.pretrain_epochs, args.epochs = ["10%"], 2, 10, 10
+    if args.dataset != "uvp6":  # the UVP6 runs keep the folders they had before a second set existed
+        args.work = args.work / args.dataset
     started = start(args)
-    store = prepare_store(args.work, features=True)
+    store = prepare_store(args.work, features=True, dataset=args.dataset)
     encoder, mae_summary = pretrain_encoder(store, args.work, args.pretrain_epochs, args.workers)
     variants = {name: v for name, v in VARIANTS.items()
                 if (name in args.variants if args.variants else args.scratch_feat or name != "scratch-feat")}
     columns = [c for c, (variant, _) in COLUMNS.items() if variant in variants or variant == "any"]
-    columns += ["RF self-trained"] if args.self_training else []
+    candidates = (["RF self-trained"] if args.self_training else []) + (
+        ["features HGB", "RF feat+MAE"] if args.candidates else [])
+    columns += candidates
 
     rows, document = [], {"settings": {k: str(v) for k, v in vars(args).items()}, "pretrain": mae_summary,
                           "labels": {}}
@@ -261,10 +336,11 @@ def main() -> None:
         any_run = next(iter(results.values()))
         per_fold = {column: fold_values(any_run if variant == "any" else results[variant], what)
                     for column, (variant, what) in COLUMNS.items() if variant in variants or variant == "any"}
-        if args.self_training:  # the candidate, on the splits of the first variant run
-            per_fold["RF self-trained"] = self_training_scores(store, runs / f"{next(iter(variants))}-{tag}", args.folds)
+        if candidates:  # on the splits of the first variant run
+            per_fold.update(candidate_scores(store, runs / f"{next(iter(variants))}-{tag}", args.folds, encoder,
+                                             candidates))
         means = {name: macro_f1(values) for name, values in per_fold.items()}
-        baselines = [name for name in ("pixel logreg", "features RF") if name in means]
+        baselines = [name for name in ("pixel logreg", "features RF", "features HGB") if name in means]
         best_baseline = max(baselines, key=lambda name: means[name][0])
         gap_img = means["auto"][0] - means["pixel logreg"][0] if "mae" in results else None
         gap_feat = means["MAE+feat"][0] - means[best_baseline][0] if "mae-feat" in results else None
@@ -299,7 +375,7 @@ def write_table(args: argparse.Namespace, rows: list[dict], columns: list[str], 
 
     table = format_table_markdown(rows, ["labels", "labelled", *columns, "gap img", "gap feat", "auto chose",
                                          "MAE+feat chose"])
-    header = (f"UVP6, {args.folds} folds, {args.protocol} protocol: labelled = training + validation labels per fold "
+    header = (f"{DATASETS[args.dataset][2]}, {args.folds} folds, {args.protocol} protocol: labelled = training + validation labels per fold "
               f"(mean), every baseline fitted on all of them; macro-F1 % (mean ± std); ViT 48 px / 4 × 96, MAE {args.pretrain_epochs} "
               f"epochs (final loss {mae_summary.get('final_loss') or float('nan'):.3f}), fine-tune {args.epochs} "
               f"epochs; image-only columns use --features none; gap img = auto − pixel logreg, gap feat = MAE+feat "

@@ -386,6 +386,22 @@ def test_the_baselines_are_fitted_on_every_label_the_model_used(demo_store, tmp_
     assert f"fitted on {len(labelled)} labelled objects per fold" in markdown
 
 
+def test_auto_without_validation_labels_keeps_the_forest(demo_store, tmp_path, monkeypatch):
+    """One label a class leaves the budget nothing to validate with: every head would score 0 on validation, so
+    ``auto`` takes the head measured best at the fewest labels (the forest on the features), not whichever
+    candidate comes first."""
+    store = tmp_path / "store"
+    shutil.copytree(demo_store, store)
+    assert invoke("features", "--store", store).exit_code == 0
+    result, _ = finetune_spied(monkeypatch, store, tmp_path / "run", labels="1/class", head="auto", features="auto",
+                               max_steps=2)
+    assert result["n_val"] == 0 and result["n_labelled"] == 6  # the demo's 6 classes
+    assert {h["val_macro_f1"] for h in result["heads"].values()} == {0.0}
+    assert set(result["heads"]) == {"finetune", "linear", "knn", "forest"} and result["head"] == "forest"
+    _, info = load_model(tmp_path / "run" / "fold-0")
+    assert info.head_kind == "forest"
+
+
 def reload_and_predict(fold_dir: Path, dataset_dir: Path, ids: list[str]) -> tuple[list[str], np.ndarray]:
     """The fold's model file loaded as predict loads it, run on ``ids``: (ids, class probabilities)."""
     from plankton_cli.prepare.data import EvalTransform

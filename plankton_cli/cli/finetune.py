@@ -111,7 +111,8 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
               help="finetune: train the whole ViT; linear / knn: a logistic regression / cosine k-NN on the frozen "
                    "encoder's embeddings (+ features); forest: a random forest on the features alone (seconds each); "
                    "auto: all of them, keeping per fold the best by validation macro-F1 (every candidate's score is "
-                   "in the results). The head kept is the fold's model file for predict.")
+                   "in the results; a fold without validation labels keeps the forest, else the linear probe). "
+                   "The head kept is the fold's model file for predict.")
 @click.option("--model", "model_name", metavar="NAME",
               help="timm ViT name for --init scratch or a timm checkpoint file, e.g. vit_large_patch16_224.")
 @click.option("--img-size", type=click.IntRange(min=8), metavar="PX",

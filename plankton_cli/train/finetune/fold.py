@@ -45,6 +45,13 @@ from plankton_cli.train.recipe import Recipe, resolve_recipe
 
 log = logging.getLogger("plankton.finetune")
 
+# ``--head auto`` without a single validation label: the heads in the order of their test macro-F1 at the fewest
+# labels in bench/quality.py. With features the forest is a candidate and won on both sets (UVP6 at 5 %, 50 labels:
+# forest 43.9, kNN 40.7, fine-tuned 40.1, linear 36.2; the FlowCam-like set at one label a class: 60.6, 49.7, 49.8,
+# 39.3); on the image alone the linear probe did (UVP6: linear 27.8, kNN 25.8, fine-tuned 9.3; FlowCam: 31.0, 26.7,
+# 26.3).
+NO_VALIDATION_ORDER = ("forest", "linear", "knn", "finetune")
+
 
 def fold_recipe(config: FinetuneConfig, split: Split) -> Recipe:
     """The fine-tuning recipe for this fold's labelled training images (flags in ``config`` win)."""
@@ -65,7 +72,8 @@ def run_fold(
 
     ``head``: ``finetune`` trains the whole classifier; ``linear``/``knn`` fit a cheap head on the frozen
     embeddings of the initial encoder instead, ``forest`` on the feature input alone; ``auto`` does all of them
-    (the forest when there are features) and keeps the best by validation macro-F1. The head kept is the fold's
+    (the forest when there are features) and keeps the best by validation macro-F1 (without validation labels,
+    the first of ``NO_VALIDATION_ORDER``). The head kept is the fold's
     model file, with precision thresholds from its own validation probabilities.
 
     ``budget`` protocol (``split.protocol``): validation is part of the labels, so once the validation part has
@@ -142,8 +150,11 @@ def run_fold(
         candidates["finetune"] = (val_labels, softmax(val_logits), test_ids, test_labels, softmax(test_logits))
 
     heads = {name: _head_scores(classes, *candidate) for name, candidate in candidates.items()}
-    # Ties go to the cheaper head: it is the simpler explanation of the same score.
-    chosen = max(heads, key=lambda name: (heads[name]["val_macro_f1"], name != "finetune"))
+    if split.val:
+        # Ties go to the cheaper head: it is the simpler explanation of the same score.
+        chosen = max(heads, key=lambda name: (heads[name]["val_macro_f1"], name != "finetune"))
+    else:  # every class too small to spare a validation label: no score to choose by, so the order measured
+        chosen = min(heads, key=NO_VALIDATION_ORDER.index)
     final_fit: dict[str, Any] = {"head": chosen, "n_labelled": len(split.train) + (len(split.val) if refit else 0),
                                  "refit": refit}
     if refit and chosen == "finetune":
