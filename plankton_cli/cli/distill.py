@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from plankton_cli.cli.dispatch import backend_options
-from plankton_cli.cli.options import require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
+from plankton_cli.cli.options import InitSource, hub_architecture, require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 log = logging.getLogger("plankton.distill")
@@ -22,6 +22,8 @@ DEFAULT_IMG_SIZE = 112
 Examples:
   plankton distill --teacher runs/ft-5/fold-0/model.safetensors --out runs/student
   plankton distill --teacher runs/ft-5/fold-0 --student vit_tiny_patch16_224 --img-size 112 --out runs/vit-ti
+  # a ViT-Ti student starting from timm's ImageNet-21k weights (Hugging Face Hub, cached in $HF_HOME)
+  plankton distill --teacher runs/ft-5/fold-0 --init timm:vit_tiny_patch16_224.augreg_in21k --out runs/vit-ti-in21k
   # on the lab's GPU cluster; a killed or requeued job resumes from its last checkpoint
   plankton distill --teacher runs/ft-5/fold-0 --out runs/student --backend slurm --partition gpu --time 2:00:00
   # then, on the station
@@ -49,6 +51,10 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --teacher, other setti
               help="Run directory of the student.")
 @click.option("--student", default=DEFAULT_STUDENT, show_default=True, metavar="NAME",
               help="timm CNN or ViT of the student, e.g. vit_tiny_patch16_224 (trained from scratch).")
+@click.option("--init", type=InitSource(), metavar="FILE|hf-hub:ORG/NAME[@REV]|timm:NAME",
+              help="Start a ViT student's encoder from these weights instead of from scratch: a local encoder or "
+                   "checkpoint, or a Hugging Face Hub encoder (through its cache, HF_HOME; HF_HUB_OFFLINE=1: cache "
+                   "only), which brings its architecture unless --student is given.")
 @click.option("--img-size", type=click.IntRange(min=8), default=DEFAULT_IMG_SIZE, show_default=True, metavar="PX",
               help="The student's input size (the teacher keeps its own).")
 @click.option("--dataset", help="Dataset of the store [default: the teacher's, else padded, else objects].")
@@ -84,7 +90,7 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --teacher, other setti
 @store_option
 @json_option
 @click.pass_context
-def distill(ctx: click.Context, teacher: Path, out: Path, student: str, img_size: int, dataset: str | None,
+def distill(ctx: click.Context, teacher: Path, out: Path, student: str, init: Path | str | None, img_size: int, dataset: str | None,
             epochs: int, max_steps: int | None, batch_size: int, lr: float, weight_decay: float, warmup_epochs: float,
             drop_path: float, temperature: float, alpha: float, held_out: float, target_precision: float, seed: int,
             workers: int, instruments: tuple[str, ...], label_status: tuple[str, ...], checkpoint_every: int,
@@ -97,12 +103,17 @@ def distill(ctx: click.Context, teacher: Path, out: Path, student: str, img_size
                 dry_run=backend_opts.dry_run):
         return
     require_store(store)  # here, not before dispatch: a cluster job checks the store where it runs
+    if init is not None and (hub := hub_architecture(ctx, init, "student")):
+        student, shape = hub  # given shape options still win
+        patch_size, depth = patch_size or shape.get("patch_size"), depth or shape.get("depth")
+        embed_dim, num_heads = embed_dim or shape.get("embed_dim"), num_heads or shape.get("num_heads")
 
     from plankton_cli.train.distill import DistillConfig
     from plankton_cli.train.distill import distill as run_distill
 
     config = DistillConfig(
-        store=store, teacher=teacher, out=out, student=student, img_size=img_size, dataset=dataset, epochs=epochs,
+        store=store, teacher=teacher, out=out, student=student, init=None if init is None else str(init),
+        img_size=img_size, dataset=dataset, epochs=epochs,
         max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
         drop_path=drop_path, temperature=temperature, alpha=alpha, held_out=held_out,
         target_precision=target_precision, seed=seed, workers=workers, instruments=list(instruments) or None,

@@ -20,6 +20,7 @@ Examples:
   plankton finetune --init vit_large_patch16_224.augreg_in21k.pth --model vit_large_patch16_224 \\
       --labels 1% --out runs/imagenet-1       # the paper's ImageNet baseline, from a local file
   plankton finetune --init scratch --model vit_small_patch16_224 --img-size 96 --labels all --out runs/scratch
+  plankton finetune --init hf-hub:ORG/plankton-mae-vit-b --labels 5% --out runs/hub-5   # or timm:vit_base_patch16_224.mae
   plankton finetune --init runs/mae --labels 10/class --instrument IFCB --folds 1 --out runs/ifcb-10
   plankton finetune --init runs/mae --labels 1% --head auto --out runs/auto-1   # + linear, k-NN, forest
   plankton finetune --init runs/mae --features 'object_*' --out runs/ft-eco   # EcoTaxa morphometrics too
@@ -57,9 +58,11 @@ accuracy, macro-F1 per fold and mean ± std, heads, baselines), and per fold fol
 learning_curves.png, split.json, test_predictions.parquet, confusion_matrix.png.
 
 Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, dataset...).""")
-@click.option("--init", "init", required=True, metavar="ENCODER|FILE|scratch",
+@click.option("--init", "init", required=True, metavar="ENCODER|FILE|hf-hub:ORG/NAME[@REV]|timm:NAME|scratch",
               help="Start from an encoder exported by `plankton pretrain` (RUN/ or RUN/encoder.safetensors), a "
-                   "local timm/ImageNet checkpoint (.safetensors/.pth; give --model), or 'scratch'.")
+                   "local timm/ImageNet checkpoint (.safetensors/.pth; give --model), an encoder on the Hugging Face "
+                   "Hub (through its cache, HF_HOME; HF_HUB_OFFLINE=1: cache only; its config.json names the "
+                   "architecture), or 'scratch'.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run directory for the models, splits and results.")
 @click.option("--dataset", help="Dataset of the store [default: padded when it exists, else objects].")
@@ -137,6 +140,7 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
     fold-K/recipe.json.
     """
     from plankton_cli.cli.dispatch import dispatch
+    from plankton_cli.train.hub import is_hub_name
     from plankton_cli.train.protocol import parse_label_fraction
 
     try:
@@ -146,9 +150,9 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
     if fold is not None and fold >= folds:
         raise click.BadParameter(f"fold {fold} does not exist with --folds {folds} (0..{folds - 1})",
                                  param_hint="--fold")
-    if init != "scratch" and not Path(init).exists():
-        raise click.BadParameter(f"{init} does not exist: give an encoder export, a checkpoint file or 'scratch'",
-                                 param_hint="--init")
+    if init != "scratch" and not is_hub_name(init) and not Path(init).exists():
+        raise click.BadParameter(f"{init} does not exist: give an encoder export, a checkpoint file, "
+                                 "hf-hub:ORG/NAME[@REV], timm:NAME or 'scratch'", param_hint="--init")
     if init == "scratch" and not model_name:
         raise click.UsageError("--init scratch needs --model NAME (and usually --img-size)")
     if dispatch(ctx, backend_opts.backend, backend_opts.resources(), out, wait=backend_opts.wait,

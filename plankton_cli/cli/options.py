@@ -73,3 +73,37 @@ lock_timeout_option = click.option(
     show_default=True,
     help="Seconds to wait for another writer to release the store; then exit 75.",
 )
+
+
+class InitSource(click.ParamType):
+    """``--init``: a local file or folder (which must exist), or a hub name (``hf-hub:ORG/NAME[@REV]``,
+    ``timm:NAME``) left as text: it is resolved where the command runs (``plankton_cli.train.hub``), so a SLURM job
+    fetches it on its node, from its cache. ``extra`` names other accepted words (finetune's ``scratch``)."""
+
+    name = "init"
+
+    def __init__(self, extra: tuple[str, ...] = ()):
+        self.extra = extra
+
+    def convert(self, value, param, ctx):
+        from plankton_cli.train.hub import HF_HUB, TIMM
+
+        value = str(value)
+        if value in self.extra or value.startswith((HF_HUB, TIMM)):
+            return value
+        if not Path(value).exists():
+            self.fail(f"{value} does not exist: give a local encoder or checkpoint file, hf-hub:ORG/NAME[@REV] or "
+                      f"timm:NAME{''.join(f' or {word!r}' for word in self.extra)}", param, ctx)
+        return Path(value)
+
+
+def hub_architecture(ctx: click.Context, init, option: str) -> tuple[str, dict[str, int]] | None:
+    """The architecture a hub ``--init`` names when the user did not give ``option`` (``--model``, ``--student``):
+    a hub encoder then builds its own architecture, where a command's default would not fit its weights."""
+    from click.core import ParameterSource
+
+    if ctx.get_parameter_source(option) not in (ParameterSource.DEFAULT, None):
+        return None
+    from plankton_cli.train.hub import architecture_of
+
+    return architecture_of(init)

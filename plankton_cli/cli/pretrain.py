@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from plankton_cli.cli.dispatch import backend_options, dispatch
-from plankton_cli.cli.options import require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
+from plankton_cli.cli.options import InitSource, hub_architecture, require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 
@@ -17,6 +17,8 @@ Examples:
   plankton pretrain --out runs/mae-l --batch-size 256
   # a general plankton encoder, further pretrained on this station's images
   plankton pretrain --init general-encoder/encoder.safetensors --epochs 100 --out runs/station
+  # ImageNet's MAE ViT-B/16 from the Hugging Face Hub (cached in $HF_HOME), further pretrained here
+  plankton pretrain --init timm:vit_base_patch16_224.mae --epochs 100 --out runs/station-b
   # continue after a crash or a kill
   plankton pretrain --out runs/mae-l --resume
   # 2 nodes x 4 GPUs on SLURM, 24 h per job (requeued and resumed at the limit)
@@ -51,9 +53,11 @@ and --resume was not given); with --wait, the job's exit status.""")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.05, show_default=True)
 @click.option("--mask-ratio", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.75,
               show_default=True)
-@click.option("--init", type=click.Path(exists=True, path_type=Path),
-              help="Start the encoder from this local file: timm/MAE .pth or .safetensors, or an exported "
-                   "encoder (RGB kernels are summed, position embeddings resampled).")
+@click.option("--init", type=InitSource(), metavar="FILE|hf-hub:ORG/NAME[@REV]|timm:NAME",
+              help="Start the encoder from a local file (timm/MAE .pth or .safetensors, an exported encoder) or "
+                   "from the Hugging Face Hub, through its cache (HF_HOME; HF_HUB_OFFLINE=1: cache only); a hub "
+                   "encoder brings its architecture unless --model is given. RGB kernels are summed, position "
+                   "embeddings resampled.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--workers", type=click.IntRange(min=0), default=default_workers(), show_default=WORKERS_DEFAULT_TEXT,
               help="DataLoader worker processes per device.")
@@ -85,7 +89,7 @@ and --resume was not given); with --wait, the job's exit status.""")
 def pretrain(ctx: click.Context, dataset: str | None, model: str, img_size: int, resize: int | None, epochs: int,
              warmup_epochs: float | None, out: Path, batch_size: int | None, effective_batch: int | None,
              base_lr: float | None,
-             weight_decay: float, mask_ratio: float, init: Path | None, resume: bool, workers: int, seed: int,
+             weight_decay: float, mask_ratio: float, init: Path | str | None, resume: bool, workers: int, seed: int,
              max_steps: int | None, gpu_augment: bool, compile_model: bool, recon_every: int, checkpoint_every: int,
              log_every: int, patch_size: int | None, depth: int | None, embed_dim: int | None, num_heads: int | None,
              decoder_depth: int | None, decoder_dim: int | None, decoder_heads: int | None, record_ids: bool, backend_opts, store: Path,
@@ -104,6 +108,10 @@ def pretrain(ctx: click.Context, dataset: str | None, model: str, img_size: int,
                 dry_run=backend_opts.dry_run, record_dir=store):
         return
     require_store(store)  # here, not before dispatch: a cluster job checks the store where it runs
+    if init is not None and (hub := hub_architecture(ctx, init, "model")):
+        model, shape = hub  # given shape options still win
+        patch_size, depth = patch_size or shape.get("patch_size"), depth or shape.get("depth")
+        embed_dim, num_heads = embed_dim or shape.get("embed_dim"), num_heads or shape.get("num_heads")
 
     from plankton_cli.train.pretrain import PretrainConfig
     from plankton_cli.train.pretrain import pretrain as run_pretrain

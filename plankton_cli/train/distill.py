@@ -62,8 +62,9 @@ from plankton_cli.train.finetune import (
 )
 from plankton_cli.prepare.features.inputs import PREFIX, FeatureScaling, feature_matrix
 from plankton_cli.train.finetune.model import PREPROCESS_PREFIXES
+from plankton_cli.train.hub import local_init
 from plankton_cli.train.model_info import ModelInfo
-from plankton_cli.train.models import Classifier, is_vit, load_model, param_groups_weight_decay, save_model
+from plankton_cli.train.models import Classifier, is_vit, load_model, load_vit_weights, param_groups_weight_decay, save_model
 from plankton_cli.train.models.classifier import contains_vit
 
 log = logging.getLogger("plankton.distill")
@@ -77,7 +78,7 @@ TEACHER_LOGITS = "teacher_logits.parquet"
 
 # Settings that change what the student learns: a re-run into the same OUT must agree on all of them.
 RESULT_KEYS = (
-    "store", "dataset", "teacher", "student", "img_size", "patch_size", "depth", "embed_dim", "num_heads",
+    "store", "dataset", "teacher", "student", "init", "img_size", "patch_size", "depth", "embed_dim", "num_heads",
     "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "drop_path", "temperature", "alpha",
     "held_out", "seed", "instruments", "label_status", "max_steps",
 )
@@ -91,6 +92,7 @@ class DistillConfig:
     teacher: Path  # a fine-tuned model: model.safetensors (model.json beside it) or its folder
     out: Path
     student: str = DEFAULT_STUDENT  # a timm ViT or CNN name, e.g. mobilenetv3_small_100
+    init: str | None = None  # a ViT student's starting weights: a local file or a hub name (plankton_cli.train.hub)
     img_size: int = DEFAULT_IMG_SIZE
     dataset: str | None = None  # None: the teacher's dataset when the store has it, else padded, else objects
     epochs: int = 30
@@ -333,13 +335,16 @@ def agreement(student_logits: np.ndarray, teacher_logits: np.ndarray) -> float:
 
 
 def student_overrides(config: DistillConfig) -> dict[str, int]:
-    """The ViT overrides given for the student; refused in one line for a timm CNN (which has no such shape)."""
+    """The ViT overrides given for the student; refused in one line for a timm CNN (which has no such shape, and
+    takes no ``--init``)."""
     overrides = {k: v for k, v in dict(patch_size=config.patch_size, depth=config.depth, embed_dim=config.embed_dim,
                                        num_heads=config.num_heads).items() if v is not None}
     vit = is_vit(config.student)  # an unknown name fails here, before the teacher answers
     if overrides and not vit:
         options = ", ".join(f"--{key.replace('_', '-')}" for key in overrides)
         raise UsageError(f"--student {config.student} is not a timm ViT: {options} shape a ViT student only")
+    if config.init is not None and not vit:
+        raise UsageError(f"--init loads ViT encoders: --student {config.student} is not a timm ViT")
     return overrides
 
 
@@ -347,8 +352,13 @@ def build_student(config: DistillConfig, num_classes: int, feature_dim: int = 0)
     """The student (a timm ViT or CNN); ``feature_dim`` > 0 gives its head the teacher's feature input beside the
     image."""
     overrides = student_overrides(config)
-    return Classifier(config.student, num_classes, img_size=config.img_size, in_chans=1,
-                      drop_path_rate=config.drop_path, feature_dim=feature_dim, **overrides)
+    student = Classifier(config.student, num_classes, img_size=config.img_size, in_chans=1,
+                         drop_path_rate=config.drop_path, feature_dim=feature_dim, **overrides)
+    if config.init is not None:
+        report = load_vit_weights(student, local_init(config.init))
+        log.info("student encoder initialised from %s%s", config.init,
+                 "".join(f"; {k}: {v}" for k, v in report.adapted.items()))
+    return student
 
 
 # --- the run -------------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from plankton_cli.prepare.data import (
 )
 from plankton_cli.train.models import MAE, create_vit, is_vit, load_vit_weights, param_groups_weight_decay, reconstruction_grid, save_encoder
 from plankton_cli.core.errors import UsageError
+from plankton_cli.train.hub import local_init
 from plankton_cli.train.model_info import ModelInfo
 from plankton_cli.train.models import warmup_cosine_scheduler
 from plankton_cli.train.models.mae import titled_panel
@@ -86,7 +87,7 @@ class PretrainConfig:
     decoder_depth: int | None = None  # None: the paper's 8 × 512 × 16 under ViT-L, sized to a smaller encoder
     decoder_dim: int | None = None
     decoder_heads: int | None = None
-    init: Path | None = None  # encoder to continue from (local file)
+    init: Path | str | None = None  # encoder to continue from: a local file or a hub name (plankton_cli.train.hub)
     workers: int = 8
     seed: int = 0
     max_steps: int | None = None  # optimizer steps; caps epochs (smoke tests)
@@ -317,7 +318,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
         num_heads=config.num_heads,
     )
     if config.init is not None and ckpt_path is None:
-        report = load_vit_weights(mae.backbone.vit, Path(config.init))
+        report = load_vit_weights(mae.backbone.vit, local_init(config.init))
         log.info("encoder initialised from %s%s", config.init,
                  "".join(f"; {k}: {v}" for k, v in report.adapted.items()))
         if report.unexpected:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from plankton_cli.train import metrics as M
 from plankton_cli.core.errors import UsageError
 from plankton_cli.train.finetune.config import SCRATCH, FinetuneConfig
+from plankton_cli.train.hub import is_hub_name, resolve
 from plankton_cli.train.models import Classifier, is_vit, layer_decay_param_groups, load_vit_weights, warmup_cosine_scheduler
 from plankton_cli.train.model_info import ModelInfo
 
@@ -45,10 +47,16 @@ def build_classifier(
                            drop_path_rate=config.drop_path, feature_dim=feature_dim, **overrides)
         return model, {"source": "scratch"}
 
-    path = Path(config.init)
+    path = resolve(config.init).path if is_hub_name(config.init) else Path(config.init)
     if not path.exists():
         raise FileNotFoundError(f"--init {path} does not exist (give an encoder export, a checkpoint file or 'scratch')")
     info = _export_info(path)
+    if info is None and not config.model and is_hub_name(config.init):  # a timm repository: its config.json
+        encoder = resolve(config.init)
+        if encoder.architecture:
+            overrides = {k: v if v is not None else encoder.model_args.get(k) for k, v in overrides.items()}
+            config = replace(config, model=encoder.architecture,
+                             img_size=config.img_size or encoder.model_args.get("img_size"))
     if info is not None:  # our encoder (or a fine-tuned model, to fine-tune again)
         if config.model or any(v is not None for v in overrides.values()):
             log.warning("--model and the architecture options are ignored: %s names its own architecture", path)
@@ -74,7 +82,7 @@ def build_classifier(
     report = load_vit_weights(model, path)
     log.info("loaded %s (%d tensors adapted%s)", path, len(report.adapted),
              f": {', '.join(f'{k} {v}' for k, v in report.adapted.items())}" if report.adapted else "")
-    inherited["source"] = f"fine-tuned from {path}"
+    inherited["source"] = f"fine-tuned from {config.init}"
     return model, inherited
 
 
@@ -84,9 +92,14 @@ PREPROCESS_PREFIXES = ("pad_", "crop_")
 def require_vit(config: FinetuneConfig) -> None:
     """Fine-tuning starts from MAE encoders with layer decay, both ViT-only: a timm CNN (``--model``, or the
     architecture of an ``--init`` model file such as a distilled CNN student) is refused in one line."""
-    path = Path(config.init)
-    info = _export_info(path) if config.init != SCRATCH and path.exists() else None
-    architecture = info.architecture if info is not None else config.model
+    if is_hub_name(config.init):
+        encoder = resolve(config.init)
+        info, hub_architecture = _export_info(encoder.path), encoder.architecture
+    else:
+        path = Path(config.init)
+        info = _export_info(path) if config.init != SCRATCH and path.exists() else None
+        hub_architecture = None
+    architecture = info.architecture if info is not None else config.model or hub_architecture
     if architecture and not is_vit(architecture):
         raise UsageError(f"{architecture} is not a timm ViT: finetune takes ViTs only (MAE encoders, layer decay); "
                          "a timm CNN can be a `plankton distill --student`")

@@ -111,6 +111,13 @@ class ForestHead(FittedHead):
         self.register_buffer("threshold", torch.as_tensor(threshold, dtype=torch.float64))
         self.register_buffer("value", torch.as_tensor(value, dtype=torch.float32))
         self.register_buffer("depth", torch.tensor(depth))
+        self.steps = depth
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor]) -> FittedHead:
+        head = super().from_state(state)
+        head.register_load_state_dict_post_hook(_count_steps)
+        return head
 
     @classmethod
     def from_sklearn(cls, forest: Any, n_classes: int) -> ForestHead:
@@ -132,13 +139,23 @@ class ForestHead(FittedHead):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.to(torch.float32).to(torch.float64)
-        trees = torch.arange(self.left.shape[0], device=x.device)
-        node = torch.zeros(len(x), len(trees), dtype=torch.int64, device=x.device)
-        for _ in range(int(self.depth)):
-            go_left = x.gather(1, self.feature[trees, node]) <= self.threshold[trees, node]
-            node = torch.where(go_left, self.left[trees, node], self.right[trees, node])
-        probabilities = self.value[trees, node].mean(1)
+        # The trees' tables as one: node ids offset by tree, so each step is a plain gather (also in ONNX).
+        trees, size = self.left.shape
+        offset = torch.arange(trees, device=x.device) * size
+        left, right = (self.left + offset[:, None]).flatten(), (self.right + offset[:, None]).flatten()
+        feature, threshold = self.feature.flatten(), self.threshold.flatten()
+        node = torch.zeros_like(x[:, :1], dtype=torch.int64) + offset  # every tree's root, per image
+        for _ in range(self.steps):
+            go_left = x.gather(1, feature[node]) <= threshold[node]
+            node = torch.where(go_left, left[node], right[node])
+        probabilities = self.value.flatten(0, 1)[node].mean(1)
         return torch.log(probabilities.clamp_min(_TINY))
+
+
+def _count_steps(head: nn.Module, incompatible: Any) -> None:
+    """The walk's length as a Python int, read once when a model file fills the head: a fixed loop, which
+    ``torch.export`` (the ONNX export) can trace, where a loop over a tensor's value would depend on the data."""
+    head.steps = int(head.depth)
 
 
 HEAD_CLASSES: dict[str, type[FittedHead]] = {cls.kind: cls for cls in (LinearHead, KNNHead, ForestHead)}
