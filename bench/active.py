@@ -3,14 +3,18 @@
 The true labels are the oracle. Per data set, per seed: a stratified 20 % test part is set aside; of the rest (the
 pool) 1 % is labelled at random (at least one per class), then rounds of a fixed budget (`--round-budget` % of the
 pool) are picked by each strategy and labelled, up to 25 % of the pool. After each round the model is refitted the
-cheap way, as `--head linear|knn|forest` does: a head on the frozen MAE embeddings and the objects' features (both
-scaled; the forest on the features alone), which takes seconds. The strategies are those of `plankton select`
-(`plankton_cli.infer.select_strategies.choose`), on the refitted head's probabilities and the frozen embeddings, the
-labelled objects' embeddings as what is labelled, exactly as select gets them from the store.
+cheap way, in seconds: `--head auto` (the default) is the strongest cheap model measured here, a standardised logistic
+regression on the frozen MAE embeddings + the objects' features or on the features alone, with C = 1 or 10, whichever
+of these four scores the best macro-F1 in a 3-fold cross-validation on the labelled objects alone (the first while
+no class has 3 labels); `--head linear|knn|forest` are `plankton finetune`'s cheap heads (linear and kNN on
+embeddings + features, both scaled; the forest on the features alone). The strategies are those of `plankton
+select` (`plankton_cli.infer.select_strategies.choose`), on the refitted head's probabilities and the frozen
+embeddings, the labelled objects' embeddings as what is labelled, exactly as select gets them from the store.
 
 `/class` variants add `--per-class-min 1` (one object of every predicted class per round, when the round's budget
-allows). Prints, per data set, test macro-F1 per round (mean ± std over seeds) per strategy, and the labels each strategy
-needs to reach random's macro-F1 at 25 % (the first round whose mean reaches it; "—" if none does).
+allows), `/class2` `--per-class-min 2`. Prints, per data set, test macro-F1 per round (mean ± std over seeds) per
+strategy, and the labels each strategy needs to reach random's macro-F1 at 25 % (the first round whose mean reaches
+it; "—" if none does).
 
 Embeddings: a tiny MAE (the demo ViT, 48 px, patch 8, 4 blocks × 96) pretrained here once per data set on all of
 its images, labels unused (the paper's "with target data" setting), and cached in --work; `plankton finetune
@@ -24,7 +28,7 @@ and the bundled FlowCam-like planktonclass demo (tests/data, Apache-2.0, 105 ima
 objects makes 1 % one per class, and rounds of a handful of labels; read its numbers as a sanity check, not a
 measure).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/active.py                       # both sets, 5 seeds, linear head
+    OMP_NUM_THREADS=1 .venv/bin/python bench/active.py                       # both sets, 5 seeds, auto head
     OMP_NUM_THREADS=1 .venv/bin/python bench/active.py --datasets uvp6 --seeds 2 --strategies margin random
 """
 
@@ -49,12 +53,15 @@ DEMO_VIT = dict(model="vit_tiny_patch16_224", img_size=48, patch_size=8, depth=4
 STRATEGIES = {
     "random": ("random", None, 0),
     "margin": ("margin", None, 0),
+    "cluster-margin": ("cluster-margin", None, 0),
     "entropy": ("entropy", None, 0),
     "coreset": ("coreset", None, 0),
     "typiclust": ("typiclust", None, 0),
     "coreset+margin": ("coreset", "margin", 0),
     "typiclust+margin": ("typiclust", "margin", 0),
     "margin/class": ("margin", None, 1),
+    "margin/class2": ("margin", None, 2),
+    "cluster-margin/class": ("cluster-margin", None, 1),
     "coreset+margin/class": ("coreset", "margin", 1),
 }
 
@@ -126,7 +133,40 @@ def design(embeddings: np.ndarray, features: np.ndarray, head: str) -> np.ndarra
     return np.hstack([StandardScaler().fit_transform(embeddings), scaled]).astype(np.float32)
 
 
-def simulate(labels: np.ndarray, embeddings: np.ndarray, x: np.ndarray, strategy: str, mix: str | None,
+# --head auto: these (name, design, inverse regularisation C of a standardised logistic regression), the one with the
+# best macro-F1 of a 3-fold cross-validation on the labelled objects alone, refitted on all of them (ties: the first)
+AUTO_CANDIDATES = (("linear", "linear", 1.0), ("linear C=10", "linear", 10.0),
+                   ("linear on features", "forest", 1.0), ("linear on features C=10", "forest", 10.0))
+
+
+def fit_auto(designs: dict[str, np.ndarray], labels: np.ndarray, labelled: list[int], seed: int) -> tuple[object, str]:
+    """The fitted `AUTO_CANDIDATES` head that cross-validates best on the labelled objects, and its design."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def head(c: float) -> object:
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed))
+
+    y = labels[labelled]
+    folds = StratifiedKFold(3, shuffle=True, random_state=seed)
+    best, best_score = AUTO_CANDIDATES[0], -1.0
+    if np.bincount(y).max() >= 3:  # fewer: no fold has anything to learn from, the first candidate
+        for candidate in AUTO_CANDIDATES:
+            with warnings.catch_warnings():  # classes with fewer members than folds: scored all the same
+                warnings.simplefilter("ignore")
+                predicted = cross_val_predict(head(candidate[2]), designs[candidate[1]][labelled], y, cv=folds)
+            score = f1_score(y, predicted, average="macro", zero_division=0)
+            if score > best_score:
+                best, best_score = candidate, score
+    return head(best[2]).fit(designs[best[1]][labelled], y), best[1]
+
+
+def simulate(labels: np.ndarray, embeddings: np.ndarray, designs: dict[str, np.ndarray], strategy: str, mix: str | None,
              per_class_min: int, head: str, seed: int, start: float, step: float, stop: float
              ) -> list[tuple[int, float]]:
     """(labelled count, test macro-F1) after the start and after each round, for one strategy and seed."""
@@ -148,7 +188,12 @@ def simulate(labels: np.ndarray, embeddings: np.ndarray, x: np.ndarray, strategy
     final = round(stop * len(pool))
     curve = []
     while True:
-        model = make_head(head, len(labelled), seed).fit(x[labelled], labels[labelled])
+        if head == "auto":
+            model, chosen = fit_auto(designs, labels, labelled, seed)
+            x = designs[chosen]
+        else:
+            x = designs["forest" if head == "forest" else "linear"]
+            model = make_head(head, len(labelled), seed).fit(x[labelled], labels[labelled])
         predicted = model.predict(x[test])
         curve.append((len(labelled), float(f1_score(labels[test], predicted, average="macro", zero_division=0))))
         if len(labelled) >= final:
@@ -183,7 +228,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--head", choices=["linear", "knn", "forest"], default="linear")
+    parser.add_argument("--head", choices=["linear", "knn", "forest", "auto"], default="auto")
     parser.add_argument("--start", type=float, default=0.01, help="fraction of the pool labelled at first")
     parser.add_argument("--round-budget", type=float, default=0.02, help="fraction of the pool per round")
     parser.add_argument("--stop", type=float, default=0.25, help="fraction of the pool labelled at the end")
@@ -202,16 +247,16 @@ def main() -> None:
             echo(f"{name}: skipped, needs {DATASETS[name][0]} (GPL-3.0, not shipped with the repository)")
             continue
         ids, labels, embeddings, features = prepare(name, args.work, args.pretrain_epochs)
-        x = design(embeddings, features, args.head)
+        designs = {head: design(embeddings, features, head) for head in ("linear", "forest")}
         curves: dict[str, list] = {s: [] for s in args.strategies}
         started = time.monotonic()
         for strategy in args.strategies:
             for seed in range(args.seeds):
-                curves[strategy].append(simulate(labels, embeddings, x, *STRATEGIES[strategy], args.head, seed,
+                curves[strategy].append(simulate(labels, embeddings, designs, *STRATEGIES[strategy], args.head, seed,
                                                  args.start, args.round_budget, args.stop))
             echo(f"{name} {strategy}: {time.monotonic() - started:.0f} s")
-        reads = "features" if args.head == "forest" else \
-            f"MAE embeddings ({embeddings.shape[1]}) + features ({features.shape[1]})"
+        both = f"MAE embeddings ({embeddings.shape[1]}) + features ({features.shape[1]})"
+        reads = {"forest": "features", "auto": f"{both} or features alone, chosen each round"}.get(args.head, both)
         print(f"\n{name}: {len(ids)} objects, head {args.head} on {reads}, pool 80 %, start {args.start:.0%}, "
               f"rounds of {args.round_budget:.0%}, to {args.stop:.0%}")
         report(name, curves)

@@ -79,6 +79,21 @@ def test_typiclust_picks_typical_points_of_clusters_without_labels():
     assert S.pick("typiclust", 3, embeddings=x, labelled=labelled, seed=0).rows.tolist() == picks.rows.tolist()
 
 
+def test_cluster_margin_picks_the_most_uncertain_of_each_cluster_where_margin_repeats_itself():
+    x = blobs(per_blob=10)
+    blob = np.repeat(np.arange(4), 10)
+    gap = 0.1 * blob + np.random.default_rng(2).uniform(0.01, 0.05, size=40)  # blob 0 the most uncertain, and so on
+    p = np.stack([(1 + gap) / 2, (1 - gap) / 2], axis=1)
+    assert blob[S.pick("margin", 4, probabilities=p).rows].tolist() == [0, 0, 0, 0]  # four near-duplicates
+    picks = S.choose("cluster-margin", 4, probabilities=p, embeddings=x, seed=0)
+    assert blob[picks.rows].tolist() == [0, 1, 2, 3]  # one per blob, in the order of their margins
+    for row in picks.rows:  # each the smallest margin of its blob
+        assert gap[row] == gap[blob == blob[row]].min()
+    np.testing.assert_allclose(picks.scores, gap[picks.rows], atol=1e-6)
+    assert picks.reasons[0].startswith("cluster-margin: margin")
+    assert S.choose("cluster-margin", 4, probabilities=p, embeddings=x, seed=0).rows.tolist() == picks.rows.tolist()
+
+
 def test_per_class_min_keeps_rare_predicted_classes_and_mix_picks_among_the_uncertain():
     rng = np.random.default_rng(1)
     p = rng.dirichlet(np.ones(4) * 0.3, size=300)

@@ -42,10 +42,11 @@ predictions had to be stored first).""")
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True, path_type=Path),
               help="A fine-tuned model: model.safetensors (with model.json beside it) or its folder.")
 @click.option("--budget", required=True, type=click.IntRange(min=1), help="How many objects to pick.")
-@click.option("--strategy", type=click.Choice(["margin", "entropy", "coreset", "typiclust", "random"]),
+@click.option("--strategy", type=click.Choice(["margin", "entropy", "coreset", "typiclust", "cluster-margin", "random"]),
               default=DEFAULT_STRATEGY, show_default=True,
               help="margin: smallest top-1 - top-2 gap; entropy: highest entropy; coreset: k-centre greedy on "
-                   "embeddings; typiclust: typical points of clusters without labels; random.")
+                   "embeddings; typiclust: typical points of clusters without labels; cluster-margin: the smallest "
+                   "margin of each k-means cluster of the uncertain; random.")
 @click.option("--mix", type=click.Choice(["margin", "entropy"]),
               help="With coreset or typiclust: pick among the 10 x budget most uncertain by this measure.")
 @click.option("--per-class-min", type=click.IntRange(min=0), default=0, show_default=True,

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from plankton_cli import __version__
 from plankton_cli.core import plugins
-from plankton_cli.infer.select_strategies import DIVERSITY, STRATEGIES, Picks, choose
+from plankton_cli.infer.select_strategies import DIVERSITY, NEEDS_EMBEDDINGS, STRATEGIES, Picks, choose
 from plankton_cli.core.atomic import atomic_path
 from plankton_cli.core.errors import UsageError
 from plankton_cli.train.model_info import ModelInfo
@@ -153,7 +153,7 @@ def select(
     model_hash = file_hash(weights)
     summary = SelectSummary(model_id=model_name(weights, info), model_hash=model_hash, strategy=strategy, mix=mix,
                             budget=budget)
-    needs_embeddings = strategy in DIVERSITY
+    needs_embeddings = strategy in NEEDS_EMBEDDINGS
     candidates = candidate_ids(store, CANDIDATE_STATUSES, instrument=instrument, since=since)
     labelled = candidate_ids(store, [LABELLED_STATUS], instrument=instrument) if needs_embeddings else []
     summary.candidates = len(candidates)

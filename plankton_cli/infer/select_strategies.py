@@ -13,6 +13,10 @@ selection list) can see why an object was chosen:
   candidate embeddings into (labelled + budget) clusters (at most `MAX_CLUSTERS`), then, cluster after cluster in
   the order fewest labelled objects, largest first, the most typical candidate (the inverse mean distance to its
   `TYPICALITY_NEIGHBOURS` nearest neighbours within its cluster);
+- `cluster-margin`: Cluster-Margin (Citovsky et al. 2021), simplified: the `MIX_POOL` × budget smallest-margin
+  candidates, grouped by k-means on the embeddings into `budget` clusters, and the smallest-margin candidate of
+  each cluster: uncertain picks, no two of them from one region of the embedding space (margin alone spends a
+  round on near-duplicates the model hesitates about for the same reason);
 - `random`: a uniform sample, the reference every benchmark compares with.
 
 `mix` combines uncertainty with diversity: the `MIX_POOL` × budget most uncertain candidates (by `margin` or
@@ -34,9 +38,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STRATEGIES = ("margin", "entropy", "coreset", "typiclust", "random")
+STRATEGIES = ("margin", "entropy", "coreset", "typiclust", "cluster-margin", "random")
 UNCERTAINTY = ("margin", "entropy")
 DIVERSITY = ("coreset", "typiclust")
+NEEDS_EMBEDDINGS = (*DIVERSITY, "cluster-margin")
 MAX_CLUSTERS = 500  # TypiClust's cap: more clusters than this are too small to tell typical from not
 MIN_CLUSTER_SIZE = 5  # TypiClust's: smaller clusters are outliers, not a mode of the data
 TYPICALITY_NEIGHBOURS = 20
@@ -205,6 +210,26 @@ def typiclust(embeddings: np.ndarray, budget: int, labelled: np.ndarray | None =
     return Picks(np.asarray(rows, np.int64), np.asarray(scores), reasons)
 
 
+def cluster_margin(probabilities: np.ndarray, embeddings: np.ndarray, budget: int, seed: int = 0) -> Picks:
+    """The smallest-margin candidate of each of `budget` k-means clusters of the `MIX_POOL` × budget
+    smallest-margin candidates, in the order of their margins (a cluster k-means left empty: the next smallest
+    margins fill its place)."""
+    budget = min(budget, len(probabilities))
+    rows = np.sort(uncertainty("margin", probabilities, MIX_POOL * budget).rows)
+    score = margins(probabilities[rows])
+    cluster = _kmeans(np.ascontiguousarray(embeddings[rows], np.float32), min(budget, len(rows)), seed)
+    by_margin = np.argsort(score, kind="stable")
+    _, first = np.unique(cluster[by_margin], return_index=True)  # each cluster's smallest margin
+    chosen = by_margin[np.sort(first)]
+    if len(chosen) < budget:
+        chosen = np.concatenate([chosen, np.setdiff1d(by_margin, chosen, assume_unique=True)[:budget - len(chosen)]])
+        chosen = chosen[np.argsort(score[chosen], kind="stable")]
+    sizes = np.bincount(cluster)
+    reasons = [f"cluster-margin: margin {score[i]:.3f}, the smallest of {sizes[cluster[i]]} uncertain candidates "
+               f"in its cluster" for i in chosen]
+    return Picks(rows[chosen].astype(np.int64), score[chosen], reasons)
+
+
 def random_picks(n: int, budget: int, seed: int = 0) -> Picks:
     rows = np.random.default_rng(seed).permutation(n)[:budget].astype(np.int64)
     return Picks(rows, np.zeros(len(rows)), ["random"] * len(rows))
@@ -222,6 +247,8 @@ def pick(strategy: str, budget: int, *, probabilities: np.ndarray | None = None,
         return uncertainty(strategy, probabilities, budget)  # type: ignore[arg-type]
     if strategy == "random":
         return random_picks(n, budget, seed)
+    if strategy == "cluster-margin":
+        return cluster_margin(probabilities, embeddings, budget, seed)  # type: ignore[arg-type]
     if strategy not in DIVERSITY:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
     rows = np.arange(n)
@@ -256,7 +283,7 @@ def choose(strategy: str, budget: int, *, predicted: np.ndarray | None = None, p
            labelled: np.ndarray | None = None, mix: str | None = None, seed: int = 0) -> Picks:
     """What `plankton select` picks: `pick` on the projected embeddings (`project`), with at least
     `per_class_min` picks of every predicted class (`predicted`: a class per row); see `pick_with_class_minimum`."""
-    if embeddings is not None and strategy in DIVERSITY:
+    if embeddings is not None and strategy in NEEDS_EMBEDDINGS:
         embeddings, labelled = project(embeddings, labelled, seed)
     if per_class_min <= 0 or predicted is None:
         return pick(strategy, budget, probabilities=probabilities, embeddings=embeddings, labelled=labelled,
