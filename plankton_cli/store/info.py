@@ -4,6 +4,7 @@ cannot add up is read: a file without stats (its footer, its label column), and 
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from functools import partial
@@ -37,7 +38,7 @@ def _dataset_info(store: Store, name: str, files: list[Path], *, top: int) -> di
         "rows": sum(pq.ParquetFile(f).metadata.num_rows if s is None else s["rows"] for f, s in stats.items()),
         "files": len(files),
         "bytes": sum(_size(f, entries.get(str(f.relative_to(store.root)))) for f in files),
-        "schema_version": _schema_version(files[-1]) if files else None,  # the newest file's (names sort by time)
+        "schema_version": _schema_version(files, stats),
     }
     try:
         schema = load_schema(name)
@@ -130,12 +131,14 @@ def _rejections(rows: list[dict], top: int) -> dict:
     return {"rejected": len(distinct), "by_reason": dict(kinds.most_common(top))}
 
 
-def _schema_version(path) -> str | None:
-    import json
-
-    meta = pq.read_schema(path).metadata or {}
-    raw = meta.get(SCHEMA_METADATA_KEY)
-    if raw is None:
+def _schema_version(files: list[Path], stats: dict[Path, dict | None]) -> str | None:
+    """The newest schema version among the dataset's files: from their stats, else (files from before the stats
+    recorded it) from the newest-named file's footer."""
+    schemas = [s["schema"] for s in stats.values() if s is not None and "schema" in s]
+    if not schemas and files:
+        raw = (pq.read_schema(files[-1]).metadata or {}).get(SCHEMA_METADATA_KEY)
+        schemas = [] if raw is None else [json.loads(raw)]
+    if not schemas:
         return None
-    info = json.loads(raw)
-    return f"{info['dataset']}.v{info['version']}"
+    newest = max(schemas, key=lambda schema: schema["version"])
+    return f"{newest['dataset']}.v{newest['version']}"

@@ -31,6 +31,7 @@ from typing import TypeVar
 from urllib.parse import quote, unquote
 
 from plankton_cli.core.errors import StoreIOError, UsageError
+from plankton_cli.store.schema import SCHEMA_METADATA_KEY
 
 T = TypeVar("T")
 
@@ -148,9 +149,11 @@ def file_stats(path: Path) -> dict:
                 counts[name] = {("" if v["values"] is None else str(v["values"])): v["counts"]
                                 for v in values.to_pylist()}
         stats["counts"] = counts
-    covers = (parquet.schema_arrow.metadata or {}).get(COVERS_KEY)
-    if covers:
+    metadata = parquet.schema_arrow.metadata or {}
+    if covers := metadata.get(COVERS_KEY):
         stats["covers"] = json.loads(covers)
+    if schema := metadata.get(SCHEMA_METADATA_KEY):  # `info` reports it without opening the file
+        stats["schema"] = {k: json.loads(schema)[k] for k in ("dataset", "version")}
     return stats
 
 
