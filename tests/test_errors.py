@@ -60,7 +60,8 @@ def _corrupt_parquet(tmp, store):
     shutil.copytree(store, tmp / "s")
     victim = sorted((tmp / "s" / "objects").rglob("*.parquet"))[0]
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # a truncated copy
-    return ["info", "--store", str(tmp / "s")], victim.name
+    # pad reads the objects' data (`info` answers from the committed list's stats and opens no data file)
+    return ["pad", "--store", str(tmp / "s")], victim.name
 
 
 def _invalid_journal(tmp, store):

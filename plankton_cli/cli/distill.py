@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from plankton_cli.cli.dispatch import backend_options
-from plankton_cli.cli.options import tracker_options, InitSource, hub_architecture, require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
+from plankton_cli.cli.options import usage_errors, tracker_options, InitSource, hub_architecture, require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 log = logging.getLogger("plankton.distill")
@@ -126,10 +126,8 @@ def distill(ctx: click.Context, teacher: Path, out: Path, student: str, init: Pa
         logger=logger, logger_uri=logger_uri,
     )
     echo = (lambda text: log.info("%s", text)) if as_json else (lambda text: click.echo(text, err=True))
-    try:
+    with usage_errors(FileNotFoundError):
         summary = run_distill(config, echo=echo)
-    except (ValueError, FileNotFoundError) as exc:
-        raise click.UsageError(str(exc)) from exc
     if not summary:  # DDP ranks other than 0 report nothing
         return
     if as_json:

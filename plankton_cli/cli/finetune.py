@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from plankton_cli.cli.dispatch import backend_options
-from plankton_cli.cli.options import tracker_options, require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
+from plankton_cli.cli.options import usage_errors, tracker_options, require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 log = logging.getLogger("plankton.finetune")
@@ -181,10 +181,8 @@ def finetune(ctx: click.Context, init: str, out: Path, dataset: str | None, labe
     )
     # Progress and Table-4 counts go to stderr, so that --json output stays parseable.
     echo = (lambda text: log.info("%s", text)) if as_json else (lambda text: click.echo(text, err=True))
-    try:
+    with usage_errors(FileNotFoundError):
         summary = run_finetune(config, echo=echo)
-    except (ValueError, FileNotFoundError) as exc:
-        raise click.UsageError(str(exc)) from exc
     if not summary:  # DDP ranks other than 0 report nothing
         return
     if as_json:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -14,6 +16,21 @@ def default_workers(minimum: int = 0) -> int:
 
 
 WORKERS_DEFAULT_TEXT = "min(8, CPUs - 1)"
+
+
+@contextmanager
+def usage_errors(*kinds: type[Exception]) -> Iterator[None]:
+    """A ValueError (or one of `kinds`) a command's run raises about its arguments is a usage error (exit 2). Not
+    pyarrow's (its ArrowInvalid is a ValueError): that is a corrupt store file, for the error model to name (exit 74)."""
+    caught: tuple[type[Exception], ...] = (ValueError, *kinds)
+    try:
+        yield
+    except caught as exc:
+        import pyarrow as pa
+
+        if isinstance(exc, pa.ArrowException):
+            raise
+        raise click.UsageError(str(exc)) from exc
 
 
 class Command(click.Command):

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from plankton_cli.cli.fanout import FANOUT_HELP, fanout_options
-from plankton_cli.cli.options import (require_store, WORKERS_DEFAULT_TEXT, default_workers, json_option, lock_timeout_option,
+from plankton_cli.cli.options import (usage_errors, require_store, WORKERS_DEFAULT_TEXT, default_workers, json_option, lock_timeout_option,
                                       store_option)
 from plankton_cli.cli.output import emit_json
 
@@ -101,12 +101,10 @@ def pad(source: str, target: str, preset: str, crop_top: int, crop_bottom: int, 
     data = None
     if not dry_run:
         with progress("pad", unit="objects") as advance:
-            try:
+            with usage_errors():
                 summary = pad_dataset(the_store, source=source, target=target, preset=preset, crop=crop, size=size,
                                       store_pixels=store_pixels, workers=fanout.workers, lock_timeout=lock_timeout,
                                       on_progress=advance, fanout=fanout if fanout.backend != "local" else None)
-            except ValueError as exc:
-                raise click.UsageError(str(exc)) from exc
         data = summary.to_dict()
     if preview:
         n, path = preview

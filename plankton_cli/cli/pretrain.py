@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from plankton_cli.cli.dispatch import backend_options, dispatch
-from plankton_cli.cli.options import tracker_options, InitSource, hub_architecture, require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
+from plankton_cli.cli.options import usage_errors, tracker_options, InitSource, hub_architecture, require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 
@@ -130,10 +130,8 @@ def pretrain(ctx: click.Context, dataset: str | None, model: str, img_size: int,
         record_ids=record_ids, logger=logger, logger_uri=logger_uri,
     )
     quiet = bool(ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
-    try:
+    with usage_errors(FileExistsError):
         summary = run_pretrain(config, resume=resume, enable_progress=False if quiet else None)
-    except (FileExistsError, ValueError) as exc:
-        raise click.UsageError(str(exc)) from exc
     if not summary:  # a DDP rank other than 0
         return
     if as_json:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from plankton_cli.cli.options import require_store, Command, json_option, store_option
+from plankton_cli.cli.options import usage_errors, require_store, Command, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 
@@ -42,10 +42,8 @@ def summarize(model_path: Path, by: str, out_dir: Path, rebuild: bool, plots: bo
 
     require_store(store)
     the_store = Store(store)
-    try:
+    with usage_errors():
         result = run_summarize(the_store, model_path, by, out_dir, plots=plots, rebuild=rebuild)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
     if as_json:
         emit_json(result.to_dict())
         return
