@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,19 @@ def demo_images() -> Path:
 @pytest.fixture
 def ifcb_bins() -> Path:
     return BUNDLED / "ifcb" / "pyifcb-testdata"
+
+
+def slurm_problem() -> str | None:
+    """Why the local SLURM cluster cannot run jobs (see .ci/slurm-up.sh), or None when it can."""
+    if shutil.which("sinfo") is None:
+        return "SLURM is not installed (no sinfo); run .ci/slurm-up.sh"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 15 s; run .ci/slurm-up.sh"
+    if out.returncode != 0 or not {"idle", "mixed", "allocated"} & set(out.stdout.split()):
+        return f"no usable SLURM node (sinfo: {out.stdout.strip() or out.stderr.strip()}); run .ci/slurm-up.sh"
+    return None
 
 
 def plankton(*args: str, env: dict | None = None, check: bool = False, **kw) -> subprocess.CompletedProcess:

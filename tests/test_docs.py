@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SHARED, shared_data
+from conftest import REPO, SHARED, shared_data, slurm_problem
 
 DOCS = REPO / "docs"
 LINKED = ("tests/data", "examples", "bench", "scripts")  # what the pages' commands read, relative to a checkout
@@ -36,20 +35,8 @@ FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+)(?P<lang>[\w-]*)")
 BLOCK_START = "@@docs-block {}@@"
 
 
-def _slurm_problem() -> str | None:
-    """Why the local SLURM cluster cannot run jobs (see .ci/slurm-up.sh), or None when it can."""
-    if shutil.which("sinfo") is None:
-        return "SLURM is not installed (no sinfo)"
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
-    except subprocess.TimeoutExpired:
-        return "sinfo did not answer within 15 s"
-    if out.returncode != 0 or not {"idle", "mixed", "allocated"} & set(out.stdout.split()):
-        return f"no usable SLURM node (sinfo: {out.stdout.strip() or out.stderr.strip()})"
-    return None
 
-
-CONDITIONS: dict[str, Callable[[], str | None]] = {"slurm": _slurm_problem}
+CONDITIONS: dict[str, Callable[[], str | None]] = {"slurm": slurm_problem}
 """run-if names -> a function saying why the condition does not hold here (None: it holds)."""
 
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import BUNDLED, plankton
+from conftest import BUNDLED, plankton, slurm_problem
 from plankton_cli.jobs.fanout import FanOut, split
 from plankton_cli.ingest import ingest
 from plankton_cli.core.records import ReadOptions
@@ -168,9 +168,7 @@ def test_predict_refuses_the_removed_devices_options(tmp_path: Path, model_file:
 
 @pytest.fixture(scope="module")
 def cluster() -> None:
-    from test_pretrain_slurm import _cluster_problem
-
-    problem = _cluster_problem()
+    problem = slurm_problem()
     if problem:
         pytest.skip(problem)
 

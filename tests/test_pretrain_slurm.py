@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import plankton
+from conftest import plankton, slurm_problem
 from test_pretrain import TINY, make_store
 
 pytestmark = pytest.mark.slurm
 
 
-def _cluster_problem() -> str | None:
-    """Why the cluster cannot run jobs, or None when it can."""
-    if shutil.which("sinfo") is None:
-        return "SLURM is not installed (no sinfo); run .ci/slurm-up.sh"
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
-    except subprocess.TimeoutExpired:
-        return "sinfo did not answer within 15 s; run .ci/slurm-up.sh"
-    if out.returncode != 0 or not {"idle", "mixed", "allocated"} & set(out.stdout.split()):
-        return f"no usable SLURM node (sinfo: {out.stdout.strip() or out.stderr.strip()}); run .ci/slurm-up.sh"
-    return None
-
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    problem = _cluster_problem()
+    problem = slurm_problem()
     if problem:
         pytest.skip(problem)
     return make_store(tmp_path_factory.mktemp("store") / "store")

@@ -1,7 +1,7 @@
 """Image files → a model's answers, exactly as `plankton predict --format folders FILE...` gives them.
 
 The files are read by the image-folder reader (so an object's id is `<its folder's name>/<file name>`, which seeds
-its padding noise) and scored by `plankton_cli.predict.Scorer` (the model's recorded preprocessing): the same file
+its padding noise) and scored by `plankton_cli.infer.predict.Scorer` (the model's recorded preprocessing): the same file
 in a folder of the same name gets the same probabilities here and from `plankton predict`. The model is loaded once
 per process and kept (`scorer`), which is what a server's warm-up needs.
 

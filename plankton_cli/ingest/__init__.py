@@ -81,6 +81,15 @@ class IngestSummary:
     def n_rejected(self) -> int:
         return sum(self.rejected.values())
 
+    def add_source(self, counts: Counter, reader: str) -> None:
+        """Count one source's objects (its `read`, `stored`, `skipped` and `twins`) into the run's."""
+        self.read += counts["read"]
+        self.stored += counts["stored"]
+        self.skipped_duplicate += counts["skipped"]
+        self.skipped_twin += counts["twins"]
+        if counts["stored"]:
+            self.stored_by_reader[reader] += counts["stored"]
+
     def to_dict(self) -> dict:
         return {
             "run": self.run,
@@ -447,12 +456,7 @@ def _ingest_source(run: _Run, reader, source: Source, options: ReadOptions, summ
             item = _store_record(run, item, source, now, counts, data_files, summary)
         if isinstance(item, Rejection):
             _reject(run, item, source, now, counts, summary)
-    summary.read += counts["read"]
-    summary.stored += counts["stored"]
-    summary.skipped_duplicate += counts["skipped"]
-    summary.skipped_twin += counts["twins"]
-    if counts["stored"]:
-        summary.stored_by_reader[source.reader] += counts["stored"]
+    summary.add_source(counts, source.reader)
     return dict(counts), data_files
 
 

@@ -138,12 +138,7 @@ def _decide(store: Store, run: _Run, planned: list, sealed: list[Sealed], option
                 stored_in.append(staged)
             elif isinstance(verdict, Rejection):
                 _reject(run, verdict, source, now, counts, summary)
-        summary.read += counts["read"]
-        summary.stored += counts["stored"]
-        summary.skipped_duplicate += counts["skipped"]
-        summary.skipped_twin += counts["twins"]
-        if counts["stored"]:
-            summary.stored_by_reader[source.reader] += counts["stored"]
+        summary.add_source(counts, source.reader)
         recorded.append((source, {"checksum": done["checksum"], **facts}, dict(counts), stored_in, found_in))
     final_of = _stage_kept(store, run, sealed, sizes, kept)
     for source, facts, source_counts, stored_in, found_in in recorded:

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,25 +121,22 @@ def _mlflow_run(uri: str, experiment: str, run_dir: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def texts(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """A nested mapping as flat text parameters keyed by their path (`a/b`); lists as JSON."""
-    out: dict[str, str] = {}
+def _leaves(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(path, value) of each leaf of a nested mapping, the path joined with `/`."""
     for key, value in data.items():
-        name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(texts(value, f"{name}/"))
+            yield from _leaves(value, f"{prefix}{key}/")
         else:
-            out[name] = value if isinstance(value, str) else json.dumps(value, default=str)
-    return out
+            yield f"{prefix}{key}", value
 
 
-def numbers(data: dict[str, Any], prefix: str = "") -> dict[str, float]:
+def texts(data: dict[str, Any]) -> dict[str, str]:
+    """A nested mapping as flat text parameters keyed by their path (`a/b`); lists as JSON."""
+    return {name: value if isinstance(value, str) else json.dumps(value, default=str)
+            for name, value in _leaves(data)}
+
+
+def numbers(data: dict[str, Any]) -> dict[str, float]:
     """The finite numbers in a nested mapping, keyed by their path (`a/b`); lists, text and booleans are left out."""
-    out: dict[str, float] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(numbers(value, f"{name}/"))
-        elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            out[name] = float(value)
-    return out
+    return {name: float(value) for name, value in _leaves(data)
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)}

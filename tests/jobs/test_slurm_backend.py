@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import slurm_problem
 from plankton_cli.jobs import EXIT_NOT_FINISHED, JOBS_FILE, Backend, Job, Resources, list_jobs, record
 
 submitit = pytest.importorskip("submitit")
@@ -56,23 +57,10 @@ TRAINER = textwrap.dedent(
 )
 
 
-def _cluster_problem() -> str | None:
-    """Why the cluster cannot run jobs, or None when it can."""
-    if shutil.which("sinfo") is None:
-        return "SLURM is not installed (no sinfo); run .ci/slurm-up.sh"
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
-    except subprocess.TimeoutExpired:
-        return "sinfo did not answer within 15 s; run .ci/slurm-up.sh"
-    states = out.stdout.split()
-    if out.returncode != 0 or not {"idle", "mixed", "allocated"} & set(states):
-        return f"no usable SLURM node (sinfo: {out.stdout.strip() or out.stderr.strip()}); run .ci/slurm-up.sh"
-    return None
-
 
 @pytest.fixture(scope="module")
 def cluster() -> None:
-    problem = _cluster_problem()
+    problem = slurm_problem()
     if problem:
         pytest.skip(problem)
 
