@@ -54,7 +54,11 @@ or corrupt store), 75 the store is locked by another writer, or a shard failed (
                    "two sources never share one [default: the folder's or zip's own name].")
 @click.option("-o", "--reader-option", "reader_options", multiple=True, metavar="KEY=VALUE",
               help="Extra option passed to the reader plugin (repeatable).")
-@click.option("--retry-rejected", is_flag=True, help="Read again the sources that had rejected objects.")
+@click.option("--retry-rejected", is_flag=True, help="Read again the sources that had rejected objects (implies --rescan).")
+@click.option("--rescan", is_flag=True,
+              help="Check every file's size and mtime, also in source folders unchanged since they were last "
+                   "listed (skipped otherwise: a file rewritten in place there is found only so). "
+                   "Example: plankton ingest /data/ifcb --rescan")
 @click.option("--commit-every", type=click.IntRange(min=0), default=0, metavar="N",
               help="Also commit after every N sources, so a long backlog keeps its progress if interrupted (one process: a fanned-out run commits once).")
 @click.option("--on-conflict", type=click.Choice(["reject", "replace"]), default="reject", show_default=True,
@@ -66,7 +70,7 @@ or corrupt store), 75 the store is locked by another writer, or a shard failed (
 @lock_timeout_option
 @json_option
 def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_from: str, collection: str | None,
-           reader_options: tuple[str, ...], retry_rejected: bool, on_conflict: str, commit_every: int, strict: bool,
+           reader_options: tuple[str, ...], retry_rejected: bool, rescan: bool, on_conflict: str, commit_every: int, strict: bool,
            store: Path, lock_timeout: float, as_json: bool, fanout) -> None:
     """Read IFCB bins, EcoTaxa exports or image folders into the store.
 
@@ -107,7 +111,7 @@ def ingest(sources: tuple[Path, ...], fmt: str, instrument: str | None, label_fr
 
         try:
             summary = run_ingest(Store(store), list(sources), fmt=fmt, options=options, lock_timeout=lock_timeout,
-                                 retry_rejected=retry_rejected, on_conflict=on_conflict, commit_every=commit_every,
+                                 retry_rejected=retry_rejected, rescan=rescan, on_conflict=on_conflict, commit_every=commit_every,
                                  on_source=on_source, fanout=fanout)
         except plugins.PluginError as exc:
             raise click.UsageError(str(exc)) from exc

@@ -48,7 +48,7 @@ from plankton_cli.core.records import UNKNOWN_INSTRUMENT, ReadOptions, Record, R
 from plankton_cli.jobs.fanout import FanOut
 from plankton_cli.store import Store
 from plankton_cli.store.images import ImageError, check
-from plankton_cli.store.manifest import Manifest
+from plankton_cli.store.manifest import Folders, Manifest
 from plankton_cli.store.schema import load_schema
 from plankton_cli.store.layout import MAX_FILE_BYTES
 from plankton_cli.store.session import WriteSession
@@ -65,6 +65,7 @@ class IngestSummary:
     run: str
     store: str
     sources: Counter = field(default_factory=Counter)  # new / changed / unchanged / retried
+    folders_unchanged: int = 0  # source folders not listed (unchanged since last listed); their sources: unchanged
     read: int = 0
     stored: int = 0
     skipped_duplicate: int = 0
@@ -95,6 +96,7 @@ class IngestSummary:
             "run": self.run,
             "store": self.store,
             "sources": dict(self.sources),
+            "folders_unchanged": self.folders_unchanged,
             "read": self.read,
             "stored": self.stored,
             "skipped_duplicate": self.skipped_duplicate,
@@ -113,15 +115,20 @@ def reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0].strip()
 
 
-def discover(paths: Iterable[Path], fmt: str, options: ReadOptions) -> Iterable[tuple[object, Source, Path]]:
+def discover(paths: Iterable[Path], fmt: str, options: ReadOptions, folders: Folders | None = None
+             ) -> Iterable[tuple[object, Source, Path]]:
     """(reader, source, path) for every source under `paths`, each path read by `fmt` or the reader that sniffs
-    it."""
+    it. A reader that walks folders (`skips_unchanged_folders`) is given `folders` and lists none it says are
+    unchanged."""
     for path in paths:
         name = fmt if fmt != "auto" else plugins.sniff_reader(path)
         if name is None:
             raise plugins.PluginError(f"no reader recognises {path}; pass --format (see `plankton plugins`)")
         reader = plugins.load("reader", name)
-        for source in reader.discover(path, options):
+        found = (reader.discover(path, options, folders=folders)
+                 if folders is not None and getattr(reader, "skips_unchanged_folders", False)
+                 else reader.discover(path, options))
+        for source in found:
             yield reader, source, path
 
 
@@ -318,6 +325,7 @@ def ingest(
     options: ReadOptions | None = None,
     lock_timeout: float = 60.0,
     retry_rejected: bool = False,
+    rescan: bool = False,
     on_conflict: str = "reject",
     commit_every: int = 0,
     on_start: Callable[[int], None] | None = None,
@@ -333,19 +341,24 @@ def ingest(
 
     `commit_every=N` commits after every N sources read (besides every ~256 MB and at the end), so a long
     backlog keeps its progress if interrupted. `on_start(n_sources)`, `on_source(source, status)` and
-    `on_object()` feed progress displays. `fanout`: read the sources in worker processes or cluster tasks and
+    `on_object()` feed progress displays. Source folders unchanged since a run listed them are not listed
+    (`store.manifest.Folders`); `rescan=True` (implied by `retry_rejected`) lists and checks every one. `fanout`: read the sources in worker processes or cluster tasks and
     commit once (`ingest.fanout`; `commit_every` and `on_object` do not apply).
     """
     options = options or ReadOptions()
     run_id = new_run_id()
     summary = IngestSummary(run=run_id, store=str(store.root))
-    sources = list(discover(paths, fmt, options))
+    folders = Folders(store.root, rescan=rescan or retry_rejected)
+    sources = list(discover(paths, fmt, options, folders))
+    summary.folders_unchanged = len(folders.skipped)
+    if folders.skipped:  # their sources are unchanged ones, as when their files were checked
+        summary.sources["unchanged"] += sum(folders.skipped.values())
     if on_start:
         on_start(len(sources))
     fan = fanout if fanout is not None and fanout.fanned else None
     with fan.started() if fan else nullcontext(), store.locked(timeout=lock_timeout):
         run = _Run(store, run_id, on_conflict)
-        if fan and _fanned(run, sources, fan, options, retry_rejected, summary, on_source):
+        if fan and _fanned(run, sources, fan, options, retry_rejected, summary, on_source, folders):
             return summary
         since_commit = 0
         try:
@@ -367,6 +380,7 @@ def ingest(
                 if run.session.staged_bytes >= MAX_FILE_BYTES or (commit_every and since_commit >= commit_every):
                     run.commit()
                     since_commit = 0
+            run.manifest.keep_folders(folders.merged())
             run.commit()
             _read_again(run, sources, options, summary, on_object)
             summary.reread = sorted(k for k in run.manifest.entries.keys_where("fingerprint", "")
@@ -378,7 +392,7 @@ def ingest(
 
 
 def _fanned(run: _Run, sources: list, fan: FanOut, options: ReadOptions, retry_rejected: bool,
-            summary: IngestSummary, on_source: Callable[[Source, str], None] | None) -> bool:
+            summary: IngestSummary, on_source: Callable[[Source, str], None] | None, folders: Folders) -> bool:
     """Ingest `sources` in `fan`'s shards (`ingest.fanout`); False, having done nothing, when the run must be one
     process."""
     from plankton_cli.ingest.fanout import ingest_fanned, needs_one_process
@@ -398,6 +412,7 @@ def _fanned(run: _Run, sources: list, fan: FanOut, options: ReadOptions, retry_r
         summary.sources[status] += 1
         if on_source:
             on_source(source, status)
+    run.manifest.keep_folders(folders.merged())  # a fanned-out run commits once, at its end
     try:
         ingest_fanned(run.store, run, planned, fan, options, summary)
         summary.reread = sorted(k for k, e in run.manifest.entries.items()

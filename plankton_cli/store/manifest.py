@@ -8,6 +8,10 @@ The manifest of a station's years holds ~10^5 sources: it is kept as the Arrow t
 becomes a Python dict only when a run asks for it (a new or changed source), and a commit writes the table with the
 entries this run changed replaced (columnar, never a dict per source): reading and writing it costs milliseconds
 where a dict per source cost seconds.
+
+A station's nightly job hands ingest its whole data folder: one `stat` per bin file of every night ever seen grew
+to ~0.5 s at 350 nights. The manifest therefore also keeps, in its footer, a fingerprint of each settled leaf
+source folder (an IFCB day folder): `Folders`. A folder whose fingerprint matches is not even listed.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator, MutableMapping
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -126,14 +131,80 @@ class Entries(MutableMapping[str, dict]):
         return pa.concat_tables([kept, live]).sort_by("source_key")
 
 
+FOLDERS_KEY = b"plankton.folders"
+"""The manifest's footer key holding `Folders`' fingerprints (JSON: folder -> [mtime_ns, inode, sources])."""
+
+SETTLED_S = 3600
+"""A folder is fingerprinted only when nothing was added to it for this long. Its mtime says when an entry was
+last added, removed or renamed in it, but not when a file in it was rewritten in place, which is how an instrument
+writes the bin it is acquiring (~20 minutes a bin, its files created when it starts): an hour without a new entry
+means no bin in it is being written. A folder stays settled after that: bins arrive as new files (a copy or
+rsync writes a temporary name and renames it), which changes the folder's mtime."""
+
+
+def _folders_of(metadata: dict | None) -> dict[str, list[int]]:
+    text = (metadata or {}).get(FOLDERS_KEY)
+    return json.loads(text) if text else {}
+
+
+class Folders:
+    """Which leaf source folders (folders without subfolders, e.g. IFCB day folders) are unchanged since their
+    sources were last ingested, told by one `stat` of the folder instead of a listing and a `stat` per file.
+
+    Unchanged: the folder's mtime and inode are those recorded when it was last listed, and it was settled then
+    (see `SETTLED_S`). What this does not see, by design: a file rewritten in place in a settled folder, e.g. a
+    bin restored from a backup over its old files; `plankton ingest --rescan` checks every file's fingerprint
+    (and `--retry-rejected` implies it). A walker (`plugins/ifcb`) asks `unchanged(folder)` before listing each
+    subfolder, and tells `listed(folder, n)` the sources it found in a leaf it listed."""
+
+    def __init__(self, root: Path, rescan: bool = False):
+        path = root / MANIFEST
+        self.known = _folders_of(pq.read_schema(path).metadata) if path.exists() else {}
+        self.rescan = rescan
+        self._stat: dict[str, list[int]] = {}  # folders about to be listed: their [mtime_ns, inode] before it
+        self.found: dict[str, list[int]] = {}  # settled leaves listed by this run: [mtime_ns, inode, sources]
+        self.skipped: dict[str, int] = {}  # unchanged folders, not listed: their number of sources
+
+    def unchanged(self, folder: Path) -> bool:
+        key = str(Path(os.path.abspath(folder)))
+        st = os.stat(key)
+        now = [st.st_mtime_ns, st.st_ino]
+        old = self.known.get(key)
+        if not self.rescan and old is not None and old[:2] == now:
+            self.skipped[key] = old[2]
+            return True
+        self._stat[key] = now  # taken before the listing: an entry added during it changes the mtime again
+        return False
+
+    def listed(self, folder: Path, sources: int) -> None:
+        key = str(Path(os.path.abspath(folder)))
+        before = self._stat.get(key)
+        if before is not None and time.time_ns() - before[0] >= SETTLED_S * 10**9:
+            self.found[key] = [*before, sources]
+
+    def merged(self) -> dict[str, list[int]]:
+        """The fingerprints to keep once this run's sources are committed: the known ones, less those of folders
+        listed again (changed, or not settled), plus the settled leaves listed."""
+        return {k: v for k, v in self.known.items() if k not in self._stat} | self.found
+
+
 class Manifest:
     def __init__(self, root: Path, entries: dict[str, dict] | None = None):
-        """The manifest of the store at `root`, or one holding `entries` (to be staged over it)."""
+        """The manifest of the store at `root`, or one holding `entries` (to be staged over it; a repaired
+        manifest keeps no folder fingerprints: the next ingest checks every file)."""
         self.root = root
         path = root / MANIFEST
         table = pq.read_table(path) if entries is None and path.exists() else None
         self.entries = Entries(table, entries)
+        self.folders = _folders_of(None if table is None else table.schema.metadata)
         self.dirty = entries is not None
+
+    def keep_folders(self, folders: dict[str, list[int]]) -> None:
+        """Record `folders` (`Folders.merged()`) at the next commit: only the run's last, once all its sources
+        are committed, or a crash could leave a folder recorded whose bins were never stored."""
+        if folders != self.folders:
+            self.folders = folders
+            self.dirty = True
 
     def status(self, source: Source) -> tuple[str, dict]:
         """("new" | "unchanged" | "changed", facts) for `source`; facts go back into `record()`."""
@@ -194,5 +265,7 @@ class Manifest:
         """Write the manifest into the session's transaction, so it changes in the same commit as the data it
         describes."""
         table = self.entries.to_table(load_schema("manifest").arrow)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               FOLDERS_KEY: json.dumps(self.folders, separators=(",", ":"))})
         pq.write_table(table, session.stage(MANIFEST), compression="zstd")
         self.dirty = False

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from plankton_plugins.ifcb.bins import (
     stitch_pairs,
 )
 
+if TYPE_CHECKING:
+    from plankton_cli.store.manifest import Folders
+
 INSTRUMENT = "IFCB"
 EXTENSIONS = (".hdr", ".adc", ".roi")
 SKIPPED_FOLDERS = frozenset({"skip", "beads"})
@@ -53,19 +57,27 @@ def bin_base(path: Path) -> Path | None:
     return base if parse_bin_id(base.name) is not None else None
 
 
-def find_bins(root: Path) -> Iterator[Path]:
+def find_bins(root: Path, folders: Folders | None = None) -> Iterator[Path]:
     """Base paths of the bins under `root`, walked recursively in sorted order.
 
     A bin is an `.adc` whose basename is a valid bin id (so stray files are ignored; one without its `.hdr` is
     found too, and rejected when read); bins in folders named `skip` or `beads` below `root` are left out, as
-    pyifcb does.
+    pyifcb does. `folders`: the subfolders it says are unchanged (a day folder of an earlier night) are not
+    listed, and it is told the bins of each folder without subfolders listed.
     """
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d.lower() not in SKIPPED_FOLDERS)
+        leaf = not dirnames
+        if folders is not None:
+            dirnames[:] = [d for d in dirnames if not folders.unchanged(Path(dirpath) / d)]
+        found = 0
         for name in sorted(filenames):
             stem, ext = os.path.splitext(name)
             if ext == ".adc" and parse_bin_id(stem) is not None:
+                found += 1
                 yield Path(dirpath) / stem
+        if folders is not None and leaf:
+            folders.listed(Path(dirpath), found)
 
 
 def bin_source(base: Path, needs_header: bool = False) -> Source:
@@ -88,6 +100,7 @@ class IFCBBinReader:
     name = "ifcb"
     description = "IFCB raw bins (.hdr/.adc/.roi), V1 and V2, one record per ROI"
     sniff_priority = 10
+    skips_unchanged_folders = True  # discover() takes `folders` (plankton_cli/ingest: discover)
 
     def sniff(self, path: Path) -> bool:
         path = Path(path)
@@ -96,10 +109,11 @@ class IFCBBinReader:
         base = bin_base(path)
         return base is not None and bin_file(base, ".adc").is_file()
 
-    def discover(self, path: Path, options: ReadOptions | None = None) -> Iterator[Source]:
+    def discover(self, path: Path, options: ReadOptions | None = None, folders: Folders | None = None
+                 ) -> Iterator[Source]:
         path = Path(path)
         if path.is_dir():
-            yield from (bin_source(base, needs_header=True) for base in find_bins(path))
+            yield from (bin_source(base, needs_header=True) for base in find_bins(path, folders))
             return
         base = bin_base(path)
         if base is not None and bin_file(base, ".adc").is_file():  # named explicitly: a missing .hdr is tolerated
