@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -110,6 +111,8 @@ class Station:
         day.mkdir(parents=True)
         for i in range(self.bins):
             make_bin(day / f"D{self.night:%Y%m%d}T{i:02d}0000_IFCB013", self.rois)
+        written = self.when.timestamp()  # the folder's mtime is the night the instrument wrote it (settled)
+        os.utime(day, (written, written))
 
     def ingest(self):
         from plankton_cli.ingest import ingest
