@@ -95,7 +95,7 @@ class PretrainConfig:
     gpu_augment: bool = False
     compile: bool = False
     recon_every: int = 10  # epochs between reconstruction panels (0: only at the end)
-    checkpoint_every: int = 100  # optimizer steps between checkpoints (also at each epoch end)
+    checkpoint_every: int | str = "10min"  # optimizer steps, or training time (core.cadence)
     log_every: int = 50
     devices: int = 1
     num_nodes: int = 1
@@ -346,7 +346,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
         accumulate_grad_batches=recipe.accumulate,
         log_every_n_steps=config.log_every,
         steps_per_epoch=recipe.steps_per_epoch,
-        checkpoint_every_n_steps=config.checkpoint_every,
+        checkpoint_every=config.checkpoint_every,
         callbacks=[*([RecordObjectIds(run_dir)] if config.record_ids else []), *callbacks],
         enable_progress=enable_progress,
         tracker_logger=tracker.logger(run_dir),
