@@ -366,6 +366,12 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
         write_json_atomic(run_dir / "recipe.json", recipe.to_dict())
         tracker.log_params(run_dir, {"config": resolved})
         log.info("pretraining %s on %s/%s: %s", config.model, store.root, dataset, recipe.describe())
+        images = sum(group.n_rows for group in data.row_groups)
+        if images != len(data) * world_size:
+            # Ranks take whole row groups and must take as many samples each: the short ones repeat some.
+            log.info("%d images; an epoch over %d processes trains on %d samples, %d of them repeated so that every "
+                     "process gets as many", images, world_size, len(data) * world_size,
+                     len(data) * world_size - images)
         for warning in recipe.warnings:
             log.warning("%s", warning)
         if accelerator == "cpu":
