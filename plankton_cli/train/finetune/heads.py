@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 CHEAP_HEADS = ("linear", "knn", "forest", "logreg")
 KNN_NEIGHBOURS = 10
 FOREST_TREES = 300
-LOGREG_C = (0.01, 0.1, 1.0, 10.0, 100.0)  # the inverse regularisations the inner cross-validation chooses from
+LOGREG_C = (0.01, 0.1, 1.0, 10.0)  # what the inner cross-validation chooses from (100 lost 2 points on UVP6 at 25 %)
 INNER_FOLDS = 3  # at most; fewer when no class has that many labels
 
 
