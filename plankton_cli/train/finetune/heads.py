@@ -14,9 +14,10 @@ the logistic regression see only the standardised feature values the fine-tuned 
 indicators: see ``fold``).
 
 The features' logistic regression (``logreg``) is class-balanced, with its regularisation C chosen by a stratified
-cross-validation on the labels it is fitted on. On bench/quality.py's UVP6 folds it beat the features' forest by 5
-to 9 macro-F1 points at 5-25 % labels; joined to the frozen MAE embeddings it lost 4 to 8 points to the forest
-(the tiny encoder adds noise, not signal), hence the features alone.
+cross-validation on the labels it is fitted on. On bench/quality.py's UVP6 folds it beat the features' forest by 6
+to 8 macro-F1 points at 5-25 % labels (on the FlowCam-like set by 4 at one label a class, losing 4 to 6 above);
+joined to the frozen MAE embeddings it lost 4 to 8 points to the forest (the demo's tiny encoder adds noise, not
+signal), hence the features alone.
 """
 
 from __future__ import annotations
