@@ -16,13 +16,10 @@ them per fold (training + validation = total), and every baseline is fitted on a
     scratch+feat   (--scratch-feat) scratch, with the features joined to the image (`--features auto`)
     MAE+feat       `--features auto --head auto` from the MAE encoder: per fold the best of fine-tuning with the
                    features joined to the image embedding, linear / kNN on embedding + features, and a random forest
-                   and a class-balanced logistic regression on the features alone (`--head forest|logreg`); the
-                   cheap heads by cross-validation over the fold's labels, the best of them against fine-tuning on
-                   the validation labels
+                   and a class-balanced logistic regression on the features alone (`--head forest|logreg`). Budget
+                   protocol: the cheap head that cross-validates best over the fold's labels (fine-tuning is scored,
+                   not chosen: its validation score is that of the epoch chosen on it); paper: the best on validation
     logreg         the logistic regression on the features alone of that run (`--head logreg`), whether kept or not
-    cheap CV       that run's cheap head of best cross-validated macro-F1 over the fold's labels: what `auto` keeps
-                   unless fine-tuning beats it on the validation labels (the chosen head when nothing was
-                   cross-validated: no validation label)
     MAE+feat no refit  the same head before the budget protocol refits it on training + validation labels
     RF self-trained  (--self-training) the features' forest self-trained on the fold's unlabelled non-test objects
                    (``self_trained_forest``): a bench candidate, not a `--head`
@@ -97,7 +94,6 @@ COLUMNS = {
     "scratch+feat": ("scratch-feat", "macro_f1"),
     "MAE+feat": ("mae-feat", "macro_f1"),
     "logreg": ("mae-feat", "heads.logreg"),
-    "cheap CV": ("mae-feat", "cross_validated"),
     "MAE+feat no refit": ("mae-feat", "without_refit"),
 }
 
@@ -279,9 +275,6 @@ def fold_values(results: list[dict], what: str) -> list[float]:
     """Per fold test macro-F1 of ``what`` (see COLUMNS)."""
     if what == "macro_f1":
         return [r["macro_f1"] for r in results]
-    if what == "cross_validated":  # the cheap head auto keeps before fine-tuning competes on the validation part
-        return [max((h for h in r["heads"].values() if "cv_macro_f1" in h), key=lambda h: h["cv_macro_f1"],
-                    default=r["heads"][r["head"]])["macro_f1"] for r in results]
     if what == "without_refit":  # the chosen head as chosen, before its refit on every label (budget protocol)
         return [r["heads"][r["head"]].get("macro_f1_without_refit", r["macro_f1"]) for r in results]
     key, name = what.split(".")

@@ -112,10 +112,10 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
               help="finetune: train the whole ViT; linear / knn: a logistic regression / cosine k-NN on the frozen "
                    "encoder's embeddings (+ features); forest / logreg: a random forest / a class-balanced logistic "
                    "regression (C by cross-validation) on the features alone (seconds each); auto: all of them, "
-                   "keeping per fold the best (cheap heads by cross-validation over every label, against "
-                   "fine-tuning on the validation labels; every candidate's score is in the results; a fold "
-                   "without validation labels keeps logreg, else the linear probe). The head kept is the fold's "
-                   "model file for predict.")
+                   "keeping per fold the best (budget protocol: the cheap head that cross-validates best over "
+                   "every label, fine-tuning scored beside it; paper: the best on validation; every candidate's "
+                   "score is in the results; a fold without validation labels keeps logreg, else the linear "
+                   "probe). The head kept is the fold's model file for predict.")
 @click.option("--model", "model_name", metavar="NAME",
               help="timm ViT name for --init scratch or a timm checkpoint file, e.g. vit_large_patch16_224.")
 @click.option("--img-size", type=click.IntRange(min=8), metavar="PX",
