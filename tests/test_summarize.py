@@ -4,6 +4,7 @@ iRfcb's summary of the same class files, and a nightly re-run adds new bins only
 from __future__ import annotations
 
 import json
+import shutil
 
 import h5py
 import numpy as np
@@ -104,10 +105,15 @@ def test_a_nightly_rerun_adds_new_bins_only_and_nothing_when_none_is_new(tmp_pat
     out = tmp_path / "summary"
     assert summarize(store, model, "bin", out).new_samples == 1
     before = pd.read_parquet(out / COUNTS)
+    shutil.rmtree(out / "by-month")  # as a summary written before the months were: its next run writes them all
     ingest(store, [IFCB / "data"])
     predict(model, store=store, to=["store"], out_dir=tmp_path / "out")
     second = summarize(store, model, "bin", out)
     assert (second.new_samples, second.groups_written, second.groups_kept) == (1, 1, 1)
+    months = sorted(p.name for p in (out / "by-month").iterdir())
+    assert months == ["2012-01", "2013-05"]
+    assert len(pd.read_csv(out / "counts.csv")) == sum(len(pd.read_csv(out / "by-month" / m / "counts.csv"))
+                                                       for m in months) == 2 * (len(CLASSES) + 1)
     after = pd.read_parquet(out / COUNTS)
     pd.testing.assert_frame_equal(after[after["sample_id"] == V2].reset_index(drop=True), before)
     assert after.groupby("sample_id")["count"].sum().to_dict() == {V1: 5, V2: 19}
