@@ -7,12 +7,16 @@ cheap way, in seconds: `--head auto` (the default) is the strongest cheap model 
 regression on the frozen MAE embeddings + the objects' features or on the features alone, with C = 1 or 10, whichever
 of these four scores the best macro-F1 in a 3-fold cross-validation on the labelled objects alone (the first while
 no class has 3 labels); `--head linear|knn|forest` are `plankton finetune`'s cheap heads (linear and kNN on
-embeddings + features, both scaled; the forest on the features alone). The strategies are those of `plankton
+embeddings + features, both scaled; the forest on the features alone); `--head logistic|logistic-features` one
+fixed logistic regression (C = 10, classes balanced) on the standardised embeddings + features, or the features
+alone, with no choice made each round. The strategies are those of `plankton
 select` (`plankton_cli.infer.select_strategies.choose`), on the refitted head's probabilities and the frozen
 embeddings, the labelled objects' embeddings as what is labelled, exactly as select gets them from the store.
 
 `/class` variants add `--per-class-min 1` (one object of every predicted class per round, when the round's budget
-allows), `/class2` `--per-class-min 2`. Prints, per data set, test macro-F1 per round (mean ± std over seeds) per
+allows), `/class2` `--per-class-min 2`; `typiclust>margin` picks by typiclust in the first two rounds (its strength
+is very few labels) and by margin after them, as an expert would by running `plankton select` with another
+`--strategy` from round 3 on. Prints, per data set, test macro-F1 per round (mean ± std over seeds) per
 strategy, and the labels each strategy needs to reach random's macro-F1 at 25 % (the first round whose mean reaches
 it; "—" if none does).
 
@@ -63,7 +67,15 @@ STRATEGIES = {
     "margin/class2": ("margin", None, 2),
     "cluster-margin/class": ("cluster-margin", None, 1),
     "coreset+margin/class": ("coreset", "margin", 1),
+    "typiclust+margin/class": ("typiclust", "margin", 1),
+    "entropy/class": ("entropy", None, 1),
+    "typiclust>margin": ("margin", None, 0),
+    "typiclust>margin/class": ("margin", None, 1),
 }
+# name -> (strategy, mix, per-class minimum) of the first EARLY_ROUNDS rounds, STRATEGIES[name] after them:
+# typiclust is the strongest at very few labels, uncertainty once the model is worth asking
+EARLY = {"typiclust>margin": ("typiclust", None, 0), "typiclust>margin/class": ("typiclust", None, 0)}
+EARLY_ROUNDS = 2
 
 
 def echo(text: str) -> None:
@@ -166,9 +178,19 @@ def fit_auto(designs: dict[str, np.ndarray], labels: np.ndarray, labelled: list[
     return head(best[2]).fit(designs[best[1]][labelled], y), best[1]
 
 
-def simulate(labels: np.ndarray, embeddings: np.ndarray, designs: dict[str, np.ndarray], strategy: str, mix: str | None,
-             per_class_min: int, head: str, seed: int, start: float, step: float, stop: float
-             ) -> list[tuple[int, float]]:
+def fit_logistic(x: np.ndarray, y: np.ndarray, seed: int) -> object:
+    """--head logistic(-features): a logistic regression (C = 10, classes weighted by their inverse frequency) on
+    the standardised embeddings + features (or the features alone), one fit, no choice among candidates."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=10.0, class_weight="balanced", max_iter=3000,
+                                                              random_state=seed)).fit(x, y)
+
+
+def simulate(labels: np.ndarray, embeddings: np.ndarray, designs: dict[str, np.ndarray], name: str, head: str,
+             seed: int, start: float, step: float, stop: float) -> list[tuple[int, float]]:
     """(labelled count, test macro-F1) after the start and after each round, for one strategy and seed."""
     from sklearn.metrics import f1_score
     from sklearn.model_selection import train_test_split
@@ -191,6 +213,9 @@ def simulate(labels: np.ndarray, embeddings: np.ndarray, designs: dict[str, np.n
         if head == "auto":
             model, chosen = fit_auto(designs, labels, labelled, seed)
             x = designs[chosen]
+        elif head in ("logistic", "logistic-features"):
+            x = designs["linear" if head == "logistic" else "forest"]
+            model = fit_logistic(x[labelled], labels[labelled], seed)
         else:
             x = designs["forest" if head == "forest" else "linear"]
             model = make_head(head, len(labelled), seed).fit(x[labelled], labels[labelled])
@@ -202,6 +227,7 @@ def simulate(labels: np.ndarray, embeddings: np.ndarray, designs: dict[str, np.n
         probabilities = np.zeros((len(unlabelled), n_classes))
         probabilities[:, model.classes_] = model.predict_proba(x[unlabelled])
         take = min(budget, final - len(labelled))
+        strategy, mix, per_class_min = EARLY[name] if name in EARLY and len(curve) <= EARLY_ROUNDS else STRATEGIES[name]
         picks = choose(strategy, take, predicted=probabilities.argmax(1), per_class_min=min(per_class_min, take // n_classes),
                        probabilities=probabilities, embeddings=embeddings[unlabelled], labelled=embeddings[labelled],
                        mix=mix, seed=seed + len(labelled))
@@ -228,7 +254,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--head", choices=["linear", "knn", "forest", "auto"], default="auto")
+    parser.add_argument("--head", choices=["linear", "knn", "forest", "auto", "logistic", "logistic-features"], default="auto")
     parser.add_argument("--start", type=float, default=0.01, help="fraction of the pool labelled at first")
     parser.add_argument("--round-budget", type=float, default=0.02, help="fraction of the pool per round")
     parser.add_argument("--stop", type=float, default=0.25, help="fraction of the pool labelled at the end")
@@ -252,11 +278,12 @@ def main() -> None:
         started = time.monotonic()
         for strategy in args.strategies:
             for seed in range(args.seeds):
-                curves[strategy].append(simulate(labels, embeddings, designs, *STRATEGIES[strategy], args.head, seed,
+                curves[strategy].append(simulate(labels, embeddings, designs, strategy, args.head, seed,
                                                  args.start, args.round_budget, args.stop))
             echo(f"{name} {strategy}: {time.monotonic() - started:.0f} s")
         both = f"MAE embeddings ({embeddings.shape[1]}) + features ({features.shape[1]})"
-        reads = {"forest": "features", "auto": f"{both} or features alone, chosen each round"}.get(args.head, both)
+        reads = {"forest": "features", "logistic": f"{both}, C = 10, balanced",
+             "logistic-features": "features, C = 10, balanced", "auto": f"{both} or features alone, chosen each round"}.get(args.head, both)
         print(f"\n{name}: {len(ids)} objects, head {args.head} on {reads}, pool 80 %, start {args.start:.0%}, "
               f"rounds of {args.round_budget:.0%}, to {args.stop:.0%}")
         report(name, curves)

@@ -157,7 +157,7 @@ def end_to_end(store: Path, model: str, batch: int, compile_model: bool, steps: 
     timer = _Timer(warmup)
     trainer = make_trainer(run_dir, max_steps=warmup + steps, accelerator="gpu", devices=1, precision="bf16-mixed",
                            callbacks=[timer.callback], enable_progress=False, log_every_n_steps=10_000,
-                           checkpoint_every_n_steps=10_000_000)
+                           checkpoint_every=10_000_000)
     trainer.fit(module, train_dataloaders=loader)
     rate = timer.rate()
     # What one `last.ckpt` costs here (weights + AdamW state): `plankton pretrain` writes one every

@@ -14,9 +14,12 @@ them per fold (training + validation = total), and every baseline is fitted on a
     features RF    random forest on the objects' morphometrics (the `features` baseline finetune scores when the
                    store has features; here from `plankton features`, run on the store first)
     scratch+feat   (--scratch-feat) scratch, with the features joined to the image (`--features auto`)
-    MAE+feat       `--features auto --head auto` from the MAE encoder: per fold the best by validation macro-F1 of
-                   fine-tuning with the features joined to the image embedding, linear / kNN on embedding +
-                   features, and a random forest on the features alone (`--head forest`)
+    MAE+feat       `--features auto --head auto` from the MAE encoder: per fold the best of fine-tuning with the
+                   features joined to the image embedding, linear / kNN on embedding + features, and a random forest
+                   and a class-balanced logistic regression on the features alone (`--head forest|logreg`). Budget
+                   protocol: the cheap head that cross-validates best over the fold's labels (fine-tuning is scored,
+                   not chosen: its validation score is that of the epoch chosen on it); paper: the best on validation
+    logreg         the logistic regression on the features alone of that run (`--head logreg`), whether kept or not
     MAE+feat no refit  the same head before the budget protocol refits it on training + validation labels
     RF self-trained  (--self-training) the features' forest self-trained on the fold's unlabelled non-test objects
                    (``self_trained_forest``): a bench candidate, not a `--head`
@@ -90,6 +93,7 @@ COLUMNS = {
     "auto": ("mae", "macro_f1"),
     "scratch+feat": ("scratch-feat", "macro_f1"),
     "MAE+feat": ("mae-feat", "macro_f1"),
+    "logreg": ("mae-feat", "heads.logreg"),
     "MAE+feat no refit": ("mae-feat", "without_refit"),
 }
 

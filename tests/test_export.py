@@ -1,7 +1,7 @@
 """`plankton export --format onnx`: ONNX Runtime, given only model.onnx and the recipe in preprocessing.json, gives the
 probabilities `plankton predict` gives (top-1 agreement ≥ 99.5 %, every probability within 1e-4): on the bundled
-images with a fine-tuned head and a forest head (both with feature inputs) always, on the 1,250 UVP6 vignettes when
-that data set is here."""
+images with a fine-tuned head, a forest head and a logreg head (all with feature inputs) always, on the 1,250 UVP6
+vignettes when that data set is here."""
 
 from __future__ import annotations
 
@@ -103,7 +103,8 @@ def assert_onnx_reproduces_predict(model: Path, store: Store, work: Path, inputs
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     work = tmp_path_factory.mktemp("export-demo")
-    return trained_store(work, BUNDLED / "planktonclass-demo" / "demo-images", None, ("finetune", "forest"), epochs=3)
+    return trained_store(work, BUNDLED / "planktonclass-demo" / "demo-images", None, ("finetune", "forest", "logreg"),
+                         epochs=3)
 
 
 def test_onnx_of_a_fine_tuned_model_with_features_reproduces_predict(demo, tmp_path):
@@ -111,11 +112,12 @@ def test_onnx_of_a_fine_tuned_model_with_features_reproduces_predict(demo, tmp_p
     assert_onnx_reproduces_predict(models["finetune"], store, tmp_path, ["images", "features"])
 
 
-def test_onnx_of_a_forest_model_reads_the_features_alone(demo, tmp_path):
+@pytest.mark.parametrize("head, kind", [("forest", "random-forest"), ("logreg", "logistic-regression")])
+def test_onnx_of_a_features_only_model_reads_the_features_alone(demo, tmp_path, head, kind):
     store, models = demo
-    assert_onnx_reproduces_predict(models["forest"], store, tmp_path, ["features"])
-    refused = plankton("export", str(models["forest"]), "--format", "hf", str(tmp_path / "hf"))
-    assert refused.returncode == 2 and "random-forest model" in refused.stderr and "Traceback" not in refused.stderr
+    assert_onnx_reproduces_predict(models[head], store, tmp_path, ["features"])
+    refused = plankton("export", str(models[head]), "--format", "hf", str(tmp_path / "hf"))
+    assert refused.returncode == 2 and f"{kind} model" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_export_refuses_an_encoder_as_onnx_and_an_unwritable_out(demo, tmp_path):

@@ -182,7 +182,9 @@ def test_auto_head_scores_every_candidate_and_the_baselines(demo_run):
     for fold in (0, 1):
         fold_result = json.loads((out / f"fold-{fold}" / "result.json").read_text())
         heads, chosen = fold_result["heads"], fold_result["head"]
-        assert heads[chosen]["val_macro_f1"] == max(h["val_macro_f1"] for h in heads.values())
+        # Budget protocol: the cheap head that cross-validates best over every label (fine-tuning scored beside it).
+        cross_validated = {name: h["cv_macro_f1"] for name, h in heads.items() if "cv_macro_f1" in h}
+        assert set(cross_validated) == {"linear", "knn"} and heads[chosen]["cv_macro_f1"] == max(cross_validated.values())
         assert fold_result["macro_f1"] == heads[chosen]["macro_f1"]  # the test scores are the chosen head's
         assert 0 <= fold_result["baselines"]["pixel_logreg"]["macro_f1"] <= 1
         assert (out / f"fold-{fold}" / "model.safetensors").exists()  # the chosen head's model, for predict
@@ -386,9 +388,9 @@ def test_the_baselines_are_fitted_on_every_label_the_model_used(demo_store, tmp_
     assert f"fitted on {len(labelled)} labelled objects per fold" in markdown
 
 
-def test_auto_without_validation_labels_keeps_the_forest(demo_store, tmp_path, monkeypatch):
+def test_auto_without_validation_labels_keeps_logreg(demo_store, tmp_path, monkeypatch):
     """One label a class leaves the budget nothing to validate with: every head would score 0 on validation, so
-    ``auto`` takes the head measured best at the fewest labels (the forest on the features), not whichever
+    ``auto`` takes the head measured best at the fewest labels (the features' logistic regression), not whichever
     candidate comes first."""
     store = tmp_path / "store"
     shutil.copytree(demo_store, store)
@@ -397,9 +399,9 @@ def test_auto_without_validation_labels_keeps_the_forest(demo_store, tmp_path, m
                                max_steps=2)
     assert result["n_val"] == 0 and result["n_labelled"] == 6  # the demo's 6 classes
     assert {h["val_macro_f1"] for h in result["heads"].values()} == {0.0}
-    assert set(result["heads"]) == {"finetune", "linear", "knn", "forest"} and result["head"] == "forest"
+    assert set(result["heads"]) == {"finetune", "linear", "knn", "forest", "logreg"} and result["head"] == "logreg"
     _, info = load_model(tmp_path / "run" / "fold-0")
-    assert info.head_kind == "forest"
+    assert info.head_kind == "logreg"
 
 
 def reload_and_predict(fold_dir: Path, dataset_dir: Path, ids: list[str]) -> tuple[list[str], np.ndarray]:
@@ -459,15 +461,13 @@ def test_a_cheap_head_is_refitted_on_every_label_and_round_trips(demo_store, tmp
     np.testing.assert_allclose(probabilities, np.array(predictions["probabilities"]), atol=1e-4)
 
 
-def test_a_label_outside_the_budget_changes_nothing(budget_finetune, demo_store, tmp_path, monkeypatch):
-    """Poison the label of an object of fold 0's non-test part that is not in its budget: the same split (saved)
-    gives the same model, test predictions and baselines."""
-    out, result, _ = budget_finetune
-    split = load_split(out / "fold-0" / "split.json")
-    all_ids = pq.read_table(demo_store / "objects", columns=["object_id"]).column("object_id").to_pylist()
+def poison_outside_the_budget(store: Path, out: Path, split, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of ``store`` where one object of fold 0's non-test part that is not in its budget has another label,
+    and a run folder holding ``out``'s fold-0 split (the same draw): ``(poisoned store, run folder)``."""
+    all_ids = pq.read_table(store / "objects", columns=["object_id"]).column("object_id").to_pylist()
     outside = sorted(i for i in all_ids if i not in set(split.test) | set(split.labelled))[0]
     poisoned = tmp_path / "poisoned"
-    shutil.copytree(demo_store, poisoned)
+    shutil.copytree(store, poisoned)
     (part,) = (poisoned / "objects").rglob("*.parquet")
     table = pq.read_table(part)
     labels = table.column("label").to_pylist()
@@ -477,8 +477,16 @@ def test_a_label_outside_the_budget_changes_nothing(budget_finetune, demo_store,
                                     pa.array(labels, table.schema.field("label").type)), part)
     again_out = tmp_path / "again"
     (again_out / "fold-0").mkdir(parents=True)
-    shutil.copy(out / "fold-0" / "split.json", again_out / "fold-0" / "split.json")  # the same draw
+    shutil.copy(out / "fold-0" / "split.json", again_out / "fold-0" / "split.json")
+    return poisoned, again_out
 
+
+def test_a_label_outside_the_budget_changes_nothing(budget_finetune, demo_store, tmp_path, monkeypatch):
+    """Poison the label of an object of fold 0's non-test part that is not in its budget: the same split (saved)
+    gives the same model, test predictions and baselines."""
+    out, result, _ = budget_finetune
+    split = load_split(out / "fold-0" / "split.json")
+    poisoned, again_out = poison_outside_the_budget(demo_store, out, split, tmp_path)
     again, _ = finetune_spied(monkeypatch, poisoned, again_out, labels="50%", head="finetune")
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "val_macro_f1", "heads", "baselines", "final_fit",
                 "best_epoch", "thresholds"):
@@ -490,3 +498,72 @@ def test_a_label_outside_the_budget_changes_nothing(budget_finetune, demo_store,
     assert all(torch.equal(weights[k], poisoned_weights[k]) for k in weights)
     # The poisoned label is read (the run would differ if it were in the budget): the pool's counts show it.
     assert (again_out / "label_counts.csv").read_text() != (out / "label_counts.csv").read_text()
+
+
+@pytest.fixture(scope="module")
+def featured_store(demo_store, tmp_path_factory) -> Path:
+    """The demo store with `plankton features` run on it."""
+    store = tmp_path_factory.mktemp("featured") / "store"
+    shutil.copytree(demo_store, store)
+    assert invoke("features", "--store", store).exit_code == 0
+    return store
+
+
+def reload_and_predict_features(fold_dir: Path, store: Path, ids: list[str]) -> np.ndarray:
+    """Class probabilities of a features-only model file (``--head forest|logreg``) loaded as predict loads it,
+    on ``ids``' feature input scaled as the file says."""
+    from plankton_cli.prepare.features.inputs import FeatureScaling, feature_matrix
+
+    model, info = load_model(fold_dir)
+    assert not model.reads_image  # its answers come from the features alone: no image needed
+    scaling = FeatureScaling.from_info(info)
+    assert scaling is not None
+    features = torch.from_numpy(feature_matrix(store, ids, scaling, "objects"))
+    with torch.no_grad():
+        return torch.softmax(model(torch.zeros(len(ids), 1, info.crop, info.crop), features), dim=1).numpy()
+
+
+def test_the_logreg_head_is_cross_validated_refitted_and_round_trips(featured_store, tmp_path, monkeypatch):
+    result, _ = finetune_spied(monkeypatch, featured_store, tmp_path / "run", labels="50%", head="logreg",
+                               features="auto")
+    split = load_split(tmp_path / "run" / "fold-0" / "split.json")
+    assert result["head"] == "logreg" and result["final_fit"]["n_labelled"] == len(split.labelled)
+    logreg = result["heads"]["logreg"]
+    assert logreg["refit"] and 0 <= logreg["cv_macro_f1"] <= 1 and 0 <= logreg["macro_f1_without_refit"] <= 1
+    _, info = load_model(tmp_path / "run" / "fold-0")
+    assert info.head_kind == "logreg"
+    predictions = pq.read_table(tmp_path / "run" / "fold-0" / "test_predictions.parquet").to_pydict()
+    probabilities = reload_and_predict_features(tmp_path / "run" / "fold-0", featured_store, predictions["object_id"])
+    np.testing.assert_allclose(probabilities, np.array(predictions["probabilities"]), atol=1e-4)
+
+
+def test_auto_cross_validates_on_the_budget_alone(featured_store, tmp_path, monkeypatch):
+    """``auto``'s inner cross-validation sees every label of the budget and no other: each cheap head is
+    cross-validated on exactly the fold's labelled objects, and a poisoned label outside the budget changes
+    neither a score nor the choice nor the model."""
+    from plankton_cli.train.finetune import fold as fold_module
+
+    sizes: list[int] = []
+    cross_validate = fold_module.cross_validated_probabilities
+
+    def spy(kind, x, y, *args, **kwargs):
+        sizes.append(len(y))
+        return cross_validate(kind, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(fold_module, "cross_validated_probabilities", spy)
+    out = tmp_path / "run"
+    result, _ = finetune_spied(monkeypatch, featured_store, out, labels="50%", head="auto", features="auto",
+                               max_steps=2)
+    split = load_split(out / "fold-0" / "split.json")
+    assert sizes == [len(split.labelled)] * 4  # linear, knn, forest, logreg
+    assert all(0 <= result["heads"][name]["cv_macro_f1"] <= 1 for name in ("linear", "knn", "forest", "logreg"))
+    assert "cv_macro_f1" not in result["heads"]["finetune"]  # scored beside them, not chosen
+    assert result["head"] == max(("linear", "knn", "forest", "logreg"), key=lambda h: result["heads"][h]["cv_macro_f1"])
+
+    poisoned, again_out = poison_outside_the_budget(featured_store, out, split, tmp_path)
+    again, _ = finetune_spied(monkeypatch, poisoned, again_out, labels="50%", head="auto", features="auto",
+                              max_steps=2)
+    for key in ("head", "macro_f1", "val_macro_f1", "heads", "baselines", "final_fit", "thresholds"):
+        assert again[key] == result[key], key
+    assert pq.read_table(again_out / "fold-0" / "test_predictions.parquet").equals(
+        pq.read_table(out / "fold-0" / "test_predictions.parquet"))

@@ -42,3 +42,21 @@ def _ids(store: Path, group) -> list[str]:
 
     table = pq.ParquetFile(group.path).read_row_group(group.index, columns=["object_id"])
     return [table.column("object_id")[int(i)].as_py() for i in group.rows]
+
+
+def test_too_few_row_groups_for_the_ranks_is_one_clear_error_before_any_process_starts(tmp_path: Path) -> None:
+    """One ingest of 100 vignettes is one row group: two ranks cannot share it. The launching process says so
+    (exit 2) before Lightning starts the second one, which would otherwise die in gloo naming nothing."""
+    from plankton_cli.core.records import ReadOptions
+    from plankton_cli.ingest import ingest
+    from plankton_cli.store import Store
+    from conftest import shared_data
+
+    store = tmp_path / "store"
+    ingest(Store(store), [shared_data("images", "uvp6-vignettes") / "Acantharea__1111"],
+           options=ReadOptions(instrument="UVP6"))
+    proc = plankton("pretrain", "--store", str(store), *TINY, "--batch-size", "25", "--epochs", "1",
+                    "--devices", "2", "--accelerator", "cpu", "--out", str(tmp_path / "ddp"), timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "1 row group(s) cannot feed 2 training processes" in proc.stderr
+    assert "gloo" not in proc.stderr and proc.stderr.count("Error:") == 1

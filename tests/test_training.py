@@ -1,8 +1,30 @@
 """The shared training plumbing (plankton_cli/train/training.py)."""
 
 import csv
+from datetime import timedelta
 
-from plankton_cli.train.training import RunCSVLogger
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import plankton
+from plankton_cli.core.cadence import parse_every
+from plankton_cli.train.training import RunCSVLogger, make_trainer
+
+
+class Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        loss = self.layer(batch[0]).pow(2).mean()
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 def test_resumed_metrics_csv_keeps_columns_only_the_killed_run_logged(tmp_path):
@@ -24,25 +46,6 @@ def test_short_epochs_train_without_the_logging_interval_warning_or_a_line_per_e
     import logging
     import warnings
 
-    import pytorch_lightning as pl
-    import torch
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from plankton_cli.train.training import make_trainer
-
-    class Tiny(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.layer = torch.nn.Linear(2, 1)
-
-        def training_step(self, batch, batch_idx):
-            loss = self.layer(batch[0]).pow(2).mean()
-            self.log("train_loss", loss, prog_bar=True)
-            return loss
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
@@ -62,3 +65,44 @@ def test_short_epochs_train_without_the_logging_interval_warning_or_a_line_per_e
     progress = [r.getMessage() for r in records if "samples/s" in r.getMessage()]
     # Not one line per epoch: every 10 s at most, and the last epoch's (the run takes a few seconds).
     assert 1 <= len(progress) < 20 and progress[-1].startswith("epoch 19/20 step 80 ")
+
+
+@pytest.mark.parametrize("text, every", [("100", 100), (7, 7), ("90s", timedelta(seconds=90)),
+                                         ("10min", timedelta(minutes=10)), ("1.5h", timedelta(hours=1.5)),
+                                         (" 2 H ", timedelta(hours=2))])
+def test_checkpoint_every_is_steps_or_training_time(text, every):
+    assert parse_every(text) == every
+
+
+@pytest.mark.parametrize("text", ["0", "0s", "1.5", "10x", "min", "-3", ""])
+def test_checkpoint_every_refuses_what_is_neither(text):
+    with pytest.raises(ValueError, match="expected"):
+        parse_every(text)
+
+
+def test_a_bad_checkpoint_every_is_a_usage_error_naming_the_option(tmp_path):
+    proc = plankton("pretrain", "--store", str(tmp_path), "--checkpoint-every", "10x", "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2
+    assert "--checkpoint-every" in proc.stderr and "90s, 10min, 2h" in proc.stderr
+
+
+class _CheckpointOnDisk(pl.Callback):
+    """Whether last.ckpt exists, and at which step it was written, at the start of each epoch."""
+
+    def __init__(self, path):
+        self.path, self.seen = path, []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.seen.append(torch.load(self.path, weights_only=False)["global_step"] if self.path.exists() else None)
+
+
+@pytest.mark.parametrize("every, seen", [(2, [None, 2, 4]), ("1h", [None, None, None])])
+def test_last_checkpoint_by_steps_or_by_time_and_always_at_the_end(tmp_path, every, seen):
+    """Steps: every N steps and each epoch end. Time: none before the hour is up, so none in a short run, whose
+    last state is still written when it ends (a longer run can resume from it)."""
+    probe = _CheckpointOnDisk(tmp_path / "checkpoints" / "last.ckpt")
+    trainer = make_trainer(tmp_path, max_epochs=3, accelerator="cpu", enable_progress=False, callbacks=[probe],
+                           checkpoint_every=every)
+    trainer.fit(Tiny(), DataLoader(TensorDataset(torch.randn(6, 2)), batch_size=3))  # 2 steps an epoch
+    assert probe.seen == seen
+    assert torch.load(probe.path, weights_only=False)["global_step"] == 6

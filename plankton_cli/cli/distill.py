@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from plankton_cli.cli.dispatch import backend_options
-from plankton_cli.cli.options import usage_errors, tracker_options, InitSource, hub_architecture, require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
+from plankton_cli.cli.options import usage_errors, tracker_options, checkpoint_every_option, InitSource, hub_architecture, require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 log = logging.getLogger("plankton.distill")
@@ -82,8 +82,7 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --teacher, other setti
 @click.option("--instrument", "instruments", multiple=True, help="Use only images of this instrument (repeatable).")
 @click.option("--label-status", "label_status", multiple=True, default=["validated"], show_default=True,
               help="Label statuses taken as truth (repeatable; 'any' for all).")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Rewrite OUT/checkpoints/last.ckpt every N optimizer steps (and at each epoch end).")
+@checkpoint_every_option("distillation")
 @click.option("--patch-size", type=click.IntRange(min=1), help="Override the ViT student's patch size.")
 @click.option("--depth", type=click.IntRange(min=1), help="Override the ViT student's number of blocks.")
 @click.option("--embed-dim", type=click.IntRange(min=8), help="Override the ViT student's width.")
@@ -96,7 +95,7 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --teacher, other setti
 def distill(ctx: click.Context, teacher: Path, out: Path, student: str, init: Path | str | None, img_size: int, dataset: str | None,
             epochs: int, max_steps: int | None, batch_size: int, lr: float, weight_decay: float, warmup_epochs: float,
             drop_path: float, temperature: float, alpha: float, held_out: float, target_precision: float, seed: int,
-            workers: int, instruments: tuple[str, ...], label_status: tuple[str, ...], checkpoint_every: int,
+            workers: int, instruments: tuple[str, ...], label_status: tuple[str, ...], checkpoint_every: int | str,
             patch_size: int | None, depth: int | None, embed_dim: int | None, num_heads: int | None, logger: str, logger_uri: str | None, backend_opts,
             store: Path, as_json: bool) -> None:
     """Distil a fine-tuned teacher into a small student for fast CPU prediction."""

@@ -24,8 +24,9 @@ Examples:
   plankton finetune --init scratch --model vit_small_patch16_224 --img-size 96 --labels all --out runs/scratch
   plankton finetune --init hf-hub:ORG/plankton-mae-vit-b --labels 5% --out runs/hub-5   # or timm:vit_base_patch16_224.mae
   plankton finetune --init runs/mae --labels 10/class --instrument IFCB --folds 1 --out runs/ifcb-10
-  plankton finetune --init runs/mae --labels 1% --head auto --out runs/auto-1   # + linear, k-NN, forest
+  plankton finetune --init runs/mae --labels 1% --head auto --out runs/auto-1   # + linear, k-NN, forest, logreg
   plankton finetune --init runs/mae --features 'object_*' --out runs/ft-eco   # EcoTaxa morphometrics too
+  plankton finetune --init runs/mae --labels 10% --head logreg --out runs/lr-10   # features' logistic regression
   # one SLURM job per fold (each writes fold-K/; the last to finish writes the full summary)
   for k in 0 1 2 3 4; do plankton finetune --init runs/mae --labels 5% --fold $k --out runs/ft-5 \\
       --backend slurm --partition gpu --time 4:00:00; done
@@ -106,13 +107,15 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
               help="Per-object features beside the image: auto (those >= 90 % of labelled images have), none, "
                    "or names/patterns, e.g. 'object_*,features.esd'.")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop each fold after N optimizer steps (smoke tests).")
-@click.option("--head", type=click.Choice(["finetune", "linear", "knn", "forest", "auto"]), default="finetune",
-              show_default=True,
+@click.option("--head", type=click.Choice(["finetune", "linear", "knn", "forest", "logreg", "auto"]),
+              default="finetune", show_default=True,
               help="finetune: train the whole ViT; linear / knn: a logistic regression / cosine k-NN on the frozen "
-                   "encoder's embeddings (+ features); forest: a random forest on the features alone (seconds each); "
-                   "auto: all of them, keeping per fold the best by validation macro-F1 (every candidate's score is "
-                   "in the results; a fold without validation labels keeps the forest, else the linear probe). "
-                   "The head kept is the fold's model file for predict.")
+                   "encoder's embeddings (+ features); forest / logreg: a random forest / a class-balanced logistic "
+                   "regression (C by cross-validation) on the features alone (seconds each); auto: all of them, "
+                   "keeping per fold the best (budget protocol: the cheap head that cross-validates best over "
+                   "every label, fine-tuning scored beside it; paper: the best on validation; every candidate's "
+                   "score is in the results; a fold without validation labels keeps logreg, else the linear "
+                   "probe). The head kept is the fold's model file for predict.")
 @click.option("--model", "model_name", metavar="NAME",
               help="timm ViT name for --init scratch or a timm checkpoint file, e.g. vit_large_patch16_224.")
 @click.option("--img-size", type=click.IntRange(min=8), metavar="PX",

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -90,6 +91,30 @@ lock_timeout_option = click.option(
     show_default=True,
     help="Seconds to wait for another writer to release the store; then exit 75.",
 )
+
+
+class CheckpointEvery(click.ParamType):
+    """``--checkpoint-every``: optimizer steps (``100``, kept as an int) or training time (``10min``, kept as the
+    text, which ``config.json`` records as given); ``plankton_cli.core.cadence`` reads both."""
+
+    name = "steps|time"
+
+    def convert(self, value, param, ctx):
+        from plankton_cli.core.cadence import parse_every
+
+        try:
+            every = parse_every(value)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+        return every if isinstance(every, int) else str(value).strip()
+
+
+def checkpoint_every_option(what: str) -> Any:
+    return click.option(
+        "--checkpoint-every", type=CheckpointEvery(), default="10min", show_default=True, metavar="STEPS|TIME",
+        help=f"Write checkpoints/last.ckpt every STEPS optimizer steps and at each epoch end (e.g. 100), or every "
+             f"TIME of training (90s, 10min, 2h: checked at each step and epoch end), and when {what} ends. Time "
+             "suits a GPU, where writing a large model's checkpoint can take as long as tens of its steps.")
 
 
 class InitSource(click.ParamType):

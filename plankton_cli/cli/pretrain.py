@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from plankton_cli.cli.dispatch import backend_options, dispatch
-from plankton_cli.cli.options import usage_errors, tracker_options, InitSource, hub_architecture, require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
+from plankton_cli.cli.options import usage_errors, tracker_options, checkpoint_every_option, InitSource, hub_architecture, require_store, Command, WORKERS_DEFAULT_TEXT, default_workers, json_option, store_option
 from plankton_cli.cli.output import emit_json
 
 
@@ -69,8 +69,7 @@ and --resume was not given); with --wait, the job's exit status.""")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the MAE.")
 @click.option("--recon-every", type=click.IntRange(min=0), default=10, show_default=True, metavar="N",
               help="Save reconstructions of a fixed batch every N epochs (0: only at the end).")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=100, show_default=True, metavar="STEPS",
-              help="Write checkpoints/last.ckpt every STEPS optimizer steps (and at each epoch end).")
+@checkpoint_every_option("pretraining")
 @click.option("--log-every", type=click.IntRange(min=1), default=50, show_default=True, metavar="STEPS")
 @click.option("--patch-size", type=click.IntRange(min=1), help="Override the model's patch size.")
 @click.option("--depth", type=click.IntRange(min=1), help="Override the encoder's number of blocks.")
@@ -93,7 +92,7 @@ def pretrain(ctx: click.Context, dataset: str | None, model: str, img_size: int,
              warmup_epochs: float | None, out: Path, batch_size: int | None, effective_batch: int | None,
              base_lr: float | None,
              weight_decay: float, mask_ratio: float, init: Path | str | None, resume: bool, workers: int, seed: int,
-             max_steps: int | None, gpu_augment: bool, compile_model: bool, recon_every: int, checkpoint_every: int,
+             max_steps: int | None, gpu_augment: bool, compile_model: bool, recon_every: int, checkpoint_every: int | str,
              log_every: int, patch_size: int | None, depth: int | None, embed_dim: int | None, num_heads: int | None,
              decoder_depth: int | None, decoder_dim: int | None, decoder_heads: int | None, record_ids: bool, logger: str, logger_uri: str | None, backend_opts, store: Path,
              as_json: bool) -> None:

@@ -110,7 +110,7 @@ class DistillConfig:
     instruments: list[str] | None = None
     label_status: list[str] = field(default_factory=lambda: ["validated"])
     max_steps: int | None = None
-    checkpoint_every: int = 100
+    checkpoint_every: int | str = "10min"  # optimizer steps, or training time (core.cadence)
     # Architecture overrides of a ViT student (small test models); refused for a CNN.
     patch_size: int | None = None
     depth: int | None = None
@@ -446,7 +446,7 @@ def distill(config: DistillConfig, echo: Callable[[str], None] = log.info) -> di
     held_loader = loader(parts.held_out, False) if parts.held_out else None
     trainer = make_trainer(out, max_epochs=config.epochs, max_steps=config.max_steps,
                            accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
-                           checkpoint_every_n_steps=config.checkpoint_every,
+                           checkpoint_every=config.checkpoint_every,
                            log_every_n_steps=1 if len(train_loader) < 50 else 50,
                            tracker_logger=tracker.logger(out))
     if trainer.is_global_zero:

@@ -95,7 +95,7 @@ class PretrainConfig:
     gpu_augment: bool = False
     compile: bool = False
     recon_every: int = 10  # epochs between reconstruction panels (0: only at the end)
-    checkpoint_every: int = 100  # optimizer steps between checkpoints (also at each epoch end)
+    checkpoint_every: int | str = "10min"  # optimizer steps, or training time (core.cadence)
     log_every: int = 50
     devices: int = 1
     num_nodes: int = 1
@@ -346,7 +346,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
         accumulate_grad_batches=recipe.accumulate,
         log_every_n_steps=config.log_every,
         steps_per_epoch=recipe.steps_per_epoch,
-        checkpoint_every_n_steps=config.checkpoint_every,
+        checkpoint_every=config.checkpoint_every,
         callbacks=[*([RecordObjectIds(run_dir)] if config.record_ids else []), *callbacks],
         enable_progress=enable_progress,
         tracker_logger=tracker.logger(run_dir),
@@ -366,6 +366,12 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, enable_progress: b
         write_json_atomic(run_dir / "recipe.json", recipe.to_dict())
         tracker.log_params(run_dir, {"config": resolved})
         log.info("pretraining %s on %s/%s: %s", config.model, store.root, dataset, recipe.describe())
+        images = sum(group.n_rows for group in data.row_groups)
+        if images != len(data) * world_size:
+            # Ranks take whole row groups and must take as many samples each: the short ones repeat some.
+            log.info("%d images; an epoch over %d processes trains on %d samples, %d of them repeated so that every "
+                     "process gets as many", images, world_size, len(data) * world_size,
+                     len(data) * world_size - images)
         for warning in recipe.warnings:
             log.warning("%s", warning)
         if accelerator == "cpu":

@@ -29,6 +29,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.strategies import DDPStrategy
 
 from plankton_cli.core.atomic import atomic_path, atomic_write_json
+from plankton_cli.core.cadence import parse_every
 from plankton_cli.core.lightning_logs import quiet_lightning
 
 log = logging.getLogger("plankton.training")
@@ -55,6 +57,9 @@ _IRRELEVANT_WARNINGS = (
     # submitit starts the tasks with srun; outside SLURM, srun being installed means nothing.
     r".*The `srun` command is available on your system but is not used.*",
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    # The epoch's training loss in the logs is rank 0's own mean: `sync_dist=True` on it hung a 2-process gloo run
+    # here (an all-reduce that not every rank entered), and the loss that matters, the gradient's, is synced by DDP.
+    r".*when logging on epoch level in distributed setting.*",
 )
 
 quiet_lightning()  # importing pytorch_lightning above reset its loggers to INFO
@@ -153,7 +158,7 @@ def make_trainer(
     accumulate_grad_batches: int = 1,
     log_every_n_steps: int = 50,
     steps_per_epoch: int | None = None,
-    checkpoint_every_n_steps: int = 100,
+    checkpoint_every: int | str | timedelta = 100,
     callbacks: Sequence[Callback] = (),
     enable_progress: bool | None = None,
     tracker_logger: Any | None = None,
@@ -167,8 +172,9 @@ def make_trainer(
     - ``precision``: ``None`` = ``bf16-mixed`` on GPU, ``32-true`` on CPU.
     - ``steps_per_epoch`` (optimizer steps), when given, caps ``log_every_n_steps``: every epoch then logs at least
       once, and Lightning does not warn that the interval is longer than the epoch.
-    - ``checkpoint_every_n_steps``: ``RUN/checkpoints/last.ckpt`` is rewritten (atomically) every that many
-      optimizer steps and at every epoch end, so a kill loses little. Resume with
+    - ``checkpoint_every``: ``RUN/checkpoints/last.ckpt`` is rewritten (atomically) every that many optimizer
+      steps and at every epoch end, or every that much training time (a ``timedelta`` or text such as ``10min``,
+      ``plankton_cli.core.cadence``), and when training ends, so a kill loses little. Resume with
       ``trainer.fit(module, loader, ckpt_path=last_checkpoint(run_dir))``.
     - ``enable_progress``: ``None`` = a rich bar on a terminal, log lines otherwise; ``False`` = neither.
     - ``tracker_logger``: a TensorBoard or MLflow logger (``plankton_cli.train.trackers``) beside ``metrics.csv``.
@@ -196,7 +202,7 @@ def make_trainer(
     all_callbacks.extend(callbacks)
     # Last, after the caller's checkpoint callbacks (Lightning keeps their order): at an epoch end they update
     # their state (e.g. the best score so far) first, so last.ckpt holds it and a resumed run picks the same best.
-    all_callbacks.append(LastCheckpoint(run_dir / CHECKPOINT_DIR, every_n_train_steps=checkpoint_every_n_steps))
+    all_callbacks.append(LastCheckpoint(run_dir / CHECKPOINT_DIR, every=checkpoint_every))
 
     return pl.Trainer(
         default_root_dir=str(run_dir),
@@ -220,20 +226,39 @@ def make_trainer(
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """Keeps one checkpoint, ``last.ckpt``: rewritten every ``every_n_train_steps`` optimizer steps and at
-    each epoch end, through a temporary file and a rename, so a kill during the write leaves the previous one."""
+    """Keeps one checkpoint, ``last.ckpt``, written through a temporary file and a rename, so a kill during the
+    write leaves the previous one. ``every``: optimizer steps (rewritten every that many and at each epoch end) or
+    training time (rewritten once that much has passed since the last one, looked at each step and epoch end); and
+    when training ends."""
 
-    def __init__(self, dirpath: Path, every_n_train_steps: int = 100) -> None:
+    def __init__(self, dirpath: Path, every: int | str | timedelta = 100) -> None:
+        every = parse_every(every) if isinstance(every, (int, str)) else every
+        steps = every if isinstance(every, int) else None
         super().__init__(
             dirpath=str(dirpath),
             save_last=True,
             save_top_k=0,
-            every_n_train_steps=max(1, every_n_train_steps),
+            every_n_train_steps=steps,
+            train_time_interval=None if steps else every,
             enable_version_counter=False,
         )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # ModelCheckpoint saves at epoch end only when triggered by epochs; we want both triggers.
+        if self._should_skip_saving_checkpoint(trainer):
+            return
+        if self._train_time_interval is not None:
+            # Lightning's own time check (on_train_batch_end) restarts the clock only when it saves.
+            last: float | None = self._last_time_checked  # type: ignore[has-type]
+            due = last is None or time.monotonic() - last >= self._train_time_interval.total_seconds()
+            if not trainer.strategy.broadcast(due):  # rank 0 decides: every rank must take part in a save
+                return
+            self._last_time_checked = time.monotonic()
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning saves here only if nothing was saved yet; a run that stops between two timed saves (or off a
+        # step boundary) would leave its last steps out of the checkpoint a longer run resumes from.
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 

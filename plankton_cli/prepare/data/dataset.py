@@ -274,6 +274,7 @@ class StoreDataset(IterableDataset):
         self.row_groups, self._pad = image_row_groups(
             dataset_dir, instruments=instruments, object_ids=object_ids, labelled_only=labelled_only, classes=classes
         )
+        self._require_a_row_group_per_rank()
         self._label_index = {name: i for i, name in enumerate(self.classes or [])}
         self._image_column = self._find_image_column()
         # (epoch, first sample) in shared memory, so persistent workers see set_epoch/load_state_dict.
@@ -307,6 +308,17 @@ class StoreDataset(IterableDataset):
         self._seen_here = 0
 
     # --- the plan ---------------------------------------------------------------------------------
+
+    def _require_a_row_group_per_rank(self) -> None:
+        """Shuffled training deals whole row groups to ranks. Checked when the dataset is made, where every rank
+        (and, before Lightning starts the others, the launching process) fails alike; a rank failing alone at its
+        first batch would leave the others to die in a collective with an error that names nothing."""
+        if self.shuffle and self.row_groups and len(self.row_groups) < self.world_size:
+            raise ValueError(
+                f"{self.dataset_dir}: {len(self.row_groups)} row group(s) cannot feed {self.world_size} training "
+                "processes (--devices × --num-nodes), each needs one: train on fewer devices, or ingest more images "
+                "first (every ingest writes at least one row group)"
+            )
 
     def _resolve_distributed(self) -> None:
         if get_worker_info() is None and dist.is_available() and dist.is_initialized():
@@ -363,10 +375,7 @@ class StoreDataset(IterableDataset):
         self._seen_here = 0
         # Planned now, not at the first next(): the position must be the one set before iter().
         units = self._rank_units(epoch)
-        if self.shuffle and not units[self.rank] and self.row_groups:
-            raise ValueError(
-                f"{len(self.row_groups)} row groups cannot feed {self.world_size} ranks; write smaller row groups"
-            )
+        self._require_a_row_group_per_rank()
         length = self._rank_length(units, self.rank)
         if self.shuffle:
             # Augmentation draws from `random` in this worker: seed it by position, not by history, so an epoch

@@ -1,6 +1,6 @@
 """Heads fitted by scikit-learn, held as tensors so that a model file carries them and predict runs them in torch.
 
-``--head linear|knn|forest`` (and ``auto`` when it picks one) fits a scikit-learn classifier on frozen embeddings
+``--head linear|knn|forest|logreg`` (and ``auto`` when it picks one) fits a scikit-learn classifier on frozen embeddings
 and/or the objects' feature inputs. Storing it as a pickle would make a model file something that runs code when
 loaded; instead each head is translated into the few arrays that define it (a weight matrix; the training
 embeddings; the trees' node tables), saved in the model's safetensors under ``head.``, and evaluated here with
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-FITTED_HEADS = ("linear", "knn", "forest")
+FITTED_HEADS = ("linear", "knn", "forest", "logreg")
 ABSENT_LOGIT = -1e4  # a class the head never saw in training: probability 0 after softmax
 _TINY = 1e-12
 
@@ -63,6 +63,17 @@ class LinearHead(FittedHead):
 
     def forward(self, x: Tensor) -> Tensor:
         return nn.functional.linear(x.to(self.weight.dtype), self.weight, self.bias)
+
+
+class LogregHead(LinearHead):
+    """The features' logistic regression (``--head logreg``): a linear head on the feature values alone. Its input
+    is the whole feature input, values first, then the missing indicators, which it does not read."""
+
+    kind = "logreg"
+    reads_embedding = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x[:, :self.weight.shape[1]])
 
 
 class KNNHead(FittedHead):
@@ -158,7 +169,7 @@ def _count_steps(head: nn.Module, incompatible: Any) -> None:
     head.steps = int(head.depth)
 
 
-HEAD_CLASSES: dict[str, type[FittedHead]] = {cls.kind: cls for cls in (LinearHead, KNNHead, ForestHead)}
+HEAD_CLASSES: dict[str, type[FittedHead]] = {cls.kind: cls for cls in (LinearHead, KNNHead, ForestHead, LogregHead)}
 
 
 def fitted_head(estimator: Any, kind: str, n_classes: int) -> FittedHead:
