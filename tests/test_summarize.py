@@ -4,6 +4,7 @@ iRfcb's summary of the same class files, and a nightly re-run adds new bins only
 from __future__ import annotations
 
 import json
+import shutil
 
 import h5py
 import numpy as np
@@ -104,10 +105,15 @@ def test_a_nightly_rerun_adds_new_bins_only_and_nothing_when_none_is_new(tmp_pat
     out = tmp_path / "summary"
     assert summarize(store, model, "bin", out).new_samples == 1
     before = pd.read_parquet(out / COUNTS)
+    shutil.rmtree(out / "by-month")  # as a summary written before the months were: its next run writes them all
     ingest(store, [IFCB / "data"])
     predict(model, store=store, to=["store"], out_dir=tmp_path / "out")
     second = summarize(store, model, "bin", out)
     assert (second.new_samples, second.groups_written, second.groups_kept) == (1, 1, 1)
+    months = sorted(p.name for p in (out / "by-month").iterdir())
+    assert months == ["2012-01", "2013-05"]
+    assert len(pd.read_csv(out / "counts.csv")) == sum(len(pd.read_csv(out / "by-month" / m / "counts.csv"))
+                                                       for m in months) == 2 * (len(CLASSES) + 1)
     after = pd.read_parquet(out / COUNTS)
     pd.testing.assert_frame_equal(after[after["sample_id"] == V2].reset_index(drop=True), before)
     assert after.groupby("sample_id")["count"].sum().to_dict() == {V1: 5, V2: 19}
@@ -117,6 +123,32 @@ def test_a_nightly_rerun_adds_new_bins_only_and_nothing_when_none_is_new(tmp_pat
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
     with pytest.raises(ValueError, match="--rebuild"):
         summarize(store, model, "day", out)
+
+
+def test_a_night_rewrites_only_its_month_and_the_tables_equal_a_summary_from_scratch(tmp_path, model):
+    """Issue 22: the bundled bins lie in 2013-05 (V2) and 2012-01 (V1). A night bringing V1 writes 2012-01's
+    partition only (2013-05's files keep their bytes and mtime); the whole tables, joined from the months, and
+    counts.parquet equal those of a summary of the same store from scratch."""
+    store = bins_store(tmp_path, model, folders=("white",))
+    out = tmp_path / "summary"
+    summarize(store, model, "bin", out)
+    may = out / "by-month" / "2013-05"
+    stamps = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in may.rglob("*") if p.is_file()}
+    assert {p.name for p in stamps} >= {"counts.csv", "counts_wide.csv", "per_ml_wide.csv", "overview.png"}
+    ingest(store, [IFCB / "data"])
+    predict(model, store=store, to=["store"], out_dir=tmp_path / "out")
+    written = summarize(store, model, "bin", out).files
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in may.rglob("*") if p.is_file()} == stamps
+    assert not [f for f in written if "2013-05" in f] and [f for f in written if "2012-01" in f]
+    scratch = tmp_path / "scratch"
+    summarize(store, model, "bin", scratch)
+    for name in ("counts.csv", "counts_wide.csv", "per_ml_wide.csv"):
+        assert (out / name).read_bytes() == (scratch / name).read_bytes(), name
+    pd.testing.assert_frame_equal(pd.read_parquet(out / COUNTS), pd.read_parquet(scratch / COUNTS))
+    long = pd.read_csv(out / "counts.csv")
+    assert list(long["sample_id"].unique()) == [V1, V2]  # in time, across months
+    assert long.groupby("sample_id")["count"].sum().to_dict() == {V1: 5, V2: 19}
+    assert (out / "plots" / "overview.png").exists()
 
 
 def test_by_day_sums_volumes_and_biovolume_comes_from_features(tmp_path, model):

@@ -17,20 +17,25 @@ the UTC acquisition day (its `sample_id` is `YYYY-MM-DD`). Outputs in OUT (each 
 `counts.parquet` and `counts.csv` (long form: `sample_id, class, count, ml_analyzed, per_ml, count_auto,
 per_ml_auto, biovolume_um3_per_ml, acquired_at, instrument, samples`), `counts_wide.csv` and `per_ml_wide.csv` (one
 row per sample, one column per class, as iRfcb and ifcb-analysis write them), and `plots/` (a time series per class
-with any count, `overview.png` stacked).
+with any count, `overview.png` stacked) of the 30 days up to the latest sample.
+
+Partitioned by month: `by-month/YYYY-MM/` (`by-month/unknown/` for samples without a time) holds that month's three
+CSV tables and its `plots/overview.png`, the whole season's history; the top-level CSV tables are the months' files joined as bytes
+(one header), so they are the same as ever and cost a copy, not a formatting, of what came before.
 
 Incremental: `counts.parquet` records (in its schema metadata) the model, the grouping, which sample went into
 which row and which of the model's predictions files it has read. A run reads the labels of the model's files it
 has not read (the night's: found from the store's committed list, `store/layout.py`), and reads predictions,
 objects and features only for new samples, from the files whose sample or id ranges may hold them; the groups they
-fall into are computed again (a day that got a new bin), every other row is kept as it was. With no new sample
-nothing is written. So a night costs the same in a station's tenth year as in its first (the tables and plots are
-still written whole).
+fall into are computed again (a day that got a new bin), every other row is kept as it was. It writes the months
+those groups fall in (and any month whose files are missing), the recent plots and the joined tables; the other
+months' files are left as they are. With no new sample nothing is written. So a night costs the same in a
+station's tenth year as in its first.
 
-The outputs are one unit: `counts.parquet` is written last, after the CSV tables and the plots, so it is the
-commit point. A run killed between its files leaves the old `counts.parquet`, whose groups lack the new samples: the
-next run finds them new again and writes every table from the same rows, so the three CSV tables always end up
-agreeing with each other and with `counts.parquet`.
+The outputs are one unit: `counts.parquet` is written last, after the months, the CSV tables and the plots, so it is
+the commit point. A run killed between its files leaves the old `counts.parquet`, whose groups lack the new samples:
+the next run finds them new again and writes their months and every joined table from the same rows, so the three
+CSV tables always end up agreeing with each other and with `counts.parquet`.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +65,9 @@ log = logging.getLogger("plankton.summarize")
 
 GROUPINGS = ("bin", "sample", "day")
 COUNTS = "counts.parquet"
+TABLES = ("counts.csv", "counts_wide.csv", "per_ml_wide.csv")
+PARTITIONS = "by-month"
+RECENT = pd.Timedelta(days=30)  # the span of the top-level plots, ending at the latest sample
 METADATA_KEY = b"plankton.summary"
 COLUMNS = ["sample_id", "class", "count", "ml_analyzed", "per_ml", "count_auto", "per_ml_auto",
            "biovolume_um3_per_ml", "acquired_at", "instrument", "samples"]
@@ -150,7 +159,7 @@ def summarize(store: Store, model_path: Path, by: str, out_dir: Path, *, plots: 
                               else s, na_position="last", kind="stable").reset_index(drop=True)
     result.groups_written, result.groups_kept = len(touched), table["sample_id"].nunique() - len(touched)
     result.objects = int(len(predictions))
-    result.files = _write(out_dir, table, model, by, group_of, read, plots)
+    result.files = _write(out_dir, table, model, by, group_of, read, touched, plots)
     log.info("summarize: %d new samples, %d rows of %d groups written", len(new), len(fresh), len(touched))
     return result
 
@@ -267,30 +276,68 @@ def _counts(rows: pd.DataFrame, samples: pd.DataFrame, group_of: dict[str, str],
 
 
 def _write(out_dir: Path, table: pd.DataFrame, model: ModelRef, by: str, group_of: dict[str, str], read: set[str],
-           plots: bool) -> list[str]:
+           touched: set[str], plots: bool) -> list[str]:
     recorded = {"model_hash": model.model_hash, "model_id": model.model_id, "by": by, "classes": model.classes,
                 "groups": dict(sorted(group_of.items())), "predictions_files": sorted(read)}
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     arrow = arrow.replace_schema_metadata({METADATA_KEY: json.dumps(recorded).encode()})
+    months = _month(table["acquired_at"])
+    present = sorted(set(months))  # "YYYY-MM" sorts in time, "unknown" (no time) last, as the table's rows
+    # A month is written again when the night touched it, or when its files are missing (a summary written before
+    # the partitions, or a run killed while writing them); every other month keeps its files, bytes and mtime.
+    stale = set(months[table["sample_id"].isin(touched)]) | {
+        month for month in present if not all((out_dir / PARTITIONS / month / name).exists() for name in TABLES)}
     files: list[Path] = []
-    # Rounded floats: pandas writes them at C speed, a float_format would format each value in Python.
-    csv = table.assign(acquired_at=table["acquired_at"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")).round(6)
-    for name, frame in (("counts.csv", csv), ("counts_wide.csv", _wide(csv, "count")),
-                        ("per_ml_wide.csv", _wide(csv, "per_ml"))):
-        with atomic_path(out_dir / name) as tmp:
-            frame.to_csv(tmp, index=False)
+    for month in sorted(stale):
+        files += _write_partition(table[months == month], out_dir / PARTITIONS / month, plots)
+    for name in TABLES:  # the whole tables: the months' files joined as bytes (no parsing, no formatting)
+        with atomic_path(out_dir / name) as tmp, open(tmp, "wb") as joined:
+            for i, month in enumerate(present):
+                with open(out_dir / PARTITIONS / month / name, "rb") as part:
+                    if i:
+                        part.readline()  # one header
+                    shutil.copyfileobj(part, joined)
         files.append(out_dir / name)
     if plots:
-        try:
-            from plankton_cli.publish.summary_plots import plot_summary
-
-            files += plot_summary(table, out_dir / "plots")
-        except ImportError as exc:  # matplotlib comes with the [train] extra; the tables do not need it
-            log.warning("summarize: no plots (%s); install plankton-cli[train] for them", exc)
+        latest = table["acquired_at"].max()
+        recent = table[table["acquired_at"] > latest - RECENT] if pd.notna(latest) else table.iloc[:0]
+        files += _plot(recent, out_dir / "plots", per_class=True)
     # Last: what it records is what the next run takes as done (see the module doc)
     with atomic_path(out_dir / COUNTS) as tmp:
         pq.write_table(arrow, tmp, compression="zstd")
     return [str(f) for f in [out_dir / COUNTS, *files]]
+
+
+def _month(acquired_at: pd.Series) -> pd.Series:
+    """The partition of each row: its UTC month `YYYY-MM`, or `unknown` without a time."""
+    return acquired_at.dt.strftime("%Y-%m").fillna("unknown")
+
+
+def _write_partition(table: pd.DataFrame, folder: Path, plots: bool) -> list[Path]:
+    """One month's three tables and (with `plots`) its plots, in `folder`."""
+    # Rounded floats: pandas writes them at C speed, a float_format would format each value in Python.
+    csv = table.assign(acquired_at=table["acquired_at"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")).round(6)
+    files = []
+    for name, frame in zip(TABLES, (csv, _wide(csv, "count"), _wide(csv, "per_ml"))):
+        with atomic_path(folder / name) as tmp:
+            frame.to_csv(tmp, index=False)
+        files.append(folder / name)
+    if plots and table["acquired_at"].notna().any():  # a figure costs ~0.1 s whatever it shows: one a month
+        files += _plot(table, folder / "plots", per_class=False)
+    return files
+
+
+def _plot(table: pd.DataFrame, folder: Path, per_class: bool) -> list[Path]:
+    """`plot_summary` of `table` into `folder`, removing the plots of classes no longer in it."""
+    try:
+        from plankton_cli.publish.summary_plots import plot_summary
+    except ImportError as exc:  # matplotlib comes with the [train] extra; the tables do not need it
+        log.warning("summarize: no plots (%s); install plankton-cli[train] for them", exc)
+        return []
+    written = plot_summary(table, folder, per_class=per_class) if len(table) else []
+    for old in set(folder.glob("*.png")) - set(written):
+        old.unlink()
+    return written
 
 
 def _wide(long: pd.DataFrame, value: str) -> pd.DataFrame:

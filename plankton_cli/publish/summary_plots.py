@@ -64,14 +64,15 @@ def file_stem(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "class"
 
 
-def plot_summary(table: pd.DataFrame, folder: Path) -> list[Path]:
-    """`folder/<class>.png` for every class with a count, and `folder/overview.png`; returns the paths."""
+def plot_summary(table: pd.DataFrame, folder: Path, *, per_class: bool = True) -> list[Path]:
+    """`folder/<class>.png` for every class with a count (unless not `per_class`), and `folder/overview.png`;
+    returns the paths."""
     value, unit = ("per_ml", "per mL") if table["ml_analyzed"].notna().all() else ("count", "count")
     wide = table.pivot_table(index="acquired_at", columns="class", values=value, aggfunc="sum", sort=True)
     runs = segments(wide.index)
     totals = table.groupby("class")["count"].sum()
     paths = []
-    for label in totals[totals > 0].index:
+    for label in totals[totals > 0].index if per_class else []:
         figure = _figure(6, 2.5)
         axes = figure.add_subplot()
         for run in runs:  # one line per stretch of regular sampling, markers on every sample
