@@ -9,6 +9,7 @@ from plankton_cli.prepare.features.inputs import FeatureScaling
 from plankton_cli.train.finetune.heads import fit_head, head_probabilities, make_head
 from plankton_cli.train.models import load_model, save_model
 from plankton_cli.train.models.classifier import Classifier
+from plankton_cli.train.model_info import FEATURE_ONLY_HEADS
 from plankton_cli.train.models.fitted_heads import FITTED_HEADS, ForestHead, LinearHead, fitted_head
 
 N_CLASSES = 5  # class 3 never appears in training: its probability must stay 0
@@ -64,7 +65,7 @@ def test_model_with_a_fitted_head_saves_and_loads(kind, tmp_path):
     images = torch.rand(12, 1, 32, 32)
     feature_input = torch.randn(12, 2 * features)
     with torch.no_grad():
-        design = (feature_input if kind == "forest"
+        design = (feature_input if kind in FEATURE_ONLY_HEADS
                   else torch.cat([model.forward_features(images), feature_input], 1)).numpy()
     y = np.array([0, 1, 2, 4] * 3)
     model.use_fitted_head(fit_head(kind, design, y, N_CLASSES))
