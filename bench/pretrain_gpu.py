@@ -189,11 +189,9 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     began = time.perf_counter()
     make_store(args.store, args.make_store)
-    import pyarrow.parquet as pq
-
     from plankton_cli.store import Store
 
-    rows = sum(pq.ParquetFile(path).metadata.num_rows for path in Store(args.store).files("objects"))
+    rows = sum(stats["rows"] for stats in Store(args.store).stats("objects").values())  # the committed list's
     if (args.warmup + args.steps) * args.batch > rows:
         print(f"note: {rows} images < {args.warmup + args.steps} batches of {args.batch}: the timed steps include an "
               "epoch end (a checkpoint, the loader's restart); --make-store more to time the steady state",

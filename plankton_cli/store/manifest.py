@@ -166,7 +166,7 @@ class Folders:
         self.skipped: dict[str, int] = {}  # unchanged folders, not listed: their number of sources
 
     def unchanged(self, folder: Path) -> bool:
-        key = str(Path(os.path.abspath(folder)))
+        key = os.path.abspath(folder)
         st = os.stat(key)
         now = [st.st_mtime_ns, st.st_ino]
         old = self.known.get(key)
@@ -177,7 +177,7 @@ class Folders:
         return False
 
     def listed(self, folder: Path, sources: int) -> None:
-        key = str(Path(os.path.abspath(folder)))
+        key = os.path.abspath(folder)
         before = self._stat.get(key)
         if before is not None and time.time_ns() - before[0] >= SETTLED_S * 10**9:
             self.found[key] = [*before, sources]
