@@ -13,6 +13,7 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from plankton_cli.store import Store
@@ -124,7 +125,7 @@ def _stored_sources(store: Store) -> int:
     manifest = store.root / MANIFEST
     if not manifest.exists():
         return 0
-    return sum(1 for n in pq.read_table(manifest, columns=["n_stored"])["n_stored"].to_pylist() if n)
+    return pc.sum(pc.greater(pq.read_table(manifest, columns=["n_stored"])["n_stored"], 0)).as_py() or 0
 
 
 def _ingest_runs(store: Store, name: str, stats: dict[Path, dict | None]) -> list[dict]:

@@ -279,6 +279,7 @@ def dataset_of(rel: str) -> str:
 
 
 def totals_of(files: dict[str, dict]) -> dict[str, dict]:
+    """The running totals (`fold_totals`) of a whole file list, added up from scratch."""
     totals: dict[str, dict] = {}
     for rel, entry in files.items():
         fold_totals(totals, rel, entry, +1)
