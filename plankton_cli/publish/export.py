@@ -213,7 +213,8 @@ def preprocessing(info: ModelInfo, weights: Path, shapes: dict[str, list[int]]) 
 
 def export_hf(weights: Path, info: ModelInfo, out: Path) -> dict[str, Any]:
     if info.head_kind in FEATURE_ONLY_HEADS and info.is_model:
-        kind = "random-forest" if info.head_kind == "forest" else "logistic-regression"
+        kind = {"forest": "random-forest", "logreg": "logistic-regression",
+                "blend": "blend (forest + logistic regression)"}[info.head_kind]
         raise UsageError(f"{weights}: a {kind} model answers from per-object features alone; its encoder "
                          "takes no part, so there is no encoder to publish (share the model file itself)",
                          path=weights)

@@ -22,7 +22,9 @@ from plankton_cli.prepare.data import EvalTransform, StoreDataLoader, TrainTrans
 from plankton_cli.train.finetune.baselines import score_baselines
 from plankton_cli.train.finetune.config import FinetuneConfig
 from plankton_cli.train.finetune.heads import (
+    AUTO_HEADS,
     CHEAP_HEADS,
+    FeaturePool,
     cross_validated_probabilities,
     design_matrix,
     embed,
@@ -36,6 +38,7 @@ from plankton_cli.train.finetune.model import (
     precision_thresholds,
     softmax,
 )
+from plankton_cli.prepare.features.inputs import FeatureScaling
 from plankton_cli.train.finetune.pool import LabelledPool, PoolFeatures, store_loader
 from plankton_cli.train.models import save_model
 from plankton_cli.train.models.fitted_heads import FittedHead
@@ -110,7 +113,7 @@ def run_fold(
     without_refit: dict[str, float] = {}
     # Budget protocol: each cheap head's (labels, out-of-fold probabilities) over every labelled object.
     cross_validated: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    cheap = [h for h in CHEAP_HEADS if config.head in (h, "auto")]
+    cheap = [h for h in CHEAP_HEADS if config.head == h or (config.head == "auto" and h in AUTO_HEADS)]
     if scaling is None:  # a forest reads the features only; without them it is not a candidate
         cheap = [h for h in cheap if h not in FEATURE_ONLY_HEADS]
     if cheap:  # before any training: the heads sit on the encoder as it was given
@@ -131,19 +134,20 @@ def run_fold(
                 return extra[:, :len(scaling.names)]
             return design_matrix(x, extra)
 
+        unlabelled = _unlabelled_pool(split, pool_features, scaling) if pool_features and scaling else None
         for kind in cheap:
-            head = fit_head(kind, inputs(kind, train_ids, x_train), y_train, len(classes), config.seed)
+            head = fit_head(kind, inputs(kind, train_ids, x_train), y_train, len(classes), config.seed, unlabelled)
             val_probabilities = head_probabilities(head, inputs(kind, val_ids, x_val))
             if refit:  # every label is the cheap head's: scored by cross-validation over all, then fitted on all
                 without_refit[kind] = _head_scores(classes, y_val, val_probabilities, test_ids, y_test, head_probabilities(
                     head, inputs(kind, test_ids, x_test)))["macro_f1"]
                 all_ids, y_all, x_all = [*train_ids, *val_ids], np.concatenate([y_train, y_val]), np.concatenate([x_train, x_val])
                 out_of_fold = cross_validated_probabilities(kind, inputs(kind, all_ids, x_all), y_all, len(classes),
-                                                            config.seed)
+                                                            config.seed, unlabelled)
                 if out_of_fold is not None:  # refit implies a validation label, so a class with two: never None
                     cross_validated[kind] = (y_all, out_of_fold)
                     val_probabilities = out_of_fold[len(train_ids):]
-                head = fit_head(kind, inputs(kind, all_ids, x_all), y_all, len(classes), config.seed)
+                head = fit_head(kind, inputs(kind, all_ids, x_all), y_all, len(classes), config.seed, unlabelled)
                 refitted.append(kind)
             fitted[kind] = head
             candidates[kind] = (y_val, val_probabilities, test_ids, y_test,
@@ -316,6 +320,16 @@ def _head_scores(classes: list[str], val_labels: np.ndarray, val_probabilities: 
     test = M.classification_metrics([classes[i] for i in test_labels],
                                     [classes[i] for i in test_probabilities.argmax(1)], classes)
     return {"val_macro_f1": val, **{m: test[m] for m in M.HEADLINE_METRICS}}
+
+
+def _unlabelled_pool(split: Split, pool_features: PoolFeatures, scaling: FeatureScaling) -> FeaturePool:
+    """The feature values of the pool's objects whose labels this fold does not use, test objects excluded (what
+    ``--head blend`` fits its label-free transform on), as feature input, with the scaling to undo."""
+    held = {*split.train, *split.val, *split.test}
+    rows = [values for object_id, values in sorted(pool_features.values.items()) if object_id not in held]
+    width = len(scaling.names)
+    values = scaling.transform(rows)[:, :width] if rows else np.zeros((0, width), np.float32)
+    return FeaturePool(values, np.array(scaling.center), np.array(scaling.scale))
 
 
 def _scalar(value: Any) -> float:
