@@ -550,6 +550,12 @@ def test_the_features_heads_are_cross_validated_refitted_and_round_trip(featured
     np.testing.assert_allclose(probabilities, np.array(predictions["probabilities"]), atol=1e-4)
 
 
+def test_the_blend_head_needs_no_validation_label(featured_store, tmp_path, monkeypatch):
+    result, _ = finetune_spied(monkeypatch, featured_store, tmp_path / "run", labels="1/class", head="blend",
+                               features="auto")
+    assert result["head"] == "blend" and result["n_val"] == 0 and not result["final_fit"]["refit"]
+
+
 def test_auto_cross_validates_on_the_budget_alone(featured_store, tmp_path, monkeypatch):
     """``auto``'s inner cross-validation sees every label of the budget and no other: each cheap head is
     cross-validated on exactly the fold's labelled objects, and a poisoned label outside the budget changes
