@@ -3,8 +3,8 @@
 ``onnx`` → ``OUT/model.onnx`` + ``OUT/preprocessing.json``. The graph is the model as ``plankton predict`` runs it
 in fp32: the normalised image (and, for a model fine-tuned with ``--features``, the standardised feature input) in,
 the class probabilities out (softmax included), batch size free. Every head exports: the fitted linear, kNN,
-forest and logreg heads are torch modules (``fitted_heads``), so the forest's trees become gathers in the graph; a
-forest or logreg model, which never runs its encoder, has the feature input only. What happens before the graph (decoding, the
+forest, logreg and blend heads are torch modules (``fitted_heads``), so the forest's trees become gathers in the graph;
+a forest, logreg or blend model, which never runs its encoder, has the feature input only. What happens before the graph (decoding, the
 instrument's crop and square padding, resize and centre crop, mean/std; the features' names, median/IQR scaling,
 clipping and missing indicators) and after it (per-class thresholds, ``unclassified``) is written to
 ``preprocessing.json``, so that another runtime reproduces predict. The export is checked by running the graph
