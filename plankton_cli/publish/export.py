@@ -21,7 +21,7 @@ with ONNX Runtime on the example batch when it is installed (``max_abs_diff`` in
 - ``README.md``: the model card (classes, instruments, data, label fraction, test metrics beside their baselines,
   how it was trained, the commands to use it), from model.json and the run's files beside it.
 
-A forest or logreg model is refused for ``hf``: its encoder takes no part in its answers, so there is none to publish.
+A forest, logreg or blend model is refused for ``hf``: its encoder takes no part in its answers, so there is none to publish.
 """
 
 from __future__ import annotations

@@ -75,8 +75,9 @@ def run_fold(
     ranks other than 0).
 
     ``head``: ``finetune`` trains the whole classifier; ``linear``/``knn`` fit a cheap head on the frozen
-    embeddings of the initial encoder instead, ``forest``/``logreg`` on the feature input alone; ``auto`` does all
-    of them (the features' heads when there are features) and keeps the best by validation macro-F1 (without
+    embeddings of the initial encoder instead, ``forest``/``logreg``/``blend`` on the feature input alone (``blend``'s
+    label-free transform also on the fold's unlabelled non-test objects, ``_unlabelled_pool``); ``auto`` does all
+    of them but ``blend`` (the features' heads when there are features) and keeps the best by validation macro-F1 (without
     validation labels, the first of ``NO_VALIDATION_ORDER``). The head kept is the fold's model file, with
     precision thresholds from its own validation probabilities.
 
