@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from plankton_cli.core.atomic import atomic_write_bytes
 from plankton_cli.store import Store
@@ -117,8 +118,9 @@ def _bins(tonight: pd.DataFrame, summary_dir: Path | None) -> pd.DataFrame:
     """sample_id, objects, per_ml (summed over classes, when the summary has it) of the night's samples."""
     bins = tonight.groupby("sample_id").size().rename("objects").to_frame()
     bins["per_ml"] = float("nan")
-    if summary_dir is not None and (Path(summary_dir) / COUNTS).exists():
-        counts = pd.read_parquet(Path(summary_dir) / COUNTS, columns=["sample_id", "per_ml"])
+    if summary_dir is not None and (Path(summary_dir) / COUNTS).exists() and len(bins):
+        counts = pq.read_table(Path(summary_dir) / COUNTS, columns=["sample_id", "per_ml"],
+                               filters=pc.field("sample_id").isin(list(bins.index))).to_pandas()
         total = counts.groupby("sample_id")["per_ml"].sum(min_count=1)
         bins["per_ml"] = total.reindex(bins.index)
     return bins.reset_index()

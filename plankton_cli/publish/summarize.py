@@ -65,6 +65,9 @@ log = logging.getLogger("plankton.summarize")
 
 GROUPINGS = ("bin", "sample", "day")
 COUNTS = "counts.parquet"
+COUNTS_ROW_GROUP = 4096
+"""Rows per row group of `counts.parquet` (sorted by time): a reader of a night's samples (`plankton report`)
+opens only the groups whose sample ids may hold them, not the station's history."""
 TABLES = ("counts.csv", "counts_wide.csv", "per_ml_wide.csv")
 PARTITIONS = "by-month"
 RECENT = pd.Timedelta(days=30)  # the span of the top-level plots, ending at the latest sample
@@ -304,7 +307,7 @@ def _write(out_dir: Path, table: pd.DataFrame, model: ModelRef, by: str, group_o
         files += _plot(recent, out_dir / "plots", per_class=True)
     # Last: what it records is what the next run takes as done (see the module doc)
     with atomic_path(out_dir / COUNTS) as tmp:
-        pq.write_table(arrow, tmp, compression="zstd")
+        pq.write_table(arrow, tmp, compression="zstd", row_group_size=COUNTS_ROW_GROUP)
     return [str(f) for f in [out_dir / COUNTS, *files]]
 
 

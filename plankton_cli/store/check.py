@@ -18,7 +18,6 @@ that disagrees with the data; the next `check` says so and the next repair (or i
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from collections import Counter, defaultdict
@@ -35,7 +34,8 @@ import pyarrow.parquet as pq
 from plankton_cli.core.atomic import atomic_write_bytes
 from plankton_cli.core.errors import DataError, StoreIOError, UsageError
 from plankton_cli.store import Store
-from plankton_cli.store.layout import (COMMITTED, MANIFEST, MAX_NAME_BYTES, UnreadableFileList, checksum, file_stats,
+from plankton_cli.store.layout import (COMMITTED, MANIFEST, MAX_NAME_BYTES, UnreadableFileList, checksum,
+                                       committed_bytes, file_stats, read_totals, totals_of,
                                        hidden, read_committed)
 from plankton_cli.store.lock import StoreLock
 from plankton_cli.store.manifest import Manifest, fingerprint
@@ -52,7 +52,8 @@ UNIQUE_KEYS = {"objects": ["object_id"], "padded": ["object_id"], "predictions":
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # "missing", "damaged", "unreadable", "journal", "manifest", "duplicate", "uncommitted", "long-name"
+    kind: str  # "missing", "damaged", "unreadable", "journal", "manifest", "duplicate", "uncommitted", "long-name",
+    # "totals"
     path: str  # store-relative file, or "" for the store as a whole
     detail: str
     exit_code: int
@@ -144,6 +145,9 @@ def _check(store: Store, cutoff: str | None = None) -> CheckReport:
                         "`check --repair` renames it", DATA))
     if cutoff is not None:  # the rest reads the whole store
         return report
+    if (totals := read_totals(root)) is not None and totals != totals_of(files):
+        add(Problem("totals", COMMITTED, "the running totals on its first line disagree with its file list "
+                    "(`plankton info` reports them); `check --repair` adds them up again", DATA))
     for rel in sorted(set(store_files_on_disk(root)) - set(files)):
         add(Problem("uncommitted", rel, "a data file outside the committed list (plain Parquet readers see it)",
                     DATA))
@@ -319,13 +323,17 @@ def _finish_or_set_aside(root: Path, done: list[str]) -> None:
 
 
 def _rebuild_file_list(root: Path, done: list[str]) -> None:
-    """Write `committed.json` again from the data files on disk when it cannot be read.
+    """Write `committed.json` again from the data files on disk when it cannot be read (and its running totals
+    from its list when they disagree with it).
 
     Every journal was finished or set aside before this, and a finished commit deletes what it replaced before
     it removes its journal: the readable Parquet files in the datasets' folders are the last commit's. A file
     that cannot be read is left out (and, being outside the list, deleted with the strays)."""
     try:
-        read_committed(root)
+        listed = read_committed(root)
+        if listed is not None and read_totals(root) not in (None, totals_of(listed)):
+            atomic_write_bytes(root / COMMITTED, committed_bytes(listed, totals_of(listed)), durable=True)
+            done.append(f"added up the totals of {COMMITTED} again")
         return
     except UnreadableFileList:
         pass
@@ -337,7 +345,7 @@ def _rebuild_file_list(root: Path, done: list[str]) -> None:
             continue
         files[rel] = {"size": (root / rel).stat().st_size, "checksum": checksum(root / rel),
                       "stats": file_stats(root / rel)}
-    atomic_write_bytes(root / COMMITTED, json.dumps({"files": dict(sorted(files.items()))}).encode(), durable=True)
+    atomic_write_bytes(root / COMMITTED, committed_bytes(files, totals_of(files)), durable=True)
     done.append(f"rebuilt {COMMITTED} from the {len(files)} readable files on disk")
 
 

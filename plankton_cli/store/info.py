@@ -1,6 +1,9 @@
-"""What the store holds, from the committed list's per-file stats (`store/layout.py`: rows, label counts), the
-partition folders and the manifest: a store of ten years answers as fast as one of a night. Only what stats
-cannot add up is read: a file without stats (its footer, its label column), and the rejections (deduplicated)."""
+"""What the store holds. Answered from the running totals on the first line of the committed list
+(`layout.fold_totals`), kept exact by every commit: a store of ten years answers as fast as one of a night,
+without reading the list of its files. What the totals cannot add up is read as before: a dataset's files' stats
+from the committed list (`store/layout.py`: rows, label counts), a file without stats (its footer, its label
+column), the sources of a dataset other than `objects` (distinct values of a column), and the rejections
+(deduplicated)."""
 
 from __future__ import annotations
 
@@ -13,21 +16,52 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from plankton_cli.store import Store
-from plankton_cli.store.layout import partition_values, read_committed, read_listed, stats_of
-from plankton_cli.store.manifest import MANIFEST
-from plankton_cli.store.schema import SCHEMA_METADATA_KEY, load_schema
+from plankton_cli.store.layout import (MANIFEST, partition_values, read_committed, read_listed, read_totals,
+                                       stats_of)
+from plankton_cli.store.schema import SCHEMA_METADATA_KEY, DatasetSchema, load_schema
+
+COLUMNS = ("instrument", "label", "source_key", "command", "reason")
+"""The columns whose values `info` counts, of those a dataset has."""
 
 
 def store_info(store: Store, top: int = 20) -> dict:
     out: dict = {"store": str(store.root), "exists": store.exists, "datasets": {}}
-    for name in store.datasets():
-        # one read of the dataset's listed files, again over a fresh list if a commit deletes one meanwhile
-        out["datasets"][name] = read_listed(store.root / name, partial(_dataset_info, store, name, top=top))
-    manifest = store.root / MANIFEST
-    if manifest.exists():
-        table = pq.read_table(manifest, columns=["reader"])
+    totals = read_totals(store.root)
+    names = store.datasets() if totals is None else sorted(name for name in totals if name != MANIFEST)
+    for name in names:
+        summed = None if totals is None else _from_totals(store, name, totals[name], top)
+        # else one read of the dataset's listed files, again over a fresh list if a commit deletes one meanwhile
+        out["datasets"][name] = summed or read_listed(store.root / name, partial(_dataset_info, store, name, top=top))
+    readers = (totals or {}).get(MANIFEST, {})
+    if readers.get("counts", {}).get("reader") and not readers["uncounted"].get("reader"):
+        out["sources_by_reader"] = dict(Counter(readers["counts"]["reader"]).most_common())
+    elif (store.root / MANIFEST).exists():
+        table = pq.read_table(store.root / MANIFEST, columns=["reader"])
         out["sources_by_reader"] = dict(Counter(table["reader"].to_pylist()).most_common())
     return out
+
+
+def _from_totals(store: Store, name: str, t: dict, top: int) -> dict | None:
+    """A dataset's info from its running totals, or None when they cannot tell it all (files without stats, a
+    column with too many values to count, several ingest runs in a file, sources or rejections to deduplicate)."""
+    if t["unsummed"]:
+        return None
+    entry: dict = {"rows": t["rows"], "files": t["files"], "bytes": t["bytes"],
+                   "schema_version": max(t["schemas"], key=lambda v: int(v.rsplit(".v", 1)[1]), default=None)}
+    try:
+        schema = load_schema(name)
+    except KeyError:
+        return entry
+    wanted = [c for c in COLUMNS if c in schema.arrow.names]
+    if "reason" in wanted or ("source_key" in wanted and name != "objects") or t["runs_uncounted"] or any(
+            t["uncounted"].get(c) for c in wanted if c not in schema.partitioning and c != "source_key"):
+        return None
+    counts = {c: Counter({value or "(none)": n for value, n in t["counts"].get(c, {}).items()})
+              for c in wanted if c != "source_key"}
+    runs = [{"run": run, "ingested_at": min(filter(None, r["starts"]), default=None), "objects": r["objects"],
+             "by_status": dict(Counter({s or "none": n for s, n in r["by_status"].items()}).most_common())}
+            for run, r in t["runs"].items()]
+    return _described(store, name, schema, entry, counts, top, runs)
 
 
 def _dataset_info(store: Store, name: str, files: list[Path], *, top: int) -> dict:
@@ -44,7 +78,7 @@ def _dataset_info(store: Store, name: str, files: list[Path], *, top: int) -> di
         schema = load_schema(name)
     except KeyError:
         return entry
-    wanted = [c for c in ("instrument", "label", "source_key", "command", "reason") if c in schema.arrow.names]
+    wanted = [c for c in COLUMNS if c in schema.arrow.names]
     counts: dict[str, Counter] = {c: Counter() for c in wanted}
     partition = schema.partitioning
     for f, s in stats.items():
@@ -57,17 +91,27 @@ def _dataset_info(store: Store, name: str, files: list[Path], *, top: int) -> di
             elif c != "source_key" or name != "objects":  # the objects' sources: the manifest's (below)
                 column = store.dataset(name, [f]).to_table(columns=[c])[c].to_pylist()
                 counts[c].update(v if v is not None else "(none)" for v in column)
+    runs = _ingest_runs(store, name, stats) if {"ingest_run", "ingested_at", "label_status"} <= set(
+        schema.arrow.names) else []
+    entry = _described(store, name, schema, entry, counts, top, runs)
+    if "reason" in counts:
+        entry |= _rejections(store.dataset(name, files).to_table(columns=REJECTION_KEY).to_pylist(), top)
+    return entry
+
+
+def _described(store: Store, name: str, schema: DatasetSchema, entry: dict, counts: dict[str, Counter], top: int,
+               runs: list[dict]) -> dict:
+    """`entry` with what `counts` (value counts per column) and `runs` (objects per ingest run) say."""
     if "instrument" in counts:
         entry["by_instrument"] = dict(counts["instrument"].most_common())
     if "label" in counts:
         entry["labels"] = len([k for k in counts["label"] if k != "(none)"])
         entry["by_label"] = dict(counts["label"].most_common(top))
-    if "source_key" in counts:
+    if "source_key" in schema.arrow.names:
         entry["sources"] = len(counts["source_key"]) if name != "objects" else _stored_sources(store)
-    if "reason" in counts:
-        entry |= _rejections(store.dataset(name, files).to_table(columns=REJECTION_KEY).to_pylist(), top)
     if {"ingest_run", "ingested_at", "label_status"} <= set(schema.arrow.names):
-        entry["ingest_runs"] = _ingest_runs(store, name, stats, top)
+        ordered = sorted(runs, key=lambda r: (r["ingested_at"] is None, r["ingested_at"] or "", r["run"]))
+        entry["ingest_runs"] = ordered[-top:]
     return entry
 
 
@@ -83,8 +127,8 @@ def _stored_sources(store: Store) -> int:
     return sum(1 for n in pq.read_table(manifest, columns=["n_stored"])["n_stored"].to_pylist() if n)
 
 
-def _ingest_runs(store: Store, name: str, stats: dict[Path, dict | None], top: int) -> list[dict]:
-    """The objects each ingest run stored, by label status, latest `top` runs last: a labelling round's
+def _ingest_runs(store: Store, name: str, stats: dict[Path, dict | None]) -> list[dict]:
+    """The objects each ingest run stored, by label status: a labelling round's
     re-ingested export shows how many validated objects it brought (a changed source is stored again whole by
     the run that reads it, so its other objects count there too). A file of one run (what ingest writes) is
     counted from its stats; a file holding several runs' rows (rewritten when a source changed) is read."""
@@ -107,8 +151,7 @@ def _ingest_runs(store: Store, name: str, stats: dict[Path, dict | None], top: i
         entry["by_status"][status or "none"] += n
         entry["ingested_at"] = min(entry["ingested_at"], at) if entry["ingested_at"] and at else \
             entry["ingested_at"] or at
-    ordered = sorted(runs.values(), key=lambda r: (r["ingested_at"] is None, r["ingested_at"] or "", r["run"]))
-    return [r | {"by_status": dict(r["by_status"].most_common())} for r in ordered[-top:]]
+    return [r | {"by_status": dict(r["by_status"].most_common())} for r in runs.values()]
 
 
 REJECTION_KEY = ["source_key", "source_file", "source_row", "object_id", "reason"]

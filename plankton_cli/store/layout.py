@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ from plankton_cli.store.schema import SCHEMA_METADATA_KEY
 T = TypeVar("T")
 
 COMMITTED = "committed.json"
+TOTALS, LISTED_BYTES = "totals", "listed_bytes"
 MANIFEST = "manifest.parquet"
 
 MAX_NAME_BYTES = 100
@@ -99,7 +101,7 @@ def partition_values(path: Path, dataset_dir: str | Path) -> dict[str, str]:
 
 STAT_COLUMNS = ("object_id", "sample_id", "model_hash", "acquired_at", "predicted_at", "rejected_at", "ingested_at")
 """Columns whose min/max a file's stats hold: what nightly steps select files by (ids, samples, model, dates)."""
-COUNTED_COLUMNS = ("label", "command", "ingest_run", "label_status")
+COUNTED_COLUMNS = ("label", "command", "ingest_run", "label_status", "reader")
 """Columns whose value counts a file's stats hold, when they have at most MAX_COUNTED values (`plankton info`)."""
 MAX_COUNTED = 256
 COVERS_KEY = b"plankton.covers"
@@ -241,6 +243,112 @@ def read_committed(root: Path) -> dict[str, dict] | None:
     except (ValueError, TypeError, KeyError) as exc:
         raise UnreadableFileList(f"{path}: unreadable committed file list ({type(exc).__name__}: {exc}); run "
                                  f"`plankton check --repair --store {Path(root)}` to rebuild it", path=path) from exc
+
+
+def committed_bytes(files: dict[str, dict], totals: dict | None) -> bytes:
+    """`committed.json` as written: the totals alone on the first line with the byte length of the rest (so a
+    truncated list is never taken for whole), then the sorted file list. Still one JSON object for any reader;
+    `read_totals` reads the first line only (json.dumps escapes every newline inside a value)."""
+    listed = json.dumps({"files": dict(sorted(files.items()))})[1:].encode()
+    if totals is None:
+        return b"{" + listed
+    return f'{{"{TOTALS}": {json.dumps(totals)}, "{LISTED_BYTES}": {len(listed)},\n'.encode() + listed
+
+
+def read_totals(root: Path) -> dict[str, dict] | None:
+    """The store's running totals per dataset (`fold_totals`) from the first line of `committed.json`, without
+    reading its file list: what `plankton info` answers from. None when the list has none (written before them,
+    or no list) or is not whole: the caller then reads the whole list, which reports it unreadable."""
+    try:
+        with open(Path(root) / COMMITTED, "rb") as f:
+            first, size = f.readline(), os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return None
+    try:
+        head = json.loads(first.removesuffix(b",\n") + b"}")
+        if size != len(first) + head[LISTED_BYTES] or not isinstance(head[TOTALS], dict):
+            return None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return head[TOTALS]
+
+
+def dataset_of(rel: str) -> str:
+    """The dataset a committed file belongs to (its top folder), or the file's own name (the manifest)."""
+    return rel.split("/", 1)[0]
+
+
+def totals_of(files: dict[str, dict]) -> dict[str, dict]:
+    totals: dict[str, dict] = {}
+    for rel, entry in files.items():
+        fold_totals(totals, rel, entry, +1)
+    return totals
+
+
+def fold_totals(totals: dict[str, dict], rel: str, entry: dict, sign: int) -> None:
+    """Add (sign +1) or take out (-1) one committed file to the running totals of its dataset, in place:
+
+        {"files", "rows", "bytes", "schemas": {"objects.v1": files},
+         "counts": {column: {value: rows}}    COUNTED_COLUMNS and hive partition keys ("" for null)
+         "uncounted": {column: files}         files with rows whose stats lack the column's counts (too many values,
+                                              or no such column)
+         "unsummed": files                    files without stats: of them only files and bytes are counted
+         "runs": {ingest_run: {"objects", "by_status": {label_status: rows}, "starts": {ingested_at: files}}},
+         "runs_uncounted": files}             files holding several ingest runs
+
+    Every value is a sum over files, so a commit folds in what it adds and takes out what it deletes, and the
+    totals stay exact without the other entries being read: `plankton info` then costs the same in a store's tenth
+    year as in its first. A reader uses a value only when nothing it depends on is uncounted or unsummed."""
+    name = dataset_of(rel)
+    t = totals.setdefault(name, {"files": 0, "rows": 0, "bytes": 0, "schemas": {}, "counts": {}, "uncounted": {},
+                                 "unsummed": 0, "runs": {}, "runs_uncounted": 0})
+    stats = entry.get("stats")
+    t["files"] += sign
+    t["bytes"] += sign * (entry.get("size") or 0)
+    if not t["files"]:
+        del totals[name]
+        return
+    if stats is None:
+        t["unsummed"] += sign
+        return
+    rows = stats.get("rows", 0)
+    t["rows"] += sign * rows
+    if "schema" in stats:
+        _count(t["schemas"], f"{stats['schema']['dataset']}.v{stats['schema']['version']}", sign)
+    if not rows:
+        return
+    counts = stats.get("counts", {})
+    for part in rel.split("/")[1:-1]:  # hive partition folders: every row of the file has the folder's value
+        column, sep, value = part.partition("=")
+        if sep:
+            _count(t["counts"].setdefault(column, {}), unquote(value), sign * rows)
+    for column in COUNTED_COLUMNS:
+        if column == "ingest_run":  # totalled by run, below
+            continue
+        if column in counts:
+            for value, n in counts[column].items():
+                _count(t["counts"].setdefault(column, {}), value, sign * n)
+        else:
+            _count(t["uncounted"], column, sign)
+    runs = counts.get("ingest_run", {})
+    if len(runs) == 1 and "label_status" in counts:
+        run = next(iter(runs))
+        r = t["runs"].setdefault(run, {"objects": 0, "by_status": {}, "starts": {}})
+        _count(r["starts"], stats["min"].get("ingested_at") or "", sign)  # a min cannot be taken out: its files
+        r["objects"] += sign * rows
+        for status, n in counts["label_status"].items():
+            _count(r["by_status"], status, sign * n)
+        if not r["objects"]:
+            del t["runs"][run]
+    elif runs:
+        t["runs_uncounted"] += sign
+
+
+def _count(counter: dict[str, int], key: str, n: int) -> None:
+    """counter[key] += n, dropping a key that reaches zero: a total never lists what is no longer there."""
+    counter[key] = counter.get(key, 0) + n
+    if not counter[key]:
+        del counter[key]
 
 
 def listed_files(root: Path) -> list[str]:

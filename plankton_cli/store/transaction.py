@@ -31,7 +31,8 @@ from pathlib import Path
 
 from plankton_cli.core.atomic import atomic_write_bytes, fsync_dir
 from plankton_cli.core.errors import StoreIOError
-from plankton_cli.store.layout import COMMITTED, committed_entry, listed_files, read_committed, stats_of
+from plankton_cli.store.layout import (COMMITTED, committed_bytes, committed_entry, fold_totals, listed_files,
+                                      read_committed, read_totals, stats_of, totals_of)
 
 JOURNALS = ".journal"
 STAGING = ".staging"
@@ -101,24 +102,33 @@ class Transaction:
         if files is None:  # a store from before the file list: its files as found (checksums unknown)
             files = {rel: {"size": (self.root / rel).stat().st_size, "checksum": None}
                      for rel in listed_files(self.root)}
+        totals = read_totals(self.root)
         added = {final for _, final in self._adds}
         self._deletes = [rel for rel in self._deletes if rel not in added]  # replaced by the add: keep the new one
+        for rel in [*self._deletes, *added]:  # what the commit deletes or replaces leaves the totals
+            if rel in files and totals is not None:
+                fold_totals(totals, rel, files[rel], -1)
         for rel in self._deletes:
             files.pop(rel, None)
         for staged, final in self._adds:
             if staged in self._adopted:  # flushed and measured by the process that staged it
                 files[final] = self._adopted[staged]
-                continue
-            with open(self.root / staged, "rb") as f:
-                os.fsync(f.fileno())
-            files[final] = committed_entry(self.root, staged, final)
+            else:
+                with open(self.root / staged, "rb") as f:
+                    os.fsync(f.fileno())
+                files[final] = committed_entry(self.root, staged, final)
+            if totals is not None:
+                fold_totals(totals, final, files[final], +1)
         for rel, entry in files.items():  # a store from before stats: its files get them once, at this commit
             if rel not in added and "stats" not in entry and rel.endswith(".parquet"):
                 if (stats := stats_of(self.root, rel, None)) is not None:
                     files[rel] = {**entry, "stats": stats}
+                    totals = None
+        if totals is None:  # a list from before the totals (or stats): they are added up once, here
+            totals = totals_of(files)
         for folder in sorted({(self.root / staged).parent for staged, _ in self._adds if staged not in self._adopted}):
             fsync_dir(folder)  # the staged names too must survive a power cut once the journal points to them
-        plan = {"adds": self._adds, "deletes": self._deletes, "files": dict(sorted(files.items()))}
+        plan = {"adds": self._adds, "deletes": self._deletes, "files": dict(sorted(files.items())), "totals": totals}
         journal = self.root / JOURNALS / f"{self.id}.json"
         try:
             atomic_write_bytes(journal, json.dumps(plan).encode(), durable=True)
@@ -171,7 +181,7 @@ def _apply(root: Path, journal: Path) -> None:
     for folder in sorted(moved_into):
         fsync_dir(folder)
     if "files" in plan:  # else a journal of a version before the file list, in a store listed by its folders
-        atomic_write_bytes(root / COMMITTED, json.dumps({"files": plan["files"]}).encode(), durable=True)
+        atomic_write_bytes(root / COMMITTED, committed_bytes(plan["files"], plan.get("totals")), durable=True)
     for final in plan["deletes"]:
         (root / final).unlink(missing_ok=True)
     journal.unlink()
