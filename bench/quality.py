@@ -20,6 +20,8 @@ them per fold (training + validation = total), and every baseline is fitted on a
                    protocol: the cheap head that cross-validates best over the fold's labels (fine-tuning is scored,
                    not chosen: its validation score is that of the epoch chosen on it); paper: the best on validation
     logreg         the logistic regression on the features alone of that run (`--head logreg`), whether kept or not
+    blend          `--head blend`: the mean of the features' forest and a logistic regression on the features
+                   Yeo-Johnson-transformed (the transform fitted on the fold's non-test images, labels unused)
     MAE+feat no refit  the same head before the budget protocol refits it on training + validation labels
     RF self-trained  (--self-training) the features' forest self-trained on the fold's unlabelled non-test objects
                    (``self_trained_forest``): a bench candidate, not a `--head`
@@ -79,6 +81,7 @@ VARIANTS = {
     "scratch": ("scratch", "finetune", "none"),
     "mae-feat": ("mae", "auto", "auto"),
     "scratch-feat": ("scratch", "finetune", "auto"),
+    "blend": ("mae", "blend", "auto"),
 }
 # Table column -> (variant, what of its fold results): "macro_f1" (the chosen head), "heads.NAME", "baselines.NAME".
 # The baselines are the same in every variant (same folds, labelled objects, seed; the forest reads the store's
@@ -94,6 +97,7 @@ COLUMNS = {
     "scratch+feat": ("scratch-feat", "macro_f1"),
     "MAE+feat": ("mae-feat", "macro_f1"),
     "logreg": ("mae-feat", "heads.logreg"),
+    "blend": ("blend", "macro_f1"),
     "MAE+feat no refit": ("mae-feat", "without_refit"),
 }
 

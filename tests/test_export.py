@@ -103,7 +103,7 @@ def assert_onnx_reproduces_predict(model: Path, store: Store, work: Path, inputs
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     work = tmp_path_factory.mktemp("export-demo")
-    return trained_store(work, BUNDLED / "planktonclass-demo" / "demo-images", None, ("finetune", "forest", "logreg"),
+    return trained_store(work, BUNDLED / "planktonclass-demo" / "demo-images", None, ("finetune", "forest", "logreg", "blend"),
                          epochs=3)
 
 
@@ -112,7 +112,8 @@ def test_onnx_of_a_fine_tuned_model_with_features_reproduces_predict(demo, tmp_p
     assert_onnx_reproduces_predict(models["finetune"], store, tmp_path, ["images", "features"])
 
 
-@pytest.mark.parametrize("head, kind", [("forest", "random-forest"), ("logreg", "logistic-regression")])
+@pytest.mark.parametrize("head, kind", [("forest", "random-forest"), ("logreg", "logistic-regression"),
+                                        ("blend", "blend (forest + logistic regression)")])
 def test_onnx_of_a_features_only_model_reads_the_features_alone(demo, tmp_path, head, kind):
     store, models = demo
     assert_onnx_reproduces_predict(models[head], store, tmp_path, ["features"])

@@ -523,18 +523,37 @@ def reload_and_predict_features(fold_dir: Path, store: Path, ids: list[str]) -> 
         return torch.softmax(model(torch.zeros(len(ids), 1, info.crop, info.crop), features), dim=1).numpy()
 
 
-def test_the_logreg_head_is_cross_validated_refitted_and_round_trips(featured_store, tmp_path, monkeypatch):
-    result, _ = finetune_spied(monkeypatch, featured_store, tmp_path / "run", labels="50%", head="logreg",
+@pytest.mark.parametrize("kind", ["logreg", "blend"])
+def test_the_features_heads_are_cross_validated_refitted_and_round_trip(featured_store, tmp_path, monkeypatch, kind):
+    from plankton_cli.train.finetune import fold as fold_module
+
+    pools = []  # what blend's label-free transform is fitted on besides the labelled objects
+    unlabelled_pool = fold_module._unlabelled_pool
+
+    def spy_pool(*args):
+        pools.append(unlabelled_pool(*args))
+        return pools[-1]
+
+    monkeypatch.setattr(fold_module, "_unlabelled_pool", spy_pool)
+    result, _ = finetune_spied(monkeypatch, featured_store, tmp_path / "run", labels="50%", head=kind,
                                features="auto")
     split = load_split(tmp_path / "run" / "fold-0" / "split.json")
-    assert result["head"] == "logreg" and result["final_fit"]["n_labelled"] == len(split.labelled)
-    logreg = result["heads"]["logreg"]
-    assert logreg["refit"] and 0 <= logreg["cv_macro_f1"] <= 1 and 0 <= logreg["macro_f1_without_refit"] <= 1
+    assert result["head"] == kind and result["final_fit"]["n_labelled"] == len(split.labelled)
+    head = result["heads"][kind]
+    assert head["refit"] and 0 <= head["cv_macro_f1"] <= 1 and 0 <= head["macro_f1_without_refit"] <= 1
+    assert split.train_pool is not None  # the fold's non-test objects: the pool's unlabelled ones, no test object
+    assert [len(pool.values) for pool in pools] == [split.train_pool - len(split.labelled)]
     _, info = load_model(tmp_path / "run" / "fold-0")
-    assert info.head_kind == "logreg"
+    assert info.head_kind == kind
     predictions = pq.read_table(tmp_path / "run" / "fold-0" / "test_predictions.parquet").to_pydict()
     probabilities = reload_and_predict_features(tmp_path / "run" / "fold-0", featured_store, predictions["object_id"])
     np.testing.assert_allclose(probabilities, np.array(predictions["probabilities"]), atol=1e-4)
+
+
+def test_the_blend_head_needs_no_validation_label(featured_store, tmp_path, monkeypatch):
+    result, _ = finetune_spied(monkeypatch, featured_store, tmp_path / "run", labels="1/class", head="blend",
+                               features="auto")
+    assert result["head"] == "blend" and result["n_val"] == 0 and not result["final_fit"]["refit"]
 
 
 def test_auto_cross_validates_on_the_budget_alone(featured_store, tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ Examples:
   plankton finetune --init runs/mae --labels 1% --head auto --out runs/auto-1   # + linear, k-NN, forest, logreg
   plankton finetune --init runs/mae --features 'object_*' --out runs/ft-eco   # EcoTaxa morphometrics too
   plankton finetune --init runs/mae --labels 10% --head logreg --out runs/lr-10   # features' logistic regression
+  plankton finetune --init runs/mae --labels 5% --head blend --out runs/blend-5   # forest + logreg, averaged
   # one SLURM job per fold (each writes fold-K/; the last to finish writes the full summary)
   for k in 0 1 2 3 4; do plankton finetune --init runs/mae --labels 5% --fold $k --out runs/ft-5 \\
       --backend slurm --partition gpu --time 4:00:00; done
@@ -107,11 +108,13 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
               help="Per-object features beside the image: auto (those >= 90 % of labelled images have), none, "
                    "or names/patterns, e.g. 'object_*,features.esd'.")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop each fold after N optimizer steps (smoke tests).")
-@click.option("--head", type=click.Choice(["finetune", "linear", "knn", "forest", "logreg", "auto"]),
+@click.option("--head", type=click.Choice(["finetune", "linear", "knn", "forest", "logreg", "blend", "auto"]),
               default="finetune", show_default=True,
               help="finetune: train the whole ViT; linear / knn: a logistic regression / cosine k-NN on the frozen "
                    "encoder's embeddings (+ features); forest / logreg: a random forest / a class-balanced logistic "
-                   "regression (C by cross-validation) on the features alone (seconds each); auto: all of them, "
+                   "regression (C by cross-validation) on the features alone (seconds each); blend: the mean of the "
+                   "forest's and the logistic regression's probabilities, the latter on Yeo-Johnson-transformed "
+                   "features (transform fitted on the fold's non-test images, labels unused); auto: all but blend, "
                    "keeping per fold the best (budget protocol: the cheap head that cross-validates best over "
                    "every label, fine-tuning scored beside it; paper: the best on validation; every candidate's "
                    "score is in the results; a fold without validation labels keeps logreg, else the linear "

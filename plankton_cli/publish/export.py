@@ -3,8 +3,8 @@
 ``onnx`` → ``OUT/model.onnx`` + ``OUT/preprocessing.json``. The graph is the model as ``plankton predict`` runs it
 in fp32: the normalised image (and, for a model fine-tuned with ``--features``, the standardised feature input) in,
 the class probabilities out (softmax included), batch size free. Every head exports: the fitted linear, kNN,
-forest and logreg heads are torch modules (``fitted_heads``), so the forest's trees become gathers in the graph; a
-forest or logreg model, which never runs its encoder, has the feature input only. What happens before the graph (decoding, the
+forest, logreg and blend heads are torch modules (``fitted_heads``), so the forest's trees become gathers in the graph;
+a forest, logreg or blend model, which never runs its encoder, has the feature input only. What happens before the graph (decoding, the
 instrument's crop and square padding, resize and centre crop, mean/std; the features' names, median/IQR scaling,
 clipping and missing indicators) and after it (per-class thresholds, ``unclassified``) is written to
 ``preprocessing.json``, so that another runtime reproduces predict. The export is checked by running the graph
@@ -21,7 +21,7 @@ with ONNX Runtime on the example batch when it is installed (``max_abs_diff`` in
 - ``README.md``: the model card (classes, instruments, data, label fraction, test metrics beside their baselines,
   how it was trained, the commands to use it), from model.json and the run's files beside it.
 
-A forest or logreg model is refused for ``hf``: its encoder takes no part in its answers, so there is none to publish.
+A forest, logreg or blend model is refused for ``hf``: its encoder takes no part in its answers, so there is none to publish.
 """
 
 from __future__ import annotations
@@ -213,7 +213,8 @@ def preprocessing(info: ModelInfo, weights: Path, shapes: dict[str, list[int]]) 
 
 def export_hf(weights: Path, info: ModelInfo, out: Path) -> dict[str, Any]:
     if info.head_kind in FEATURE_ONLY_HEADS and info.is_model:
-        kind = "random-forest" if info.head_kind == "forest" else "logistic-regression"
+        kind = {"forest": "random-forest", "logreg": "logistic-regression",
+                "blend": "blend (forest + logistic regression)"}[info.head_kind]
         raise UsageError(f"{weights}: a {kind} model answers from per-object features alone; its encoder "
                          "takes no part, so there is no encoder to publish (share the model file itself)",
                          path=weights)

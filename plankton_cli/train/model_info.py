@@ -30,9 +30,9 @@ from plankton_cli.core.errors import UsageError
 FORMAT_VERSION = 1
 ENCODER_FORMAT = "plankton-cli/encoder"
 MODEL_FORMAT = "plankton-cli/model"
-HEADS = ("finetune", "linear", "knn", "forest", "logreg")
+HEADS = ("finetune", "linear", "knn", "forest", "logreg", "blend")
 # Heads that read the per-object feature input alone: the encoder takes no part in their answers.
-FEATURE_ONLY_HEADS = ("forest", "logreg")
+FEATURE_ONLY_HEADS = ("forest", "logreg", "blend")
 ARCH_KEYS = ("architecture", "img_size", "in_chans", "patch_size", "embed_dim", "depth", "num_heads")
 VIT_KEYS = ("patch_size", "depth", "num_heads")  # a ViT's shape; None (absent) for a CNN
 
@@ -64,7 +64,7 @@ class ModelInfo:
     # model only: the head and what its outputs mean
     classes: list[str] = field(default_factory=list)
     num_classes: int | None = None
-    head: str | None = None  # finetune (also None): the bottleneck; linear | knn | forest | logreg: fitted_heads
+    head: str | None = None  # finetune (also None): the bottleneck; linear | knn | forest | logreg | blend: fitted_heads
     hidden_dim: int | None = None  # the bottleneck's width
     thresholds: dict[str, float] | None = None  # class -> lowest top probability that keeps target precision
     threshold_target_precision: float | None = None

@@ -91,3 +91,38 @@ def test_a_forest_model_never_runs_the_encoder():
     with torch.no_grad():
         assert model(torch.rand(10, 1, 32, 32), torch.from_numpy(x)).shape == (10, 2)
     assert not model.reads_image and model.arch["head"] == "forest"
+
+
+def test_blend_undoes_the_scaling_and_fits_its_transform_on_the_unlabelled_pool():
+    """``--head blend``: the Yeo-Johnson transform is fitted on the measured values (the feature input's robust
+    scaling undone) of the unlabelled pool and the training rows, and the torch head gives its probabilities."""
+    from sklearn.preprocessing import PowerTransformer
+
+    from plankton_cli.train.finetune.heads import FeaturePool
+
+    x, y = _data()
+    x_new, _ = _data(seed=1, n=40)
+    rng = np.random.default_rng(2)
+    center, scale = rng.uniform(1, 50, x.shape[1]), rng.uniform(0.5, 20, x.shape[1])
+    pool = FeaturePool(rng.normal(size=(80, x.shape[1])).astype(np.float32), center, scale)
+    estimator = make_head("blend", len(y), unlabelled=pool).fit(x, y)
+    expected_power = PowerTransformer().fit(np.concatenate([pool.values, x]).astype(np.float64) * scale + center)
+    np.testing.assert_allclose(estimator.power_.lambdas_, expected_power.lambdas_)
+    expected = np.zeros((len(x_new), N_CLASSES))
+    expected[:, estimator.classes_] = estimator.predict_proba(x_new)
+    np.testing.assert_allclose(expected.sum(1), 1, atol=1e-9)
+    np.testing.assert_allclose(head_probabilities(fitted_head(estimator, "blend", N_CLASSES), x_new), expected,
+                               atol=2e-5)
+
+
+@pytest.mark.parametrize("lambdas", [[0.0, 2.0, 0.5], [1.0, -0.7, 3.2]])
+def test_the_yeo_johnson_transform_is_scikit_learns(lambdas):
+    from sklearn.preprocessing import PowerTransformer
+
+    from plankton_cli.train.models.fitted_heads import _yeo_johnson
+
+    x = np.random.default_rng(0).normal(scale=3, size=(50, 3))
+    power = PowerTransformer(standardize=False).fit(x)
+    power.lambdas_ = np.array(lambdas)
+    np.testing.assert_allclose(_yeo_johnson(torch.from_numpy(x), torch.tensor(lambdas, dtype=torch.float64)).numpy(),
+                               power.transform(x), rtol=1e-10, atol=1e-12)

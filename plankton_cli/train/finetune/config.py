@@ -48,7 +48,7 @@ class FinetuneConfig:
     instruments: list[str] | None = None
     label_status: list[str] = field(default_factory=lambda: ["validated"])
     max_steps: int | None = None  # smoke tests: stop after this many optimizer steps per fold
-    head: str = "finetune"  # finetune | linear | knn (frozen embeddings) | forest (features) | auto (best on val)
+    head: str = "finetune"  # finetune | linear | knn (frozen embeddings) | forest | logreg | blend (features) | auto
     features: str = "auto"  # per-object features beside the image: auto, none, or NAME/pattern,... (features.inputs)
     # Architecture, for --init scratch and for foreign (timm) checkpoints; overrides for our exports' img_size.
     model: str | None = None

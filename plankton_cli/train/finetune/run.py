@@ -15,6 +15,7 @@ from plankton_cli.train.finetune.fold import fold_recipe, run_fold
 from plankton_cli.train.finetune.model import require_vit
 from plankton_cli.train.finetune.pool import PoolFeatures, fold_splits, label_count_rows, labelled_pool
 from plankton_cli.train.finetune.results import summarise_run
+from plankton_cli.train.model_info import FEATURE_ONLY_HEADS
 from plankton_cli.prepare.pad_store import padding_rules
 from plankton_cli.train.protocol import describe_counts, parse_label_fraction, save_split
 
@@ -76,8 +77,8 @@ def finetune(config: FinetuneConfig, echo: Callable[[str], None] = log.info) -> 
     pool_features = PoolFeatures.resolve(config.features, store.root, dataset_name, pool)
     echo(pool_features.describe(config.features, len(pool.object_ids)) if pool_features
          else f"features: none (--features {config.features})")
-    if config.head == "forest" and pool_features is None:
-        raise UsageError(f"--head forest reads the objects' features, and the labelled images of {dataset_dir} have "
+    if config.head in FEATURE_ONLY_HEADS and pool_features is None:
+        raise UsageError(f"--head {config.head} reads the objects' features, and the labelled images of {dataset_dir} have "
                          f"none (--features {config.features}): run `plankton features --store {store.root}` first, "
                          "or choose another --head")
     for split in splits:

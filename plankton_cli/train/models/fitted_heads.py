@@ -1,6 +1,6 @@
 """Heads fitted by scikit-learn, held as tensors so that a model file carries them and predict runs them in torch.
 
-``--head linear|knn|forest|logreg`` (and ``auto`` when it picks one) fits a scikit-learn classifier on frozen embeddings
+``--head linear|knn|forest|logreg|blend`` (and ``auto`` when it picks one) fits a scikit-learn classifier on frozen embeddings
 and/or the objects' feature inputs. Storing it as a pickle would make a model file something that runs code when
 loaded; instead each head is translated into the few arrays that define it (a weight matrix; the training
 embeddings; the trees' node tables), saved in the model's safetensors under ``head.``, and evaluated here with
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-FITTED_HEADS = ("linear", "knn", "forest", "logreg")
+FITTED_HEADS = ("linear", "knn", "forest", "logreg", "blend")
 ABSENT_LOGIT = -1e4  # a class the head never saw in training: probability 0 after softmax
 _TINY = 1e-12
 
@@ -163,13 +163,74 @@ class ForestHead(FittedHead):
         return torch.log(probabilities.clamp_min(_TINY))
 
 
+class BlendHead(FittedHead):
+    """``--head blend`` (``finetune.heads.ForestLogregBlend``): the mean of a forest's probabilities on the feature
+    input and a linear head's on the Yeo-Johnson-transformed measured values (the input's values, their robust
+    scaling undone: ``center``, ``scale``; then scikit-learn's ``PowerTransformer``: ``lambdas``, standardised by
+    ``mean`` and ``std``)."""
+
+    kind = "blend"
+    reads_embedding = False
+
+    def __init__(self, forest: ForestHead, linear: LinearHead, center: np.ndarray, scale: np.ndarray,
+                 lambdas: np.ndarray, mean: np.ndarray, std: np.ndarray):
+        super().__init__()
+        self.forest, self.linear = forest, linear
+        for name, values in (("center", center), ("scale", scale), ("lambdas", lambdas), ("mean", mean),
+                             ("std", std)):
+            self.register_buffer(name, torch.as_tensor(values, dtype=torch.float64))
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor]) -> FittedHead:
+        head = cls.__new__(cls)
+        nn.Module.__init__(head)
+        parts: dict[str, dict[str, Tensor]] = {"forest": {}, "linear": {}}
+        for name, tensor in state.items():
+            part, _, rest = name.partition(".")
+            if rest:
+                parts[part][rest] = tensor
+            else:
+                head.register_buffer(name, torch.empty_like(tensor))
+        head.forest = ForestHead.from_state(parts["forest"])
+        head.linear = LinearHead.from_state(parts["linear"])
+        return head
+
+    @classmethod
+    def from_sklearn(cls, blend: Any, n_classes: int) -> BlendHead:
+        width = len(blend.power_.lambdas_)
+        pool = blend.unlabelled
+        center, scale = (np.zeros(width), np.ones(width)) if pool is None else (pool.center, pool.scale)
+        scaler = blend.power_._scaler  # PowerTransformer(standardize=True) standardises with a StandardScaler
+        return cls(ForestHead.from_sklearn(blend.forest_, n_classes), LinearHead.from_sklearn(blend.logreg_, n_classes),
+                   center, scale, blend.power_.lambdas_, scaler.mean_, scaler.scale_)
+
+    def forward(self, x: Tensor) -> Tensor:
+        values = x[:, :len(self.lambdas)].to(torch.float64) * self.scale + self.center
+        transformed = (_yeo_johnson(values, self.lambdas) - self.mean) / self.std
+        probabilities = (torch.softmax(self.forest(x), 1) + torch.softmax(self.linear(transformed), 1).double()) / 2
+        return torch.log(probabilities.clamp_min(_TINY)).float()
+
+
+def _yeo_johnson(x: Tensor, lambdas: Tensor) -> Tensor:
+    """scikit-learn's ``PowerTransformer._yeo_johnson_transform``, column by column (``lambdas``)."""
+    eps = torch.finfo(torch.float64).eps
+    near_zero, near_two = lambdas.abs() < eps, (lambdas - 2).abs() < eps
+    positive = x >= 0
+    up, down = torch.log1p(x.clamp_min(0)), torch.log1p((-x).clamp_min(0))  # log(1 + |x|) on each side
+    safe, safe_two = torch.where(near_zero, 1.0, lambdas), torch.where(near_two, 1.0, 2 - lambdas)
+    above = torch.where(near_zero, up, torch.expm1(safe * up) / safe)
+    below = torch.where(near_two, -down, -torch.expm1(safe_two * down) / safe_two)
+    return torch.where(positive, above, below)
+
+
 def _count_steps(head: nn.Module, incompatible: Any) -> None:
     """The walk's length as a Python int, read once when a model file fills the head: a fixed loop, which
     ``torch.export`` (the ONNX export) can trace, where a loop over a tensor's value would depend on the data."""
     head.steps = int(head.depth)
 
 
-HEAD_CLASSES: dict[str, type[FittedHead]] = {cls.kind: cls for cls in (LinearHead, KNNHead, ForestHead, LogregHead)}
+HEAD_CLASSES: dict[str, type[FittedHead]] = {cls.kind: cls for cls in (LinearHead, KNNHead, ForestHead, LogregHead,
+                                                                         BlendHead)}
 
 
 def fitted_head(estimator: Any, kind: str, n_classes: int) -> FittedHead:
