@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from plankton_cli.store import Store
 from plankton_cli.store.layout import (MANIFEST, partition_values, read_committed, read_listed, read_totals,
                                        stats_of)
-from plankton_cli.store.schema import SCHEMA_METADATA_KEY, DatasetSchema, load_schema
+from plankton_cli.store.schema import SCHEMA_METADATA_KEY, load_schema
 
 COLUMNS = ("instrument", "label", "source_key", "command", "reason")
 """The columns whose values `info` counts, of those a dataset has."""
@@ -53,16 +53,18 @@ def _from_totals(store: Store, name: str, t: dict, top: int) -> dict | None:
         schema = load_schema(name)
     except KeyError:
         return entry
-    wanted = [c for c in COLUMNS if c in schema.arrow.names]
+    names = set(schema.arrow.names)
+    wanted = [c for c in COLUMNS if c in names]
     if "reason" in wanted or ("source_key" in wanted and name != "objects") or t["runs_uncounted"] or any(
             t["uncounted"].get(c) for c in wanted if c not in schema.partitioning and c != "source_key"):
         return None
     counts = {c: Counter({value or "(none)": n for value, n in t["counts"].get(c, {}).items()})
               for c in wanted if c != "source_key"}
-    runs = [{"run": run, "ingested_at": min(filter(None, r["starts"]), default=None), "objects": r["objects"],
-             "by_status": dict(Counter({s or "none": n for s, n in r["by_status"].items()}).most_common())}
-            for run, r in t["runs"].items()]
-    return _described(store, name, schema, entry, counts, top, runs)
+    latest = _latest([{"run": run, "ingested_at": min(filter(None, r["starts"]), default=None)}
+                      for run, r in t["runs"].items()], top)
+    runs = [run | {"objects": t["runs"][run["run"]]["objects"], "by_status": dict(Counter(
+        {s or "none": n for s, n in t["runs"][run["run"]]["by_status"].items()}).most_common())} for run in latest]
+    return _described(store, name, names, entry, counts, top, runs)
 
 
 def _dataset_info(store: Store, name: str, files: list[Path], *, top: int) -> dict:
@@ -94,26 +96,31 @@ def _dataset_info(store: Store, name: str, files: list[Path], *, top: int) -> di
                 counts[c].update(v if v is not None else "(none)" for v in column)
     runs = _ingest_runs(store, name, stats) if {"ingest_run", "ingested_at", "label_status"} <= set(
         schema.arrow.names) else []
-    entry = _described(store, name, schema, entry, counts, top, runs)
+    entry = _described(store, name, set(schema.arrow.names), entry, counts, top, runs)
     if "reason" in counts:
         entry |= _rejections(store.dataset(name, files).to_table(columns=REJECTION_KEY).to_pylist(), top)
     return entry
 
 
-def _described(store: Store, name: str, schema: DatasetSchema, entry: dict, counts: dict[str, Counter], top: int,
+def _described(store: Store, name: str, names: set[str], entry: dict, counts: dict[str, Counter], top: int,
                runs: list[dict]) -> dict:
-    """`entry` with what `counts` (value counts per column) and `runs` (objects per ingest run) say."""
+    """`entry` with what `counts` (value counts per column) and `runs` (objects per ingest run) say, for a dataset
+    with columns `names`."""
     if "instrument" in counts:
         entry["by_instrument"] = dict(counts["instrument"].most_common())
     if "label" in counts:
         entry["labels"] = len([k for k in counts["label"] if k != "(none)"])
         entry["by_label"] = dict(counts["label"].most_common(top))
-    if "source_key" in schema.arrow.names:
+    if "source_key" in names:
         entry["sources"] = len(counts["source_key"]) if name != "objects" else _stored_sources(store)
-    if {"ingest_run", "ingested_at", "label_status"} <= set(schema.arrow.names):
-        ordered = sorted(runs, key=lambda r: (r["ingested_at"] is None, r["ingested_at"] or "", r["run"]))
-        entry["ingest_runs"] = ordered[-top:]
+    if {"ingest_run", "ingested_at", "label_status"} <= names:
+        entry["ingest_runs"] = _latest(runs, top)
     return entry
+
+
+def _latest(runs: list[dict], top: int) -> list[dict]:
+    """The last `top` ingest runs by time, oldest first (runs without a time last)."""
+    return sorted(runs, key=lambda r: (r["ingested_at"] is None, r["ingested_at"] or "", r["run"]))[-top:]
 
 
 def _size(path: Path, entry: dict | None) -> int:
@@ -121,7 +128,10 @@ def _size(path: Path, entry: dict | None) -> int:
 
 
 def _stored_sources(store: Store) -> int:
-    """Sources with rows in `objects`: the manifest's entries that stored any (one small column, not the data)."""
+    """Sources with rows in `objects`: the manifest's entries that stored any (from the totals, else one small
+    column of the manifest)."""
+    if (stored := ((read_totals(store.root) or {}).get(MANIFEST) or {}).get("stored_sources")) is not None:
+        return stored
     manifest = store.root / MANIFEST
     if not manifest.exists():
         return 0

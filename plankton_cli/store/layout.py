@@ -118,6 +118,7 @@ def file_stats(path: Path) -> dict:
     {"rows", "min": {column: value}, "max": {...}, "counts": {column: {value: n}}, "covers": [...]}. Timestamps
     are ISO text (UTC, so they sort as text). A column lacking statistics in a row group with values gets no
     min/max: a reader then cannot rule the file out by it."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(path)
@@ -151,6 +152,8 @@ def file_stats(path: Path) -> dict:
                 counts[name] = {("" if v["values"] is None else str(v["values"])): v["counts"]
                                 for v in values.to_pylist()}
         stats["counts"] = counts
+    if "n_stored" in parquet.schema_arrow.names:  # the manifest: how many sources stored objects (`info`)
+        stats["stored_sources"] = int(pc.sum(pc.greater(parquet.read(columns=["n_stored"])["n_stored"], 0)).as_py() or 0)
     metadata = parquet.schema_arrow.metadata or {}
     if covers := metadata.get(COVERS_KEY):
         stats["covers"] = json.loads(covers)
@@ -295,7 +298,8 @@ def fold_totals(totals: dict[str, dict], rel: str, entry: dict, sign: int) -> No
                                               or no such column)
          "unsummed": files                    files without stats: of them only files and bytes are counted
          "runs": {ingest_run: {"objects", "by_status": {label_status: rows}, "starts": {ingested_at: files}}},
-         "runs_uncounted": files}             files holding several ingest runs
+         "runs_uncounted": files,             files holding several ingest runs
+         "stored_sources": sources}           the manifest's sources that stored objects
 
     Every value is a sum over files, so a commit folds in what it adds and takes out what it deletes, and the
     totals stay exact without the other entries being read: `plankton info` then costs the same in a store's tenth
@@ -314,6 +318,8 @@ def fold_totals(totals: dict[str, dict], rel: str, entry: dict, sign: int) -> No
         return
     rows = stats.get("rows", 0)
     t["rows"] += sign * rows
+    if "stored_sources" in stats:  # the manifest's
+        t["stored_sources"] = t.get("stored_sources", 0) + sign * stats["stored_sources"]
     if "schema" in stats:
         _count(t["schemas"], f"{stats['schema']['dataset']}.v{stats['schema']['version']}", sign)
     if not rows:
