@@ -15,11 +15,10 @@ them per fold (training + validation = total), and every baseline is fitted on a
                    store has features; here from `plankton features`, run on the store first)
     scratch+feat   (--scratch-feat) scratch, with the features joined to the image (`--features auto`)
     MAE+feat       `--features auto --head auto` from the MAE encoder: per fold the best of fine-tuning with the
-                   features joined to the image embedding, linear / kNN on embedding + features, and a random forest
-                   and a class-balanced logistic regression on the features alone (`--head forest|logreg`). Budget
+                   features joined to the image embedding, linear / kNN on embedding + features, and the features'
+                   blend of a forest and a logistic regression (`--head blend`). Budget
                    protocol: the cheap head that cross-validates best over the fold's labels (fine-tuning is scored,
                    not chosen: its validation score is that of the epoch chosen on it); paper: the best on validation
-    logreg         the logistic regression on the features alone of that run (`--head logreg`), whether kept or not
     blend          `--head blend`: the mean of the features' forest and a logistic regression on the features
                    Yeo-Johnson-transformed (the transform fitted on the fold's non-test images, labels unused)
     MAE+feat no refit  the same head before the budget protocol refits it on training + validation labels
@@ -96,7 +95,6 @@ COLUMNS = {
     "auto": ("mae", "macro_f1"),
     "scratch+feat": ("scratch-feat", "macro_f1"),
     "MAE+feat": ("mae-feat", "macro_f1"),
-    "logreg": ("mae-feat", "heads.logreg"),
     "blend": ("blend", "macro_f1"),
     "MAE+feat no refit": ("mae-feat", "without_refit"),
 }

@@ -217,15 +217,15 @@ def night(s: Station, measure: bool) -> dict[str, float]:
 
 def table(points: dict[int, dict[str, float]], bins: int, rois: int) -> str:
     nights = sorted(points)
-    head = "| step (seconds at its reference night) | " + " | ".join(f"× at night {n}" for n in nights[1:]) + " |"
+    head = "| step (CPU time at its reference night) | " + " | ".join(f"× at night {n}" for n in nights[1:]) + " |"
     lines = [f"{bins} bins x {rois} ROIs a night; each step's CPU time at night N over its CPU time at night 1 "
              f"(report: at night {REFERENCE_NIGHT['report']}, its trailing week full)", "",
              head, "|---|" + "--:|" * (len(nights) - 1)]
     for name, _ in STEPS:
         at = REFERENCE_NIGHT.get(name.split(" ")[0], 1)
-        ratios = " | ".join(f"{points[n][name] / points[at][name]:.2f} ({points[n][name]:.3f} s)" if n >= at
+        ratios = " | ".join(f"{points[n][name] / points[at][name]:.2f} ({points[n][name] * 1000:.1f} ms)" if n >= at
                             else "" for n in nights[1:])
-        lines.append(f"| {name} ({points[at][name]:.3f} s at night {at}) | {ratios} |")
+        lines.append(f"| {name} ({points[at][name] * 1000:.1f} ms at night {at}) | {ratios} |")
     return "\n".join(lines)
 
 
@@ -248,7 +248,7 @@ def main() -> None:
             times = night(station, measure)
             if measure:
                 points[n] = times
-                print(f"night {n}: " + ", ".join(f"{k} {v:.3f} s" for k, v in times.items()), flush=True)
+                print(f"night {n}: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in times.items()), flush=True)
             elif n % 10 == 0:
                 print(f"night {n} added", flush=True)
     print()

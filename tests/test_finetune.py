@@ -388,10 +388,10 @@ def test_the_baselines_are_fitted_on_every_label_the_model_used(demo_store, tmp_
     assert f"fitted on {len(labelled)} labelled objects per fold" in markdown
 
 
-def test_auto_without_validation_labels_keeps_logreg(demo_store, tmp_path, monkeypatch):
+def test_auto_without_validation_labels_keeps_blend(demo_store, tmp_path, monkeypatch):
     """One label a class leaves the budget nothing to validate with: every head would score 0 on validation, so
-    ``auto`` takes the head measured best at the fewest labels (the features' logistic regression), not whichever
-    candidate comes first."""
+    ``auto`` takes the head measured best at the fewest labels (the features' blend), not whichever candidate
+    comes first."""
     store = tmp_path / "store"
     shutil.copytree(demo_store, store)
     assert invoke("features", "--store", store).exit_code == 0
@@ -399,9 +399,9 @@ def test_auto_without_validation_labels_keeps_logreg(demo_store, tmp_path, monke
                                max_steps=2)
     assert result["n_val"] == 0 and result["n_labelled"] == 6  # the demo's 6 classes
     assert {h["val_macro_f1"] for h in result["heads"].values()} == {0.0}
-    assert set(result["heads"]) == {"finetune", "linear", "knn", "forest", "logreg"} and result["head"] == "logreg"
+    assert set(result["heads"]) == {"finetune", "linear", "knn", "blend"} and result["head"] == "blend"
     _, info = load_model(tmp_path / "run" / "fold-0")
-    assert info.head_kind == "logreg"
+    assert info.head_kind == "blend"
 
 
 def reload_and_predict(fold_dir: Path, dataset_dir: Path, ids: list[str]) -> tuple[list[str], np.ndarray]:
@@ -574,10 +574,10 @@ def test_auto_cross_validates_on_the_budget_alone(featured_store, tmp_path, monk
     result, _ = finetune_spied(monkeypatch, featured_store, out, labels="50%", head="auto", features="auto",
                                max_steps=2)
     split = load_split(out / "fold-0" / "split.json")
-    assert sizes == [len(split.labelled)] * 4  # linear, knn, forest, logreg
-    assert all(0 <= result["heads"][name]["cv_macro_f1"] <= 1 for name in ("linear", "knn", "forest", "logreg"))
+    assert sizes == [len(split.labelled)] * 3  # linear, knn, blend
+    assert all(0 <= result["heads"][name]["cv_macro_f1"] <= 1 for name in ("linear", "knn", "blend"))
     assert "cv_macro_f1" not in result["heads"]["finetune"]  # scored beside them, not chosen
-    assert result["head"] == max(("linear", "knn", "forest", "logreg"), key=lambda h: result["heads"][h]["cv_macro_f1"])
+    assert result["head"] == max(("linear", "knn", "blend"), key=lambda h: result["heads"][h]["cv_macro_f1"])
 
     poisoned, again_out = poison_outside_the_budget(featured_store, out, split, tmp_path)
     again, _ = finetune_spied(monkeypatch, poisoned, again_out, labels="50%", head="auto", features="auto",

@@ -52,7 +52,7 @@ log = logging.getLogger("plankton.finetune")
 # labels in bench/quality.py. With features the features' heads won on both sets (UVP6 at 5 %, 50 labels: forest
 # 43.9, kNN 40.7, fine-tuned 40.1, linear 36.2; the FlowCam-like set at one label a class: logreg 64.8, forest 60.6,
 # fine-tuned 49.8, kNN 49.7, linear 39.3); on the image alone the linear probe did (UVP6: linear 27.8, kNN 25.8,
-# fine-tuned 9.3; FlowCam: 31.0, 26.7, 26.3). ``blend`` (never one of auto's) beat them all at one label a class on
+# fine-tuned 9.3; FlowCam: 31.0, 26.7, 26.3). ``blend`` (auto's features head) beat them all at one label a class on
 # the FlowCam-like set (bench/heads_offline.py, 50 splits: 64.5 against logreg 58.1 and forest 57.6).
 NO_VALIDATION_ORDER = ("blend", "logreg", "forest", "linear", "knn", "finetune")
 
@@ -76,8 +76,8 @@ def run_fold(
 
     ``head``: ``finetune`` trains the whole classifier; ``linear``/``knn`` fit a cheap head on the frozen
     embeddings of the initial encoder instead, ``forest``/``logreg``/``blend`` on the feature input alone (``blend``'s
-    label-free transform also on the fold's unlabelled non-test objects, ``_unlabelled_pool``); ``auto`` does all
-    of them but ``blend`` (the features' heads when there are features) and keeps the best by validation macro-F1 (without
+    label-free transform also on the fold's unlabelled non-test objects, ``_unlabelled_pool``); ``auto`` does
+    ``finetune``, ``linear``, ``knn`` and ``blend`` (when there are features) and keeps the best by validation macro-F1 (without
     validation labels, the first of ``NO_VALIDATION_ORDER``). The head kept is the fold's model file, with
     precision thresholds from its own validation probabilities.
 
