@@ -156,10 +156,17 @@ def summarize(store: Store, model_path: Path, by: str, out_dir: Path, *, plots: 
         rows["biovolume"] = rows["object_id"].map(biovolume)
     fresh = _counts(rows, samples.loc[members], group_of, model.classes, by, biovolume is not None)
     kept = previous[~previous["sample_id"].isin(touched)] if previous is not None else fresh.iloc[:0]
-    table = pd.concat([kept, fresh], ignore_index=True) if len(kept) else fresh
     order = {name: i for i, name in enumerate([*model.classes, UNCLASSIFIED])}
-    table = table.sort_values(["acquired_at", "sample_id", "class"], key=lambda s: s.map(order) if s.name == "class"
-                              else s, na_position="last", kind="stable").reset_index(drop=True)
+
+    def ordered(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.sort_values(["acquired_at", "sample_id", "class"], key=lambda s: s.map(order) if s.name == "class"
+                                 else s, na_position="last", kind="stable").reset_index(drop=True)
+
+    fresh = ordered(fresh)
+    if len(kept) and kept["acquired_at"].notna().all() and fresh["acquired_at"].min() > kept["acquired_at"].max():
+        table = pd.concat([kept, fresh], ignore_index=True)  # the night after the rest, which is in order already
+    else:
+        table = ordered(pd.concat([kept, fresh], ignore_index=True) if len(kept) else fresh)
     result.groups_written, result.groups_kept = len(touched), table["sample_id"].nunique() - len(touched)
     result.objects = int(len(predictions))
     result.files = _write(out_dir, table, model, by, group_of, read, touched, plots)
@@ -312,8 +319,11 @@ def _write(out_dir: Path, table: pd.DataFrame, model: ModelRef, by: str, group_o
 
 
 def _month(acquired_at: pd.Series) -> pd.Series:
-    """The partition of each row: its UTC month `YYYY-MM`, or `unknown` without a time."""
-    return acquired_at.dt.strftime("%Y-%m").fillna("unknown")
+    """The partition of each row: its UTC month `YYYY-MM`, or `unknown` without a time (numpy's month strings:
+    `strftime` formats row by row in Python, and the table holds every sample of the station)."""
+    months = acquired_at.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[M]")
+    return pd.Series(np.datetime_as_string(months, unit="M"), index=acquired_at.index).where(acquired_at.notna(),
+                                                                                               "unknown")
 
 
 def _write_partition(table: pd.DataFrame, folder: Path, plots: bool) -> list[Path]:
