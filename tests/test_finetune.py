@@ -399,7 +399,7 @@ def test_auto_without_validation_labels_keeps_blend(demo_store, tmp_path, monkey
                                max_steps=2)
     assert result["n_val"] == 0 and result["n_labelled"] == 6  # the demo's 6 classes
     assert {h["val_macro_f1"] for h in result["heads"].values()} == {0.0}
-    assert set(result["heads"]) == {"finetune", "linear", "knn", "blend"} and result["head"] == "blend"
+    assert set(result["heads"]) == {"finetune", "linear", "knn", "forest", "blend"} and result["head"] == "blend"
     _, info = load_model(tmp_path / "run" / "fold-0")
     assert info.head_kind == "blend"
 
@@ -574,10 +574,10 @@ def test_auto_cross_validates_on_the_budget_alone(featured_store, tmp_path, monk
     result, _ = finetune_spied(monkeypatch, featured_store, out, labels="50%", head="auto", features="auto",
                                max_steps=2)
     split = load_split(out / "fold-0" / "split.json")
-    assert sizes == [len(split.labelled)] * 3  # linear, knn, blend
-    assert all(0 <= result["heads"][name]["cv_macro_f1"] <= 1 for name in ("linear", "knn", "blend"))
+    assert sizes == [len(split.labelled)] * 4  # linear, knn, forest, blend
+    assert all(0 <= result["heads"][name]["cv_macro_f1"] <= 1 for name in ("linear", "knn", "forest", "blend"))
     assert "cv_macro_f1" not in result["heads"]["finetune"]  # scored beside them, not chosen
-    assert result["head"] == max(("linear", "knn", "blend"), key=lambda h: result["heads"][h]["cv_macro_f1"])
+    assert result["head"] == max(("linear", "knn", "forest", "blend"), key=lambda h: result["heads"][h]["cv_macro_f1"])
 
     poisoned, again_out = poison_outside_the_budget(featured_store, out, split, tmp_path)
     again, _ = finetune_spied(monkeypatch, poisoned, again_out, labels="50%", head="auto", features="auto",

@@ -24,7 +24,7 @@ Examples:
   plankton finetune --init scratch --model vit_small_patch16_224 --img-size 96 --labels all --out runs/scratch
   plankton finetune --init hf-hub:ORG/plankton-mae-vit-b --labels 5% --out runs/hub-5   # or timm:vit_base_patch16_224.mae
   plankton finetune --init runs/mae --labels 10/class --instrument IFCB --folds 1 --out runs/ifcb-10
-  plankton finetune --init runs/mae --labels 1% --head auto --out runs/auto-1   # + linear, k-NN, blend
+  plankton finetune --init runs/mae --labels 1% --head auto --out runs/auto-1   # + linear, k-NN, forest, blend
   plankton finetune --init runs/mae --features 'object_*' --out runs/ft-eco   # EcoTaxa morphometrics too
   plankton finetune --init runs/mae --labels 10% --head logreg --out runs/lr-10   # features' logistic regression
   plankton finetune --init runs/mae --labels 5% --head blend --out runs/blend-5   # forest + logreg, averaged
@@ -115,7 +115,7 @@ Exit codes: 0 done, 1 training failed, 2 usage error (bad --init, --labels, data
                    "regression (C by cross-validation) on the features alone (seconds each); blend: the mean of the "
                    "forest's and the logistic regression's probabilities, the latter on Yeo-Johnson-transformed "
                    "features (transform fitted on the fold's non-test images, labels unused); auto: finetune, "
-                   "linear, knn and (with features) blend, keeping per fold the best (budget protocol: the cheap head that cross-validates best over "
+                   "linear, knn and (with features) forest and blend, keeping per fold the best (budget protocol: the cheap head that cross-validates best over "
                    "every label, fine-tuning scored beside it; paper: the best on validation; every candidate's "
                    "score is in the results; a fold without validation labels keeps blend, else the linear "
                    "probe). The head kept is the fold's model file for predict.")

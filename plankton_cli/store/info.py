@@ -30,7 +30,7 @@ def store_info(store: Store, top: int = 20) -> dict:
     totals = read_totals(store.root)
     names = store.datasets() if totals is None else sorted(name for name in totals if name != MANIFEST)
     for name in names:
-        summed = None if totals is None else _from_totals(store, name, totals[name], top)
+        summed = None if totals is None else _from_totals(store, name, totals, top)
         # else one read of the dataset's listed files, again over a fresh list if a commit deletes one meanwhile
         out["datasets"][name] = summed or read_listed(store.root / name, partial(_dataset_info, store, name, top=top))
     readers = (totals or {}).get(MANIFEST, {})
@@ -42,9 +42,10 @@ def store_info(store: Store, top: int = 20) -> dict:
     return out
 
 
-def _from_totals(store: Store, name: str, t: dict, top: int) -> dict | None:
+def _from_totals(store: Store, name: str, totals: dict[str, dict], top: int) -> dict | None:
     """A dataset's info from its running totals, or None when they cannot tell it all (files without stats, a
     column with too many values to count, several ingest runs in a file, sources or rejections to deduplicate)."""
+    t = totals[name]
     if t["unsummed"]:
         return None
     entry: dict = {"rows": t["rows"], "files": t["files"], "bytes": t["bytes"],
@@ -64,7 +65,7 @@ def _from_totals(store: Store, name: str, t: dict, top: int) -> dict | None:
                       for run, r in t["runs"].items()], top)
     runs = [run | {"objects": t["runs"][run["run"]]["objects"], "by_status": dict(Counter(
         {s or "none": n for s, n in t["runs"][run["run"]]["by_status"].items()}).most_common())} for run in latest]
-    return _described(store, name, names, entry, counts, top, runs)
+    return _described(store, name, names, entry, counts, top, runs, totals)
 
 
 def _dataset_info(store: Store, name: str, files: list[Path], *, top: int) -> dict:
@@ -96,14 +97,14 @@ def _dataset_info(store: Store, name: str, files: list[Path], *, top: int) -> di
                 counts[c].update(v if v is not None else "(none)" for v in column)
     runs = _ingest_runs(store, name, stats) if {"ingest_run", "ingested_at", "label_status"} <= set(
         schema.arrow.names) else []
-    entry = _described(store, name, set(schema.arrow.names), entry, counts, top, runs)
+    entry = _described(store, name, set(schema.arrow.names), entry, counts, top, runs, None)
     if "reason" in counts:
         entry |= _rejections(store.dataset(name, files).to_table(columns=REJECTION_KEY).to_pylist(), top)
     return entry
 
 
 def _described(store: Store, name: str, names: set[str], entry: dict, counts: dict[str, Counter], top: int,
-               runs: list[dict]) -> dict:
+               runs: list[dict], totals: dict[str, dict] | None) -> dict:
     """`entry` with what `counts` (value counts per column) and `runs` (objects per ingest run) say, for a dataset
     with columns `names`."""
     if "instrument" in counts:
@@ -112,7 +113,7 @@ def _described(store: Store, name: str, names: set[str], entry: dict, counts: di
         entry["labels"] = len([k for k in counts["label"] if k != "(none)"])
         entry["by_label"] = dict(counts["label"].most_common(top))
     if "source_key" in names:
-        entry["sources"] = len(counts["source_key"]) if name != "objects" else _stored_sources(store)
+        entry["sources"] = len(counts["source_key"]) if name != "objects" else _stored_sources(store, totals)
     if {"ingest_run", "ingested_at", "label_status"} <= names:
         entry["ingest_runs"] = _latest(runs, top)
     return entry
@@ -127,10 +128,10 @@ def _size(path: Path, entry: dict | None) -> int:
     return entry["size"] if entry is not None and entry.get("size") is not None else path.stat().st_size
 
 
-def _stored_sources(store: Store) -> int:
+def _stored_sources(store: Store, totals: dict[str, dict] | None) -> int:
     """Sources with rows in `objects`: the manifest's entries that stored any (from the totals, else one small
     column of the manifest)."""
-    if (stored := ((read_totals(store.root) or {}).get(MANIFEST) or {}).get("stored_sources")) is not None:
+    if (stored := ((totals or {}).get(MANIFEST) or {}).get("stored_sources")) is not None:
         return stored
     manifest = store.root / MANIFEST
     if not manifest.exists():

@@ -77,7 +77,7 @@ def run_fold(
     ``head``: ``finetune`` trains the whole classifier; ``linear``/``knn`` fit a cheap head on the frozen
     embeddings of the initial encoder instead, ``forest``/``logreg``/``blend`` on the feature input alone (``blend``'s
     label-free transform also on the fold's unlabelled non-test objects, ``_unlabelled_pool``); ``auto`` does
-    ``finetune``, ``linear``, ``knn`` and ``blend`` (when there are features) and keeps the best by validation macro-F1 (without
+    ``finetune``, ``linear``, ``knn``, ``forest`` and ``blend`` (the last two when there are features) and keeps the best by validation macro-F1 (without
     validation labels, the first of ``NO_VALIDATION_ORDER``). The head kept is the fold's model file, with
     precision thresholds from its own validation probabilities.
 
