@@ -16,7 +16,8 @@ counts, the objects files a predictions file covers), taken from the file when i
 finds the night's files (partition pruning on date, id ranges, predictions by model) from the list alone, without
 opening the store's other files: its cost follows the night, not the store. A store written before stats existed
 gets them for every file at its next commit (`Transaction.commit`); until then, readers take them from the files'
-footers (`stats_of`).
+footers (`stats_of`). The first line of the list holds the store's running totals (`fold_totals`), which each
+commit updates by what it adds and deletes: `plankton info` reads that line alone.
 """
 
 from __future__ import annotations
