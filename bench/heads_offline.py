@@ -36,11 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from quality import DATASETS, features_hgb, prepare_store, self_trained_forest, start
+from quality import DATASETS, features_hgb, prepare_store, self_trained, self_trained_forest, start
 
 CANDIDATES = ("logreg", "logreg YJ", "blend", "forest+logreg", "SVC", "extra trees", "HGB", "label spreading",
               "logreg self-trained", "RF self-trained")
-SELF_TRAINING_ROUNDS = 3
 
 
 def split_scores(values: dict, label_of: dict, split, all_ids: list[str]) -> dict[str, float]:
@@ -105,23 +104,10 @@ def split_scores(values: dict, label_of: dict, split, all_ids: list[str]) -> dic
 
 
 def self_trained_logreg(x: np.ndarray, y: np.ndarray, x_pool: np.ndarray):
-    """``--head logreg`` self-trained on the unlabelled pool the way bench/quality.py's forest is: each round, per
-    class, the pool objects it is surest of join the labels, as many as the class has labels."""
+    """``--head logreg`` self-trained on the unlabelled pool the way bench/quality.py's forest is (``self_trained``)."""
     from plankton_cli.train.finetune.heads import fit_estimator
 
-    classes, counts = np.unique(y, return_counts=True)
-    left = np.arange(len(x_pool))
-    for _ in range(SELF_TRAINING_ROUNDS):
-        if not len(left):
-            break
-        model = fit_estimator("logreg", x, y)
-        probabilities = model.predict_proba(x_pool[left])
-        predicted, confidence = model.classes_[probabilities.argmax(1)], probabilities.max(1)
-        take = np.concatenate([np.flatnonzero(predicted == c)[np.argsort(-confidence[predicted == c])][:n]
-                               for c, n in zip(classes, counts)]).astype(int)
-        x, y = np.vstack([x, x_pool[left[take]]]), np.concatenate([y, predicted[take]])
-        left = np.delete(left, take)
-    return fit_estimator("logreg", x, y)
+    return self_trained(lambda x, y: fit_estimator("logreg", x, y), x, y, x_pool)
 
 
 def table(scores: list[dict[str, float]]) -> str:

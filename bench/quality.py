@@ -177,26 +177,31 @@ def finetune_run(store: Path, out: Path, init: str, labels: str, folds: int, epo
 SELF_TRAINING_ROUNDS = 3
 
 
-def self_trained_forest(x_labelled: np.ndarray, y_labelled: np.ndarray, x_pool: np.ndarray, seed: int = 0):
-    """The features' forest, self-trained on the fold's unlabelled pool (labels unused): each round the forest
-    fitted so far labels the pool, and per class the objects it is surest of join the training set, as many as the
-    class has labels (so the pseudo-labels keep the labels' class balance instead of flooding with the commonest
-    class). Then the final forest is fitted on labels + pseudo-labels."""
-    from plankton_cli.train.finetune.baselines import features_rf
-
+def self_trained(fit, x_labelled: np.ndarray, y_labelled: np.ndarray, x_pool: np.ndarray):
+    """`fit(x, y)` self-trained on the fold's unlabelled pool (labels unused): each round the model fitted so far
+    labels the pool, and per class the objects it is surest of join the training set, as many as the class has
+    labels (so the pseudo-labels keep the labels' class balance instead of flooding with the commonest class).
+    Then the final model is fitted on labels + pseudo-labels."""
     x, y, left = x_labelled, y_labelled, np.arange(len(x_pool))
     classes, counts = np.unique(y_labelled, return_counts=True)
     for _ in range(SELF_TRAINING_ROUNDS):
         if not len(left):
             break
-        forest = features_rf(x, y, seed)
-        probabilities = forest.predict_proba(x_pool[left])
-        predicted, confidence = forest.classes_[probabilities.argmax(1)], probabilities.max(1)
+        model = fit(x, y)
+        probabilities = model.predict_proba(x_pool[left])
+        predicted, confidence = model.classes_[probabilities.argmax(1)], probabilities.max(1)
         take = np.concatenate([np.flatnonzero(predicted == c)[np.argsort(-confidence[predicted == c])][:n]
                                for c, n in zip(classes, counts)]).astype(int)
         x, y = np.vstack([x, x_pool[left[take]]]), np.concatenate([y, predicted[take]])
         left = np.delete(left, take)
-    return features_rf(x, y, seed)
+    return fit(x, y)
+
+
+def self_trained_forest(x_labelled: np.ndarray, y_labelled: np.ndarray, x_pool: np.ndarray, seed: int = 0):
+    """The features' forest, self-trained on the fold's unlabelled pool (``self_trained``)."""
+    from plankton_cli.train.finetune.baselines import features_rf
+
+    return self_trained(lambda x, y: features_rf(x, y, seed), x_labelled, y_labelled, x_pool)
 
 
 EMBEDDING_COMPONENTS = 16
