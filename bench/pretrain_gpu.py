@@ -109,9 +109,10 @@ def matmul_tflops(n: int = 8192, repeat: int = 10) -> float:
 
 
 class _Timer:
-    """Times training batches after the first ``warmup`` (so compilation and worker start-up are excluded)."""
+    """Times training batches ``warmup + 1 … warmup + steps``: compilation and worker start-up before them, and the
+    end-of-fit checkpoint and teardown after them, are not training throughput."""
 
-    def __init__(self, warmup: int) -> None:
+    def __init__(self, warmup: int, steps: int) -> None:
         from pytorch_lightning.callbacks import Callback
 
         timer = self
@@ -122,16 +123,17 @@ class _Timer:
                 if timer.batches == warmup:
                     torch.cuda.synchronize()
                     timer.start = time.perf_counter()
-                    timer.samples = 0
-                elif timer.batches > warmup:
+                elif warmup < timer.batches <= warmup + steps:
                     timer.samples += batch["image"].shape[0]
+                    if timer.batches == warmup + steps:
+                        torch.cuda.synchronize()
+                        timer.stop = time.perf_counter()
 
         self.callback = _Callback()
-        self.batches, self.samples, self.start = 0, 0, 0.0
+        self.batches, self.samples, self.start, self.stop = 0, 0, 0.0, 0.0
 
     def rate(self) -> float:
-        torch.cuda.synchronize()
-        return self.samples / (time.perf_counter() - self.start)
+        return self.samples / (self.stop - self.start)
 
 
 def end_to_end(store: Path, model: str, batch: int, compile_model: bool, steps: int, warmup: int, workers: int,
@@ -154,7 +156,7 @@ def end_to_end(store: Path, model: str, batch: int, compile_model: bool, steps: 
     torch.manual_seed(0)
     module = MAEPretrainModule(MAE(model), lr=1e-4, total_steps=10_000, warmup_steps=0, compile=compile_model,
                                gpu_augment=GpuAugment(224, mean, std) if gpu_augment else None)
-    timer = _Timer(warmup)
+    timer = _Timer(warmup, steps)
     trainer = make_trainer(run_dir, max_steps=warmup + steps, accelerator="gpu", devices=1, precision="bf16-mixed",
                            callbacks=[timer.callback], enable_progress=False, log_every_n_steps=10_000,
                            checkpoint_every=10_000_000)
