@@ -106,3 +106,45 @@ def test_last_checkpoint_by_steps_or_by_time_and_always_at_the_end(tmp_path, eve
     trainer.fit(Tiny(), DataLoader(TensorDataset(torch.randn(6, 2)), batch_size=3))  # 2 steps an epoch
     assert probe.seen == seen
     assert torch.load(probe.path, weights_only=False)["global_step"] == 6
+
+
+class _Killed(Exception):
+    pass
+
+
+class TinyWithEpochLoss(Tiny):
+    def training_step(self, batch, batch_idx):
+        loss = self.layer(batch[0]).pow(2).mean()
+        self.log("train_loss", loss, on_step=True, on_epoch=True)
+        return loss
+
+
+@pytest.mark.parametrize("kill_at", [2, 3])  # 2: an epoch end's checkpoint (2 steps an epoch); 3: a step's
+def test_a_run_killed_right_after_a_checkpoint_resumes_with_every_metrics_row_once(tmp_path, monkeypatch, kill_at):
+    """Lightning saves a checkpoint before it logs the step's (or epoch's) row; a kill in between must not leave
+    the resumed run's metrics.csv without that row (the checkpoint writes it ahead)."""
+    from plankton_cli.train.training import LastCheckpoint
+
+    save = LastCheckpoint._save_checkpoint
+    killed = []
+
+    def save_then_die(self, trainer, filepath):
+        save(self, trainer, filepath)
+        if trainer.global_step == kill_at and not killed:
+            killed.append(trainer.global_step)
+            raise _Killed  # as a SIGKILL right after the rename: nothing after the save runs
+
+    monkeypatch.setattr(LastCheckpoint, "_save_checkpoint", save_then_die)
+    data = DataLoader(TensorDataset(torch.randn(6, 2)), batch_size=3)  # 2 steps an epoch
+
+    def trainer():
+        return make_trainer(tmp_path, max_epochs=3, accelerator="cpu", enable_progress=False, log_every_n_steps=1,
+                            checkpoint_every=3)
+
+    with pytest.raises(_Killed):
+        trainer().fit(TinyWithEpochLoss(), data)
+    trainer().fit(TinyWithEpochLoss(), data, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows if r["train_loss_step"]] == list(range(6))
+    assert [int(r["epoch"]) for r in rows if r["train_loss_epoch"]] == [0, 1, 2]

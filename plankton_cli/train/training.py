@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.apply_func import convert_tensors_to_scalars
 from lightning_fabric.utilities.rank_zero import rank_zero_only
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.loggers import CSVLogger
@@ -243,7 +244,21 @@ class LastCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
         )
 
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._pending_row = "step"  # a save now comes before Lightning logs this step's row (see `_write_ahead`)
+        try:
+            super().on_train_batch_end(trainer, *args, **kwargs)
+        finally:
+            self._pending_row = None
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._pending_row = "epoch"
+        try:
+            self._save_at_epoch_end(trainer)
+        finally:
+            self._pending_row = None
+
+    def _save_at_epoch_end(self, trainer: pl.Trainer) -> None:
         # ModelCheckpoint saves at epoch end only when triggered by epochs; we want both triggers.
         if self._should_skip_saving_checkpoint(trainer):
             return
@@ -263,12 +278,40 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        self._write_ahead(trainer)
         tmp = f"{filepath}.tmp"
         super()._save_checkpoint(trainer, tmp)  # every rank takes part; rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, filepath)
         self._last_checkpoint_saved = filepath
         trainer.strategy.barrier("LastCheckpoint")
+
+
+    _pending_row: str | None = None
+
+    def _write_ahead(self, trainer: pl.Trainer) -> None:
+        """Put the metrics row of the step (or epoch) being checkpointed in ``metrics.csv`` before the checkpoint.
+
+        Lightning calls the checkpoint hooks before it logs that step's or epoch's row, so a run killed between the
+        two would resume past a row that never reached the file (and `TrimMetricsOnResume` keeps only rows before
+        the checkpoint). The row is computed as Lightning's logger connector will compute it, and `RunCSVLogger`
+        skips it when Lightning logs it. Every rank computes it: a metric logged with ``sync_dist`` reduces."""
+        connector, loop = trainer._logger_connector, trainer.fit_loop.epoch_loop
+        if self._pending_row == "step":
+            if loop._should_accumulate() or not connector.should_update_logs:
+                return  # Lightning logs no row for this batch
+            step = loop._batches_that_stepped
+        elif self._pending_row == "epoch":
+            step = loop._batches_that_stepped - 1  # as the fit loop logs epoch metrics
+        else:
+            return
+        row = convert_tensors_to_scalars(connector.metrics["log"])
+        if not row:
+            return
+        row.setdefault("epoch", trainer.current_epoch)
+        for logger in trainer.loggers:
+            if isinstance(logger, RunCSVLogger):
+                logger.log_ahead(row, step)
 
 
 class _KeepingWriter(ExperimentWriter):
@@ -299,6 +342,21 @@ class RunCSVLogger(CSVLogger):
         if self._experiment is None:  # type: ignore[has-type]
             self._experiment = _KeepingWriter(log_dir=self.log_dir)
         return self._experiment
+
+    _ahead: tuple[int, dict] | None = None
+
+    def log_ahead(self, metrics: dict[str, float], step: int) -> None:
+        """Write a row now that Lightning will log again (`LastCheckpoint._write_ahead`); that second one is
+        skipped."""
+        self.log_metrics(metrics, step)
+        self.save()
+        self._ahead = (step, metrics)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self._ahead is not None and self._ahead == (step, metrics):
+            self._ahead = None
+            return
+        super().log_metrics(metrics, step)
 
     def drop_rows_from(self, step: int) -> None:
         """Remove rows with ``step >= step`` from ``metrics.csv`` (rank 0 only)."""
