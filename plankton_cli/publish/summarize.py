@@ -169,7 +169,7 @@ def summarize(store: Store, model_path: Path, by: str, out_dir: Path, *, plots: 
         table = ordered(pd.concat([kept, fresh], ignore_index=True) if len(kept) else fresh)
     result.groups_written, result.groups_kept = len(touched), table["sample_id"].nunique() - len(touched)
     result.objects = int(len(predictions))
-    result.files = _write(out_dir, table, model, by, group_of, read, touched, plots)
+    result.files = _write(out_dir, table, model, by, group_of, read, fresh["acquired_at"], plots)
     log.info("summarize: %d new samples, %d rows of %d groups written", len(new), len(fresh), len(touched))
     return result
 
@@ -203,7 +203,11 @@ def _previous(out_dir: Path, model: ModelRef, by: str, rebuild: bool) -> tuple[p
     if recorded.get("model_hash") != model.model_hash or recorded.get("by") != by:
         raise ValueError(f"{path} summarises model {recorded.get('model_id')!r} by {recorded.get('by')!r}, not "
                          f"{model.model_id!r} by {by!r}: use another --out, or --rebuild to replace it")
-    return table.to_pandas(), dict(recorded["groups"]), set(recorded.get("predictions_files", ()))
+    frame = table.to_pandas()
+    # `--by day` records which day each bin went into; otherwise a sample is its own group, and the table's
+    # sample ids are the samples summarised (the footer then holds no per-sample map: `plankton report` reads it)
+    groups = recorded["groups"] if "groups" in recorded else {s: s for s in frame["sample_id"].unique()}
+    return frame, dict(groups), set(recorded.get("predictions_files", ()))
 
 
 def _samples(store: Store, sample_ids: list[str]) -> pd.DataFrame:
@@ -286,20 +290,24 @@ def _counts(rows: pd.DataFrame, samples: pd.DataFrame, group_of: dict[str, str],
 
 
 def _write(out_dir: Path, table: pd.DataFrame, model: ModelRef, by: str, group_of: dict[str, str], read: set[str],
-           touched: set[str], plots: bool) -> list[str]:
-    recorded = {"model_hash": model.model_hash, "model_id": model.model_id, "by": by, "classes": model.classes,
-                "groups": dict(sorted(group_of.items())), "predictions_files": sorted(read)}
+           touched_at: pd.Series, plots: bool) -> list[str]:
+    """The outputs of `table`, the night's groups (dated `touched_at`) rewriting their months' files."""
+    recorded: dict[str, object] = {"model_hash": model.model_hash, "model_id": model.model_id, "by": by, "classes": model.classes,
+                "predictions_files": sorted(read)}
+    if by == "day":
+        recorded["groups"] = dict(sorted(group_of.items()))
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     arrow = arrow.replace_schema_metadata({METADATA_KEY: json.dumps(recorded).encode()})
-    months = _month(table["acquired_at"])
-    present = sorted(set(months))  # "YYYY-MM" sorts in time, "unknown" (no time) last, as the table's rows
+    months = _months(table["acquired_at"])
+    present = {_month_name(m): m for m in np.unique(months)}  # in time, "unknown" (NaT) last, as the table's rows
     # A month is written again when the night touched it, or when its files are missing (a summary written before
     # the partitions, or a run killed while writing them); every other month keeps its files, bytes and mtime.
-    stale = set(months[table["sample_id"].isin(touched)]) | {
+    stale = {_month_name(m) for m in np.unique(_months(touched_at))} | {
         month for month in present if not all((out_dir / PARTITIONS / month / name).exists() for name in TABLES)}
     files: list[Path] = []
     for month in sorted(stale):
-        files += _write_partition(table[months == month], out_dir / PARTITIONS / month, plots)
+        rows = np.isnat(months) if month == "unknown" else months == present[month]
+        files += _write_partition(table[rows], out_dir / PARTITIONS / month, plots)
     for name in TABLES:  # the whole tables: the months' files joined as bytes (no parsing, no formatting)
         with atomic_path(out_dir / name) as tmp, open(tmp, "wb") as joined:
             for i, month in enumerate(present):
@@ -318,12 +326,15 @@ def _write(out_dir: Path, table: pd.DataFrame, model: ModelRef, by: str, group_o
     return [str(f) for f in [out_dir / COUNTS, *files]]
 
 
-def _month(acquired_at: pd.Series) -> pd.Series:
-    """The partition of each row: its UTC month `YYYY-MM`, or `unknown` without a time (numpy's month strings:
-    `strftime` formats row by row in Python, and the table holds every sample of the station)."""
-    months = acquired_at.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[M]")
-    return pd.Series(np.datetime_as_string(months, unit="M"), index=acquired_at.index).where(acquired_at.notna(),
-                                                                                               "unknown")
+def _months(acquired_at: pd.Series) -> np.ndarray:
+    """Each row's UTC month (numpy datetime64[M], NaT without a time): the table holds every sample of the station,
+    so rows are compared as numbers and only the distinct months are named (`_month_name`)."""
+    return acquired_at.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[M]")
+
+
+def _month_name(month: np.datetime64) -> str:
+    """A month's partition: `YYYY-MM`, or `unknown` for rows without a time."""
+    return "unknown" if np.isnat(month) else str(month)
 
 
 def _write_partition(table: pd.DataFrame, folder: Path, plots: bool) -> list[Path]:
