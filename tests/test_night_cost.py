@@ -105,23 +105,29 @@ def test_a_night_opens_only_its_own_files_and_gives_the_full_scans_results(tmp_p
     assert table.num_rows == 2 * night == len(set(table["object_id"].to_pylist()))
     labels = pd.Series(table["label"].to_pylist()).value_counts().to_dict()
     assert info["datasets"]["predictions"]["by_label"] == labels
-    from plankton_cli.publish.summarize import summarize
+    from plankton_cli.publish.summarize import read_counts, summarize
 
     summarize(station.store, station.model, "bin", tmp_path / "rebuilt", rebuild=True, plots=False)
-    incremental = pd.read_parquet(station.out / "summary" / "counts.parquet")
-    rebuilt = pd.read_parquet(tmp_path / "rebuilt" / "counts.parquet")
+    incremental = read_counts(station.out / "summary")
+    rebuilt = read_counts(tmp_path / "rebuilt")
     pd.testing.assert_frame_equal(incremental, rebuilt)
 
 
 def strip_to_old_format(root: Path, summary: Path) -> None:
     """The store as an older plankton-cli left it: no stats in the committed list, no covers in predictions; the
-    summary without the list of predictions files it read."""
-    from plankton_cli.publish.summarize import METADATA_KEY
+    summary as one `counts.parquet` (the whole table, its bookkeeping in the metadata) without the list of
+    predictions files it read."""
+    import pyarrow as pa
 
-    table = pq.read_table(summary)
-    recorded = json.loads(table.schema.metadata[METADATA_KEY])
+    from plankton_cli.publish.summarize import LEGACY_COUNTS, LEGACY_METADATA_KEY, SUMMARY, read_counts
+
+    recorded = json.loads((summary / SUMMARY).read_text())
     del recorded["predictions_files"]
-    pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(recorded).encode()}), summary)
+    table = pa.Table.from_pandas(read_counts(summary), preserve_index=False)
+    pq.write_table(table.replace_schema_metadata({LEGACY_METADATA_KEY: json.dumps(recorded).encode()}),
+                   summary / LEGACY_COUNTS)
+    (summary / SUMMARY).unlink()
+    shutil.rmtree(summary / "counts")
     files = read_committed(root)
     for rel in [r for r in files if r.startswith("predictions/")]:
         table = pq.read_table(root / rel)
@@ -136,7 +142,7 @@ def test_a_store_from_before_stats_works_and_is_upgraded_by_its_next_commit(tmp_
     station = scale.Station(tmp_path / "station", BINS, ROIS)
     station.new_night()
     run_night(station)
-    strip_to_old_format(station.store.root, station.out / "summary" / "counts.parquet")
+    strip_to_old_format(station.store.root, station.out / "summary")
     assert all("stats" not in e for e in read_committed(station.store.root).values())
 
     nothing = station.predict()  # no covers yet: the ids are looked up, nothing is predicted twice
@@ -152,6 +158,12 @@ def test_a_store_from_before_stats_works_and_is_upgraded_by_its_next_commit(tmp_
     assert covered == {rel for rel in read_committed(station.store.root) if rel.startswith("objects/")}
     assert station.summarize().new_samples == BINS  # an old summary had read no file by name: all are read, once
     assert station.summarize().new_samples == 0
+    summary = station.out / "summary"  # split into months by its first run, and the same as a rebuild
+    from plankton_cli.publish.summarize import read_counts, summarize
+
+    assert not (summary / "counts.parquet").exists() and (summary / "summary.json").exists()
+    summarize(station.store, station.model, "bin", station.root / "rebuilt", plots=False)
+    pd.testing.assert_frame_equal(read_counts(summary), read_counts(station.root / "rebuilt"))
 
 
 def test_check_since_verifies_only_the_nights_files(tmp_path):

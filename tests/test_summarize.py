@@ -16,7 +16,7 @@ from plankton_cli.prepare.features.dataset import compute_features
 from plankton_cli.ingest import ingest
 from plankton_cli.infer.predict import predict
 from plankton_cli.store import Store
-from plankton_cli.publish.summarize import COUNTS, summarize
+from plankton_cli.publish.summarize import read_counts, summarize
 from plankton_cli.core.writers import UNCLASSIFIED
 from test_predict import PADDING, tiny_model
 
@@ -65,7 +65,7 @@ def test_counts_add_up_follow_ml_analyzed_and_match_irfcb_on_the_class_files(tmp
     store = bins_store(tmp_path, model)
     result = summarize(store, model, "bin", tmp_path / "summary")
     assert result.new_samples == 2 and result.groups_written == 2 and result.objects == 24
-    table = pd.read_parquet(tmp_path / "summary" / COUNTS)
+    table = read_counts(tmp_path / "summary")
     assert list(table.columns[:5]) == ["sample_id", "class", "count", "ml_analyzed", "per_ml"]
     assert set(table["class"]) == {*CLASSES, UNCLASSIFIED}
     per_bin = table.groupby("sample_id")[["count", "count_auto"]].sum()
@@ -104,7 +104,7 @@ def test_a_nightly_rerun_adds_new_bins_only_and_nothing_when_none_is_new(tmp_pat
     store = bins_store(tmp_path, model, folders=("white",))
     out = tmp_path / "summary"
     assert summarize(store, model, "bin", out).new_samples == 1
-    before = pd.read_parquet(out / COUNTS)
+    before = read_counts(out)
     shutil.rmtree(out / "by-month")  # as a summary written before the months were: its next run writes them all
     ingest(store, [IFCB / "data"])
     predict(model, store=store, to=["store"], out_dir=tmp_path / "out")
@@ -114,7 +114,7 @@ def test_a_nightly_rerun_adds_new_bins_only_and_nothing_when_none_is_new(tmp_pat
     assert months == ["2012-01", "2013-05"]
     assert len(pd.read_csv(out / "counts.csv")) == sum(len(pd.read_csv(out / "by-month" / m / "counts.csv"))
                                                        for m in months) == 2 * (len(CLASSES) + 1)
-    after = pd.read_parquet(out / COUNTS)
+    after = read_counts(out)
     pd.testing.assert_frame_equal(after[after["sample_id"] == V2].reset_index(drop=True), before)
     assert after.groupby("sample_id")["count"].sum().to_dict() == {V1: 5, V2: 19}
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
@@ -127,24 +127,29 @@ def test_a_nightly_rerun_adds_new_bins_only_and_nothing_when_none_is_new(tmp_pat
 
 def test_a_night_rewrites_only_its_month_and_the_tables_equal_a_summary_from_scratch(tmp_path, model):
     """Issue 22: the bundled bins lie in 2013-05 (V2) and 2012-01 (V1). A night bringing V1 writes 2012-01's
-    partition only (2013-05's files keep their bytes and mtime); the whole tables, joined from the months, and
-    counts.parquet equal those of a summary of the same store from scratch."""
+    partition only (2013-05's Parquet part and CSV files keep their bytes and mtime); the whole tables, joined from
+    the months, and the long table equal those of a summary of the same store from scratch."""
     store = bins_store(tmp_path, model, folders=("white",))
     out = tmp_path / "summary"
     summarize(store, model, "bin", out)
-    may = out / "by-month" / "2013-05"
-    stamps = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in may.rglob("*") if p.is_file()}
-    assert {p.name for p in stamps} >= {"counts.csv", "counts_wide.csv", "per_ml_wide.csv", "overview.png"}
+    may = [out / "by-month" / "2013-05", out / "counts" / "month=2013-05"]
+
+    def stamps_of_may():
+        return {p: (p.read_bytes(), p.stat().st_mtime_ns) for folder in may for p in folder.rglob("*") if p.is_file()}
+
+    stamps = stamps_of_may()
+    assert {p.name for p in stamps} >= {"counts.csv", "counts_wide.csv", "per_ml_wide.csv", "overview.png",
+                                        "part-0.parquet"}
     ingest(store, [IFCB / "data"])
     predict(model, store=store, to=["store"], out_dir=tmp_path / "out")
     written = summarize(store, model, "bin", out).files
-    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in may.rglob("*") if p.is_file()} == stamps
+    assert stamps_of_may() == stamps  # not written again
     assert not [f for f in written if "2013-05" in f] and [f for f in written if "2012-01" in f]
     scratch = tmp_path / "scratch"
     summarize(store, model, "bin", scratch)
     for name in ("counts.csv", "counts_wide.csv", "per_ml_wide.csv"):
         assert (out / name).read_bytes() == (scratch / name).read_bytes(), name
-    pd.testing.assert_frame_equal(pd.read_parquet(out / COUNTS), pd.read_parquet(scratch / COUNTS))
+    pd.testing.assert_frame_equal(read_counts(out), read_counts(scratch))
     long = pd.read_csv(out / "counts.csv")
     assert list(long["sample_id"].unique()) == [V1, V2]  # in time, across months
     assert long.groupby("sample_id")["count"].sum().to_dict() == {V1: 5, V2: 19}
@@ -158,7 +163,7 @@ def test_by_day_sums_volumes_and_biovolume_comes_from_features(tmp_path, model):
     predicted = store.dataset("predictions").to_table(columns=["object_id", "label"]).to_pandas()
     predicted = predicted[predicted["object_id"].str.startswith(V2)]  # the day of the V2 bin
     summarize(store, model, "day", tmp_path / "summary")
-    table = pd.read_parquet(tmp_path / "summary" / COUNTS)
+    table = read_counts(tmp_path / "summary")
     assert sorted(set(table["sample_id"])) == ["2012-01-28", "2013-05-26"]
     ml = volumes(store)
     day = table[table["sample_id"] == "2013-05-26"]
@@ -213,7 +218,7 @@ def test_a_summarize_killed_between_its_files_is_completed_by_the_next_run(tmp_p
     reference = tmp_path / "reference"
     shutil.copytree(first, reference)
     summarize(store, model, "bin", reference, plots=False)
-    tables = ["counts.csv", "counts_wide.csv", "per_ml_wide.csv", COUNTS]
+    tables = ["counts.csv", "counts_wide.csv", "per_ml_wide.csv", "summary.json"]
     expected = {name: (reference / name).read_bytes() for name in tables}
     real_replace = os.replace
 
@@ -226,6 +231,7 @@ def test_a_summarize_killed_between_its_files_is_completed_by_the_next_run(tmp_p
                 summarize(store, model, "bin", out, plots=False)
         assert summarize(store, model, "bin", out, plots=False).new_samples == 1  # the killed run's bin
         assert {name: (out / name).read_bytes() for name in tables} == expected, f"killed after {k} files"
+        pd.testing.assert_frame_equal(read_counts(out), read_counts(reference))
         long = pd.read_csv(out / "counts.csv")
         wide = pd.read_csv(out / "counts_wide.csv").set_index("sample_id")
         assert set(wide.index) == set(long["sample_id"]) == set(pd.read_csv(out / "per_ml_wide.csv")["sample_id"])

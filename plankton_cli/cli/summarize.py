@@ -18,12 +18,14 @@ Examples:
   plankton summarize --store /data/plankton-store --model fold-0/ --by day --out summary-daily
 
 \b
-Writes OUT/counts.parquet and OUT/counts.csv (long form: sample_id, class, count, ml_analyzed,
-per_ml, count_auto, per_ml_auto, biovolume_um3_per_ml, acquired_at, instrument, samples),
+Writes OUT/counts.csv (long form: sample_id, class, count, ml_analyzed, per_ml, count_auto,
+per_ml_auto, biovolume_um3_per_ml, acquired_at, instrument, samples) and the same table as
+Parquet, one file a month (OUT/counts/month=YYYY-MM/; pandas.read_parquet("OUT/counts")),
 OUT/counts_wide.csv and OUT/per_ml_wide.csv (one row per sample, one column per class),
-OUT/plots/ (a time series per class and overview.png, of the 30 days up to the latest sample) and
+OUT/plots/ (a time series per class and overview.png, of the 30 days up to the latest sample),
 OUT/by-month/YYYY-MM/ (that month's three CSV tables and plots/overview.png; a night rewrites
-only the months it touched, and the top-level CSV tables are the months joined). `count` is after the model's per-class
+only the months it touched, and the top-level CSV tables are the months joined) and, last,
+OUT/summary.json (what the summary holds: the next run adds only what is new). `count` is after the model's per-class
 thresholds (`unclassified` counted as a class), `count_auto` the argmax; per_ml divides by the
 ml_analyzed the store holds for each IFCB bin. Biovolume needs STORE/features with `biovolume` (µm³).""")
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True, path_type=Path),

@@ -25,11 +25,10 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from plankton_cli.core.atomic import atomic_write_bytes
 from plankton_cli.store import Store
-from plankton_cli.publish.summarize import COUNTS, model_info
+from plankton_cli.publish.summarize import model_info, read_counts
 from plankton_cli.core.writers import UNCLASSIFIED
 from plankton_cli.store.layout import may_hold, may_overlap
 
@@ -118,9 +117,8 @@ def _bins(tonight: pd.DataFrame, summary_dir: Path | None) -> pd.DataFrame:
     """sample_id, objects, per_ml (summed over classes, when the summary has it) of the night's samples."""
     bins = tonight.groupby("sample_id").size().rename("objects").to_frame()
     bins["per_ml"] = float("nan")
-    if summary_dir is not None and (Path(summary_dir) / COUNTS).exists() and len(bins):
-        counts = pq.read_table(Path(summary_dir) / COUNTS, columns=["sample_id", "per_ml"],
-                               filters=pc.field("sample_id").isin(list(bins.index))).to_pandas()
+    if summary_dir is not None and len(bins):
+        counts = read_counts(Path(summary_dir), samples=list(bins.index), columns=["sample_id", "per_ml"])
         total = counts.groupby("sample_id")["per_ml"].sum(min_count=1)
         bins["per_ml"] = total.reindex(bins.index)
     return bins.reset_index()

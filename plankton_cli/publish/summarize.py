@@ -13,29 +13,35 @@ For one model (its predictions in `STORE/predictions`), per sample or day and pe
   `features` dataset (`plankton features`; µm³ where the instrument's pixel size is known); absent otherwise.
 
 `--by bin` summarises IFCB bins (other samples are counted and left out), `--by sample` every sample id, `--by day`
-the UTC acquisition day (its `sample_id` is `YYYY-MM-DD`). Outputs in OUT (each written atomically):
-`counts.parquet` and `counts.csv` (long form: `sample_id, class, count, ml_analyzed, per_ml, count_auto,
-per_ml_auto, biovolume_um3_per_ml, acquired_at, instrument, samples`), `counts_wide.csv` and `per_ml_wide.csv` (one
-row per sample, one column per class, as iRfcb and ifcb-analysis write them), and `plots/` (a time series per class
-with any count, `overview.png` stacked) of the 30 days up to the latest sample.
+the UTC acquisition day (its `sample_id` is `YYYY-MM-DD`). Outputs in OUT (each file written atomically):
 
-Partitioned by month: `by-month/YYYY-MM/` (`by-month/unknown/` for samples without a time) holds that month's three
-CSV tables and its `plots/overview.png`, the whole season's history; the top-level CSV tables are the months' files joined as bytes
-(one header), so they are the same as ever and cost a copy, not a formatting, of what came before.
+    counts/month=YYYY-MM/part-0.parquet   the long table, one Parquet file a month (`month=unknown`: samples
+                                          without a time): `pd.read_parquet(OUT / "counts")`, or `read_counts(OUT)`
+    counts.csv                            the long table: sample_id, class, count, ml_analyzed, per_ml, count_auto,
+                                          per_ml_auto, biovolume_um3_per_ml, acquired_at, instrument, samples
+    counts_wide.csv, per_ml_wide.csv      one row per sample, one column per class (as iRfcb and ifcb-analysis)
+    plots/                                a time series per class with any count and `overview.png` stacked, of the
+                                          30 days up to the latest sample
+    by-month/YYYY-MM/                     that month's three CSV tables and `plots/overview.png`
+    summary.json                          what the summary holds: model, grouping, months, which sample went into
+                                          which group and which of the model's predictions files were read
 
-Incremental: `counts.parquet` records (in its schema metadata) the model, the grouping, which sample went into
-which row and which of the model's predictions files it has read. A run reads the labels of the model's files it
-has not read (the night's: found from the store's committed list, `store/layout.py`), and reads predictions,
-objects and features only for new samples, from the files whose sample or id ranges may hold them; the groups they
-fall into are computed again (a day that got a new bin), every other row is kept as it was. It writes the months
-those groups fall in (and any month whose files are missing), the recent plots and the joined tables; the other
-months' files are left as they are. With no new sample nothing is written. So a night costs the same in a
-station's tenth year as in its first.
+The top-level CSV tables are the months' files joined as bytes (one header), so they cost a copy, not a formatting,
+of what came before. A summary written before the months' Parquet files (one `counts.parquet` holding the whole table
+and, in its metadata, what `summary.json` holds now) is split into them by its next run.
 
-The outputs are one unit: `counts.parquet` is written last, after the months, the CSV tables and the plots, so it is
-the commit point. A run killed between its files leaves the old `counts.parquet`, whose groups lack the new samples:
-the next run finds them new again and writes their months and every joined table from the same rows, so the three
-CSV tables always end up agreeing with each other and with `counts.parquet`.
+Incremental: a run reads the labels of the model's predictions files it has not read (the night's: found from the
+store's committed list, `store/layout.py`), and reads predictions, objects and features only for new samples, from the
+files whose sample or id ranges may hold them; the groups they fall into are computed again (a day that got a new
+bin), every other row is kept as it was. It reads and writes only the months those groups fall in (their Parquet part,
+CSV tables and overview plot; and any month whose files are missing), the months of the recent plots and the joined
+tables; the other months' files are left as they are. With no new sample nothing is written. So a night costs the same
+in a station's tenth year as in its first.
+
+The outputs are one unit: `summary.json` is written last, after the months, the CSV tables and the plots, so it is the
+commit point. A run killed between its files leaves the old `summary.json`, which lacks the new samples: the next run
+finds them new again, drops whatever rows of their groups the killed run wrote and writes their months and every
+joined table from the same rows, so the tables always end up agreeing with each other and with `summary.json`.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from plankton_cli.core.atomic import atomic_path
+from plankton_cli.core.atomic import atomic_path, atomic_write_bytes
 from plankton_cli.core.errors import DataError
 from plankton_cli.train.model_info import ModelInfo
 from plankton_cli.store import Store
@@ -64,14 +70,15 @@ from plankton_cli.core.writers import UNCLASSIFIED
 log = logging.getLogger("plankton.summarize")
 
 GROUPINGS = ("bin", "sample", "day")
-COUNTS = "counts.parquet"
-COUNTS_ROW_GROUP = 4096
-"""Rows per row group of `counts.parquet` (sorted by time): a reader of a night's samples (`plankton report`)
-opens only the groups whose sample ids may hold them, not the station's history."""
+SUMMARY = "summary.json"  # the commit point
+COUNTS = "counts"  # the long table, a Parquet dataset partitioned by month
+LEGACY_COUNTS = "counts.parquet"  # before the months: the whole table, what summary.json holds in its metadata
+LEGACY_METADATA_KEY = b"plankton.summary"
+FORMAT = 2
 TABLES = ("counts.csv", "counts_wide.csv", "per_ml_wide.csv")
 PARTITIONS = "by-month"
+UNKNOWN = "unknown"  # the month of samples without a time
 RECENT = pd.Timedelta(days=30)  # the span of the top-level plots, ending at the latest sample
-METADATA_KEY = b"plankton.summary"
 COLUMNS = ["sample_id", "class", "count", "ml_analyzed", "per_ml", "count_auto", "per_ml_auto",
            "biovolume_um3_per_ml", "acquired_at", "instrument", "samples"]
 _BIN_ID = re.compile(r"D\d{8}T\d{6}_IFCB\d{3}|IFCB\d_\d{4}_\d{3}_\d{6}")  # bins.parse_bin_id's shapes
@@ -126,15 +133,16 @@ def summarize(store: Store, model_path: Path, by: str, out_dir: Path, *, plots: 
         raise DataError(f"store {store.root} holds no predictions by model {model.model_id}: run `plankton predict "
                         f"--model {model_path} --to store` first, or give the store it predicted into with --store "
                         f"DIR or $PLANKTON_STORE", path=store.root)
-    previous, group_of, read = _previous(out_dir, model, by, rebuild)
-    fresh = [path for path in mine if str(path.relative_to(store.root)) not in read]
-    predictions = _predictions(store, fresh, model.model_hash, by, result.skipped)
-    read = {str(path.relative_to(store.root)) for path in mine} & (read | {str(p.relative_to(store.root))
-                                                                          for p in fresh})
+    state = _state(out_dir, model, by, rebuild)
+    group_of, done = state["groups"], set(state["predictions_files"])
+    fresh_files = [path for path in mine if str(path.relative_to(store.root)) not in done]
+    predictions = _predictions(store, fresh_files, model.model_hash, by, result.skipped)
+    read = {str(path.relative_to(store.root)) for path in mine} & (done | {str(p.relative_to(store.root))
+                                                                          for p in fresh_files})
     new = sorted(set(predictions["sample_id"].unique()) - set(group_of))
     result.new_samples = len(new)
     if not new:
-        result.groups_kept = 0 if previous is None else previous["sample_id"].nunique()
+        result.groups_kept = len(set(group_of.values()))
         return result
     samples = _samples(store, new)
     for sample in new:
@@ -155,21 +163,10 @@ def summarize(store: Store, model_path: Path, by: str, out_dir: Path, *, plots: 
     if biovolume is not None:
         rows["biovolume"] = rows["object_id"].map(biovolume)
     fresh = _counts(rows, samples.loc[members], group_of, model.classes, by, biovolume is not None)
-    kept = previous[~previous["sample_id"].isin(touched)] if previous is not None else fresh.iloc[:0]
-    order = {name: i for i, name in enumerate([*model.classes, UNCLASSIFIED])}
-
-    def ordered(frame: pd.DataFrame) -> pd.DataFrame:
-        return frame.sort_values(["acquired_at", "sample_id", "class"], key=lambda s: s.map(order) if s.name == "class"
-                                 else s, na_position="last", kind="stable").reset_index(drop=True)
-
-    fresh = ordered(fresh)
-    if len(kept) and kept["acquired_at"].notna().all() and fresh["acquired_at"].min() > kept["acquired_at"].max():
-        table = pd.concat([kept, fresh], ignore_index=True)  # the night after the rest, which is in order already
-    else:
-        table = ordered(pd.concat([kept, fresh], ignore_index=True) if len(kept) else fresh)
-    result.groups_written, result.groups_kept = len(touched), table["sample_id"].nunique() - len(touched)
+    result.groups_written, result.groups_kept = len(touched), len(set(group_of.values())) - len(touched)
     result.objects = int(len(predictions))
-    result.files = _write(out_dir, table, model, by, group_of, read, fresh["acquired_at"], plots)
+    state.update(groups=dict(sorted(group_of.items())), predictions_files=sorted(read))
+    result.files = _write(out_dir, fresh, touched, model, state, plots)
     log.info("summarize: %d new samples, %d rows of %d groups written", len(new), len(fresh), len(touched))
     return result
 
@@ -192,22 +189,71 @@ def _predictions(store: Store, files: list[Path], model_hash: str, by: str, skip
     return frame[reasons.isna()].reset_index(drop=True)
 
 
-def _previous(out_dir: Path, model: ModelRef, by: str, rebuild: bool) -> tuple[pd.DataFrame | None, dict, set[str]]:
-    """The summary already in `out_dir`, its sample -> group map and the predictions files it has read (none with
-    `rebuild`; a summary from before it recorded them has read none: its first run reads them all, once)."""
-    path = out_dir / COUNTS
-    if rebuild or not path.exists():
-        return None, {}, set()
-    table = pq.read_table(path)
-    recorded = json.loads((table.schema.metadata or {}).get(METADATA_KEY, b"{}"))
-    if recorded.get("model_hash") != model.model_hash or recorded.get("by") != by:
-        raise ValueError(f"{path} summarises model {recorded.get('model_id')!r} by {recorded.get('by')!r}, not "
+def _state(out_dir: Path, model: ModelRef, by: str, rebuild: bool) -> dict:
+    """What the summary in `out_dir` holds (`summary.json`): {"format", "model_hash", "model_id", "by", "classes",
+    "months": [...], "groups": {sample: group}, "predictions_files": [...]}; empty with `rebuild` or no summary. A
+    summary from before the months (one `counts.parquet`) is split into them here, once (`_upgrade`)."""
+    empty = {"format": FORMAT, "model_hash": model.model_hash, "model_id": model.model_id, "by": by,
+             "classes": model.classes, "months": [], "groups": {}, "predictions_files": []}
+    path = out_dir / SUMMARY
+    if rebuild:
+        return empty
+    if path.exists():
+        state = json.loads(path.read_text())
+    elif (out_dir / LEGACY_COUNTS).exists():
+        path = out_dir / LEGACY_COUNTS
+        state = _upgrade(out_dir, empty)
+    else:
+        return empty
+    if state.get("model_hash") != model.model_hash or state.get("by") != by:
+        raise ValueError(f"{path} summarises model {state.get('model_id')!r} by {state.get('by')!r}, not "
                          f"{model.model_id!r} by {by!r}: use another --out, or --rebuild to replace it")
-    frame = table.to_pandas()
-    # `--by day` records which day each bin went into; otherwise a sample is its own group, and the table's
-    # sample ids are the samples summarised (the footer then holds no per-sample map: `plankton report` reads it)
-    groups = recorded["groups"] if "groups" in recorded else {s: s for s in frame["sample_id"].unique()}
-    return frame, dict(groups), set(recorded.get("predictions_files", ()))
+    return state
+
+
+def _upgrade(out_dir: Path, empty: dict) -> dict:
+    """Split a summary's `counts.parquet` (the whole table, and in its metadata what `summary.json` holds) into the
+    months' Parquet files and `summary.json`, then remove it. Killed midway, the next run does it again."""
+    table = pq.read_table(out_dir / LEGACY_COUNTS)
+    recorded = json.loads((table.schema.metadata or {}).get(LEGACY_METADATA_KEY, b"{}"))
+    frame = table.replace_schema_metadata(None).to_pandas()
+    # a `--by bin`/`sample` summary may keep no groups: each of its samples is its own
+    groups = recorded.get("groups") or {s: s for s in frame["sample_id"].unique()}
+    state = {**empty, **{k: v for k, v in recorded.items() if k in empty}, "groups": groups,
+             "predictions_files": recorded.get("predictions_files", [])}
+    if state["model_hash"] != empty["model_hash"] or state["by"] != empty["by"]:
+        return state  # not this model's or grouping's: `_state` says so, nothing is changed
+    months = _months(frame["acquired_at"])
+    state["months"] = [_month_name(m) for m in np.unique(months)]
+    for month in state["months"]:
+        _write_part(out_dir, month, frame[_in_month(months, month)])
+    atomic_write_bytes(out_dir / SUMMARY, json.dumps(state).encode())
+    (out_dir / LEGACY_COUNTS).unlink()
+    return state
+
+
+def read_counts(out_dir: Path, samples: list[str] | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+    """The summary's long table (its `columns`), in order; with `samples`, their rows only, read from the newest
+    month back until all are found (a night's samples are in the last month or two: `plankton report`)."""
+    out_dir = Path(out_dir)
+    if (out_dir / COUNTS).is_dir():
+        months = sorted((p.name.removeprefix("month=") for p in (out_dir / COUNTS).glob("month=*")), key=_month_order)
+        parts = [_part(out_dir, m) for m in months]
+    else:  # a summary from before the months, not upgraded yet
+        parts = [out_dir / LEGACY_COUNTS] if (out_dir / LEGACY_COUNTS).exists() else []
+    tables: list[pa.Table] = []
+    wanted = None if samples is None else set(samples)
+    for part in reversed(parts):
+        filters = None if wanted is None else pc.field("sample_id").isin(sorted(wanted))
+        table = pq.read_table(part, columns=columns, filters=filters)
+        tables.insert(0, table.replace_schema_metadata(None))
+        if wanted is not None:
+            wanted -= set(table["sample_id"].to_pylist())
+            if not wanted:
+                break
+    if not tables:
+        return pd.DataFrame(columns=columns or COLUMNS)
+    return pa.concat_tables(tables).to_pandas()
 
 
 def _samples(store: Store, sample_ids: list[str]) -> pd.DataFrame:
@@ -289,52 +335,99 @@ def _counts(rows: pd.DataFrame, samples: pd.DataFrame, group_of: dict[str, str],
     return out[COLUMNS]
 
 
-def _write(out_dir: Path, table: pd.DataFrame, model: ModelRef, by: str, group_of: dict[str, str], read: set[str],
-           touched_at: pd.Series, plots: bool) -> list[str]:
-    """The outputs of `table`, the night's groups (dated `touched_at`) rewriting their months' files."""
-    recorded: dict[str, object] = {"model_hash": model.model_hash, "model_id": model.model_id, "by": by, "classes": model.classes,
-                "predictions_files": sorted(read)}
-    if by == "day":
-        recorded["groups"] = dict(sorted(group_of.items()))
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
-    arrow = arrow.replace_schema_metadata({METADATA_KEY: json.dumps(recorded).encode()})
-    months = _months(table["acquired_at"])
-    present = {_month_name(m): m for m in np.unique(months)}  # in time, "unknown" (NaT) last, as the table's rows
-    # A month is written again when the night touched it, or when its files are missing (a summary written before
-    # the partitions, or a run killed while writing them); every other month keeps its files, bytes and mtime.
-    stale = {_month_name(m) for m in np.unique(_months(touched_at))} | {
-        month for month in present if not all((out_dir / PARTITIONS / month / name).exists() for name in TABLES)}
+def _write(out_dir: Path, fresh: pd.DataFrame, touched: set[str], model: ModelRef, state: dict,
+           plots: bool) -> list[str]:
+    """Put the rows of the `touched` groups (`fresh`) into their months, write what changed, then `summary.json`."""
+    order = {name: i for i, name in enumerate([*model.classes, UNCLASSIFIED])}
+
+    def ordered(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.sort_values(["acquired_at", "sample_id", "class"], key=lambda s: s.map(order) if s.name == "class"
+                                 else s, na_position="last", kind="stable").reset_index(drop=True)
+
+    fresh_months = _months(fresh["acquired_at"])
+    night = [_month_name(m) for m in np.unique(fresh_months)]
+    state["months"] = months = sorted(set(state["months"]) | set(night), key=_month_order)
     files: list[Path] = []
-    for month in sorted(stale):
-        rows = np.isnat(months) if month == "unknown" else months == present[month]
-        files += _write_partition(table[rows], out_dir / PARTITIONS / month, plots)
+    tables: dict[str, pd.DataFrame] = {}
+    for month in months:
+        # A month is written again when the night touched it, or when its files are missing (a summary written
+        # before the partitions, or a run killed while writing them); every other month keeps its files.
+        if month in night:
+            part = _part(out_dir, month)
+            old = pq.read_table(part).to_pandas() if part.exists() else fresh.iloc[:0]
+            kept, rows = old[~old["sample_id"].isin(touched)], ordered(fresh[_in_month(fresh_months, month)])
+            if len(kept) and kept["acquired_at"].notna().all() and rows["acquired_at"].min() > kept["acquired_at"].max():
+                table = pd.concat([kept, rows], ignore_index=True)  # the night after the rest, which is in order
+            else:
+                table = ordered(pd.concat([kept, rows], ignore_index=True))
+            files.append(_write_part(out_dir, month, table))
+        elif not all((out_dir / PARTITIONS / month / name).exists() for name in TABLES):
+            table = pq.read_table(_part(out_dir, month)).to_pandas()
+        else:
+            continue
+        tables[month] = table
+        files += _write_partition(table, out_dir / PARTITIONS / month, plots)
     for name in TABLES:  # the whole tables: the months' files joined as bytes (no parsing, no formatting)
         with atomic_path(out_dir / name) as tmp, open(tmp, "wb") as joined:
-            for i, month in enumerate(present):
-                with open(out_dir / PARTITIONS / month / name, "rb") as part:
+            for i, month in enumerate(months):
+                with open(out_dir / PARTITIONS / month / name, "rb") as part_file:
                     if i:
-                        part.readline()  # one header
-                    shutil.copyfileobj(part, joined)
+                        part_file.readline()  # one header
+                    shutil.copyfileobj(part_file, joined)
         files.append(out_dir / name)
     if plots:
-        latest = table["acquired_at"].max()
-        recent = table[table["acquired_at"] > latest - RECENT] if pd.notna(latest) else table.iloc[:0]
-        files += _plot(recent, out_dir / "plots", per_class=True)
+        files += _plot(_recent(out_dir, months, tables), out_dir / "plots", per_class=True)
+    for folder in (out_dir / COUNTS).glob("month=*"):  # months no longer summarised (after --rebuild)
+        if folder.name.removeprefix("month=") not in months:
+            shutil.rmtree(folder)
     # Last: what it records is what the next run takes as done (see the module doc)
-    with atomic_path(out_dir / COUNTS) as tmp:
-        pq.write_table(arrow, tmp, compression="zstd", row_group_size=COUNTS_ROW_GROUP)
-    return [str(f) for f in [out_dir / COUNTS, *files]]
+    atomic_write_bytes(out_dir / SUMMARY, json.dumps(state).encode())
+    return [str(f) for f in [out_dir / SUMMARY, *files]]
+
+
+def _recent(out_dir: Path, months: list[str], tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The rows of the 30 days up to the latest sample, from the last month or two whatever the summary's span."""
+    timed = [m for m in months if m != UNKNOWN]
+    if not timed:
+        return pd.DataFrame(columns=COLUMNS)
+
+    def rows(month: str) -> pd.DataFrame:
+        return tables[month] if month in tables else pq.read_table(_part(out_dir, month)).to_pandas()
+
+    latest = rows(timed[-1])["acquired_at"].max()
+    first = str(np.datetime64((latest - RECENT).tz_convert("UTC").tz_localize(None), "M"))
+    recent = pd.concat([rows(m) for m in timed if m >= first], ignore_index=True)
+    return recent[recent["acquired_at"] > latest - RECENT]
+
+
+def _part(out_dir: Path, month: str) -> Path:
+    """A month's Parquet file of the long table (hive-partitioned by month: `pd.read_parquet(OUT / "counts")`)."""
+    return out_dir / COUNTS / f"month={month}" / "part-0.parquet"
+
+
+def _write_part(out_dir: Path, month: str, table: pd.DataFrame) -> Path:
+    with atomic_path(_part(out_dir, month)) as tmp:
+        pq.write_table(pa.Table.from_pandas(table[COLUMNS], preserve_index=False), tmp, compression="zstd")
+    return _part(out_dir, month)
 
 
 def _months(acquired_at: pd.Series) -> np.ndarray:
-    """Each row's UTC month (numpy datetime64[M], NaT without a time): the table holds every sample of the station,
-    so rows are compared as numbers and only the distinct months are named (`_month_name`)."""
+    """Each row's UTC month (numpy datetime64[M], NaT without a time): rows are compared as numbers, and only the
+    distinct months are named (`_month_name`)."""
     return acquired_at.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[M]")
 
 
 def _month_name(month: np.datetime64) -> str:
     """A month's partition: `YYYY-MM`, or `unknown` for rows without a time."""
-    return "unknown" if np.isnat(month) else str(month)
+    return UNKNOWN if np.isnat(month) else str(month)
+
+
+def _in_month(months: np.ndarray, name: str) -> np.ndarray:
+    return np.isnat(months) if name == UNKNOWN else months == np.datetime64(name, "M")
+
+
+def _month_order(name: str) -> tuple[bool, str]:
+    return name == UNKNOWN, name  # in time, samples without a time last
 
 
 def _write_partition(table: pd.DataFrame, folder: Path, plots: bool) -> list[Path]:
