@@ -233,6 +233,8 @@ def _store_items(store: Store, *, instrument: str | None = None, since: datetime
         ids = sorted(only)
         files = [path for path, stats in store.stats("objects").items() if may_hold(stats, "object_id", ids)]
     wanted = None if files is None else set(files)
+    if wanted is not None and not wanted:  # nothing new: the store's files are not even listed
+        return
 
     def batches(path: Path) -> Iterator[pa.RecordBatch]:
         if wanted is not None and path not in wanted:

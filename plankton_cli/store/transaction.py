@@ -102,6 +102,13 @@ class Transaction:
         if files is None:  # a store from before the file list: its files as found (checksums unknown)
             files = {rel: {"size": (self.root / rel).stat().st_size, "checksum": None}
                      for rel in listed_files(self.root)}
+        if not self._adds and not any(rel in files for rel in self._deletes):
+            # Nothing of the list changes (e.g. predict consuming an empty spool): the files go, the list stays as it
+            # is rather than being rewritten whole. Deleting them needs no journal: none is a committed file.
+            for rel in self._deletes:
+                (self.root / rel).unlink(missing_ok=True)
+            self.abort()
+            return
         totals = read_totals(self.root)
         added = {final for _, final in self._adds}
         self._deletes = [rel for rel in self._deletes if rel not in added]  # replaced by the add: keep the new one

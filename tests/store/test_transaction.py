@@ -20,6 +20,24 @@ def test_commit_moves_staged_files_into_place(tmp_path):
     assert not list((tmp_path / ".journal").glob("*.json"))
 
 
+def test_a_commit_that_only_removes_bookkeeping_files_leaves_the_list_as_it_is(tmp_path):
+    """Issue 22: a predict with nothing new consumes its empty spool; the committed list (one entry per file of
+    the store) is not rewritten for that."""
+    txn = Transaction(tmp_path, "t1")
+    txn.stage("objects/a.parquet").write_bytes(b"A")
+    txn.commit()
+    listed = tmp_path / "committed.json"
+    before = (listed.read_bytes(), listed.stat().st_mtime_ns)
+    (tmp_path / ".spool").mkdir()
+    (tmp_path / ".spool" / "empty.parquet").write_bytes(b"")
+    txn = Transaction(tmp_path, "t2")
+    txn.delete(".spool/empty.parquet")
+    txn.commit()
+    assert not (tmp_path / ".spool" / "empty.parquet").exists()
+    assert (listed.read_bytes(), listed.stat().st_mtime_ns) == before
+    assert not (tmp_path / ".staging").exists() and not list((tmp_path / ".journal").glob("*.json"))
+
+
 def test_crash_before_journal_leaves_store_untouched(tmp_path):
     (tmp_path / "objects").mkdir()
     (tmp_path / "objects/old.parquet").write_bytes(b"old")
