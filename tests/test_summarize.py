@@ -245,3 +245,22 @@ def test_summarize_against_a_store_without_this_models_predictions_fails_and_nam
     proc = plankton("summarize", "--store", str(store.root), "--model", str(model), "--out", str(tmp_path / "s"))
     assert proc.returncode == 65 and "no new samples" not in proc.stdout
     assert "holds no predictions by model" in proc.stderr and "$PLANKTON_STORE" in proc.stderr
+
+
+def test_rebuild_replaces_what_the_months_held(tmp_path, model):
+    """--rebuild summarises everything again: rows of a bin no longer predicted and a month no longer summarised
+    are gone, not kept beside the new rows."""
+    store = bins_store(tmp_path, model)
+    out = tmp_path / "summary"
+    summarize(store, model, "bin", out, plots=False)
+    part = out / "counts" / "month=2013-05" / "part-0.parquet"
+    table = pd.read_parquet(part)
+    stale = pd.concat([table, table.assign(sample_id="D20130526T000000_IFCB013")], ignore_index=True)
+    stale.to_parquet(part, index=False)
+    gone = out / "counts" / "month=1999-01"
+    gone.mkdir()
+    table.to_parquet(gone / "part-0.parquet", index=False)
+    summarize(store, model, "bin", out, plots=False, rebuild=True)
+    summarize(store, model, "bin", tmp_path / "scratch", plots=False)
+    pd.testing.assert_frame_equal(read_counts(out), read_counts(tmp_path / "scratch"))
+    assert not gone.exists()

@@ -166,7 +166,7 @@ def summarize(store: Store, model_path: Path, by: str, out_dir: Path, *, plots: 
     result.groups_written, result.groups_kept = len(touched), len(set(group_of.values())) - len(touched)
     result.objects = int(len(predictions))
     state.update(groups=dict(sorted(group_of.items())), predictions_files=sorted(read))
-    result.files = _write(out_dir, fresh, touched, model, state, plots)
+    result.files = _write(out_dir, fresh, touched, model, state, plots, rebuild)
     log.info("summarize: %d new samples, %d rows of %d groups written", len(new), len(fresh), len(touched))
     return result
 
@@ -335,9 +335,10 @@ def _counts(rows: pd.DataFrame, samples: pd.DataFrame, group_of: dict[str, str],
     return out[COLUMNS]
 
 
-def _write(out_dir: Path, fresh: pd.DataFrame, touched: set[str], model: ModelRef, state: dict,
-           plots: bool) -> list[str]:
-    """Put the rows of the `touched` groups (`fresh`) into their months, write what changed, then `summary.json`."""
+def _write(out_dir: Path, fresh: pd.DataFrame, touched: set[str], model: ModelRef, state: dict, plots: bool,
+           rebuild: bool) -> list[str]:
+    """Put the rows of the `touched` groups (`fresh`) into their months (with `rebuild`, in place of what the months
+    held), write what changed, then `summary.json`."""
     order = {name: i for i, name in enumerate([*model.classes, UNCLASSIFIED])}
 
     def ordered(frame: pd.DataFrame) -> pd.DataFrame:
@@ -354,7 +355,7 @@ def _write(out_dir: Path, fresh: pd.DataFrame, touched: set[str], model: ModelRe
         # before the partitions, or a run killed while writing them); every other month keeps its files.
         if month in night:
             part = _part(out_dir, month)
-            old = pq.read_table(part).to_pandas() if part.exists() else fresh.iloc[:0]
+            old = pq.read_table(part).to_pandas() if part.exists() and not rebuild else fresh.iloc[:0]
             kept, rows = old[~old["sample_id"].isin(touched)], ordered(fresh[_in_month(fresh_months, month)])
             if len(kept) and kept["acquired_at"].notna().all() and rows["acquired_at"].min() > kept["acquired_at"].max():
                 table = pd.concat([kept, rows], ignore_index=True)  # the night after the rest, which is in order
@@ -382,6 +383,7 @@ def _write(out_dir: Path, fresh: pd.DataFrame, touched: set[str], model: ModelRe
             shutil.rmtree(folder)
     # Last: what it records is what the next run takes as done (see the module doc)
     atomic_write_bytes(out_dir / SUMMARY, json.dumps(state).encode())
+    (out_dir / LEGACY_COUNTS).unlink(missing_ok=True)  # a summary from before the months, rebuilt
     return [str(f) for f in [out_dir / SUMMARY, *files]]
 
 
