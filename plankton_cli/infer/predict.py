@@ -231,7 +231,7 @@ def _store_items(store: Store, *, instrument: str | None = None, since: datetime
         flt = recent if flt is None else flt & recent
     if only is not None and files is None:  # the files whose id ranges may hold them
         ids = sorted(only)
-        files = [path for path, stats in store.stats("objects").items() if may_hold(stats, "object_id", ids)]
+        files = list(store.stats("objects", lambda stats: may_hold(stats, "object_id", ids)))
     wanted = None if files is None else set(files)
     if wanted is not None and not wanted:  # nothing new: the store's files are not even listed
         return
@@ -282,8 +282,7 @@ def _todo(store: Store, model_hash: str, *, force: bool, filtered: bool) -> _Tod
     rel = {path: str(path.relative_to(store.root)) for path in objects}
     if force:
         return _Todo(list(objects), set(), 0, [] if filtered else sorted(rel.values()))
-    mine = {path: stats for path, stats in store.stats("predictions").items()
-            if may_hold(stats, "model_hash", [model_hash])}
+    mine = store.stats("predictions", lambda stats: may_hold(stats, "model_hash", [model_hash]))
     covered = {f for stats in mine.values() if stats for f in stats.get("covers", ())}
     todo = [path for path in objects if rel[path] not in covered]
     skipped = sum((objects[path] or {}).get("rows", 0) for path in objects if rel[path] in covered)

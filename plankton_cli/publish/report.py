@@ -67,9 +67,9 @@ def night_report(store: Store, model_path: Path, out_dir: Path, *, night: date |
     model = model_info(model_path)
     start, end = _between(night, 1)
     week_start, _ = _between(night - timedelta(days=TRAILING_NIGHTS), TRAILING_NIGHTS)
-    files = [path for path, stats in store.stats("predictions").items()  # this model's week only (`layout.py`)
-             if may_hold(stats, "model_hash", [model.model_hash])
-             and may_overlap(stats, "predicted_at", week_start.isoformat(), end.isoformat())]
+    low, high = week_start.isoformat(), end.isoformat()
+    files = list(store.stats("predictions", lambda stats: may_hold(stats, "model_hash", [model.model_hash])  # `layout.py`
+                             and may_overlap(stats, "predicted_at", low, high)))  # this model's week only
     table = store.dataset("predictions", files).to_table(
         columns=["sample_id", "instrument", "label", "score", "predicted_at"],
         filter=(pc.field("model_hash") == model.model_hash) & (pc.field("predicted_at") >= pc.scalar(week_start))
@@ -104,8 +104,8 @@ def _rejections(store: Store, start: datetime, end: datetime) -> pd.Series:
     """Objects rejected in [start, end), counted by reason (a row rejected again by a retry counts once)."""
     if not store.files("rejections"):
         return pd.Series(dtype=int)
-    files = [path for path, stats in store.stats("rejections").items()
-             if may_overlap(stats, "rejected_at", start.isoformat(), end.isoformat())]
+    low, high = start.isoformat(), end.isoformat()
+    files = list(store.stats("rejections", lambda stats: may_overlap(stats, "rejected_at", low, high)))
     table = store.dataset("rejections", files).to_table(
         columns=["source_file", "source_row", "object_id", "reason"],
         filter=(pc.field("rejected_at") >= pc.scalar(start)) & (pc.field("rejected_at") < pc.scalar(end)))

@@ -127,8 +127,7 @@ def summarize(store: Store, model_path: Path, by: str, out_dir: Path, *, plots: 
     model = model_info(model_path)
     out_dir = Path(out_dir)
     result = SummarizeResult(str(out_dir), model.model_id, by)
-    mine = {path: stats for path, stats in store.stats("predictions").items()
-            if may_hold(stats, "model_hash", [model.model_hash])}
+    mine = store.stats("predictions", lambda stats: may_hold(stats, "model_hash", [model.model_hash]))
     if not mine:  # not "no new samples": most likely the wrong store
         raise DataError(f"store {store.root} holds no predictions by model {model.model_id}: run `plankton predict "
                         f"--model {model_path} --to store` first, or give the store it predicted into with --store "
@@ -263,7 +262,7 @@ def _samples(store: Store, sample_ids: list[str]) -> pd.DataFrame:
     if not sample_ids:
         return frame
     wanted = sorted(sample_ids)
-    files = [path for path, stats in store.stats("objects").items() if may_hold(stats, "sample_id", wanted)]
+    files = list(store.stats("objects", lambda stats: may_hold(stats, "sample_id", wanted)))
     table = store.dataset("objects", files).to_table(
         columns=["sample_id", "acquired_at", "metadata"],
         filter=pc.field("sample_id").isin(pa.array(sample_ids, pa.string())))
@@ -292,7 +291,7 @@ def _biovolume(store: Store, object_ids: pd.Series) -> dict[str, float] | None:
     if not store.files("features"):
         return None
     wanted = sorted(object_ids.unique())
-    files = [path for path, stats in store.stats("features").items() if may_hold(stats, "object_id", wanted)]
+    files = list(store.stats("features", lambda stats: may_hold(stats, "object_id", wanted)))
     table = store.dataset("features", files).to_table(
         columns=["object_id", "biovolume_um3"],
         filter=pc.field("object_id").isin(pa.array(object_ids.unique(), pa.string())))

@@ -55,19 +55,21 @@ class Store:
         """The committed data files of `dataset`, sorted (see `layout.py`)."""
         return layout.data_files(self.root, dataset)
 
-    def stats(self, dataset: str) -> dict[Path, dict | None]:
+    def stats(self, dataset: str, where: Callable[[dict | None], bool] | None = None) -> dict[Path, dict | None]:
         """The committed data files of `dataset` with their stats (`layout.file_stats`; None for a file whose
-        footer cannot be read), from the committed list: what a nightly step selects its few files by."""
+        footer cannot be read), from the committed list: what a nightly step selects its few files by. With `where`,
+        only the files whose stats it accepts (pruning: a path is made only for those)."""
         entries = layout.read_committed(self.root)
         if entries is None:  # a store from before the committed list: its files' footers
-            return {path: layout.stats_of(self.root, str(path.relative_to(self.root)), None)
-                    for path in self.files(dataset)}
+            found = {path: layout.stats_of(self.root, str(path.relative_to(self.root)), None)
+                     for path in self.files(dataset)}
+            return {path: stats for path, stats in found.items() if where is None or where(stats)}
         prefix = f"{dataset}/"  # one pass over the list, no path arithmetic per file: the list grows with the store
-        found = {self.root / rel: layout.stats_of(self.root, rel, entry)
-                 for rel, entry in sorted(entries.items()) if rel.startswith(prefix)}
-        if not found or "/" in dataset:
+        held = [(rel, layout.stats_of(self.root, rel, entry)) for rel, entry in entries.items()
+                if rel.startswith(prefix)]
+        if not held or "/" in dataset:
             layout.dataset_name(dataset)  # as `files`: a name it does not hold must be a dataset's name
-        return found
+        return {self.root / rel: stats for rel, stats in sorted(held) if where is None or where(stats)}
 
     def dataset(self, name: str, files: list[Path] | None = None) -> ds.Dataset:
         """A pyarrow dataset over `name` (or over `files` of it), with the schema from `schemas/` when there is one
