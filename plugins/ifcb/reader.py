@@ -99,7 +99,9 @@ class IFCBBinReader:
 
     name = "ifcb"
     description = "IFCB raw bins (.hdr/.adc/.roi), V1 and V2, one record per ROI"
-    sniff_priority = 10
+    # Before EcoTaxa's and the IFCB PNG reader's (10): their sniffs walk a folder tree to rule themselves out, and a
+    # station's data folder holds every bin it ever wrote; this one claims it at the first bin (issue #22).
+    sniff_priority = 20
     skips_unchanged_folders = True  # discover() takes `folders` (plankton_cli/ingest: discover)
 
     def sniff(self, path: Path) -> bool:

@@ -91,10 +91,20 @@ def test_discover_ignores_files_that_are_not_bins():
 def test_registry_loads_the_reader_and_sniffs_the_test_folder():
     reader = plugins.load("reader", "ifcb")
     assert isinstance(reader, IFCBBinReader) and isinstance(reader, plugins.Reader)
-    assert reader.name == "ifcb" and reader.sniff_priority == 10
+    assert reader.name == "ifcb" and reader.sniff_priority == 20
     assert reader.sniff(ROOT) and reader.sniff(base_of(V2).parent / (V2 + ".roi"))
     assert plugins.sniff_reader(ROOT) == "ifcb"
     assert plugins.sniff_reader(base_of(V1).parent) == "ifcb"
+
+
+def test_a_station_folder_is_claimed_before_the_readers_that_walk_it(monkeypatch):
+    """Issue 22: EcoTaxa's and the PNG reader's sniffs list every folder of a tree to rule themselves out (a
+    nightly `plankton ingest ifcb/` would list the station's whole history); the bin reader is asked first."""
+    asked = []
+    for name in ("ecotaxa", "ifcb-png"):
+        reader = type(plugins.load("reader", name))
+        monkeypatch.setattr(reader, "sniff", lambda self, path, name=name: asked.append(name) or False)
+    assert plugins.sniff_reader(ROOT) == "ifcb" and asked == []
 
 
 # ------------------------------------------------------------------------------------------------------ real bins
