@@ -235,11 +235,11 @@ def read_counts(out_dir: Path, samples: list[str] | None = None, columns: list[s
     """The summary's long table (its `columns`), in order; with `samples`, their rows only, read from the newest
     month back until all are found (a night's samples are in the last month or two: `plankton report`)."""
     out_dir = Path(out_dir)
-    if (out_dir / COUNTS).is_dir():
+    if (out_dir / LEGACY_COUNTS).exists() and not (out_dir / SUMMARY).exists():  # from before the months
+        parts = [out_dir / LEGACY_COUNTS]
+    else:
         months = sorted((p.name.removeprefix("month=") for p in (out_dir / COUNTS).glob("month=*")), key=_month_order)
         parts = [_part(out_dir, m) for m in months]
-    else:  # a summary from before the months, not upgraded yet
-        parts = [out_dir / LEGACY_COUNTS] if (out_dir / LEGACY_COUNTS).exists() else []
     tables: list[pa.Table] = []
     wanted = None if samples is None else set(samples)
     for part in reversed(parts):
