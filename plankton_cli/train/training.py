@@ -232,6 +232,8 @@ class LastCheckpoint(ModelCheckpoint):
     training time (rewritten once that much has passed since the last one, looked at each step and epoch end); and
     when training ends."""
 
+    _pending_row: str | None = None  # "step" or "epoch": the hook saving now, whose metrics row is not logged yet
+
     def __init__(self, dirpath: Path, every: int | str | timedelta = 100) -> None:
         every = parse_every(every) if isinstance(every, (int, str)) else every
         steps = every if isinstance(every, int) else None
@@ -285,9 +287,6 @@ class LastCheckpoint(ModelCheckpoint):
             os.replace(tmp, filepath)
         self._last_checkpoint_saved = filepath
         trainer.strategy.barrier("LastCheckpoint")
-
-
-    _pending_row: str | None = None
 
     def _write_ahead(self, trainer: pl.Trainer) -> None:
         """Put the metrics row of the step (or epoch) being checkpointed in ``metrics.csv`` before the checkpoint.
