@@ -228,6 +228,8 @@ def _upgrade(out_dir: Path, empty: dict) -> dict:
         _write_part(out_dir, month, frame[_in_month(months, month)])
     atomic_write_bytes(out_dir / SUMMARY, json.dumps(state).encode())
     (out_dir / LEGACY_COUNTS).unlink()
+    log.info("summarize: %s split into %d months (%s/month=YYYY-MM/) and %s", out_dir / LEGACY_COUNTS,
+             len(state["months"]), out_dir / COUNTS, SUMMARY)
     return state
 
 
