@@ -395,7 +395,9 @@ def _recent(out_dir: Path, months: list[str], tables: dict[str, pd.DataFrame]) -
         return pd.DataFrame(columns=COLUMNS)
 
     def rows(month: str) -> pd.DataFrame:
-        return tables[month] if month in tables else pq.read_table(_part(out_dir, month)).to_pandas()
+        if month not in tables:
+            tables[month] = pq.read_table(_part(out_dir, month)).to_pandas()
+        return tables[month]
 
     latest = rows(timed[-1])["acquired_at"].max()
     first = str(np.datetime64((latest - RECENT).tz_convert("UTC").tz_localize(None), "M"))

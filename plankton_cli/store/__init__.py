@@ -69,7 +69,8 @@ class Store:
                 if rel.startswith(prefix)]
         if not held or "/" in dataset:
             layout.dataset_name(dataset)  # as `files`: a name it does not hold must be a dataset's name
-        return {self.root / rel: stats for rel, stats in sorted(held) if where is None or where(stats)}
+        kept = sorted((rel, stats) for rel, stats in held if where is None or where(stats))
+        return {self.root / rel: stats for rel, stats in kept}
 
     def dataset(self, name: str, files: list[Path] | None = None) -> ds.Dataset:
         """A pyarrow dataset over `name` (or over `files` of it), with the schema from `schemas/` when there is one

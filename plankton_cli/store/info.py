@@ -13,7 +13,6 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from plankton_cli.store import Store
@@ -133,10 +132,9 @@ def _stored_sources(store: Store, totals: dict[str, dict] | None) -> int:
     column of the manifest)."""
     if (stored := ((totals or {}).get(MANIFEST) or {}).get("stored_sources")) is not None:
         return stored
-    manifest = store.root / MANIFEST
-    if not manifest.exists():
+    if not (store.root / MANIFEST).exists():
         return 0
-    return pc.sum(pc.greater(pq.read_table(manifest, columns=["n_stored"])["n_stored"], 0)).as_py() or 0
+    return (stats_of(store.root, MANIFEST, None) or {}).get("stored_sources", 0)  # the manifest's footer and columns
 
 
 def _ingest_runs(store: Store, name: str, stats: dict[Path, dict | None]) -> list[dict]:
