@@ -25,6 +25,15 @@ def load_test_module(path: str):
     return module
 
 
+def load_bench(name: str):
+    """A benchmark of bench/ by its name (`scale`), for its helpers (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def shared_data(*parts: str) -> Path:
     """A path under ../shared/data, or skip the test when that data set is absent on this machine."""
     path = SHARED.joinpath(*parts)

@@ -18,6 +18,7 @@ from plankton_cli.jobs.fanout import FanOut, split
 from plankton_cli.ingest import ingest
 from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
+from plankton_cli.store.layout import MANIFEST_FILES
 
 # What differs between two runs whatever they do: their ids and clocks.
 RUN_COLUMNS = {"ingest_run", "ingested_at", "run", "rejected_at", "predicted_at", "computed_at"}
@@ -28,8 +29,8 @@ def rows(root: Path) -> dict[str, pa.Table]:
     """Every dataset of the store and its manifest, sorted, less the run's ids and clocks."""
     store = Store(root)
     tables = {name: store.dataset(name).to_table() for name in store.datasets()}
-    if (root / "manifest.parquet").exists():
-        tables["manifest"] = pq.read_table(root / "manifest.parquet").drop(["data_files"])
+    if parts := [pq.read_table(root / name) for name in MANIFEST_FILES if (root / name).exists()]:
+        tables["manifest"] = pa.concat_tables(parts).drop(["data_files"])
     out = {}
     for name, table in tables.items():
         table = table.drop([c for c in table.column_names if c in RUN_COLUMNS])

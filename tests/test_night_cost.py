@@ -18,25 +18,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO
+from conftest import load_bench
 from plankton_cli.core.atomic import atomic_write_bytes
 from plankton_cli.store.layout import COMMITTED, COVERS_KEY, checksum, read_committed
 
 BINS, ROIS = 2, 5
 
 
-def load_bench():
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "scale.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-scale = load_bench()
+scale = load_bench("scale")
 
 
 @pytest.fixture(autouse=True)

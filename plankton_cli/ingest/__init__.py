@@ -415,8 +415,8 @@ def _fanned(run: _Run, sources: list, fan: FanOut, options: ReadOptions, retry_r
     run.manifest.keep_folders(folders.merged())  # a fanned-out run commits once, at its end
     try:
         ingest_fanned(run.store, run, planned, fan, options, summary)
-        summary.reread = sorted(k for k, e in run.manifest.entries.items()
-                                if e["fingerprint"] == "" and e.get("reader") == ECOTAXA)
+        summary.reread = sorted(k for k in run.manifest.entries.keys_where("fingerprint", "")
+                                if run.manifest.entries[k].get("reader") == ECOTAXA)
     except BaseException:
         run.session.abort()
         raise

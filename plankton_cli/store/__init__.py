@@ -4,7 +4,7 @@
       objects/instrument=IFCB/part-<run>-0001.parquet   one dataset per folder, hive-partitioned
       padded/...                                         crop + pad per object (`plankton pad`; padded on read)
       rejections/part-<run>-0001.parquet                 what could not be stored, and why
-      manifest.parquet                                   ingested sources, for idempotent re-runs
+      manifest.parquet  manifest-sealed.parquet          ingested sources, for idempotent re-runs (recent, sealed)
       committed.json                                     the committed files, their sizes and checksums
       store.json                                         store format version
       .lock .journal/ .staging/ .spool/                  writer bookkeeping (ignored by Parquet readers)

@@ -31,12 +31,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from plankton_cli.core.atomic import atomic_write_bytes
 from plankton_cli.core.errors import DataError, StoreIOError, UsageError
 from plankton_cli.store import Store
-from plankton_cli.store.layout import (COMMITTED, MANIFEST, MAX_NAME_BYTES, UnreadableFileList, checksum,
-                                       committed_bytes, file_stats, read_totals, totals_of,
-                                       hidden, read_committed)
+from plankton_cli.store.layout import (COMMITTED, MANIFEST, MANIFEST_FILES, MAX_NAME_BYTES, UnreadableFileList,
+                                       checksum, file_stats, hidden, read_committed, read_totals, totals_of,
+                                       write_committed)
 from plankton_cli.store.lock import StoreLock
 from plankton_cli.store.manifest import Manifest, fingerprint
 from plankton_cli.store.manifest import checksum as source_checksum
@@ -205,7 +204,7 @@ def store_files_on_disk(root: Path) -> list[str]:
         if top.is_dir() and not hidden(top.name):
             found += [str(p.relative_to(root)) for p in top.rglob("*.parquet")
                       if not any(hidden(part) for part in p.relative_to(top).parts)]
-    return found + ([MANIFEST] if (root / MANIFEST).is_file() else [])
+    return found + [name for name in MANIFEST_FILES if (root / name).is_file()]
 
 
 def _check_file(path: Path, entry: dict) -> tuple[str, str] | None:
@@ -260,7 +259,8 @@ def _rows_by_source(store: Store, intact: set[str]) -> tuple[Counter, dict[str, 
 
 def _check_manifest(store: Store, files: dict, intact: set[str]) -> list[Problem]:
     rows, _ = _rows_by_source(store, intact)
-    if MANIFEST not in intact:
+    parts = [name for name in MANIFEST_FILES if name in files]
+    if not parts or any(name not in intact for name in parts):  # a damaged part is reported as such
         if rows and MANIFEST not in files:
             return [Problem("manifest", MANIFEST, f"missing while {len(rows)} sources have rows: the next ingest "
                             "would read them all again", DATA)]
@@ -284,8 +284,9 @@ def repair(store: Store, ingest: Callable[..., Any], *, lock_timeout: float = 60
     of lost files again."""
     done: list[str] = []
     with StoreLock(store.root, timeout=lock_timeout):
-        _finish_or_set_aside(store.root, done)
         _rebuild_file_list(store.root, done)
+        _finish_or_set_aside(store.root, done)
+        _add_up_totals(store.root, done)
         report = _check(store)
         lost = {p.path for p in report.problems if p.kind in ("missing", "damaged", "unreadable")}
         stray = {p.path for p in report.problems if p.kind == "uncommitted"}
@@ -323,17 +324,15 @@ def _finish_or_set_aside(root: Path, done: list[str]) -> None:
 
 
 def _rebuild_file_list(root: Path, done: list[str]) -> None:
-    """Write `committed.json` again from the data files on disk when it cannot be read (and its running totals
-    from its list when they disagree with it).
+    """Write `committed.json` again from the data files on disk when it cannot be read.
 
-    Every journal was finished or set aside before this, and a finished commit deletes what it replaced before
-    it removes its journal: the readable Parquet files in the datasets' folders are the last commit's. A file
-    that cannot be read is left out (and, being outside the list, deleted with the strays)."""
+    This comes before the journals are finished: a journal holds the change it makes to the list, applied to the
+    rebuilt one. On disk are the files of the last finished commit, plus those a pending journal already moved into
+    place, and still those it replaces (it deletes them once its list is written): applied next, the journal lists
+    and removes them as it would have. A file that cannot be read is left out (and, being outside the list, deleted
+    with the strays)."""
     try:
-        listed = read_committed(root)
-        if listed is not None and read_totals(root) not in (None, totals_of(listed)):
-            atomic_write_bytes(root / COMMITTED, committed_bytes(listed, totals_of(listed)), durable=True)
-            done.append(f"added up the totals of {COMMITTED} again")
+        read_committed(root)
         return
     except UnreadableFileList:
         pass
@@ -345,8 +344,16 @@ def _rebuild_file_list(root: Path, done: list[str]) -> None:
             continue
         files[rel] = {"size": (root / rel).stat().st_size, "checksum": checksum(root / rel),
                       "stats": file_stats(root / rel)}
-    atomic_write_bytes(root / COMMITTED, committed_bytes(files, totals_of(files)), durable=True)
+    write_committed(root, files, totals_of(files))
     done.append(f"rebuilt {COMMITTED} from the {len(files)} readable files on disk")
+
+
+def _add_up_totals(root: Path, done: list[str]) -> None:
+    """Add the running totals up again from the file list when they disagree with it."""
+    listed = read_committed(root)
+    if listed is not None and read_totals(root) not in (None, totals_of(listed)):
+        write_committed(root, listed, totals_of(listed))
+        done.append(f"added up the totals of {COMMITTED} again")
 
 
 def _rebuild(store: Store, lost: set[str], stray: set[str], long_names: set[str], done: list[str]
@@ -356,7 +363,7 @@ def _rebuild(store: Store, lost: set[str], stray: set[str], long_names: set[str]
     from the data. Returns what to read again: (path, reader, the read options ingest had, as JSON)."""
 
     root = store.root
-    old = Manifest(root) if MANIFEST not in lost and (root / MANIFEST).exists() else None
+    old = Manifest(root) if not lost & set(MANIFEST_FILES) and (root / MANIFEST).exists() else None
     old_entries = old.entries if old else {}
     intact = {str(p.relative_to(root)) for p in store.files("objects")} - lost
     rows, where = _rows_by_source(store, intact)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from plankton_cli.store import Store
-from plankton_cli.store.layout import (MANIFEST, partition_values, read_committed, read_listed, read_totals,
-                                       stats_of)
+from plankton_cli.store.layout import (MANIFEST, MANIFEST_FILES, partition_values, read_committed, read_listed,
+                                       read_totals, stats_of)
 from plankton_cli.store.schema import SCHEMA_METADATA_KEY, load_schema
 
 COLUMNS = ("instrument", "label", "source_key", "command", "reason")
@@ -35,9 +35,9 @@ def store_info(store: Store, top: int = 20) -> dict:
     readers = (totals or {}).get(MANIFEST, {})
     if readers.get("counts", {}).get("reader") and not readers["uncounted"].get("reader"):
         out["sources_by_reader"] = dict(Counter(readers["counts"]["reader"]).most_common())
-    elif (store.root / MANIFEST).exists():
-        table = pq.read_table(store.root / MANIFEST, columns=["reader"])
-        out["sources_by_reader"] = dict(Counter(table["reader"].to_pylist()).most_common())
+    elif parts := [store.root / name for name in MANIFEST_FILES if (store.root / name).exists()]:
+        readers = Counter(r for part in parts for r in pq.read_table(part, columns=["reader"])["reader"].to_pylist())
+        out["sources_by_reader"] = dict(readers.most_common())
     return out
 
 
@@ -132,9 +132,8 @@ def _stored_sources(store: Store, totals: dict[str, dict] | None) -> int:
     column of the manifest)."""
     if (stored := ((totals or {}).get(MANIFEST) or {}).get("stored_sources")) is not None:
         return stored
-    if not (store.root / MANIFEST).exists():
-        return 0
-    return (stats_of(store.root, MANIFEST, None) or {}).get("stored_sources", 0)  # the manifest's footer and columns
+    return sum((stats_of(store.root, name, None) or {}).get("stored_sources", 0)  # the parts' footers and columns
+               for name in MANIFEST_FILES if (store.root / name).exists())
 
 
 def _ingest_runs(store: Store, name: str, stats: dict[Path, dict | None]) -> list[dict]:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, unquote
 
+from plankton_cli.core.atomic import atomic_write_bytes
 from plankton_cli.core.errors import StoreIOError, UsageError
 from plankton_cli.store.schema import SCHEMA_METADATA_KEY
 
@@ -40,6 +41,10 @@ T = TypeVar("T")
 COMMITTED = "committed.json"
 TOTALS, LISTED_BYTES = "totals", "listed_bytes"
 MANIFEST = "manifest.parquet"
+MANIFEST_SEALED = "manifest-sealed.parquet"
+MANIFEST_FILES = (MANIFEST, MANIFEST_SEALED)
+"""The manifest of ingested sources (`store/manifest.py`): its recent part, rewritten at each ingest commit, and
+its sealed part, rewritten a few times a year. Together they are one dataset of the totals (`dataset_of`)."""
 
 MAX_NAME_BYTES = 100
 """Longest file name the store writes (its own are ~45 bytes); `check` flags longer ones, which `--repair`
@@ -259,6 +264,15 @@ def committed_bytes(files: dict[str, dict], totals: dict | None) -> bytes:
     return f'{{"{TOTALS}": {json.dumps(totals)}, "{LISTED_BYTES}": {len(listed)},\n'.encode() + listed
 
 
+def write_committed(root: Path, files: dict[str, dict], totals: dict | None) -> None:
+    """Replace `committed.json` atomically and durably with `files` and `totals` (`committed_bytes`); this process's
+    next `read_committed` takes the list as written, without parsing it again."""
+    files = dict(sorted(files.items()))
+    raw = committed_bytes(files, totals)
+    atomic_write_bytes(Path(root) / COMMITTED, raw, durable=True)
+    _read_cache[Path(root) / COMMITTED] = (raw, files)
+
+
 def read_totals(root: Path) -> dict[str, dict] | None:
     """The store's running totals per dataset (`fold_totals`) from the first line of `committed.json`, without
     reading its file list: what `plankton info` answers from. None when the list has none (written before them,
@@ -278,8 +292,8 @@ def read_totals(root: Path) -> dict[str, dict] | None:
 
 
 def dataset_of(rel: str) -> str:
-    """The dataset a committed file belongs to (its top folder), or the file's own name (the manifest)."""
-    return rel.split("/", 1)[0]
+    """The dataset a committed file belongs to (its top folder), or `MANIFEST` for the manifest's files."""
+    return MANIFEST if rel in MANIFEST_FILES else rel.split("/", 1)[0]
 
 
 def totals_of(files: dict[str, dict]) -> dict[str, dict]:
@@ -364,7 +378,7 @@ def listed_files(root: Path) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [MANIFEST] if (root / MANIFEST).is_file() else []
+    found = [name for name in MANIFEST_FILES if (root / name).is_file()]
     for top in sorted(root.iterdir()):
         if top.is_dir() and not hidden(top.name):
             found += [str(p.relative_to(root)) for p in top.rglob("*.parquet")

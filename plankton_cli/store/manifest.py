@@ -1,13 +1,17 @@
-"""The manifest of ingested sources (`STORE/manifest.parquet`): what makes re-running ingest a no-op.
+"""The manifest of ingested sources (`STORE/manifest.parquet`, `manifest-sealed.parquet`): what makes re-running
+ingest a no-op.
 
 A source is unchanged when its fingerprint (file names, sizes, mtimes) matches; only when that differs is its
 content hashed, so a nightly re-run over years of bins costs one `stat` per file. A source whose content changed is
 read again and its new rows supersede the old ones (see `ingest.py`).
 
-The manifest of a station's years holds ~10^5 sources: it is kept as the Arrow table read from the file, an entry
-becomes a Python dict only when a run asks for it (a new or changed source), and a commit writes the table with the
-entries this run changed replaced (columnar, never a dict per source): reading and writing it costs milliseconds
-where a dict per source cost seconds.
+The manifest of a station's years holds ~10^5 sources, in two parts so that a night rewrites what the night
+changed, not the years: the recent part (`manifest.parquet`, read whole and rewritten at each commit, at most
+`SEAL_ROWS` entries) and the sealed part (`manifest-sealed.parquet`, sorted by source key, read only in the row groups
+whose statistics may hold a key asked for, rewritten only when one of its entries changes or the recent part is
+merged into it). An entry becomes a Python dict only when a run asks for it (a new or changed source); the rest stay
+columnar. A store written with one manifest file is read the same way: its file is the recent part, sealed at its
+next commit once it holds `SEAL_ROWS` sources.
 
 A station's nightly job hands ingest its whole data folder: one `stat` per bin file of every night ever seen grew
 to ~0.5 s at 350 nights. The manifest therefore also keeps, in its footer, a fingerprint of each settled leaf
@@ -30,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from plankton_cli.core.records import ReadOptions, Source
-from plankton_cli.store.layout import MANIFEST
+from plankton_cli.store.layout import MANIFEST, MANIFEST_SEALED
 from plankton_cli.store.schema import load_schema
 
 
@@ -54,16 +58,92 @@ def checksum(files: tuple[Path, ...]) -> str:
     return h.hexdigest()
 
 
-class Entries(MutableMapping[str, dict]):
-    """source key -> manifest entry, over the manifest's Arrow table: an entry is made a dict (which callers may
-    change in place) when it is first asked for; iterating over all of them makes every one (check, repairs)."""
+SEAL_ROWS = 4096
+"""The recent part (`manifest.parquet`) is merged into the sealed part once it holds this many sources: ~170
+nights of a 24-bin station. So a commit rewrites at most this many entries, whatever the store's age, and the
+sealed part is rewritten a few times a year (or when one of its sources changes)."""
+SEALED_GROUP_ROWS = 1024
+"""Rows per row group of the sealed part: a lookup reads the groups whose footer statistics may hold the key."""
 
-    def __init__(self, table: pa.Table | None, live: dict[str, dict] | None = None):
+
+class _Sealed:
+    """The sealed part of the manifest (`manifest-sealed.parquet`), sorted by source key and read a row group at a
+    time: only the groups whose footer statistics (min/max per column) may hold what is asked are read. A night's
+    new bins sort after every sealed key, so a night reads none."""
+
+    def __init__(self, path: Path):
+        self.file = pq.ParquetFile(path)
+        meta = self.file.metadata
+        self.num_rows = meta.num_rows
+        self._column = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+        self._ranges: dict[str, list[tuple | None]] = {}  # column -> (min, max) of each row group, None: unknown
+        self._groups: dict[int, pa.Table] = {}
+        self._keys: dict[int, dict[str, int]] = {}
+        self._located: dict[str, tuple[int, int] | None] = {}
+
+    def _range(self, column: str) -> list[tuple | None]:
+        if column not in self._ranges:
+            meta, i = self.file.metadata, self._column[column]
+            stats = [meta.row_group(g).column(i).statistics for g in range(meta.num_row_groups)]
+            self._ranges[column] = [(st.min, st.max) if st is not None and st.has_min_max else None for st in stats]
+        return self._ranges[column]
+
+    def groups(self, column: str, value) -> list[int]:
+        """The row groups that may hold `value` in `column`."""
+        found = []
+        for g, bounds in enumerate(self._range(column)):
+            try:
+                if bounds is None or bounds[0] <= value <= bounds[1]:
+                    found.append(g)
+            except TypeError:  # a value of another type than the statistics': cannot rule the group out
+                found.append(g)
+        return found
+
+    def group(self, g: int) -> pa.Table:
+        if g not in self._groups:
+            self._groups[g] = self.file.read_row_group(g)
+        return self._groups[g]
+
+    def locate(self, key: str) -> tuple[int, int] | None:
+        """(row group, row) of `key`'s entry, None when the sealed part has none."""
+        if key not in self._located:
+            self._located[key] = None
+            for g in self.groups("source_key", key):
+                if g not in self._keys:
+                    self._keys[g] = {k: i for i, k in enumerate(self.group(g)["source_key"].to_pylist())}
+                if (i := self._keys[g].get(key)) is not None:
+                    self._located[key] = g, i
+                    break
+        return self._located[key]
+
+    def keys_where(self, column: str, value) -> list[str]:
+        found: list[str] = []
+        for g in self.groups(column, value):
+            table = self.group(g)
+            found += table.filter(pc.equal(table[column], value))["source_key"].to_pylist()
+        return found
+
+    def table(self) -> pa.Table:
+        return self.file.read()
+
+
+class Entries(MutableMapping[str, dict]):
+    """source key -> manifest entry, over the manifest's two parts: the recent one (an Arrow table read whole) and
+    the sealed one (`_Sealed`, read by row group). An entry is made a dict (which callers may change in place)
+    when it is first asked for; iterating over all of them makes every one (check, repairs). A key is in one part
+    only: an entry of the sealed part that changes is written back into it (`Manifest.stage`)."""
+
+    def __init__(self, table: pa.Table | None, live: dict[str, dict] | None = None, sealed: _Sealed | None = None):
         self.table = table
+        self.sealed = sealed
         keys = [] if table is None else table["source_key"].to_pylist()
         self.rows = {key: i for i, key in enumerate(keys)}
         self.live: dict[str, dict] = live if live is not None else {}  # made, changed or added by this run
+        self.read_sealed: dict[str, dict] = {}  # sealed entries made dicts, as read: which of them changed
         self._seen: tuple[list, list] | None = None  # the fingerprint and checksum columns, once asked for
+
+    def in_sealed(self, key: str) -> bool:
+        return key not in self.rows and self.sealed is not None and self.sealed.locate(key) is not None
 
     def seen(self, key: str) -> tuple[str, str] | None:
         """(fingerprint, checksum) of `key`'s entry, None when there is none: what `status` asks of every source
@@ -72,18 +152,29 @@ class Entries(MutableMapping[str, dict]):
         if entry is not None:
             return entry["fingerprint"], entry["checksum"]
         i = self.rows.get(key)
-        if i is None or self.table is None:
+        if i is not None and self.table is not None:
+            if self._seen is None:
+                self._seen = self.table["fingerprint"].to_pylist(), self.table["checksum"].to_pylist()
+            return self._seen[0][i], self._seen[1][i]
+        at = None if self.sealed is None else self.sealed.locate(key)
+        if at is None:
             return None
-        if self._seen is None:
-            self._seen = self.table["fingerprint"].to_pylist(), self.table["checksum"].to_pylist()
-        return self._seen[0][i], self._seen[1][i]
+        group = self.sealed.group(at[0])  # type: ignore[union-attr]
+        return group["fingerprint"][at[1]].as_py(), group["checksum"][at[1]].as_py()
 
     def __getitem__(self, key: str) -> dict:
         entry = self.live.get(key)
-        if entry is None:
-            i = self.rows[key]  # KeyError for an unknown source
+        if entry is not None:
+            return entry
+        if (i := self.rows.get(key)) is not None:
             assert self.table is not None
             entry = self.live[key] = self.table.slice(i, 1).to_pylist()[0]
+            return entry
+        at = None if self.sealed is None else self.sealed.locate(key)
+        if at is None:
+            raise KeyError(key)
+        entry = self.live[key] = self.sealed.group(at[0]).slice(at[1], 1).to_pylist()[0]  # type: ignore[union-attr]
+        self.read_sealed[key] = dict(entry)
         return entry
 
     def __setitem__(self, key: str, entry: dict) -> None:
@@ -93,42 +184,71 @@ class Entries(MutableMapping[str, dict]):
         raise TypeError("manifest entries are replaced, never deleted")
 
     def __contains__(self, key: object) -> bool:
-        return key in self.live or key in self.rows
+        return key in self.live or key in self.rows or (isinstance(key, str) and self.in_sealed(key))
+
+    def _sealed_keys(self) -> list[str]:
+        return [] if self.sealed is None else self.sealed.table()["source_key"].to_pylist()
 
     def __iter__(self) -> Iterator[str]:
+        sealed = self._sealed_keys()
         yield from self.rows
-        yield from (key for key in self.live if key not in self.rows)
+        yield from sealed
+        known = set(sealed)
+        yield from (key for key in self.live if key not in self.rows and key not in known)
 
     def __len__(self) -> int:
-        return len(self.rows) + sum(1 for key in self.live if key not in self.rows)
+        return sum(1 for _ in self)
 
     def keys_where(self, column: str, value) -> list[str]:
-        """Keys of the entries whose `column` equals `value`, without making the others dicts."""
-        found = [] if self.table is None else [
-            key for key in self.table.filter(pc.equal(self.table[column], value))["source_key"].to_pylist()
-            if key not in self.live]
-        return found + [key for key, entry in self.live.items() if entry.get(column) == value]
+        """Keys of the entries whose `column` equals `value`, reading only what may hold it (the recent part's
+        column, the sealed row groups whose statistics allow the value)."""
+        found = [] if self.table is None else \
+            self.table.filter(pc.equal(self.table[column], value))["source_key"].to_pylist()
+        if self.sealed is not None:
+            found += self.sealed.keys_where(column, value)
+        return [key for key in found if key not in self.live] + \
+            [key for key, entry in self.live.items() if entry.get(column) == value]
 
     def keys_with_file(self, data_file: str) -> list[str]:
-        """Keys of the entries whose `data_files` holds `data_file`."""
+        """Keys of the entries whose `data_files` holds `data_file` (reads the sealed part whole: a source that
+        changed, rare)."""
         found: list[str] = []
-        if self.table is not None:
-            files = self.table["data_files"].combine_chunks()
+        for table in (self.table, None if self.sealed is None else self.sealed.table()):
+            if table is None:
+                continue
+            files = table["data_files"].combine_chunks()
             rows = pc.filter(pc.list_parent_indices(files), pc.equal(pc.list_flatten(files), data_file))
-            found = [key for key in pc.take(self.table["source_key"], rows).to_pylist() if key not in self.live]
+            found += [key for key in pc.take(table["source_key"], rows).to_pylist() if key not in self.live]
         return found + [key for key, entry in self.live.items() if data_file in entry["data_files"]]
 
-    def to_table(self, schema: pa.Schema) -> pa.Table:
-        """Every entry, sorted by source key: the unchanged ones as they were read, the live ones from their dicts."""
-        live = pa.Table.from_pylist(list(self.live.values()), schema=schema)
-        if self.table is None:
-            return live.sort_by("source_key")
-        kept = self.table.filter(pc.invert(pc.is_in(self.table["source_key"], pa.array(list(self.live), pa.string()))))
-        for field in schema:  # a manifest written before a column existed: empty in its old entries
-            if field.name not in kept.column_names:
-                kept = kept.append_column(field.name, pa.nulls(kept.num_rows, field.type))
-        kept = pa.Table.from_batches(kept.select(schema.names).cast(schema).to_batches(), schema=schema)
-        return pa.concat_tables([kept, live]).sort_by("source_key")
+    def changed_sealed(self) -> dict[str, dict]:
+        """The sealed part's entries this run changed or replaced."""
+        return {key: entry for key, entry in self.live.items()
+                if key not in self.rows and self.read_sealed.get(key) != entry and self.in_sealed(key)}
+
+    def recent_table(self, schema: pa.Schema) -> pa.Table:
+        """The recent part's entries, sorted by source key: the unchanged ones as they were read, the live ones
+        (not of the sealed part) from their dicts."""
+        live = [entry for key, entry in self.live.items() if key in self.rows or not self.in_sealed(key)]
+        return _merged(self.table, live, schema)
+
+    def sealed_table(self, schema: pa.Schema, changed: dict[str, dict]) -> pa.Table:
+        """The sealed part's entries with `changed` written over them, sorted by source key."""
+        return _merged(None if self.sealed is None else self.sealed.table(), list(changed.values()), schema)
+
+
+def _merged(table: pa.Table | None, entries: list[dict], schema: pa.Schema) -> pa.Table:
+    """`table`'s rows less those of `entries`' keys, plus `entries`, in `schema`, sorted by source key."""
+    live = pa.Table.from_pylist(entries, schema=schema)
+    if table is None:
+        return live.sort_by("source_key")
+    keys = pa.array([entry["source_key"] for entry in entries], pa.string())
+    kept = table.filter(pc.invert(pc.is_in(table["source_key"], keys)))
+    for field in schema:  # a manifest written before a column existed: empty in its old entries
+        if field.name not in kept.column_names:
+            kept = kept.append_column(field.name, pa.nulls(kept.num_rows, field.type))
+    kept = pa.Table.from_batches(kept.select(schema.names).cast(schema).to_batches(), schema=schema)
+    return pa.concat_tables([kept, live]).sort_by("source_key")
 
 
 FOLDERS_KEY = b"plankton.folders"
@@ -193,11 +313,12 @@ class Manifest:
         """The manifest of the store at `root`, or one holding `entries` (to be staged over it; a repaired
         manifest keeps no folder fingerprints: the next ingest checks every file)."""
         self.root = root
-        path = root / MANIFEST
+        path, sealed = root / MANIFEST, root / MANIFEST_SEALED
         table = pq.read_table(path) if entries is None and path.exists() else None
-        self.entries = Entries(table, entries)
+        self.entries = Entries(table, entries, _Sealed(sealed) if entries is None and sealed.exists() else None)
         self.folders = _folders_of(None if table is None else table.schema.metadata)
         self.dirty = entries is not None
+        self.replaces = entries is not None  # a repaired manifest: its entries replace both parts
 
     def keep_folders(self, folders: dict[str, list[int]]) -> None:
         """Record `folders` (`Folders.merged()`) at the next commit: only the run's last, once all its sources
@@ -263,9 +384,24 @@ class Manifest:
 
     def stage(self, session) -> None:
         """Write the manifest into the session's transaction, so it changes in the same commit as the data it
-        describes."""
-        table = self.entries.to_table(load_schema("manifest").arrow)
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                               FOLDERS_KEY: json.dumps(self.folders, separators=(",", ":"))})
-        pq.write_table(table, session.stage(MANIFEST), compression="zstd")
-        self.dirty = False
+        describes: the recent part always (it holds the folder fingerprints), the sealed part only when one of its
+        entries changed or the recent part reached `SEAL_ROWS` and is merged into it."""
+        schema = load_schema("manifest").arrow
+        recent = self.entries.recent_table(schema)
+        changed = self.entries.changed_sealed()
+        sealed = None
+        if changed or recent.num_rows >= SEAL_ROWS:
+            table = self.entries.sealed_table(schema, changed)
+            if recent.num_rows >= SEAL_ROWS:
+                table, recent = pa.concat_tables([table, recent]).sort_by("source_key"), recent.slice(0, 0)
+            sealed = session.stage(MANIFEST_SEALED)
+            pq.write_table(table, sealed, compression="zstd", row_group_size=SEALED_GROUP_ROWS)
+        elif self.replaces and (self.root / MANIFEST_SEALED).exists():
+            session.delete(MANIFEST_SEALED)
+        recent = recent.replace_schema_metadata({**(recent.schema.metadata or {}),
+                                                 FOLDERS_KEY: json.dumps(self.folders, separators=(",", ":"))})
+        pq.write_table(recent, session.stage(MANIFEST), compression="zstd")
+        # What was written is the manifest from here on (a run may commit again): the staged sealed part is read
+        # through its open file, which stays valid when the commit moves it.
+        self.entries = Entries(recent, None, _Sealed(sealed) if sealed is not None else self.entries.sealed)
+        self.dirty = self.replaces = False

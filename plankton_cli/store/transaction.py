@@ -2,15 +2,17 @@
 
 A writer stages every new file under `STORE/.staging/<txn>/` (invisible to Parquet readers, which skip names
 starting with `.` or `_`). To commit it flushes the staged files, then writes a journal `STORE/.journal/<txn>.json`
-holding the renames, the deletions and the store's new file list with each file's size, checksum and stats
-(`layout.file_stats`: what nightly steps find their files by, so they never open the rest). The journal
-reaching the disk is the commit point:
+holding the renames, the deletions, and the entries the commit adds to the store's file list (each file's size,
+checksum and stats, `layout.file_stats`: what nightly steps find their files by, so they never open the rest) with
+the store's new running totals: what the commit changes, never the whole list, so its cost follows the commit and
+not the store's age. The journal reaching the disk is the commit point:
 
 - Before it, the commit can be abandoned: `abort()` deletes the staging folder and the store is as it was.
 - After it, the commit only rolls forward. `abort()` leaves everything in place (an I/O error while applying must
   not destroy the staged files the journal points to); `recover()` on the next open finishes the journal. Applying
   is idempotent: staged files are renamed into place, `committed.json` (the file list readers use, see
-  `layout.py`) is replaced atomically, and only then are the old files deleted and the journal removed.
+  `layout.py`) is replaced atomically by the list with the journal's entries set and its deletions taken out (the
+  same list again when it already was), and only then are the old files deleted and the journal removed.
 - `recover()` first checks that every file the journal adds is there (staged or already moved); if one is
   missing it refuses and deletes nothing. A journal that cannot be read at all (garbage, truncated by a broken
   disk) is skipped, never guessed at: the readable journals are finished first, then the unreadable one is
@@ -31,8 +33,8 @@ from pathlib import Path
 
 from plankton_cli.core.atomic import atomic_write_bytes, fsync_dir
 from plankton_cli.core.errors import StoreIOError
-from plankton_cli.store.layout import (COMMITTED, committed_bytes, committed_entry, fold_totals, listed_files,
-                                      read_committed, read_totals, stats_of, totals_of)
+from plankton_cli.store.layout import (committed_entry, fold_totals, listed_files, read_committed,
+                                      read_totals, stats_of, totals_of, write_committed)
 
 JOURNALS = ".journal"
 STAGING = ".staging"
@@ -99,9 +101,9 @@ class Transaction:
             self.abort()
             return
         files = read_committed(self.root)
-        if files is None:  # a store from before the file list: its files as found (checksums unknown)
-            files = {rel: {"size": (self.root / rel).stat().st_size, "checksum": None}
-                     for rel in listed_files(self.root)}
+        listed = files is not None
+        if files is None:
+            files = _as_found(self.root)
         if not self._adds and not any(rel in files for rel in self._deletes):
             # Nothing of the list changes (e.g. predict consuming an empty spool): the files go, the list stays as it
             # is rather than being rewritten whole. Deleting them needs no journal: none is a committed file.
@@ -117,25 +119,31 @@ class Transaction:
                 fold_totals(totals, rel, files[rel], -1)
         for rel in self._deletes:
             files.pop(rel, None)
+        changed: dict[str, dict] = {}  # the list's new and changed entries
         for staged, final in self._adds:
             if staged in self._adopted:  # flushed and measured by the process that staged it
-                files[final] = self._adopted[staged]
+                changed[final] = self._adopted[staged]
             else:
                 with open(self.root / staged, "rb") as f:
                     os.fsync(f.fileno())
-                files[final] = committed_entry(self.root, staged, final)
+                changed[final] = committed_entry(self.root, staged, final)
             if totals is not None:
-                fold_totals(totals, final, files[final], +1)
+                fold_totals(totals, final, changed[final], +1)
+        files.update(changed)
         for rel, entry in files.items():  # a store from before stats: its files get them once, at this commit
             if rel not in added and "stats" not in entry and rel.endswith(".parquet"):
                 if (stats := stats_of(self.root, rel, None)) is not None:
-                    files[rel] = {**entry, "stats": stats}
+                    changed[rel] = {**entry, "stats": stats}
                     totals = None
+        files.update(changed)
         if totals is None:  # a list from before the totals (or stats): they are added up once, here
             totals = totals_of(files)
         for folder in sorted({(self.root / staged).parent for staged, _ in self._adds if staged not in self._adopted}):
             fsync_dir(folder)  # the staged names too must survive a power cut once the journal points to them
-        plan = {"adds": self._adds, "deletes": self._deletes, "files": dict(sorted(files.items())), "totals": totals}
+        # The journal holds the change to the list (its size follows the commit, not the store), or the whole list
+        # for a store that had none.
+        plan = {"adds": self._adds, "deletes": self._deletes, "totals": totals,
+                **({"set": changed} if listed else {"files": files})}
         journal = self.root / JOURNALS / f"{self.id}.json"
         try:
             atomic_write_bytes(journal, json.dumps(plan).encode(), durable=True)
@@ -148,6 +156,11 @@ class Transaction:
         """Forget an uncommitted transaction. After the commit point this does nothing: `recover()` finishes it."""
         if not self.journaled:
             _remove_staging(self.root, self.id)
+
+
+def _as_found(root: Path) -> dict[str, dict]:
+    """The file list of a store without one (written before it existed): its files as found, checksums unknown."""
+    return {rel: {"size": (root / rel).stat().st_size, "checksum": None} for rel in listed_files(root)}
 
 
 def _remove_staging(root: Path, txn_id: str) -> None:
@@ -163,8 +176,9 @@ def _read_plan(journal: Path) -> dict:
         plan = json.loads(journal.read_bytes())
         adds, deletes = plan["adds"], plan["deletes"]
         if not all(isinstance(a, list) and len(a) == 2 and all(isinstance(p, str) for p in a) for a in adds) \
-                or not all(isinstance(d, str) for d in deletes) or not isinstance(plan.get("files", {}), dict):
-            raise ValueError("adds, deletes or files of the wrong shape")
+                or not all(isinstance(d, str) for d in deletes) \
+                or not all(isinstance(plan.get(k, {}), dict) for k in ("files", "set")):
+            raise ValueError("adds, deletes, files or set of the wrong shape")
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise UnreadableJournal(f"{journal}: unreadable commit journal ({type(exc).__name__}: {exc}); nothing was "
                                 f"changed; run `plankton check --repair` on {journal.parent.parent} to set it aside",
@@ -187,8 +201,16 @@ def _apply(root: Path, journal: Path) -> None:
             moved_into.add(dst.parent)
     for folder in sorted(moved_into):
         fsync_dir(folder)
-    if "files" in plan:  # else a journal of a version before the file list, in a store listed by its folders
-        atomic_write_bytes(root / COMMITTED, committed_bytes(plan["files"], plan.get("totals")), durable=True)
+    if "set" in plan:  # the change to the list: applied again to a list it was applied to, it changes nothing
+        files = read_committed(root)
+        if files is None:  # the list was deleted since
+            files = _as_found(root)
+        for final in plan["deletes"]:
+            files.pop(final, None)
+        write_committed(root, files | plan["set"], plan.get("totals"))
+    elif "files" in plan:  # the whole list (a store that had none, or a journal of an earlier version)
+        write_committed(root, plan["files"], plan.get("totals"))
+    # else a journal of a version before the file list, in a store listed by its folders
     for final in plan["deletes"]:
         (root / final).unlink(missing_ok=True)
     journal.unlink()

@@ -27,7 +27,7 @@ from plankton_cli.prepare.pad_store import pad_dataset
 from plankton_cli.infer.predict import predict
 from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
-from plankton_cli.store.layout import COMMITTED, MANIFEST, file_stats, read_committed
+from plankton_cli.store.layout import COMMITTED, MANIFEST_FILES, file_stats, read_committed
 from test_predict import CLASSES, PADDING, tiny_model
 
 ERRNOS = (errno.EIO, errno.ENOSPC, errno.EPERM)
@@ -152,7 +152,7 @@ def content(root: Path) -> dict:
     rejections = store.dataset("rejections").to_table().to_pylist() if store.files("rejections") else []
     out["rejections"] = sorted(Counter(same_anywhere((r["command"], r["object_id"], r["reason"]))
                                        for r in rejections).items())
-    manifest = pq.read_table(root / "manifest.parquet").to_pylist() if (root / "manifest.parquet").exists() else []
+    manifest = [m for name in MANIFEST_FILES if (root / name).exists() for m in pq.read_table(root / name).to_pylist()]
     out["manifest"] = sorted(same_anywhere((m["source_key"], m["checksum"], m["n_read"], m["n_stored"],
                                             m["n_rejected"])) for m in manifest)
     return out
@@ -161,7 +161,7 @@ def content(root: Path) -> dict:
 def assert_stats_match(root: Path) -> None:
     """Every committed data file's stats in the list (what nightly steps select files by) are the file's own."""
     for rel, entry in (read_committed(root) or {}).items():
-        if rel != MANIFEST:  # the one file replaced under its own name; only writers read it, after recover()
+        if rel not in MANIFEST_FILES:  # the files replaced under their own names; only writers read them, after recover()
             assert entry["stats"] == file_stats(root / rel), rel
 
 
@@ -171,7 +171,7 @@ def assert_consistent(root: Path) -> None:
     store = Store(root)
     files = read_committed(root) or {}
     for rel, entry in files.items():
-        if rel != MANIFEST:  # the one file replaced under its own name; only writers read it, after recover()
+        if rel not in MANIFEST_FILES:  # the files replaced under their own names; only writers read them, after recover()
             assert (root / rel).stat().st_size == entry["size"], rel
     assert_stats_match(root)
     for name, key in (("objects", ["object_id"]), ("padded", ["object_id"]), ("features", ["object_id"]),
@@ -355,17 +355,17 @@ def test_a_garbage_journal_beside_a_committed_one_loses_no_commit(tmp_path, monk
     assert journaled >= 2, f"only {journaled} kills left a journal: is the fault injection still installed?"
 
 
-def test_garbage_committed_list_after_a_kill_at_every_operation_is_rebuilt_from_journals_and_data(tmp_path,
+def test_garbage_committed_list_after_a_kill_at_every_operation_is_rebuilt_from_data_and_journals(tmp_path,
                                                                                                   monkeypatch):
     """Ingest killed at the k-th operation, for every k, then `committed.json` overwritten with garbage: repair
-    finishes the journal (whose file list replaces the garbage) or, with none left, lists the data files on disk;
-    either way the store holds what a plain recover of the undamaged store holds."""
+    lists the data files on disk, then finishes the journal left (which holds the change to the list, applied to the
+    rebuilt one); either way the store holds what a plain recover of the undamaged store holds."""
     from plankton_cli.store.check import repair
 
     template = Store(tmp_path / "template")
     _ingest(template, _images(tmp_path, False))
     folder = _images(tmp_path, True)
-    rebuilt = 0
+    journaled = 0
     for k, store, fired in faulted(monkeypatch, template, tmp_path, "kill", lambda store: _ingest(store, folder)):
         if not fired:
             continue
@@ -375,11 +375,12 @@ def test_garbage_committed_list_after_a_kill_at_every_operation_is_rebuilt_from_
         (store.root / COMMITTED).write_bytes(b'{"files": {"objects/')
         report = repair(store, ingest)
         assert report.exit_code == 0, [str(p) for p in report.problems]
-        rebuilt += any("rebuilt committed.json" in line for line in report.repaired)
+        assert any("rebuilt committed.json" in line for line in report.repaired)
+        journaled += "finished 1 interrupted commit" in report.repaired
         assert content(store.root) == content(twin.root), f"kill at {k}"
         assert_clean(store.root)
         shutil.rmtree(twin.root)
-    assert rebuilt >= 2 and rebuilt < k - 1, "both ways (journal, data files) were taken"
+    assert journaled >= 2 and journaled < k - 1, "both cases (a journal left, none) were met"
 
 
 @pytest.mark.parametrize("mode", ["kill", errno.EIO], ids=["kill", "EIO"])

@@ -66,6 +66,36 @@ def test_crash_after_journal_is_finished_by_recover(tmp_path):
     assert recover(tmp_path) == 0
 
 
+def test_a_journal_holds_the_change_to_the_list_and_applying_it_twice_changes_nothing(tmp_path, monkeypatch):
+    """Issue 22: a commit's journal holds its own entries, not the store's whole list (which grows with the
+    store's age); finishing it again after a crash that came after the list was written gives the same list."""
+    import plankton_cli.store.transaction as transaction
+    from plankton_cli.store.layout import read_committed, read_totals
+
+    for i in range(20):
+        txn = Transaction(tmp_path, f"t{i:02d}")
+        txn.stage(f"objects/{i:02d}.parquet").write_bytes(b"x" * i)
+        txn.commit()
+    txn = Transaction(tmp_path, "t99")
+    txn.stage("objects/new.parquet").write_bytes(b"new")
+    txn.delete("objects/00.parquet")
+    monkeypatch.setattr(transaction, "_apply", lambda root, journal: None)  # killed right after the commit point
+    txn.commit()
+    monkeypatch.undo()
+    journal = tmp_path / ".journal" / "t99.json"
+    plan = json.loads(journal.read_bytes())
+    assert "files" not in plan and list(plan["set"]) == ["objects/new.parquet"]
+    assert plan["deletes"] == ["objects/00.parquet"]
+
+    assert recover(tmp_path) == 1
+    after = read_committed(tmp_path), read_totals(tmp_path)
+    assert sorted(after[0]) == sorted({f"objects/{i:02d}.parquet" for i in range(1, 20)} | {"objects/new.parquet"})
+    assert after[1]["objects"]["files"] == 20
+    atomic_write_bytes(journal, json.dumps(plan).encode())  # the same journal again: its files are in place
+    assert recover(tmp_path) == 1
+    assert (read_committed(tmp_path), read_totals(tmp_path)) == after
+
+
 def _hold_lock(root, seconds, ready):
     with StoreLock(root, timeout=5):
         ready.set()
