@@ -123,8 +123,8 @@ class _Sealed:
             found += table.filter(pc.equal(table[column], value))["source_key"].to_pylist()
         return found
 
-    def table(self) -> pa.Table:
-        return self.file.read()
+    def table(self, columns: list[str] | None = None) -> pa.Table:
+        return self.file.read(columns=columns)
 
 
 class Entries(MutableMapping[str, dict]):
@@ -187,7 +187,7 @@ class Entries(MutableMapping[str, dict]):
         return key in self.live or key in self.rows or (isinstance(key, str) and self.in_sealed(key))
 
     def _sealed_keys(self) -> list[str]:
-        return [] if self.sealed is None else self.sealed.table()["source_key"].to_pylist()
+        return [] if self.sealed is None else self.sealed.table(["source_key"])["source_key"].to_pylist()
 
     def __iter__(self) -> Iterator[str]:
         sealed = self._sealed_keys()
