@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import os
 import sys
 import tempfile
@@ -211,10 +210,7 @@ def night(s: Station, measure: bool) -> dict[str, float]:
             continue
         runs = []
         for _ in range(REPEAT if measure and name in REPEATABLE else 1):
-            # Each step of the nightly job is a process of its own: it parses the committed list, and a collection
-            # of this long process's garbage (~0.2 s once its heap is large) is not the step's.
-            layout._read_cache.clear()
-            gc.collect()
+            layout._read_cache.clear()  # each step of the nightly job is a process of its own: it parses the list
             start = time.process_time()
             step(s)
             runs.append(time.process_time() - start)

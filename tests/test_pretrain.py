@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from plankton_cli.ingest import ingest
 from plankton_cli.core.records import ReadOptions
 from plankton_cli.store import Store
-from conftest import plankton, shared_data
+from conftest import load_bench, plankton, shared_data
 
 # The smallest model that is still a real ViT + MAE (img 32, patch 8: 16 patches, 4 kept).
 TINY = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-size", "8", "--depth", "2",
@@ -200,11 +200,7 @@ def test_gpu_pretrain_bf16_with_gpu_augment_and_compile(tmp_path: Path) -> None:
     """Runs on a GPU machine only (scripts/gpu-check.sh): bf16 autocast, on-device augmentation, torch.compile."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("pretrain_gpu", Path(__file__).parents[1] / "bench" / "pretrain_gpu.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("pretrain_gpu")
     store = tmp_path / "store"
     bench.make_store(store, 256)  # distinct vignettes made from the bundled Apache-2.0 demo images
     run = tmp_path / "run"

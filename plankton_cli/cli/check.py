@@ -32,8 +32,8 @@ a commit that cannot be finished), 65 the data disagrees with itself (manifest a
 stored twice, a file outside the committed list, a file name over 100 bytes), 75 the store is locked by
 another writer.""")
 @click.option("--repair", is_flag=True,
-              help="Finish interrupted commits (setting unreadable journals aside), rebuild an unreadable "
-                   "committed.json, drop damaged files, read their sources again, delete files outside the committed "
+              help="Rebuild an unreadable committed.json from the data files, finish interrupted commits (setting "
+                   "unreadable journals aside), drop damaged files, read their sources again, delete files outside the committed "
                    "list, rename over-long files and rebuild the manifest from the data; then check again.")
 @click.option("--since", metavar="DATE|COMMIT",
               help="Verify only the files committed since this UTC date/time (2024-01-31, 2024-01-31T23:00) or commit "

@@ -36,8 +36,8 @@ def store_info(store: Store, top: int = 20) -> dict:
     if readers.get("counts", {}).get("reader") and not readers["uncounted"].get("reader"):
         out["sources_by_reader"] = dict(Counter(readers["counts"]["reader"]).most_common())
     elif parts := [store.root / name for name in MANIFEST_FILES if (store.root / name).exists()]:
-        readers = Counter(r for part in parts for r in pq.read_table(part, columns=["reader"])["reader"].to_pylist())
-        out["sources_by_reader"] = dict(readers.most_common())
+        counted = Counter(r for part in parts for r in pq.read_table(part, columns=["reader"])["reader"].to_pylist())
+        out["sources_by_reader"] = dict(counted.most_common())
     return out
 
 
