@@ -33,8 +33,8 @@ stored twice, a file outside the committed list, a file name over 100 bytes), 75
 another writer.""")
 @click.option("--repair", is_flag=True,
               help="Rebuild an unreadable committed.json from the data files, finish interrupted commits (setting "
-                   "unreadable journals aside), drop damaged files, read their sources again, delete files outside the committed "
-                   "list, rename over-long files and rebuild the manifest from the data; then check again.")
+                   "unreadable journals aside), drop damaged files, read their sources again, delete files outside "
+                   "the committed list, rename over-long files and rebuild the manifest from the data; then check again.")
 @click.option("--since", metavar="DATE|COMMIT",
               help="Verify only the files committed since this UTC date/time (2024-01-31, 2024-01-31T23:00) or commit "
                    "id (20240131T230000Z-1a2b3c, as data file names carry it), and the manifest: a night's files in "

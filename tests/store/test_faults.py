@@ -161,7 +161,7 @@ def content(root: Path) -> dict:
 def assert_stats_match(root: Path) -> None:
     """Every committed data file's stats in the list (what nightly steps select files by) are the file's own."""
     for rel, entry in (read_committed(root) or {}).items():
-        if rel not in MANIFEST_FILES:  # the files replaced under their own names; only writers read them, after recover()
+        if rel not in MANIFEST_FILES:  # replaced under their own names; only writers read them, after recover()
             assert entry["stats"] == file_stats(root / rel), rel
 
 
@@ -171,7 +171,7 @@ def assert_consistent(root: Path) -> None:
     store = Store(root)
     files = read_committed(root) or {}
     for rel, entry in files.items():
-        if rel not in MANIFEST_FILES:  # the files replaced under their own names; only writers read them, after recover()
+        if rel not in MANIFEST_FILES:  # replaced under their own names; only writers read them, after recover()
             assert (root / rel).stat().st_size == entry["size"], rel
     assert_stats_match(root)
     for name, key in (("objects", ["object_id"]), ("padded", ["object_id"]), ("features", ["object_id"]),
