@@ -74,7 +74,6 @@ class _Sealed:
     def __init__(self, path: Path):
         self.file = pq.ParquetFile(path)
         meta = self.file.metadata
-        self.num_rows = meta.num_rows
         self._column = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
         self._ranges: dict[str, list[tuple | None]] = {}  # column -> (min, max) of each row group, None: unknown
         self._groups: dict[int, pa.Table] = {}

@@ -129,7 +129,6 @@ class Transaction:
                 changed[final] = committed_entry(self.root, staged, final)
             if totals is not None:
                 fold_totals(totals, final, changed[final], +1)
-        files.update(changed)
         for rel, entry in files.items():  # a store from before stats: its files get them once, at this commit
             if rel not in added and "stats" not in entry and rel.endswith(".parquet"):
                 if (stats := stats_of(self.root, rel, None)) is not None:
